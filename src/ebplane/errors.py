@@ -1,0 +1,183 @@
+"""The one exception hierarchy of ebplane.
+
+Every error a user can meet derives from :class:`EbplaneError`.  Each carries a
+one-line ``str()`` that names the cause, and where there is one, a ``hint`` that
+says what to do instead.  The CLI prints ``error: <message>`` and, on a second
+line, ``hint: <hint>``, and exits with ``exit_code``.
+
+Exit codes: 2 = the user's input is wrong (spec, arguments, missing interface),
+3 = the kernel or toolchain refused (verifier, clang, attach), 4 = missing
+privileges or platform support.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class EbplaneError(Exception):
+    """Base of all ebplane errors."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict:
+        d = {"error": type(self).__name__, "message": self.message}
+        if self.hint:
+            d["hint"] = self.hint
+        return d
+
+
+# -- user input ---------------------------------------------------------------
+
+class UsageError(EbplaneError):
+    """Wrong arguments or a request that makes no sense."""
+
+    exit_code = 2
+
+
+class SpecError(UsageError):
+    """A pipeline spec (or protocol file) is invalid.
+
+    ``file``, ``line``, ``column``, ``field``, ``given`` and ``allowed`` locate
+    the problem; ``str()`` renders them as ``file:line:col: field: message``.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 column: int | None = None, field: str | None = None, given=None,
+                 allowed=None, hint: str | None = None):
+        self.file, self.line, self.column = file, line, column
+        self.field, self.given, self.allowed = field, given, allowed
+        self.reason = message
+        loc = ":".join(str(x) for x in (file, line, column) if x is not None)
+        text = message
+        if field:
+            text = f"{field}: {text}"
+        if given is not None:
+            text += f" (given: {given!r}"
+            text += f"; allowed: {allowed})" if allowed is not None else ")"
+        elif allowed is not None:
+            text += f" (allowed: {allowed})"
+        if loc:
+            text = f"{loc}: {text}"
+        super().__init__(text, hint=hint)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.update({k: v for k, v in (("file", self.file), ("line", self.line),
+                                     ("column", self.column), ("field", self.field),
+                                     ("given", self.given), ("allowed", self.allowed))
+                  if v is not None})
+        return d
+
+
+class InterfaceNotFound(UsageError):
+    """A named network interface does not exist (in the namespace asked for)."""
+
+
+class NotFound(UsageError):
+    """A named object (pipeline, rule, table, namespace, pin) does not exist."""
+
+
+class KeyNotFound(EbplaneError, KeyError):
+    """A map lookup or delete found no entry for the key."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+# -- toolchain and kernel -----------------------------------------------------
+
+class ToolchainError(EbplaneError):
+    """clang or another build tool is missing or failed."""
+
+    exit_code = 3
+
+
+class CompileError(ToolchainError):
+    """clang rejected the C source; ``diagnostics`` holds its whole output."""
+
+    def __init__(self, message: str, *, diagnostics: str = "", file: str | None = None,
+                 line: int | None = None, source_line: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.diagnostics, self.file, self.line, self.source_line = diagnostics, file, line, source_line
+
+
+class KernelError(EbplaneError, OSError):
+    """A bpf() or netlink call failed; ``errno`` is set."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, err: int = 0, hint: str | None = None):
+        EbplaneError.__init__(self, message, hint=hint)
+        self.errno = err
+        self.strerror = os.strerror(err) if err else None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class VerifierError(KernelError):
+    """The verifier rejected a program.
+
+    ``log`` is the whole verifier log; ``str()`` is one line: the program,
+    the verifier's last meaningful line and, when BTF line info is present,
+    the C source line (``file:line: code``) it refers to.
+    """
+
+    def __init__(self, program: str, log: str, *, err: int = _errno.EACCES):
+        from ebplane.kernel.verifier import summarize  # local: keep errors import-light
+        self.program = program
+        self.log = log
+        self.summary, self.source = summarize(log)
+        text = f"verifier rejected program '{program}': {self.summary}"
+        if self.source:
+            text += f" [at {self.source}]"
+        super().__init__(text, err=err,
+                         hint="the whole verifier log is in the exception's .log (CLI: --verbose)")
+
+
+class NotSupported(KernelError):
+    """The kernel, libbpf or the interface's driver lacks a feature."""
+
+    exit_code = 4
+
+
+class PermissionDenied(KernelError):
+    """Missing privileges (EPERM / EACCES outside the verifier)."""
+
+    exit_code = 4
+
+
+class AttachError(KernelError):
+    """Attaching a program to a hook failed."""
+
+
+class BpffsError(KernelError):
+    """bpffs is missing or a pin path is unusable."""
+
+
+def kernel_error(what: str, err: int, *, hint: str | None = None) -> KernelError:
+    """Map an errno from a kernel call to the most specific error class.
+
+    ``what`` says what was attempted ("create map 'x'", "attach XDP to eth0").
+    """
+    err = abs(err)
+    text = f"{what}: {os.strerror(err)} ({_errno.errorcode.get(err, err)})"
+    if err == _errno.EPERM:
+        return PermissionDenied(text, err=err, hint=hint or (
+            "run as root, or grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on older kernels); "
+            "also check kernel.unprivileged_bpf_disabled and the memlock limit"))
+    if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP):
+        return NotSupported(text, err=err, hint=hint)
+    return KernelError(text, err=err, hint=hint)
