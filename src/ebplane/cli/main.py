@@ -1,0 +1,67 @@
+"""The ``ebplane`` command.  Each command group lives in its own module with a
+``register(subparsers)`` function; this module wires them and turns errors into
+messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+from ebplane import __version__
+from ebplane.errors import EbplaneError
+
+# command modules, in the order `ebplane --help` lists them
+COMMAND_MODULES = ["probe", "pipeline", "rules", "parser", "lab", "demo", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ebplane", description="A programmable network data plane "
+                                "built from eBPF building blocks.")
+    p.add_argument("--version", action="version", version=f"ebplane {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show debug logs, libbpf's messages and whole verifier logs")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"ebplane.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"ebplane.cli.{name}":
+                continue  # a command group not built yet
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = os.environ.get("EBPLANE_LOG", "debug" if args.verbose else "warning").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
+                        format="%(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except EbplaneError as e:
+        if getattr(args, "json", False):
+            json.dump(e.to_dict(), sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        print(f"error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        if args.verbose and getattr(e, "log", None):
+            print(e.log, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Attach programs to interfaces: XDP (bpf_link or netlink, native or generic) and TC
+(tcx links, with clsact + cls_bpf direct-action as the fallback).
+
+Every function works on the interfaces of the calling thread's network namespace
+(enter another one with ``ebplane.net.netns.enter``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import socket
+from dataclasses import dataclass, field
+
+from ebplane.errors import AttachError, InterfaceNotFound, NotSupported, kernel_error
+from ebplane.kernel.libbpf import (ATTACH_TYPES, XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE,
+                                   XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, LinkCreateOpts,
+                                   TcHook, TcOpts, XdpAttachOpts, XdpQueryOpts, lib)
+from ebplane.kernel.links import Link
+
+XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+XDP_ATTACH_MODE_NAMES = {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}
+BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
+BPF_TC_F_REPLACE = 1
+TC_DIRECTIONS = {"ingress": BPF_TC_INGRESS, "egress": BPF_TC_EGRESS}
+
+
+def ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        try:
+            present = ", ".join(n for _, n in socket.if_nameindex())
+        except OSError:
+            present = "?"
+        raise InterfaceNotFound(f"interface '{name}' does not exist in this network namespace",
+                                hint=f"interfaces here: {present}; for a lab node pass --netns "
+                                     f"(e.g. ebp-lab-dut)") from None
+
+
+@dataclass
+class Attachment:
+    """What attaching produced: a link (keep it or pin it) or a netlink/tc attachment."""
+    ifname: str
+    ifindex: int
+    hook: str            # xdp | tc-ingress | tc-egress
+    method: str          # link | netlink | tcx | clsact
+    mode: str | None     # xdp: native | generic
+    link: Link | None = None
+    notes: list[str] = field(default_factory=list)
+    tc_handle: int = 0
+    tc_priority: int = 0
+
+    def to_dict(self) -> dict:
+        return {"ifname": self.ifname, "ifindex": self.ifindex, "hook": self.hook,
+                "method": self.method, "mode": self.mode,
+                "link_id": self.link.id if self.link else None, "notes": self.notes,
+                "tc_handle": self.tc_handle, "tc_priority": self.tc_priority}
+
+
+# -- XDP ----------------------------------------------------------------------------
+
+def _xdp_mode_order(mode: str) -> list[str]:
+    if mode == "auto":
+        return ["native", "generic"]
+    if mode not in XDP_MODES:
+        raise AttachError(f"unknown XDP mode '{mode}'", hint="use auto, native or generic")
+    return [mode]
+
+
+def attach_xdp(prog_fd: int, ifname: str, *, mode: str = "auto", use_link: bool = True) -> Attachment:
+    """Attach at XDP.  ``mode`` auto tries native first and falls back to generic, saying so
+    in ``notes``.  With ``use_link`` the attachment is a bpf_link (detached when closed unless
+    pinned); otherwise it is a netlink attachment that stays until :func:`detach_xdp`."""
+    idx = ifindex(ifname)
+    notes: list[str] = []
+    last_err = 0
+    for m in _xdp_mode_order(mode):
+        if use_link:
+            opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=XDP_MODES[m])
+            fd = lib.bpf_link_create(prog_fd, idx, ATTACH_TYPES["xdp"], ctypes.byref(opts))
+            if fd >= 0:
+                return Attachment(ifname, idx, "xdp", "link", m, Link(fd, description=f"xdp {m} {ifname}"),
+                                  notes)
+            last_err = -fd
+        else:
+            opts = XdpAttachOpts(sz=ctypes.sizeof(XdpAttachOpts))
+            ret = lib.bpf_xdp_attach(idx, prog_fd, XDP_MODES[m] | XDP_FLAGS_UPDATE_IF_NOEXIST,
+                                     ctypes.byref(opts))
+            if ret >= 0:
+                return Attachment(ifname, idx, "xdp", "netlink", m, None, notes)
+            last_err = -ret
+        if last_err == errno.EBUSY or last_err == errno.EEXIST:
+            break
+        notes.append(f"native XDP refused on {ifname} ({errno.errorcode.get(last_err, last_err)}); "
+                     f"fell back to generic (skb) mode, which is slower")
+    hint = None
+    if last_err in (errno.EBUSY, errno.EEXIST):
+        q = query_xdp(ifname)
+        hint = (f"{ifname} already has an XDP program (id {q['prog_id']}, {q['mode']}); "
+                f"detach it first (ebplane detach NAME, or: ip link set {ifname} xdp off)")
+    elif last_err == errno.EOPNOTSUPP:
+        hint = "the driver has no native XDP: use mode generic, or hook tc-ingress"
+    raise kernel_error(f"attach XDP ({mode}) to {ifname}", last_err, hint=hint)
+
+
+def replace_xdp(ifname: str, new_prog_fd: int, old_prog_fd: int, mode: str) -> None:
+    """Atomically swap a netlink-attached XDP program (fails if another replaced it)."""
+    idx = ifindex(ifname)
+    opts = XdpAttachOpts(sz=ctypes.sizeof(XdpAttachOpts), old_prog_fd=old_prog_fd)
+    ret = lib.bpf_xdp_attach(idx, new_prog_fd, XDP_MODES[mode] | XDP_FLAGS_REPLACE,
+                             ctypes.byref(opts))
+    if ret < 0:
+        raise kernel_error(f"replace XDP program on {ifname}", -ret)
+
+
+def detach_xdp(ifname: str, mode: str | None = None) -> None:
+    idx = ifindex(ifname)
+    flags = XDP_MODES.get(mode or "", 0)
+    ret = lib.bpf_xdp_detach(idx, flags, None)
+    if ret < 0 and -ret != errno.ENOENT:
+        raise kernel_error(f"detach XDP from {ifname}", -ret)
+
+
+def query_xdp(ifname: str) -> dict:
+    """What XDP program is attached, and how."""
+    idx = ifindex(ifname)
+    opts = XdpQueryOpts(sz=ctypes.sizeof(XdpQueryOpts))
+    ret = lib.bpf_xdp_query(idx, 0, ctypes.byref(opts))
+    if ret < 0:
+        raise kernel_error(f"query XDP on {ifname}", -ret)
+    return {"prog_id": opts.prog_id or None, "mode": XDP_ATTACH_MODE_NAMES.get(opts.attach_mode, "?"),
+            "drv_prog_id": opts.drv_prog_id or None, "skb_prog_id": opts.skb_prog_id or None,
+            "hw_prog_id": opts.hw_prog_id or None}
+
+
+# -- TC -----------------------------------------------------------------------------
+
+def attach_tc(prog_fd: int, ifname: str, direction: str, *, method: str = "auto",
+              priority: int = 1, handle: int = 1) -> Attachment:
+    """Attach a sched_cls program at TC ingress/egress.  ``method`` auto tries a tcx link
+    and falls back to clsact + cls_bpf direct-action, saying so in ``notes``."""
+    if direction not in TC_DIRECTIONS:
+        raise AttachError(f"unknown TC direction '{direction}'", hint="use ingress or egress")
+    idx = ifindex(ifname)
+    hook = f"tc-{direction}"
+    notes: list[str] = []
+    if method in ("auto", "tcx"):
+        fd = lib.bpf_link_create(prog_fd, idx, ATTACH_TYPES[f"tcx_{direction}"], None)
+        if fd >= 0:
+            return Attachment(ifname, idx, hook, "tcx", None, Link(fd, description=f"tcx {direction} {ifname}"))
+        if method == "tcx":
+            raise kernel_error(f"attach tcx {direction} to {ifname}", -fd,
+                               hint="tcx needs kernel >= 6.6; use method clsact")
+        notes.append(f"tcx refused on {ifname} ({errno.errorcode.get(-fd, -fd)}); "
+                     f"fell back to clsact + cls_bpf direct-action")
+    return _attach_clsact(prog_fd, ifname, idx, direction, priority, handle, notes, replace=False)
+
+
+def _tc_hook(idx: int, direction: str) -> TcHook:
+    return TcHook(sz=ctypes.sizeof(TcHook), ifindex=idx, attach_point=TC_DIRECTIONS[direction])
+
+
+def _attach_clsact(prog_fd, ifname, idx, direction, priority, handle, notes, *, replace) -> Attachment:
+    hook = _tc_hook(idx, direction)
+    ret = lib.bpf_tc_hook_create(ctypes.byref(hook))
+    if ret < 0 and -ret != errno.EEXIST:
+        raise kernel_error(f"create clsact qdisc on {ifname}", -ret)
+    opts = TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, handle=handle, priority=priority,
+                  flags=BPF_TC_F_REPLACE if replace else 0)
+    ret = lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+    if ret < 0:
+        hint = (f"a filter with priority {priority} handle {handle} exists on {ifname} {direction}; "
+                f"pick another priority or detach it" if -ret == errno.EEXIST else None)
+        raise kernel_error(f"attach cls_bpf {direction} to {ifname}", -ret, hint=hint)
+    return Attachment(ifname, idx, f"tc-{direction}", "clsact", None, None, notes,
+                      tc_handle=opts.handle, tc_priority=opts.priority)
+
+
+def replace_clsact(prog_fd: int, ifname: str, direction: str, priority: int, handle: int) -> None:
+    """Atomically swap the program of an existing cls_bpf filter."""
+    _attach_clsact(prog_fd, ifname, ifindex(ifname), direction, priority, handle, [], replace=True)
+
+
+def detach_clsact(ifname: str, direction: str, priority: int, handle: int) -> None:
+    idx = ifindex(ifname)
+    hook = _tc_hook(idx, direction)
+    opts = TcOpts(sz=ctypes.sizeof(TcOpts), handle=handle, priority=priority)
+    ret = lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+    if ret < 0 and -ret != errno.ENOENT:
+        raise kernel_error(f"detach cls_bpf {direction} from {ifname}", -ret)
+
+
+def query_clsact(ifname: str, direction: str, priority: int = 1, handle: int = 1) -> int | None:
+    """Program id of the cls_bpf filter at (priority, handle), or None."""
+    idx = ifindex(ifname)
+    hook = _tc_hook(idx, direction)
+    opts = TcOpts(sz=ctypes.sizeof(TcOpts), handle=handle, priority=priority)
+    ret = lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    if ret < 0:
+        return None
+    return opts.prog_id
