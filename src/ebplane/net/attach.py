@@ -9,33 +9,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import socket
 from dataclasses import dataclass, field
 
-from ebplane.errors import AttachError, InterfaceNotFound, NotSupported, kernel_error
+from ebplane.errors import AttachError, kernel_error
 from ebplane.kernel.libbpf import (ATTACH_TYPES, XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE,
                                    XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, LinkCreateOpts,
                                    TcHook, TcOpts, XdpAttachOpts, XdpQueryOpts, lib)
 from ebplane.kernel.links import Link
+from ebplane.net.iface import ifindex
 
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 XDP_ATTACH_MODE_NAMES = {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1
 TC_DIRECTIONS = {"ingress": BPF_TC_INGRESS, "egress": BPF_TC_EGRESS}
-
-
-def ifindex(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        try:
-            present = ", ".join(n for _, n in socket.if_nameindex())
-        except OSError:
-            present = "?"
-        raise InterfaceNotFound(f"interface '{name}' does not exist in this network namespace",
-                                hint=f"interfaces here: {present}; for a lab node pass --netns "
-                                     f"(e.g. ebp-lab-dut)") from None
 
 
 @dataclass
