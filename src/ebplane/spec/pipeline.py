@@ -1,0 +1,167 @@
+"""The pipeline spec: top-level validation, the :class:`PipelineSpec` model, loading.
+
+Everything a spec says is checked here, before any code is generated or any
+kernel object is created, so a bad spec never leaves partial state behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ebplane.errors import NotFound, UsageError
+from ebplane.spec import check
+from ebplane.spec.located import Where, load_located
+from ebplane.spec.protocol_set import (KNOWN_PROTOCOLS, REQUIRED_PROTOCOLS, canonical_order,
+                                       missing_dependency)
+from ebplane.spec.stages import STAGE_KINDS, Stage
+
+SPEC_KEYS: tuple[str, ...] = ("pipeline", "hook", "interfaces", "mode", "netns", "protocols",
+                              "stages")
+HOOKS: tuple[str, ...] = ("xdp", "tc-ingress", "tc-egress")
+XDP_MODES: tuple[str, ...] = ("auto", "native", "generic")
+
+PIPELINE_NAME_PATTERN = r"[a-z0-9-]{1,15}"
+# what the kernel's dev_valid_name() accepts
+IFNAME_PATTERN = r"(?!\.{1,2}$)[^/:\s]{1,15}"
+NETNS_PATTERN = r"(?!\.{1,2}$)[^/\s]{1,255}"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A validated pipeline: where it attaches, what it parses, what it does."""
+
+    name: str
+    hook: str
+    interfaces: tuple[str, ...]
+    mode: str | None  # xdp attach mode; None for tc hooks
+    netns: str | None  # None: the current network namespace
+    protocols: tuple[str, ...]  # canonical order (KNOWN_PROTOCOLS)
+    stages: tuple[Stage, ...]
+    source: str  # the file it came from, for messages
+
+    def stage(self, name: str) -> Stage:
+        """The stage (table) called ``name``."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise NotFound(f"pipeline '{self.name}' has no stage '{name}'",
+                       hint=f"stages: {', '.join(s.name for s in self.stages)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec in its YAML form; ``parse_spec(yaml.safe_dump(s.to_dict()))`` equals ``s``
+        up to ``source`` and rule line numbers."""
+        d: dict[str, Any] = {"pipeline": self.name, "hook": self.hook}
+        if self.interfaces:
+            d["interfaces"] = list(self.interfaces)
+        if self.mode is not None:
+            d["mode"] = self.mode
+        if self.netns is not None:
+            d["netns"] = self.netns
+        d["protocols"] = list(self.protocols)
+        d["stages"] = [s.to_dict() for s in self.stages]
+        return d
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate the spec file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"spec file not found: {p}",
+                         hint="check the path (relative paths are from the current directory)") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read spec file {p}: {exc}") from None
+    return parse_spec(text, str(p))
+
+
+def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
+    """Validate a spec given as YAML text; ``filename`` is used in error messages."""
+    obj, root = load_located(text, filename)
+    d = check.mapping(obj, root, allowed=SPEC_KEYS, required=("pipeline", "hook", "protocols",
+                                                              "stages"),
+                      what="a mapping with pipeline:, hook:, protocols:, stages:")
+    name = check.name(d["pipeline"], root / "pipeline", pattern=PIPELINE_NAME_PATTERN,
+                      allowed="1-15 characters from a-z, 0-9, -")
+    hook = check.choice(d["hook"], root / "hook", HOOKS)
+    interfaces = _interfaces(d.get("interfaces", []), root / "interfaces")
+    mode = _mode(d, root, hook)
+    netns = None
+    if "netns" in d:
+        netns = check.name(d["netns"], root / "netns", pattern=NETNS_PATTERN,
+                           allowed="a network namespace name: 1-255 characters, no '/' or spaces")
+    protocols = _protocols(d["protocols"], root / "protocols")
+    stages = _stages(d["stages"], root / "stages", protocols)
+    return PipelineSpec(name=name, hook=hook, interfaces=interfaces, mode=mode, netns=netns,
+                        protocols=protocols, stages=stages, source=filename)
+
+
+def _interfaces(obj: Any, where: Where) -> tuple[str, ...]:
+    names = check.sequence(obj, where, what="a list of interface names")
+    seen: set[str] = set()
+    for i, ifname in enumerate(names):
+        check.name(ifname, where / i, pattern=IFNAME_PATTERN,
+                   allowed="an interface name: 1-15 characters, no '/', ':' or spaces")
+        if ifname in seen:
+            raise (where / i).error("interface listed twice", given=ifname)
+        seen.add(ifname)
+    return tuple(names)
+
+
+def _mode(d: dict[str, Any], root: Where, hook: str) -> str | None:
+    if hook != "xdp":
+        if "mode" in d:
+            raise (root / "mode").error(f"mode applies to hook xdp only, not {hook}",
+                                        given=d["mode"], key=True,
+                                        hint="remove mode:, or use hook: xdp")
+        return None
+    return check.choice(d.get("mode", "auto"), root / "mode", XDP_MODES)
+
+
+def _protocols(obj: Any, where: Where) -> tuple[str, ...]:
+    names = check.sequence(obj, where, what="a list of protocol names")
+    for i, proto in enumerate(names):
+        check.choice(proto, where / i, tuple(KNOWN_PROTOCOLS))
+        if proto in names[:i]:
+            raise (where / i).error("protocol listed twice", given=proto)
+    for required in REQUIRED_PROTOCOLS:
+        if required not in names:
+            raise where.error(f"protocol {required} is required", given=names,
+                              hint=f"add {required} to protocols:")
+    missing = missing_dependency(names)
+    if missing is not None:
+        proto, needs = missing
+        raise (where / names.index(proto)).error(
+            f"protocol {proto} needs {' or '.join(needs)}", given=proto,
+            hint=f"add {needs[0]} to protocols:")
+    return canonical_order(names)
+
+
+def _stages(obj: Any, where: Where, protocols: tuple[str, ...]) -> tuple[Stage, ...]:
+    items = check.sequence(obj, where, what="a list of stages")
+    if not items:
+        raise where.error("a pipeline needs at least one stage",
+                          allowed=", ".join(STAGE_KINDS), hint="add e.g. - filter: {...}")
+    stages: list[Stage] = []
+    for i, item in enumerate(items):
+        at = where / i
+        if not isinstance(item, dict) or len(item) != 1:
+            raise at.error("a stage is a mapping with exactly one key, its kind",
+                           given=item if not isinstance(item, dict) else list(item),
+                           allowed=", ".join(STAGE_KINDS))
+        (kind, body), = item.items()
+        if kind not in STAGE_KINDS:
+            raise (at / str(kind)).error("unknown stage kind", given=kind,
+                                         allowed=", ".join(STAGE_KINDS), key=True)
+        stage = STAGE_KINDS[kind](body, at / kind, protocols)
+        for other in stages:
+            if other.name == stage.name:
+                raise (at / kind / "name").error(f"duplicate stage name {stage.name!r}",
+                                        given=stage.name,
+                                        hint="give each stage a unique name: (used for "
+                                             "run-time edits)")
+        stages.append(stage)
+    return tuple(stages)

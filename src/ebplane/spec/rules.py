@@ -1,0 +1,216 @@
+"""Filter rules: the typed model and its validator.
+
+A rule is validated on its own (:func:`parse_rule`) against the protocols a
+pipeline parses, so the CLI can check a rule added at run time exactly as the
+spec loader checks the rules in a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ebplane.spec import check
+from ebplane.spec.located import Where
+from ebplane.spec.protocol_set import KNOWN_PROTOCOLS, canonical_order
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ACTIONS: tuple[str, ...] = ("pass", "drop")
+
+# IP protocol numbers of the built-in protocols a rule can name in `proto:`
+PROTO_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+PROTO_NAMES: dict[int, str] = {v: k for k, v in PROTO_NUMBERS.items()}
+PORT_PROTOS: tuple[int, ...] = (PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"])
+
+RULE_KEYS: tuple[str, ...] = ("src", "dst", "proto", "sport", "dport", "vlan", "match", "action")
+
+_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One filter rule; every match field given must hold (None = any)."""
+
+    action: str
+    src: IPNetwork | None = None
+    dst: IPNetwork | None = None
+    proto: int | None = None
+    sport: tuple[int, int] | None = None  # inclusive range
+    dport: tuple[int, int] | None = None
+    vlan: int | None = None
+    # line in the spec file, for messages; not part of the rule's identity
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def family(self) -> int:
+        """4 or 6 when the rule matches addresses, else 0 (any packet)."""
+        net = self.src or self.dst
+        return net.version if net is not None else 0
+
+    @classmethod
+    def from_dict(cls, d: Any, *, protocols: Iterable[str] = tuple(KNOWN_PROTOCOLS),
+                  where: str | Where = "rule") -> Rule:
+        """Validate and build a rule from its YAML/JSON form (see :func:`parse_rule`)."""
+        return parse_rule(d, protocols=protocols, where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule in its YAML form; ``Rule.from_dict(r.to_dict())`` gives ``r`` back
+        (without ``line``)."""
+        d: dict[str, Any] = {}
+        if self.src is not None:
+            d["src"] = str(self.src)
+        if self.dst is not None:
+            d["dst"] = str(self.dst)
+        if self.proto is not None:
+            d["proto"] = PROTO_NAMES.get(self.proto, self.proto)
+        for key, ports in (("sport", self.sport), ("dport", self.dport)):
+            if ports is not None:
+                d[key] = ports[0] if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
+        if self.vlan is not None:
+            d["vlan"] = self.vlan
+        d["action"] = self.action
+        return d
+
+
+def parse_rule(obj: Any, *, protocols: Iterable[str], where: str | Where = "rule") -> Rule:
+    """Validate one rule against the protocols the pipeline parses.
+
+    ``where`` is the rule's location: a name used as the field path root for
+    rules that come from the command line, or a :class:`Where` inside a spec.
+    """
+    at = Where(root=where) if isinstance(where, str) else where
+    listed = frozenset(protocols)
+    d = check.mapping(obj, at, allowed=RULE_KEYS, required=(), what="a rule (a mapping)")
+
+    src = _network(d["src"], at / "src", listed) if "src" in d else None
+    dst = _network(d["dst"], at / "dst", listed) if "dst" in d else None
+    if src is not None and dst is not None and src.version != dst.version:
+        raise (at / "dst").error(f"src is IPv{src.version} but dst is IPv{dst.version}",
+                                 given=str(dst),
+                                 hint="one rule matches one address family; write two rules")
+    family = (src or dst).version if (src or dst) is not None else 0
+
+    proto = _proto(d["proto"], at / "proto", listed, family) if "proto" in d else None
+    sport = _ports(d["sport"], at / "sport", listed, proto) if "sport" in d else None
+    dport = _ports(d["dport"], at / "dport", listed, proto) if "dport" in d else None
+
+    vlan = None
+    if "vlan" in d:
+        vlan = check.integer(d["vlan"], at / "vlan", 1, 4094, what="VLAN id")
+        _need(at / "vlan", listed, ("vlan",), "a vlan match", vlan)
+
+    if "match" in d:
+        _user_fields(d["match"], at / "match", listed)
+
+    if "action" not in d:
+        raise at.error("missing required key 'action'", allowed=" | ".join(ACTIONS))
+    action = check.choice(d["action"], at / "action", ACTIONS)
+    return Rule(action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
+                vlan=vlan, line=at.line)
+
+
+def _need(where: Where, listed: frozenset[str], any_of: tuple[str, ...], what: str,
+          given: Any) -> None:
+    """Raise unless one of ``any_of`` is in the pipeline's protocols."""
+    if listed.isdisjoint(any_of):
+        names = " or ".join(any_of)
+        raise where.error(f"{what} needs protocol {names} in protocols: "
+                          f"[{', '.join(canonical_order(listed))}]", given=given,
+                          hint=f"add {any_of[0]} to the pipeline's protocols: list")
+
+
+def _network(obj: Any, where: Where, listed: frozenset[str]) -> IPNetwork:
+    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network,
+                        ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        obj = str(obj)
+    if not isinstance(obj, str):
+        raise where.error(f"expected an address or CIDR string, got {check.type_name(obj)}",
+                          given=obj, hint='quote the address, e.g. "2001:db8::1"')
+    try:
+        net = ipaddress.ip_network(obj.strip(), strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(obj.strip(), strict=False)
+        except ValueError:
+            raise where.error("invalid address or CIDR", given=obj,
+                              allowed="an IPv4/IPv6 address or prefix, e.g. 198.18.0.0/24") from None
+        raise where.error("host bits set in prefix", given=obj,
+                          hint=f"did you mean {loose}?") from None
+    _need(where, listed, (f"ipv{net.version}",), f"an IPv{net.version} address", obj)
+    return net
+
+
+def _proto(obj: Any, where: Where, listed: frozenset[str], family: int) -> int:
+    if isinstance(obj, str):
+        if obj not in PROTO_NUMBERS:
+            raise where.error("unknown protocol", given=obj,
+                              allowed=" | ".join(PROTO_NUMBERS) + " | 0-255")
+        number = PROTO_NUMBERS[obj]
+    else:
+        number = check.integer(obj, where, 0, 255, what="IP protocol number")
+    # a number with a name needs the same parser as the name, so that
+    # to_dict() (which writes the name) always validates again
+    name = PROTO_NAMES.get(number)
+    if name is not None:
+        _need(where, listed, (name,), f"proto {name}", obj)
+        ip_version = KNOWN_PROTOCOLS[name]
+        if family and len(ip_version) == 1 and ip_version[0] != f"ipv{family}":
+            other = "icmpv6" if name == "icmp" else "icmp"
+            raise where.error(f"proto {name} never matches IPv{family} addresses", given=obj,
+                              hint=f"use proto {other} for IPv{family}")
+    else:
+        _need(where, listed, ("ipv4", "ipv6"), "a proto match", obj)
+    return number
+
+
+def _ports(obj: Any, where: Where, listed: frozenset[str], proto: int | None) -> tuple[int, int]:
+    if proto is not None and proto not in PORT_PROTOS:
+        raise where.error("ports need proto tcp or udp (or no proto: both)",
+                          given=PROTO_NAMES.get(proto, proto), allowed="tcp | udp")
+    if proto is None:
+        _need(where, listed, ("tcp", "udp"), "a port match", obj)
+    if isinstance(obj, str):
+        text = obj.strip()
+        m = _RANGE.fullmatch(text)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+        elif text.isdecimal():
+            lo = hi = int(text)
+        else:
+            raise where.error("invalid port or port range", given=obj,
+                              allowed='0-65535 or "lo-hi"')
+        for port in (lo, hi):
+            if port > 65535:
+                raise where.error("port out of range", given=obj, allowed="0-65535")
+        if lo > hi:
+            raise where.error("port range is reversed", given=obj,
+                              hint=f'write "{hi}-{lo}"')
+        return lo, hi
+    port = check.integer(obj, where, 0, 65535, what="port")
+    return port, port
+
+
+def _user_fields(obj: Any, where: Where, listed: frozenset[str]) -> None:
+    """Extension point: matches on fields of user-defined protocols (``proto.field: value``).
+
+    User protocols cannot be declared yet, so every entry is refused; when they can,
+    this is where the field is looked up in the protocol's IR and its value checked.
+    """
+    if not isinstance(obj, dict):
+        raise where.error(f"expected a mapping of protocol.field: value, "
+                          f"got {check.type_name(obj)}", given=obj)
+    for key in obj:
+        proto, dot, _ = str(key).partition(".")
+        if not dot:
+            raise (where / str(key)).error("expected a key of the form protocol.field",
+                                           given=key, key=True)
+        raise (where / str(key)).error(
+            f"user protocol field {key!r} needs protocol {proto!r} in protocols: "
+            f"[{', '.join(canonical_order(listed))}]",
+            given=key, key=True,
+            hint="user-defined protocols are not supported yet; match with src, dst, proto, "
+                 "sport, dport or vlan")

@@ -1,0 +1,113 @@
+"""Pipeline stages: the typed models and a registry of stage kinds.
+
+A stage is written in the spec as a one-key mapping, ``- <kind>: {...}``.
+:data:`STAGE_KINDS` maps each kind to the function that validates its body, so
+a new stage kind is one dataclass plus one ``@register_stage`` parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ebplane.spec import check
+from ebplane.spec.located import Where
+from ebplane.spec.rules import Rule, parse_rule
+
+STAGE_NAME_PATTERN = r"[a-z0-9_]{1,15}"
+STAGE_NAME_ALLOWED = "1-15 characters from a-z, 0-9, _"
+
+FILTER_DEFAULTS: tuple[str, ...] = ("pass", "drop", "next")
+FILTER_MALFORMED: tuple[str, ...] = ("drop", "pass")
+FILTER_CAPACITY_DEFAULT = 65536
+FILTER_CAPACITY_MAX = 4194304
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Base of all stages: each has a kind (its spec keyword) and a unique name."""
+
+    kind: ClassVar[str]
+    name: str
+
+    def body(self) -> dict[str, Any]:
+        """The stage's mapping in YAML form, without the kind keyword."""
+        return {"name": self.name}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.kind: self.body()}
+
+
+@dataclass(frozen=True)
+class FilterStage(Stage):
+    """An ordered rule list; the first matching rule decides pass or drop.
+
+    ``default`` applies when no rule matches (``next``: go on to the next stage);
+    ``malformed`` applies to packets whose headers cannot be parsed.
+    ``capacity`` bounds the number of rules (also at run time).
+    """
+
+    kind: ClassVar[str] = "filter"
+    default: str = "next"
+    malformed: str = "drop"
+    capacity: int = FILTER_CAPACITY_DEFAULT
+    rules: tuple[Rule, ...] = ()
+
+    def body(self) -> dict[str, Any]:
+        return {"name": self.name, "default": self.default, "malformed": self.malformed,
+                "capacity": self.capacity, "rules": [r.to_dict() for r in self.rules]}
+
+
+@dataclass(frozen=True)
+class CountStage(Stage):
+    """Counts the packets and bytes that reach it."""
+
+    kind: ClassVar[str] = "count"
+
+
+StageParser = Callable[[Any, Where, tuple[str, ...]], Stage]
+
+# stage keyword -> parser(body, where, protocols)
+STAGE_KINDS: dict[str, StageParser] = {}
+
+
+def register_stage(kind: str) -> Callable[[StageParser], StageParser]:
+    """Register the parser of a stage kind under its spec keyword."""
+    def add(parser: StageParser) -> StageParser:
+        STAGE_KINDS[kind] = parser
+        return parser
+    return add
+
+
+def _stage_name(body: dict[str, Any], where: Where, default: str) -> str:
+    if "name" not in body:
+        return default
+    return check.name(body["name"], where / "name", pattern=STAGE_NAME_PATTERN,
+                      allowed=STAGE_NAME_ALLOWED)
+
+
+@register_stage("filter")
+def parse_filter(obj: Any, where: Where, protocols: tuple[str, ...]) -> FilterStage:
+    body = check.mapping({} if obj is None else obj, where,
+                         allowed=("name", "default", "malformed", "capacity", "rules"))
+    name = _stage_name(body, where, "filter")
+    default = check.choice(body.get("default", "next"), where / "default", FILTER_DEFAULTS)
+    malformed = check.choice(body.get("malformed", "drop"), where / "malformed",
+                             FILTER_MALFORMED)
+    capacity = check.integer(body.get("capacity", FILTER_CAPACITY_DEFAULT), where / "capacity",
+                             1, FILTER_CAPACITY_MAX, what="capacity")
+    raw_rules = check.sequence(body.get("rules", []), where / "rules", what="a list of rules")
+    if len(raw_rules) > capacity:
+        raise (where / "rules").error(f"{len(raw_rules)} rules exceed the capacity {capacity}",
+                                      hint="raise capacity: or remove rules")
+    rules = tuple(parse_rule(r, protocols=protocols, where=where / "rules" / i)
+                  for i, r in enumerate(raw_rules))
+    return FilterStage(name=name, default=default, malformed=malformed, capacity=capacity,
+                       rules=rules)
+
+
+@register_stage("count")
+def parse_count(obj: Any, where: Where, protocols: tuple[str, ...]) -> CountStage:
+    body = check.mapping({} if obj is None else obj, where, allowed=("name",))
+    return CountStage(name=_stage_name(body, where, "count"))
