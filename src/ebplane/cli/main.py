@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE words after an option (rules add NAME --at 0 dport=53 action=drop)
+    if extra and hasattr(args, "fields") and all("=" in w and not w.startswith("-") for w in extra):
+        args.fields = list(args.fields or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = os.environ.get("EBPLANE_LOG", "debug" if args.verbose else "warning").upper()
     logging.basicConfig(level=getattr(logging, level, logging.WARNING),
                         format="%(name)s: %(message)s")
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head(1) and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

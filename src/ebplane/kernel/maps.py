@@ -212,6 +212,17 @@ class Map:
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
         """All entries, ``chunk`` per syscall."""
+        for k, v in self._lookup_batch_raw(chunk):
+            yield self.key_codec.decode(k), self._decode_value(v)
+
+    def raw_keys_batch(self, chunk: int = 4096) -> list[bytes]:
+        """All keys as bytes, by batch where the kernel offers it (fast on big hashes)."""
+        try:
+            return [k for k, _ in self._lookup_batch_raw(chunk)]
+        except NotSupported:
+            return list(self.raw_keys())
+
+    def _lookup_batch_raw(self, chunk: int) -> Iterator[tuple[bytes, bytes]]:
         keys = ctypes.create_string_buffer(self.key_size * chunk)
         vals = self._vbuf(chunk)
         in_b = None
@@ -222,15 +233,13 @@ class Map:
             ret = lib.bpf_map_lookup_batch(self.fd, in_b, out_b, keys, vals, ctypes.byref(count),
                                            ctypes.byref(self._batch_opts()))
             err = -ret if ret < 0 else 0
-            if err and err not in (errno.ENOENT,):
-                if err in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524,
-                           524, errno.EOPNOTSUPP) and in_b is None:
+            if err and err != errno.ENOENT:
+                if err in (errno.EINVAL, 524, errno.EOPNOTSUPP) and in_b is None:
                     raise NotSupported(f"batch lookup on {self.type_name} map", err=err)
                 raise kernel_error(f"batch lookup in map '{self.name}'", err)
             kr, vr = keys.raw, vals.raw
             for i in range(count.value):
-                yield (self.key_codec.decode(kr[i * self.key_size:(i + 1) * self.key_size]),
-                       self._decode_value(vr[i * vsz:(i + 1) * vsz]))
+                yield kr[i * self.key_size:(i + 1) * self.key_size], vr[i * vsz:(i + 1) * vsz]
             if err == errno.ENOENT:
                 return
             in_b = ctypes.create_string_buffer(out_b.raw, len(out_b))
@@ -300,3 +309,22 @@ class Map:
         """Delete every entry (not for arrays: they cannot lose entries)."""
         keys = b"".join(self.raw_keys())
         return self.delete_batch(keys) if keys else 0
+
+
+_barrier: tuple[Map, Map] | None = None
+
+
+def rcu_barrier() -> None:
+    """Wait until every BPF program that might have read a map before this call has finished.
+
+    The kernel calls synchronize_rcu() after an update of a map-in-map (so that userspace
+    knows no program still uses the inner map it replaced); updating a private one-slot
+    ARRAY_OF_MAPS is the cheapest way to ask for exactly that grace period.
+    """
+    global _barrier
+    if _barrier is None:
+        inner = Map.create("array", 4, 4, 1, name="ebp_rcu_inner")
+        outer = Map.create("array_of_maps", 4, 4, 1, name="ebp_rcu_outer", inner_map_fd=inner.fd)
+        _barrier = (inner, outer)
+    inner, outer = _barrier
+    outer.update_raw((0).to_bytes(4, "little"), inner.fd.to_bytes(4, "little"))

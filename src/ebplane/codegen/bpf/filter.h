@@ -67,11 +67,7 @@ struct ebp_flt_config {
 	__u32 pad;
 };
 
-/* per-CPU counters, indexed by rule_id; the default verdict and malformed packets use
- * the last two slots (capacity and capacity + 1) */
-struct ebp_counter {
-	__u64 packets;
-	__u64 bytes;
-};
+/* per-rule counters (struct ebp_count, ebplane.h) are a per-CPU array indexed by rule_id;
+ * the default verdict and malformed packets use the last two slots (capacity, capacity + 1) */
 
 #endif

@@ -1,0 +1,158 @@
+"""``ebplane apply | status | detach | stats | replay``."""
+
+from __future__ import annotations
+
+import time
+
+from ebplane.cli.output import emit, progress, table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("apply", help="validate, compile, load and attach a pipeline spec")
+    p.add_argument("spec", help="pipeline spec (YAML)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("status", help="applied pipelines and their attachments")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("detach", help="detach a pipeline and remove its state")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_detach)
+
+    p = sub.add_parser("stats", help="packets and bytes per rule, per stage, per verdict")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="print again every SECONDS until Ctrl-C")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("replay", help="run the packets of a pcap through a pipeline (test_run)")
+    p.add_argument("spec")
+    p.add_argument("--pcap", required=True, help="input pcap (Ethernet)")
+    p.add_argument("--out", help="write every packet as the program left it to this pcap")
+    p.add_argument("--json", action="store_true", help="one JSON object per packet, one per line")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_apply(args) -> int:
+    from ebplane.runtime.pipeline import apply
+    res = apply(args.spec, progress=progress)
+    emit(args, res.to_dict(), _apply_human)
+    return 0
+
+
+def _apply_human(d: dict) -> str:
+    verb = "applied" if d["created"] else "re-applied (program replaced atomically)"
+    lines = [f"pipeline '{d['name']}' {verb}: program id {d['prog_id']}"
+             f"{' (compiled from cache)' if d['compiled_from_cache'] else ''} in {d['seconds']} s"]
+    for a in d["attachments"]:
+        lines.append(f"  {a['ifname']}: {a['hook']} via {a['method']}"
+                     f"{' (' + a['mode'] + ')' if a.get('mode') else ''}")
+    for t, n in d["rules"].items():
+        lines.append(f"  filter '{t}': {n} rules")
+    if d["reused_maps"]:
+        lines.append(f"  kept state of: {', '.join(d['reused_maps'])}")
+    for n in d["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    from ebplane.runtime.pipeline import status
+    emit(args, status(args.name), _status_human)
+    return 0
+
+
+def _status_human(items: list[dict]) -> str:
+    if not items:
+        return "no pipelines applied"
+    rows = []
+    for d in items:
+        atts = ", ".join(f"{a['ifname']}({a['method']}{'/' + a['mode'] if a.get('mode') else ''}"
+                         f"{'' if a.get('alive') in (None, True) else ' DEAD'})" for a in d["attachments"])
+        prog = d["program"] or {}
+        rows.append([d["name"], d["hook"], d["netns"] or "-", d["prog_id"],
+                     prog.get("verified_insns", "?"), atts or "-",
+                     " ".join(f"{k}:{v}" for k, v in d["rules"].items()) or "-"])
+    return table(rows, ["name", "hook", "netns", "prog", "insns", "attached", "rules"])
+
+
+def cmd_detach(args) -> int:
+    from ebplane.runtime.pipeline import detach
+    res = detach(args.name, progress=progress)
+    emit(args, res, lambda d: f"pipeline '{d['name']}' detached from "
+         f"{', '.join(d['detached']) or 'no interface'}; state removed")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from ebplane.runtime.pipeline import stats
+    if args.watch and not args.json:
+        try:
+            while True:
+                print("\033[2J\033[H" + time.strftime("%H:%M:%S"))
+                emit(args, stats(args.name), stats_human)
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+    emit(args, stats(args.name), stats_human)
+    return 0
+
+
+def _rule_text(r: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in r.items() if k != "action") or "(any)"
+
+
+def stats_human(items: list[dict]) -> str:
+    out = []
+    for d in items:
+        out.append(f"pipeline {d['name']}")
+        out.append(table([[v, c["packets"], c["bytes"]] for v, c in d["verdicts"].items()],
+                         ["verdict", "packets", "bytes"]))
+        for st in d["stages"]:
+            out.append("")
+            if st["kind"] == "filter":
+                rows = [[r["index"], r["rule"]["action"], _rule_text(r["rule"]), r["packets"], r["bytes"]]
+                        for r in st["rules"]]
+                rows.append(["-", st["default"]["action"], "(default)", st["default"]["packets"],
+                             st["default"]["bytes"]])
+                rows.append(["-", st["malformed"]["action"], "(malformed)",
+                             st["malformed"]["packets"], st["malformed"]["bytes"]])
+                out.append(f"filter {st['stage']}")
+                out.append(table(rows, ["#", "action", "match", "packets", "bytes"]))
+            else:
+                out.append(f"count {st['stage']}")
+                out.append(table([[k, v["packets"], v["bytes"]] for k, v in st["counts"].items()],
+                                 ["class", "packets", "bytes"]))
+    return "\n".join(out)
+
+
+def cmd_replay(args) -> int:
+    import json
+    import sys
+    from ebplane.runtime.pcap import read_pcap, write_pcap
+    from ebplane.runtime.replay import Replayer
+    from ebplane.spec import load_spec
+    spec = load_spec(args.spec)
+    frames = list(read_pcap(args.pcap))
+    out_frames = []
+    totals: dict[str, int] = {}
+    with Replayer(spec) as rp:
+        for d in rp.run_all(frames):
+            totals[d.verdict] = totals.get(d.verdict, 0) + 1
+            out_frames.append(d.packet)
+            if args.json:
+                sys.stdout.write(json.dumps(d.to_dict()) + "\n")
+            else:
+                where = f"{d.stage} rule {d.rule}" if d.rule is not None else \
+                    (f"{d.stage} {d.reason}" if d.stage else "end of pipeline")
+                print(f"{d.index:6d}  {d.verdict:<13} {where}")
+    if args.out:
+        write_pcap(args.out, out_frames)
+    if not args.json:
+        print(f"{len(frames)} packets: " + ", ".join(f"{v} {n}" for v, n in sorted(totals.items())))
+    return 0

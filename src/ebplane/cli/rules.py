@@ -1,0 +1,116 @@
+"""``ebplane rules list | add | delete | replace``: change a filter's rules while traffic
+flows, without reloading the program (each change is one atomic install)."""
+
+from __future__ import annotations
+
+import yaml
+
+from ebplane.cli.output import emit, table
+from ebplane.errors import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rules", help="list or change the rules of an applied filter")
+    rs = p.add_subparsers(dest="rules_cmd", metavar="ACTION", required=True)
+
+    q = rs.add_parser("list", help="the live rules, in priority order")
+    q.add_argument("name")
+    q.add_argument("--table", help="filter name (needed when the pipeline has several)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_list)
+
+    q = rs.add_parser("add", help="insert a rule (at the end, or --at INDEX)",
+                      description="The rule is given as KEY=VALUE words (src=198.18.0.0/24 "
+                      "proto=udp dport=53 action=drop) or as --rule '{...}' (YAML flow mapping).")
+    q.add_argument("name")
+    q.add_argument("fields", nargs="*", metavar="KEY=VALUE")
+    q.add_argument("--rule", help="the rule as a YAML mapping")
+    q.add_argument("--at", type=int, help="position (0 = first, highest priority)")
+    q.add_argument("--table")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_add)
+
+    q = rs.add_parser("delete", help="delete rules by index")
+    q.add_argument("name")
+    q.add_argument("indexes", nargs="+", type=int, metavar="INDEX")
+    q.add_argument("--table")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_delete)
+
+    q = rs.add_parser("replace", help="replace the whole rule set from a YAML file (a list of "
+                      "rules), atomically")
+    q.add_argument("name")
+    q.add_argument("file")
+    q.add_argument("--table")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_replace)
+
+
+def _table(args):
+    from ebplane.runtime.pipeline import RuleTable
+    return RuleTable(args.name, args.table)
+
+
+def cmd_list(args) -> int:
+    t = _table(args)
+    rules = t.list()
+    emit(args, rules, lambda rs: table(
+        [[r["index"], r["id"], r["rule"]["action"],
+          " ".join(f"{k}={v}" for k, v in r["rule"].items() if k != "action") or "(any)"] for r in rs],
+        ["#", "id", "action", "match"]) if rs else "no rules")
+    return 0
+
+
+def _parse_fields(args) -> dict:
+    if args.rule and args.fields:
+        raise UsageError("give the rule either as KEY=VALUE words or as --rule, not both")
+    if args.rule:
+        obj = yaml.safe_load(args.rule)
+        if not isinstance(obj, dict):
+            raise UsageError(f"--rule must be a mapping such as '{{dst: 198.18.0.1, action: drop}}', "
+                             f"got {args.rule!r}")
+        return obj
+    if not args.fields:
+        raise UsageError("no rule given", hint="e.g. ebplane rules add NAME src=198.18.0.0/24 action=drop")
+    obj = {}
+    for f in args.fields:
+        if "=" not in f:
+            raise UsageError(f"'{f}' is not KEY=VALUE", hint="e.g. dport=53 or action=drop")
+        k, v = f.split("=", 1)
+        obj[k] = yaml.safe_load(v) if v.isdigit() else v
+    return obj
+
+
+def cmd_add(args) -> int:
+    t = _table(args)
+    rule = t.parse(_parse_fields(args))
+    res = t.add(rule, args.at)
+    emit(args, res, _human)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    t = _table(args)
+    res = t.delete(args.indexes)
+    emit(args, res, _human)
+    return 0
+
+
+def cmd_replace(args) -> int:
+    from pathlib import Path
+    t = _table(args)
+    try:
+        items = yaml.safe_load(Path(args.file).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"rules file {args.file} does not exist") from None
+    if not isinstance(items, list):
+        raise UsageError(f"{args.file} must hold a YAML list of rules")
+    rules = [t.parse(it) for it in items]
+    res = t.replace(rules)
+    emit(args, res, _human)
+    return 0
+
+
+def _human(d: dict) -> str:
+    extra = " (program regenerated: the new rules need more parsing)" if d.get("regenerated") else ""
+    return f"filter '{d['table']}': {d['rules']} rules installed atomically{extra}"

@@ -1,0 +1,103 @@
+"""Spec -> loaded (not yet attached) program: generate, compile, open, reuse pinned maps, load.
+
+Shared by ``apply`` (pins, attaches) and ``replay`` (runs on packets, leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
+from ebplane.errors import NotFound
+from ebplane.kernel import bpffs
+from ebplane.kernel.libbpf import lib
+from ebplane.kernel.maps import Map
+from ebplane.kernel.programs import BpfObject, Program
+from ebplane.runtime.tables import FilterTable
+from ebplane.spec import FilterStage, PipelineSpec
+from ebplane.toolchain.clang import compile_c
+
+
+@dataclass
+class Built:
+    spec: PipelineSpec
+    gen: GeneratedProgram
+    obj: BpfObject
+    cached: bool
+    reused_maps: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def program(self) -> Program:
+        return self.obj.programs[self.gen.name]
+
+    def map(self, cname: str) -> Map:
+        return self.obj.maps[cname]
+
+    def table(self, stage: FilterStage) -> FilterTable:
+        g = self.gen
+        return FilterTable(stage.name, stage.capacity,
+                           self.map(g.map_for(stage.name, "rules")),
+                           self.map(g.map_for(stage.name, "shapes")),
+                           self.map(g.map_for(stage.name, "config")),
+                           self.map(g.map_for(stage.name, "counters")))
+
+    def close(self) -> None:
+        self.obj.close()
+
+
+def _compatible(obj: BpfObject, cname: str, pinned: Map) -> str | None:
+    """None when the pinned map can serve as the object's map, else why not."""
+    p = obj.map_ptrs[cname]
+    want = (lib.bpf_map__type(p), lib.bpf_map__key_size(p), lib.bpf_map__value_size(p),
+            lib.bpf_map__max_entries(p))
+    have = (pinned.type, pinned.key_size, pinned.value_size, pinned.max_entries)
+    if want == have:
+        return None
+    what = ("type", "key size", "value size", "capacity")
+    diffs = [f"{w} {h} -> {n}" for w, h, n in zip(what, have, want) if h != n]
+    return ", ".join(diffs)
+
+
+def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
+          reuse_pins: Path | None = None) -> Built:
+    """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
+    directory), maps pinned there with the same definition are reused, so rules and counters
+    carry over; a map whose definition changed is created anew (and said so in ``notes``)."""
+    gen = generate(spec, features, trace=trace)
+    res = compile_c(gen.source, name=spec.name)
+    obj = BpfObject.open_bytes(res.elf, spec.name)
+    built = Built(spec, gen, obj, res.cached)
+    fds: list[int] = []
+    try:
+        if reuse_pins is not None:
+            for role in gen.maps:
+                if not role.pinned:
+                    continue
+                path = reuse_pins / role.cname
+                if not path.exists():
+                    continue
+                try:
+                    pinned = Map.from_pin(path)
+                except NotFound:
+                    continue
+                why = _compatible(obj, role.cname, pinned)
+                if why is None:
+                    obj.reuse_map(role.cname, pinned.fd)
+                    fds.append(pinned.fd)
+                    built.reused_maps.add(role.cname)
+                else:
+                    pinned.close()
+                    built.notes.append(f"map {role.cname} changed ({why}): created anew, "
+                                       f"its previous contents are dropped")
+        obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    finally:
+        for fd in fds:  # libbpf dup()s reused fds
+            os.close(fd)
+    return built

@@ -1,0 +1,498 @@
+"""The control plane of applied pipelines: apply (all or nothing), detach, status, stats,
+and run-time rule edits.
+
+Apply, in order, so that a failure at any step leaves the previous state in force:
+1. validate the spec and check its interfaces exist; compile every filter's rules (a rule
+   set that cannot be classified fails here);
+2. generate, compile and load the program, reusing the pipeline's pinned maps whose
+   definition is unchanged (rules and counters carry over);
+3. fill tables that are new; then attach (first apply) or atomically replace the program on
+   each interface (re-apply), rolling back the interfaces already done if one fails;
+4. install changed rule sets into reused tables (atomic generation flip);
+5. pin maps, links and the program, and write the state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from ebplane.codegen.pipeline import filter_slots, spec_features
+from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
+from ebplane.kernel import bpffs
+from ebplane.kernel.links import Link
+from ebplane.kernel.maps import Map
+from ebplane.kernel.programs import Program
+from ebplane.net import attach as att
+from ebplane.net import iface
+from ebplane.net.probe import netns_enter
+from ebplane.runtime.build import Built, build
+from ebplane.runtime.classifier import compile_rules
+from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
+from ebplane.runtime.tables import COUNT, FilterTable, RuleEntry, assign_ids
+from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
+from ebplane.kernel.codec import U32
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class ApplyResult:
+    name: str
+    created: bool
+    prog_id: int
+    attachments: list[dict]
+    compiled_from_cache: bool
+    reused_maps: list[str]
+    rules: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _filters(spec: PipelineSpec) -> list[FilterStage]:
+    return [s for s in spec.stages if isinstance(s, FilterStage)]
+
+
+def _entries_from_state(items: list[dict]) -> list[RuleEntry]:
+    return [RuleEntry(d["id"], Rule.from_dict(d["rule"])) for d in items]
+
+
+def _spec_of(state: PipelineState) -> PipelineSpec:
+    return parse_spec(state.spec_text, state.spec_file)
+
+
+def _attach_key(a: dict) -> tuple[str, str]:
+    return a["ifname"], a["hook"]
+
+
+def _link_pin(name: str, ifname: str, hook: str) -> Path:
+    # bpffs refuses names with dots (reserved), which interface names may have (eth0.100)
+    return pin_dir(name) / "links" / f"{ifname.replace('.', '%2e')}@{hook}"
+
+
+# -- apply ------------------------------------------------------------------------------------
+
+def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
+    spec = load_spec(spec_path)
+    text = Path(spec_path).read_text()
+    with locked(spec.name):
+        return _apply(spec, text, str(spec_path), progress=progress)
+
+
+def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
+           live_override: dict[str, list[RuleEntry]] | None = None) -> ApplyResult:
+    t0 = time.monotonic()
+    bpffs.ensure_mounted()
+    old = PipelineState.load(spec.name)
+    notes: list[str] = []
+    if old and old.netns != spec.netns:
+        raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
+                         f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
+                         hint=f"detach it first: ebplane detach {spec.name}")
+
+    # 1. interfaces exist; decide each table's rules and check they classify
+    with netns_enter(spec.netns):
+        for ifname in spec.interfaces:
+            iface.ifindex(ifname)
+    live: dict[str, list[RuleEntry]] = {}
+    prev_ids: dict[str, set[int]] = {}
+    for st in _filters(spec):
+        previous = _entries_from_state(old.live_rules.get(st.name, [])) if old else []
+        prev_ids[st.name] = {e.id for e in previous}
+        spec_rules = [r.to_dict() for r in st.rules]
+        if live_override and st.name in live_override:
+            live[st.name] = live_override[st.name]
+        elif old and st.name in old.live_rules and old.spec_rules.get(st.name) == spec_rules:
+            live[st.name] = previous   # spec unchanged: keep run-time edits
+        else:
+            if old and st.name in old.live_rules:
+                notes.append(f"filter '{st.name}': the spec's rules changed; they replace the live rules")
+            live[st.name] = assign_ids(st.rules, previous, st.capacity)
+        compile_rules([e.rule for e in live[st.name]], [e.id for e in live[st.name]])
+
+    # 2. build, reusing compatible pinned maps
+    progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
+    features = spec_features(spec, {k: [e.rule for e in v] for k, v in live.items()})
+    maps_dir = pin_dir(spec.name) / "maps"
+    built = build(spec, features, reuse_pins=maps_dir if old else None)
+    notes += built.notes
+    new_links: list[tuple[dict, Link | None]] = []
+    replaced: list[dict] = []
+    try:
+        # 3a. tables the program does not share with the running version get their rules now
+        deferred: list[tuple[FilterTable, list[RuleEntry]]] = []
+        for st in _filters(spec):
+            table = built.table(st)
+            rules_reused = built.gen.map_for(st.name, "rules") in built.reused_maps
+            if not rules_reused:
+                table.install(live[st.name], previous_ids=set())
+            elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, [])):
+                deferred.append((table, live[st.name]))
+        prog = built.program
+        # 3b. attach / replace
+        with netns_enter(spec.netns):
+            old_atts = {_attach_key(a): a for a in (old.attachments if old else [])}
+            for ifname in spec.interfaces:
+                key = (ifname, spec.hook)
+                if key in old_atts:
+                    progress(f"replacing program on {ifname} ({spec.hook})")
+                    _replace(old_atts[key], prog, old.prog_id)
+                    replaced.append(old_atts[key])
+                else:
+                    progress(f"attaching to {ifname} ({spec.hook})")
+                    rec, link = _attach(prog, ifname, spec)
+                    notes += rec.get("notes", [])
+                    new_links.append((rec, link))
+        # 4. changed rules into shared tables, now that the new program is in place
+        for table, entries in deferred:
+            table.install(entries, previous_ids=prev_ids[table.name])
+        # 5. pin: new objects under temporary names first, renamed over the old pins at the end
+        root = pin_dir(spec.name)
+        staged: list[tuple[Path, Path]] = []
+        for role in built.gen.maps:
+            if role.pinned and role.cname not in built.reused_maps:
+                tmp = maps_dir / f"{role.cname}-new"
+                bpffs.unpin(tmp)
+                built.map(role.cname).pin(tmp)
+                staged.append((tmp, maps_dir / role.cname))
+        bpffs.unpin(root / "prog-new")
+        built.program.pin(root / "prog-new")
+        staged.append((root / "prog-new", root / "prog"))
+        for rec, link in new_links:
+            if link is not None:
+                path = _link_pin(spec.name, rec["ifname"], rec["hook"])
+                bpffs.unpin(path)
+                link.pin(path)
+                rec["link_pin"] = str(path)
+    except BaseException:
+        with netns_enter(spec.netns):
+            for rec, link in new_links:
+                with contextlib.suppress(Exception):
+                    _detach_one(rec, link)
+                if rec.get("link_pin"):
+                    bpffs.unpin(rec["link_pin"])
+            for rec in replaced:  # put the previous program back
+                with contextlib.suppress(Exception):
+                    _replace(rec, Program.from_id(old.prog_id), built.program.id)
+        if old is None:
+            bpffs.unpin(pin_dir(spec.name))
+        else:
+            for role in built.gen.maps:
+                bpffs.unpin(maps_dir / f"{role.cname}-new")
+            bpffs.unpin(pin_dir(spec.name) / "prog-new")
+        built.close()
+        raise
+
+    # 6. commit: rename the staged pins over the old ones, drop what is no longer used, record
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    keep = {r.cname for r in built.gen.maps if r.pinned}
+    for p in maps_dir.iterdir():
+        if p.name not in keep:
+            bpffs.unpin(p)
+    attachments = []
+    for rec, link in new_links:
+        if link is not None:
+            link.close()  # the pin holds it now
+        attachments.append(rec)
+    kept = {(a["ifname"], a["hook"]) for a in attachments}
+    for a in replaced:
+        a["prog_id"] = built.program.id
+        attachments.append(a)
+        kept.add(_attach_key(a))
+    if old:
+        with netns_enter(spec.netns):
+            for a in old.attachments:
+                if _attach_key(a) not in kept:
+                    progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
+                    with contextlib.suppress(EbplaneError):
+                        _detach_one(a, None, prog_id=old.prog_id)
+    state = PipelineState(
+        name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
+        netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
+        attachments=attachments,
+        live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
+        spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
+        applied_at=time.time(), notes=notes)
+    state.save()
+    result = ApplyResult(spec.name, old is None, built.program.id, attachments, built.cached,
+                         sorted(built.reused_maps), {k: len(v) for k, v in live.items()}, notes,
+                         round(time.monotonic() - t0, 3))
+    built.close()  # pins and links keep everything alive
+    return result
+
+
+def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link | None]:
+    if spec.hook == "xdp":
+        a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
+    else:
+        a = att.attach_tc(prog.fd, ifname, spec.hook.split("-", 1)[1])
+    rec = a.to_dict()
+    rec["prog_id"] = prog.id
+    return rec, a.link
+
+
+def _replace(rec: dict, prog: Program, old_prog_id: int) -> None:
+    if rec.get("link_pin"):
+        link = Link.from_pin(rec["link_pin"])
+        try:
+            link.update(prog.fd)
+        finally:
+            link.close()
+    elif rec["method"] == "netlink":
+        old = Program.from_id(old_prog_id)
+        try:
+            att.replace_xdp(rec["ifname"], prog.fd, old.fd, rec["mode"])
+        finally:
+            old.close()
+    elif rec["method"] == "clsact":
+        att.replace_clsact(prog.fd, rec["ifname"], rec["hook"].split("-", 1)[1],
+                           rec["tc_priority"], rec["tc_handle"])
+    else:
+        raise EbplaneError(f"cannot replace attachment {rec}")
+
+
+def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> None:
+    if link is not None:
+        link.detach()
+        link.close()
+        return
+    if rec.get("link_pin"):
+        with contextlib.suppress(NotFound):
+            l2 = Link.from_pin(rec["link_pin"])
+            with contextlib.suppress(EbplaneError):
+                l2.detach()
+            l2.close()
+        bpffs.unpin(rec["link_pin"])
+    elif rec["method"] == "netlink":
+        with contextlib.suppress(EbplaneError):
+            q = att.query_xdp(rec["ifname"])
+            if prog_id is None or q["prog_id"] == prog_id:
+                att.detach_xdp(rec["ifname"], rec["mode"])
+    elif rec["method"] == "clsact":
+        with contextlib.suppress(EbplaneError):
+            att.detach_clsact(rec["ifname"], rec["hook"].split("-", 1)[1], rec["tc_priority"],
+                              rec["tc_handle"])
+
+
+# -- detach / status --------------------------------------------------------------------------
+
+def detach(name: str, *, progress: Progress = _quiet) -> dict:
+    with locked(name):
+        st = PipelineState.require(name)
+        done = []
+        ctx = netns_enter(st.netns) if st.netns and _netns_exists(st.netns) else contextlib.nullcontext()
+        with ctx:
+            for a in st.attachments:
+                progress(f"detaching from {a['ifname']} ({a['hook']})")
+                if st.netns and not _netns_exists(st.netns):
+                    bpffs.unpin(a.get("link_pin") or "/nonexistent")
+                else:
+                    _detach_one(a, None, prog_id=st.prog_id)
+                done.append(a["ifname"])
+        bpffs.unpin(pin_dir(name))
+        st.delete()
+        return {"name": name, "detached": done}
+
+
+def _netns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def status(name: str | None = None) -> list[dict]:
+    names = [name] if name else all_names()
+    out = []
+    for n in names:
+        st = PipelineState.require(n)
+        prog = None
+        with contextlib.suppress(EbplaneError):
+            p = Program.from_pin(pin_dir(n) / "prog")
+            prog = p.info()
+            p.close()
+        atts = []
+        for a in st.attachments:
+            alive = None
+            if a.get("link_pin"):
+                with contextlib.suppress(EbplaneError):
+                    link = Link.from_pin(a["link_pin"])
+                    alive = link.prog_id() == st.prog_id
+                    link.close()
+            atts.append({**a, "alive": alive})
+        out.append({"name": n, "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
+                    "program": prog, "attachments": atts, "features": st.features,
+                    "rules": {k: len(v) for k, v in st.live_rules.items()},
+                    "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
+    return out
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+VERDICT_NAMES = {"xdp": {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"},
+                 "tc": {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}}
+
+
+def _pinned_map(name: str, cname: str) -> Map:
+    return Map.from_pin(pin_dir(name) / "maps" / cname)
+
+
+def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[RuleEntry]]) -> dict:
+    """Counters of a pipeline from its maps (``maps(cname)``): per verdict, per rule, per stage."""
+    vmap = maps("ebp_verdicts").with_codecs(U32, COUNT)
+    names = VERDICT_NAMES["xdp" if spec.hook == "xdp" else "tc"]
+    verdicts = {}
+    for i, vname in names.items():
+        c = vmap.lookup_sum(i)
+        verdicts[vname] = {"packets": c.packets, "bytes": c.bytes}
+    stages = []
+    for st in spec.stages:
+        if isinstance(st, FilterStage):
+            cm = maps(f"flt_{st.name}_cnt").with_codecs(U32, COUNT)
+            rules = []
+            for pos, e in enumerate(live.get(st.name, [])):
+                c = cm.lookup_sum(e.id)
+                rules.append({"index": pos, "id": e.id, "rule": e.rule.to_dict(),
+                              "packets": c.packets, "bytes": c.bytes})
+            d_slot, m_slot = filter_slots(st)
+            d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
+            stages.append({"stage": st.name, "kind": "filter", "rules": rules,
+                           "default": {"action": st.default, "packets": d.packets, "bytes": d.bytes},
+                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes}})
+        elif isinstance(st, CountStage):
+            cm = maps(f"cnt_{st.name}").with_codecs(U32, COUNT)
+            vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
+            stages.append({"stage": st.name, "kind": "count",
+                           "counts": {k: {"packets": v.packets, "bytes": v.bytes} for k, v in vals.items()}})
+    return {"verdicts": verdicts, "stages": stages}
+
+
+def stats(name: str | None = None) -> list[dict]:
+    out = []
+    for n in ([name] if name else all_names()):
+        st = PipelineState.require(n)
+        spec = _spec_of(st)
+        live = {k: _entries_from_state(v) for k, v in st.live_rules.items()}
+        opened: list[Map] = []
+
+        def maps(cname: str) -> Map:
+            m = _pinned_map(n, cname)
+            opened.append(m)
+            return m
+        try:
+            d = read_stats(maps, spec, live)
+        finally:
+            for m in opened:
+                m.close()
+        out.append({"name": n, **d})
+    return out
+
+
+# -- run-time rule edits ----------------------------------------------------------------------
+
+class RuleTable:
+    """The live rules of one filter of an applied pipeline.
+
+    Every change is one atomic install (see ``ebplane.runtime.tables``).  Group several
+    changes into one install with :meth:`batch`.  A rule that needs parsing the running program
+    does not do (say, the first port rule) regenerates the program and replaces it atomically,
+    keeping the maps.
+    """
+
+    def __init__(self, pipeline: str, table: str | None = None):
+        self.pipeline = pipeline
+        st = PipelineState.require(pipeline)
+        spec = _spec_of(st)
+        filters = _filters(spec)
+        if not filters:
+            raise UsageError(f"pipeline '{pipeline}' has no filter stage")
+        if table is None:
+            if len(filters) > 1:
+                raise UsageError(f"pipeline '{pipeline}' has several filters "
+                                 f"({', '.join(f.name for f in filters)})", hint="name one with --table")
+            table = filters[0].name
+        match = [f for f in filters if f.name == table]
+        if not match:
+            raise NotFound(f"pipeline '{pipeline}' has no filter '{table}' "
+                           f"(filters: {', '.join(f.name for f in filters)})")
+        self.stage = match[0]
+        self.name = table
+
+    def _state(self) -> tuple[PipelineState, PipelineSpec, list[RuleEntry]]:
+        st = PipelineState.require(self.pipeline)
+        return st, _spec_of(st), _entries_from_state(st.live_rules.get(self.name, []))
+
+    def list(self) -> list[dict]:
+        _, _, entries = self._state()
+        return [{"index": i, "id": e.id, "rule": e.rule.to_dict()} for i, e in enumerate(entries)]
+
+    def parse(self, obj) -> Rule:
+        _, spec, _ = self._state()
+        return parse_rule(obj, protocols=spec.protocols, where="rule")
+
+    def replace(self, rules: Sequence[Rule]) -> dict:
+        """Install ``rules`` as the whole rule set, atomically."""
+        with locked(self.pipeline):
+            st, spec, entries = self._state()
+            new = assign_ids(list(rules), entries, self.stage.capacity)
+            compile_rules([e.rule for e in new], [e.id for e in new])  # fails before any change
+            all_live = {k: _entries_from_state(v) for k, v in st.live_rules.items()}
+            all_live[self.name] = new
+            need = spec_features(spec, {k: [e.rule for e in v] for k, v in all_live.items()})
+            from ebplane.codegen.pipeline import Features
+            if not Features(**st.features).covers(need):
+                res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
+                return {"table": self.name, "rules": len(new), "regenerated": True,
+                        "prog_id": res.prog_id}
+            maps = {r: _pinned_map(self.pipeline, f"flt_{self.name}_{r}")
+                    for r in ("rules", "shapes", "cfg", "cnt")}
+            try:
+                table = FilterTable(self.name, self.stage.capacity, maps["rules"], maps["shapes"],
+                                    maps["cfg"], maps["cnt"])
+                info = table.install(new, previous_ids={e.id for e in entries})
+            finally:
+                for m in maps.values():
+                    m.close()
+            st.live_rules[self.name] = [e.to_state() for e in new]
+            st.save()
+            return {"table": self.name, "rules": len(new), "regenerated": False, **info}
+
+    def add(self, rule: Rule, at: int | None = None) -> dict:
+        _, _, entries = self._state()
+        rules = [e.rule for e in entries]
+        if at is None:
+            at = len(rules)
+        if not 0 <= at <= len(rules):
+            raise UsageError(f"position {at} is out of range (0..{len(rules)})")
+        rules.insert(at, rule)
+        return self.replace(rules)
+
+    def delete(self, indexes: Sequence[int]) -> dict:
+        _, _, entries = self._state()
+        bad = [i for i in indexes if not 0 <= i < len(entries)]
+        if bad:
+            raise KeyNotFound(f"filter '{self.name}' has no rule at index {bad[0]} "
+                              f"({len(entries)} rules)")
+        drop = set(indexes)
+        return self.replace([e.rule for i, e in enumerate(entries) if i not in drop])
+
+    @contextlib.contextmanager
+    def batch(self):
+        """``with table.batch() as rules: rules.append(...); del rules[0]`` -> one install."""
+        _, _, entries = self._state()
+        rules = [e.rule for e in entries]
+        yield rules
+        self.replace(rules)
