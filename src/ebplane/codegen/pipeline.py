@@ -38,6 +38,10 @@ class Features:
         return [f"EBP_PARSE_{n.upper()}" for n in ("vlan", "ipv4", "ipv6", "tcp", "udp")
                 if getattr(self, n)]
 
+    def merge(self, other: "Features") -> "Features":
+        return Features(**{n: getattr(self, n) or getattr(other, n)
+                           for n in ("vlan", "ipv4", "ipv6", "tcp", "udp")})
+
     def covers(self, other: "Features") -> bool:
         return all(getattr(self, n) or not getattr(other, n)
                    for n in ("vlan", "ipv4", "ipv6", "tcp", "udp"))
@@ -66,11 +70,16 @@ def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
 
 
 def spec_features(spec: PipelineSpec, live_rules: dict[str, list[Rule]] | None = None) -> Features:
-    rules: list[Rule] = []
+    """What the parser must read for all stages (filters: their live rules when given)."""
+    _load_stage_modules()
+    total = Features(vlan="vlan" in spec.protocols)
     for st in spec.stages:
         if isinstance(st, FilterStage):
-            rules += (live_rules or {}).get(st.name, list(st.rules))
-    return rule_features(rules, spec.protocols)
+            f = rule_features((live_rules or {}).get(st.name, list(st.rules)), spec.protocols)
+        else:
+            f = STAGE_GENERATORS[st.kind].features(st, spec.protocols)
+        total = total.merge(f)
+    return total
 
 
 @dataclass
@@ -108,7 +117,7 @@ def rules_map_entries(stage: FilterStage) -> int:
     return 4 * stage.capacity
 
 
-def _map(cname: str, mtype: str, key: str, value: str, entries: int, comment: str,
+def _map(cname: str, mtype: str, key: str, value: str, entries, comment: str,
          flags: str | None = None) -> str:
     lines = [f"/* {comment} */", "struct {", f"\t__uint(type, {mtype});",
              f"\t__uint(max_entries, {entries});", f"\t__type(key, {key});",
@@ -119,163 +128,203 @@ def _map(cname: str, mtype: str, key: str, value: str, entries: int, comment: st
     return "\n".join(lines)
 
 
+@dataclass
+class Emit:
+    """What stage generators add to the program being generated."""
+    spec: PipelineSpec
+    prog: GeneratedProgram
+    maps: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    includes: list[str] = field(default_factory=list)
+
+    @property
+    def hook(self) -> str:
+        return self.spec.hook
+
+    def map(self, cname: str, mtype: str, key: str, value: str, entries, comment: str, *,
+            stage: str | None, role: str, flags: str | None = None, pinned: bool = True) -> None:
+        self.maps.append(_map(cname, mtype, key, value, entries, comment, flags))
+        self.prog.maps.append(MapRole(cname, stage, role, pinned))
+
+    def include(self, header: str) -> None:
+        if header not in self.includes:
+            self.includes.append(header)
+
+
+class StageGen:
+    """Code generator of one stage kind.  ``emit`` adds the stage's maps and its function
+    ``stage_<idx>_<kind>(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)``, which returns
+    the hook's action (XDP_* / TC_ACT_*) when it decides, or EBP_NEXT."""
+    kind = ""
+
+    def emit(self, idx: int, stage, out: Emit) -> None:
+        raise NotImplementedError
+
+    def features(self, stage, protocols) -> Features:
+        return Features()
+
+
+STAGE_GENERATORS: dict[str, StageGen] = {}
+
+
+def register_generator(gen: StageGen) -> StageGen:
+    STAGE_GENERATORS[gen.kind] = gen
+    return gen
+
+
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program)."""
+    _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
     prog_name = "ebp_" + spec.name.replace("-", "_")
     prog = GeneratedProgram(prog_name[:15], section, "", features)
-    maps: list[str] = []
-    stage_fns: list[str] = []
-    calls: list[str] = []
-
-    maps.append(_map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                     MAX_VERDICTS, "packets and bytes per returned verdict"))
-    prog.maps.append(MapRole("ebp_verdicts", None, "verdicts"))
+    out = Emit(spec, prog)
+    out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
+            "packets and bytes per returned verdict", stage=None, role="verdicts")
     if trace:
-        maps.append(_map("ebp_trace", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
-                         "which stage and counter slot decided the last packet (replay only)"))
-        prog.maps.append(MapRole("ebp_trace", None, "trace", pinned=False))
-
+        out.map("ebp_trace", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
+                "which stage and counter slot decided the last packet (replay only)",
+                stage=None, role="trace", pinned=False)
     for idx, st in enumerate(spec.stages):
         prog.stage_names.append(st.name)
-        if isinstance(st, FilterStage):
-            maps.append(_filter_maps(st, prog))
-            stage_fns.append(_filter_fn(idx, st))
-            calls.append(f"\t/* stage {idx}: filter '{st.name}' */\n"
-                         f"\tverdict = stage_{idx}_filter(&pkt, malformed);\n"
-                         f"\tif (verdict != EBP_NEXT)\n\t\tgoto out;")
-        elif isinstance(st, CountStage):
-            cname = f"cnt_{st.name}"
-            maps.append(_map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", 4,
-                             f"count '{st.name}': all, IPv4, IPv6, other"))
-            prog.maps.append(MapRole(cname, st.name, "counters"))
-            stage_fns.append(_count_fn(idx, st, cname))
-            calls.append(f"\t/* stage {idx}: count '{st.name}' */\n\tstage_{idx}_count(&pkt);")
-        else:  # the spec layer only registers stage kinds that have a generator here
+        gen = STAGE_GENERATORS.get(st.kind)
+        if gen is None:  # the spec layer only registers kinds that have a generator
             raise NotImplementedError(f"no code generator for stage kind '{st.kind}'")
+        gen.emit(idx, st, out)
+        out.calls.append(f"\t/* stage {idx}: {st.kind} '{st.name}' */\n"
+                         f"\taction = stage_{idx}_{st.kind}(ctx, &pkt, malformed);\n"
+                         f"\tif (action != EBP_NEXT)\n\t\tgoto out;")
 
     if spec.hook == "xdp":
-        prologue = ("\tvoid *data = (void *)(long)ctx->data;\n"
-                    "\tvoid *data_end = (void *)(long)ctx->data_end;\n")
-        length = ""
+        prologue = ["\tvoid *data = (void *)(long)ctx->data;",
+                    "\tvoid *data_end = (void *)(long)ctx->data_end;"]
     else:
-        prologue = (f"\t/* make the headers linear: parsing reads at most {TC_PULL_LEN} bytes */\n"
-                    f"\tif (skb->data + {TC_PULL_LEN} > skb->data_end && skb->len > skb->data_end - skb->data)\n"
-                    f"\t\tbpf_skb_pull_data(skb, skb->len < {TC_PULL_LEN} ? skb->len : {TC_PULL_LEN});\n"
-                    "\tvoid *data = (void *)(long)skb->data;\n"
-                    "\tvoid *data_end = (void *)(long)skb->data_end;\n")
-        length = "\tpkt.len = skb->len; /* count the whole frame, not only the linear part */\n"
-
+        prologue = [f"\t/* make the headers linear: parsing reads at most {TC_PULL_LEN} bytes */",
+                    f"\tif (ctx->data + {TC_PULL_LEN} > ctx->data_end && ctx->len > ctx->data_end - ctx->data)",
+                    f"\t\tbpf_skb_pull_data(ctx, ctx->len < {TC_PULL_LEN} ? ctx->len : {TC_PULL_LEN});",
+                    "\tvoid *data = (void *)(long)ctx->data;",
+                    "\tvoid *data_end = (void *)(long)ctx->data_end;"]
     stage_list = ", ".join(f"{s.kind} '{s.name}'" for s in spec.stages)
     head = [
         "// SPDX-License-Identifier: GPL-2.0",
         f"/* Pipeline '{spec.name}', generated by ebplane {__version__} from {spec.source}.",
         " * Regenerate it (ebplane apply / replay); do not edit.",
         f" * hook: {spec.hook}; protocols listed: {' '.join(spec.protocols)}",
-        f" * parsed (what the rules need): ethernet {' '.join(n for n, v in features.to_dict().items() if v)}",
+        f" * parsed (what the stages need): ethernet {' '.join(n for n, v in features.to_dict().items() if v)}",
         f" * stages: {stage_list}",
         " */",
     ]
     head += [f"#define {d} 1" for d in features.defines()]
     if trace:
         head.append("#define EBP_TRACE 1")
-    head += ['#include "filter_stage.h"', ""]
-    trace_struct = ("struct ebp_trace {\n\t__u32 stage; /* 0xff: no stage decided */\n"
-                    "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */\n};\n")
+    head += [f"#define EBP_CTX {ctx_decl.rsplit(' ', 1)[0].rstrip(' *')}",
+             f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
+             '#include "ebplane.h"']
+    head += [f'#include "{h}"' for h in out.includes]
+    trace_part = [
+        "/* replay only: which stage and counter slot decided the last packet */",
+        "struct ebp_trace {", "\t__u32 stage; /* 0xff: no stage decided */",
+        "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */", "};", "",
+    ]
     trace_macro = ("#ifdef EBP_TRACE\n#define EBP_TRACE_SET(st, sl) do { __u32 z_ = 0; "
                    "struct ebp_trace *t_ = bpf_map_lookup_elem(&ebp_trace, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"
-                   "#else\n#define EBP_TRACE_SET(st, sl) do { } while (0)\n#endif\n")
-    main = [
-        f'SEC("{section}")',
-        f"int {prog.name}({ctx_decl})",
-        "{",
-        prologue.rstrip("\n"),
-        "\tstruct ebp_pkt pkt = {};",
-        "\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
-        "\tint verdict = EBP_PASS;",
-        "\tint action;",
-        "",
-    ]
-    if length:
-        main.insert(5, length.rstrip("\n"))
+                   "#else\n#define EBP_TRACE_SET(st, sl) do { } while (0)\n#endif")
+    main = [f'SEC("{section}")', f"int {prog.name}({ctx_decl})", "{", *prologue,
+            "\tstruct ebp_pkt pkt = {};",
+            "\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
+            "\tint action;", ""]
+    if spec.hook != "xdp":
+        main.append("\tpkt.len = ctx->len; /* count the whole frame, not only the linear part */")
     if trace:
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
-    main += calls
-    main += [
-        "\tverdict = EBP_PASS; /* after the last stage the packet passes */",
-        "out:",
-        f"\taction = verdict == EBP_DROP ? {drop_v} : {pass_v};",
-        "\tebp_count(&ebp_verdicts, action, pkt.len);",
-        "\treturn action;",
-        "}",
-    ]
-    if not calls:
-        main.remove("out:")
-    body = "\n".join(head) + "\n" + trace_struct + "\n" + "\n\n".join(maps) + "\n\n" + trace_macro + \
-        "\n" + "\n\n".join(stage_fns) + ("\n\n" if stage_fns else "") + "\n".join(main) + \
-        '\n\nchar LICENSE[] SEC("license") = "GPL";\n'
-    prog.source = body
+    main += out.calls
+    main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
+             "out:", "\tebp_count(&ebp_verdicts, action, pkt.len);", "\treturn action;", "}"]
+    parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
+             *out.functions, "\n".join(main), 'char LICENSE[] SEC("license") = "GPL";']
+    prog.source = "\n\n".join(parts) + "\n"
     return prog
 
 
-def _filter_maps(st: FilterStage, prog: GeneratedProgram) -> str:
-    t = f"flt_{st.name}"
-    out = [
-        _map(f"{t}_rules", "BPF_MAP_TYPE_HASH", "struct ebp_flt_key", "struct ebp_flt_rule",
-             rules_map_entries(st), f"filter '{st.name}': rule entries of both generations",
-             flags="BPF_F_NO_PREALLOC"),
-        _map(f"{t}_shapes", "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_shape",
-             "2 * EBP_FLT_MAX_SHAPES", f"filter '{st.name}': shapes of both generations"),
-        _map(f"{t}_cfg", "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_config", 1,
-             f"filter '{st.name}': active generation"),
-        _map(f"{t}_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", st.capacity + 2,
-             f"filter '{st.name}': per rule id, then default and malformed"),
-        f"EBP_FLT_DEFINE({t}, {t}_cfg, {t}_shapes, {t}_rules)",
-    ]
-    prog.maps += [MapRole(f"{t}_rules", st.name, "rules"), MapRole(f"{t}_shapes", st.name, "shapes"),
-                  MapRole(f"{t}_cfg", st.name, "config"), MapRole(f"{t}_cnt", st.name, "counters")]
-    return "\n\n".join(out)
+def _load_stage_modules() -> None:
+    """Stage kinds beyond filter and count register their generators on import."""
+    import importlib
+    for mod in STAGE_MODULES:
+        importlib.import_module(mod)
 
 
-_OUTCOME = {"pass": "EBP_PASS", "drop": "EBP_DROP", "next": "EBP_NEXT"}
+STAGE_MODULES: list[str] = []  # e.g. "ebplane.codegen.forwarding"
 
 
-def _filter_fn(idx: int, st: FilterStage) -> str:
-    t = f"flt_{st.name}"
-    default_slot, malformed_slot = filter_slots(st)
-    return "\n".join([
-        f"/* filter '{st.name}': first matching rule wins; otherwise {st.default}; "
-        f"malformed packets: {st.malformed} */",
-        f"static __always_inline int stage_{idx}_filter(const struct ebp_pkt *pkt, int malformed)",
-        "{",
-        "\tstruct ebp_flt_rule r;",
-        "",
-        "\tif (malformed) {",
-        f"\t\tebp_count(&{t}_cnt, {malformed_slot}, pkt->len);",
-        f"\t\tEBP_TRACE_SET({idx}, {malformed_slot});",
-        f"\t\treturn {_OUTCOME[st.malformed]};",
-        "\t}",
-        f"\tif ({t}_classify(pkt, &r)) {{",
-        f"\t\tebp_count(&{t}_cnt, r.rule_id, pkt->len);",
-        f"\t\tEBP_TRACE_SET({idx}, r.rule_id);",
-        "\t\treturn r.action == EBP_ACT_DROP ? EBP_DROP : EBP_PASS;",
-        "\t}",
-        f"\tebp_count(&{t}_cnt, {default_slot}, pkt->len);",
-        *([f"\tEBP_TRACE_SET({idx}, {default_slot});"] if st.default != "next" else []),
-        f"\treturn {_OUTCOME[st.default]};",
-        "}",
-    ])
+class FilterGen(StageGen):
+    kind = "filter"
+
+    def emit(self, idx: int, st: FilterStage, out: Emit) -> None:
+        out.include("filter_stage.h")
+        t = f"flt_{st.name}"
+        out.map(f"{t}_rules", "BPF_MAP_TYPE_HASH", "struct ebp_flt_key", "struct ebp_flt_rule",
+                rules_map_entries(st), f"filter '{st.name}': rule entries of both generations",
+                stage=st.name, role="rules", flags="BPF_F_NO_PREALLOC")
+        out.map(f"{t}_shapes", "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_shape",
+                "2 * EBP_FLT_MAX_SHAPES", f"filter '{st.name}': shapes of both generations",
+                stage=st.name, role="shapes")
+        out.map(f"{t}_cfg", "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_config", 1,
+                f"filter '{st.name}': active generation", stage=st.name, role="config")
+        out.map(f"{t}_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+                st.capacity + 2, f"filter '{st.name}': per rule id, then default and malformed",
+                stage=st.name, role="counters")
+        default_slot, malformed_slot = filter_slots(st)
+        out.functions.append("\n".join([
+            f"EBP_FLT_DEFINE({t}, {t}_cfg, {t}_shapes, {t}_rules)",
+            "",
+            f"/* filter '{st.name}': first matching rule wins; otherwise {st.default}; "
+            f"malformed packets: {st.malformed} */",
+            f"static __always_inline int stage_{idx}_filter(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",
+            "{",
+            "\tstruct ebp_flt_rule r;",
+            "",
+            "\tif (malformed) {",
+            f"\t\tebp_count(&{t}_cnt, {malformed_slot}, pkt->len);",
+            f"\t\tEBP_TRACE_SET({idx}, {malformed_slot});",
+            f"\t\treturn {_OUTCOME[st.malformed]};",
+            "\t}",
+            f"\tif ({t}_classify(pkt, &r)) {{",
+            f"\t\tebp_count(&{t}_cnt, r.rule_id, pkt->len);",
+            f"\t\tEBP_TRACE_SET({idx}, r.rule_id);",
+            "\t\treturn r.action == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
+            "\t}",
+            f"\tebp_count(&{t}_cnt, {default_slot}, pkt->len);",
+            *([f"\tEBP_TRACE_SET({idx}, {default_slot});"] if st.default != "next" else []),
+            f"\treturn {_OUTCOME[st.default]};",
+            "}",
+        ]))
+
+    def features(self, st: FilterStage, protocols) -> Features:
+        return rule_features(st.rules, protocols)
 
 
-def _count_fn(idx: int, st: CountStage, cname: str) -> str:
-    return "\n".join([
-        f"/* count '{st.name}': every packet reaching it, and by family */",
-        f"static __always_inline void stage_{idx}_count(const struct ebp_pkt *pkt)",
-        "{",
-        f"\tebp_count(&{cname}, 0, pkt->len);",
-        f"\tebp_count(&{cname}, pkt->eth_proto == ETH_P_IP ? 1 : pkt->eth_proto == ETH_P_IPV6 ? 2 : 3, pkt->len);",
-        "}",
-    ])
+class CountGen(StageGen):
+    kind = "count"
+
+    def emit(self, idx: int, st: CountStage, out: Emit) -> None:
+        cname = f"cnt_{st.name}"
+        out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", 4,
+                f"count '{st.name}': all, IPv4, IPv6, other", stage=st.name, role="counters")
+        out.functions.append("\n".join([
+            f"/* count '{st.name}': every packet reaching it, and by family */",
+            f"static __always_inline int stage_{idx}_count(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",
+            "{",
+            f"\tebp_count(&{cname}, 0, pkt->len);",
+            f"\tebp_count(&{cname}, pkt->eth_proto == ETH_P_IP ? 1 : pkt->eth_proto == ETH_P_IPV6 ? 2 : 3, pkt->len);",
+            "\treturn EBP_NEXT;",
+            "}",
+        ]))
+
+
+_OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
+register_generator(FilterGen())
+register_generator(CountGen())

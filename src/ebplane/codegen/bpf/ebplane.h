@@ -16,6 +16,7 @@
 #define EBPLANE_H
 
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
@@ -33,10 +34,10 @@
 #define EBP_PKT_FRAG       0x02 /* an IP fragment (first or later) */
 #define EBP_PKT_LATER_FRAG 0x04 /* a non-first fragment: no L4 header */
 
-/* stage outcomes */
-#define EBP_NEXT 0
-#define EBP_PASS 1
-#define EBP_DROP 2
+/* A stage returns the hook's action (XDP_* / TC_ACT_*: the generated program defines
+ * EBP_V_PASS and EBP_V_DROP for its hook, and EBP_CTX as its context type) when it decides
+ * the packet's fate, or EBP_NEXT to hand it to the next stage. */
+#define EBP_NEXT (-1)
 
 struct ebp_pkt {
 	__u32 len;       /* frame length in bytes */
