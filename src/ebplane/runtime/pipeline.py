@@ -34,6 +34,7 @@ from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build
 from ebplane.runtime.classifier import compile_rules
+from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import COUNT, FilterTable, RuleEntry, assign_ids
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
@@ -109,6 +110,10 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     with netns_enter(spec.netns):
         for ifname in spec.interfaces:
             iface.ifindex(ifname)
+        for st in spec.stages:
+            rt = runtime_for(st.kind)
+            if rt:
+                notes += rt.check(spec, st)
     live: dict[str, list[RuleEntry]] = {}
     prev_ids: dict[str, set[int]] = {}
     for st in _filters(spec):
@@ -144,8 +149,12 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, [])):
                 deferred.append((table, live[st.name]))
         prog = built.program
-        # 3b. attach / replace
+        # 3b. stage kinds with their own control plane fill their maps; then attach / replace
         with netns_enter(spec.netns):
+            for st in spec.stages:
+                rt = runtime_for(st.kind)
+                if rt:
+                    notes += rt.prepare(built, spec, st)
             old_atts = {_attach_key(a): a for a in (old.attachments if old else [])}
             for ifname in spec.interfaces:
                 key = (ifname, spec.hook)
@@ -377,6 +386,8 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
             vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
             stages.append({"stage": st.name, "kind": "count",
                            "counts": {k: {"packets": v.packets, "bytes": v.bytes} for k, v in vals.items()}})
+        elif (rt := runtime_for(st.kind)) is not None:
+            stages.append({"stage": st.name, "kind": st.kind, **rt.stats(maps, spec, st)})
     return {"verdicts": verdicts, "stages": stages}
 
 

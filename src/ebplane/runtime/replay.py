@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 from ebplane.codegen.pipeline import TRACE_NONE, filter_slots, spec_features
 from ebplane.kernel.codec import Struct, U32
 from ebplane.runtime.build import Built, build
+from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.tables import RuleEntry, assign_ids
 from ebplane.spec import FilterStage, PipelineSpec
 
@@ -46,6 +47,8 @@ class Replayer:
             for st in spec.stages:
                 if isinstance(st, FilterStage):
                     self.built.table(st).install(self.entries[st.name], previous_ids=set())
+                elif (rt := runtime_for(st.kind)) is not None:
+                    rt.prepare(self.built, spec, st, replay=True)
             self.trace = self.built.map("ebp_trace").with_codecs(U32, TRACE)
             self.program = self.built.program
         except BaseException:
