@@ -26,6 +26,7 @@ MIN_VERSION = (1, 1)
 PROG_TYPES = {
     "socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4, "tracepoint": 5, "xdp": 6,
     "perf_event": 7, "cgroup_skb": 8, "lwt_in": 10, "sk_skb": 14, "sk_msg": 16,
+    "raw_tracepoint": 17,
     "flow_dissector": 22, "sk_lookup": 30,
 }
 PROG_TYPE_NAMES = {v: k for k, v in PROG_TYPES.items()}
@@ -70,7 +71,7 @@ class TcOpts(Structure):
     """struct bpf_tc_opts (32 bytes)."""
     _fields_ = [("sz", c_size_t), ("prog_fd", c_int), ("flags", c_uint32),
                 ("prog_id", c_uint32), ("handle", c_uint32), ("priority", c_uint32),
-                ("_pad", c_uint32 * 3)]
+                ("_pad", c_uint32)]
 
 
 class XdpAttachOpts(Structure):
@@ -214,6 +215,8 @@ _PROTOS = {
     "bpf_map_get_fd_by_id": (c_int, [c_uint32]),
     "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_char_p, c_size_t, c_void_p]),
     "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(TestRunOpts)]),
+    "bpf_prog_query": (c_int, [c_int, c_int, c_uint32, POINTER(c_uint32), POINTER(c_uint32),
+                               POINTER(c_uint32)]),
     # attach
     "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
     "bpf_link_update": (c_int, [c_int, c_int, c_void_p]),
@@ -277,10 +280,7 @@ def num_possible_cpus() -> int:
 def check(ret: int, what: str, *, hint: str | None = None) -> int:
     """Raise the matching ebplane error for a libbpf int return of -errno."""
     if ret < 0:
-        err = -ret
-        if err == 0:
-            err = ctypes.get_errno() or _errno.EINVAL
-        raise kernel_error(what, err, hint=hint)
+        raise kernel_error(what, -ret, hint=hint)
     return ret
 
 

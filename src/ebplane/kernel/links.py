@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 from pathlib import Path
 
-from ebplane.errors import kernel_error
+from ebplane.errors import AttachError, kernel_error
 from ebplane.kernel import bpffs
 from ebplane.kernel.libbpf import LinkInfo, LinkUpdateOpts, close_fd, lib, obj_info
 
@@ -38,7 +39,12 @@ class Link:
             opts.old_prog_fd = old_prog_fd
         ret = lib.bpf_link_update(self.fd, new_prog_fd, ctypes.byref(opts))
         if ret < 0:
-            raise kernel_error(f"replace program of link {self.id} ({self.description})", -ret)
+            what = f"replace program of link {self.id} ({self.description})"
+            if old_prog_fd is not None and -ret == errno.EPERM:
+                # the kernel's answer when the link no longer runs old_prog_fd: not privileges
+                raise AttachError(f"{what}: the link no longer runs the expected program", err=-ret,
+                                  hint="someone replaced it meanwhile; read prog_id() and retry")
+            raise kernel_error(what, -ret)
 
     def pin(self, path: str | Path) -> Path:
         return bpffs.pin_fd(self.fd, path)

@@ -233,6 +233,12 @@ class Map:
             ret = lib.bpf_map_lookup_batch(self.fd, in_b, out_b, keys, vals, ctypes.byref(count),
                                            ctypes.byref(self._batch_opts()))
             err = -ret if ret < 0 else 0
+            if err == errno.ENOSPC and count.value == 0:
+                # one hash bucket holds more entries than ``chunk``: retry with room for it
+                chunk *= 2
+                keys = ctypes.create_string_buffer(self.key_size * chunk)
+                vals = self._vbuf(chunk)
+                continue
             if err and err != errno.ENOENT:
                 if err in (errno.EINVAL, 524, errno.EOPNOTSUPP) and in_b is None:
                     raise NotSupported(f"batch lookup on {self.type_name} map", err=err)

@@ -8,12 +8,14 @@ puts it into the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebplane.errors import EbplaneError, NotFound, VerifierError, kernel_error
+from ebplane.errors import NotFound, UsageError, VerifierError, kernel_error
 from ebplane.kernel import bpffs
 from ebplane.kernel.libbpf import (PROG_TYPE_NAMES, ProgInfo, TestRunOpts, check, check_ptr,
                                    close_fd, lib, obj_info)
@@ -69,6 +71,21 @@ class SkBuff(ctypes.Structure):
                 ("_pad", ctypes.c_uint8 * 3), ("hwtstamp", ctypes.c_uint64)]
 
 
+@contextlib.contextmanager
+def _on_cpu(cpu: int):
+    """Pin the calling thread to ``cpu`` for the ``with`` body, then restore its affinity."""
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot run on CPU {cpu}: {e}",
+                         hint=f"usable CPUs: {sorted(before)}") from None
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 class Program:
     """A loaded program, by fd.  Owned by its object, or standalone (from a pin or id)."""
 
@@ -116,13 +133,23 @@ class Program:
                  batch_size: int = 0) -> RunResult:
         """Run the program on one packet with BPF_PROG_TEST_RUN.
 
-        ``repeat`` > 1 gives a stable ``duration_ns`` (kernel-measured, per run).  ``ctx`` is an
-        ``XdpMd`` / ``SkBuff`` (or raw bytes) passed as ctx_in, and read back as ctx_out.
+        ``repeat`` > 1 gives a stable ``duration_ns`` (kernel-measured, per run); every run
+        sees the packet as the previous run left it (the kernel does not restore it, so
+        rewrites accumulate).  ``ctx`` is an ``XdpMd`` / ``SkBuff`` (or raw bytes) passed as
+        ctx_in, and read back as ctx_out.
+        ``flags=BPF_F_TEST_RUN_ON_CPU`` runs on CPU ``cpu``: the kernel takes that flag only
+        for raw tracepoints, and runs the other types on the calling thread's CPU, so for
+        them the thread is pinned to ``cpu`` for the call (per-CPU maps see that CPU's slot).
         """
         if len(data) < 14:
-            raise EbplaneError(f"test_run needs at least an Ethernet header (14 bytes), "
-                               f"got {len(data)}")
+            raise UsageError(f"test_run needs at least an Ethernet header (14 bytes), "
+                             f"got {len(data)}", hint="pad the packet to 14 bytes or more")
         data = bytes(data)
+        pin_cpu = None
+        if flags & BPF_F_TEST_RUN_ON_CPU and self.type_name != "raw_tracepoint":
+            # only raw tracepoints take the flag; XDP, TC... run on the caller's CPU
+            flags &= ~BPF_F_TEST_RUN_ON_CPU
+            pin_cpu, cpu = cpu, 0
         out = ctypes.create_string_buffer(out_size or (len(data) + 256))
         inb = ctypes.create_string_buffer(data, len(data))
         opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.cast(inb, ctypes.c_void_p),
@@ -142,7 +169,11 @@ class Program:
             if not flags & BPF_F_TEST_XDP_LIVE_FRAMES:
                 opts.ctx_out = ctypes.cast(ctx_out, ctypes.c_void_p)
                 opts.ctx_size_out = len(raw)
-        ret = lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts))
+        if pin_cpu is None:
+            ret = lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts))
+        else:
+            with _on_cpu(pin_cpu):
+                ret = lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts))
         if ret < 0:
             hint = None
             if -ret == errno.ENOSPC:

@@ -11,7 +11,7 @@ import ctypes
 import errno
 from dataclasses import dataclass, field
 
-from ebplane.errors import AttachError, kernel_error
+from ebplane.errors import AttachError, KernelError, kernel_error
 from ebplane.kernel.libbpf import (ATTACH_TYPES, XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE,
                                    XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, LinkCreateOpts,
                                    TcHook, TcOpts, XdpAttachOpts, XdpQueryOpts, lib)
@@ -23,6 +23,7 @@ XDP_ATTACH_MODE_NAMES = {0: "none", 1: "native", 2: "generic", 3: "offload", 4: 
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1
 TC_DIRECTIONS = {"ingress": BPF_TC_INGRESS, "egress": BPF_TC_EGRESS}
+TCX_MAX_PROGS = 64  # the kernel's limit of programs per tcx hook (BPF_MPROG_MAX)
 
 
 @dataclass
@@ -43,6 +44,13 @@ class Attachment:
                 "method": self.method, "mode": self.mode,
                 "link_id": self.link.id if self.link else None, "notes": self.notes,
                 "tc_handle": self.tc_handle, "tc_priority": self.tc_priority}
+
+
+def _attach_error(what: str, err: int, hint: str | None = None) -> KernelError:
+    """The error for a refused attach: PermissionDenied / NotSupported where the errno says
+    so (their exit codes differ), AttachError for everything else."""
+    e = kernel_error(what, err, hint=hint)
+    return AttachError(e.message, err=e.errno, hint=hint) if type(e) is KernelError else e
 
 
 # -- XDP ----------------------------------------------------------------------------
@@ -85,10 +93,11 @@ def attach_xdp(prog_fd: int, ifname: str, *, mode: str = "auto", use_link: bool 
     if last_err in (errno.EBUSY, errno.EEXIST):
         q = query_xdp(ifname)
         hint = (f"{ifname} already has an XDP program (id {q['prog_id']}, {q['mode']}); "
-                f"detach it first (ebplane detach NAME, or: ip link set {ifname} xdp off)")
+                f"detach it first: `ip link set {ifname} xdp off` if attached by netlink, or "
+                f"close (or unpin) the bpf_link that holds it")
     elif last_err == errno.EOPNOTSUPP:
         hint = "the driver has no native XDP: use mode generic, or hook tc-ingress"
-    raise kernel_error(f"attach XDP ({mode}) to {ifname}", last_err, hint=hint)
+    raise _attach_error(f"attach XDP ({mode}) to {ifname}", last_err, hint)
 
 
 def replace_xdp(ifname: str, new_prog_fd: int, old_prog_fd: int, mode: str) -> None:
@@ -98,7 +107,9 @@ def replace_xdp(ifname: str, new_prog_fd: int, old_prog_fd: int, mode: str) -> N
     ret = lib.bpf_xdp_attach(idx, new_prog_fd, XDP_MODES[mode] | XDP_FLAGS_REPLACE,
                              ctypes.byref(opts))
     if ret < 0:
-        raise kernel_error(f"replace XDP program on {ifname}", -ret)
+        raise _attach_error(f"replace XDP program on {ifname}", -ret,
+                            "another program replaced it meanwhile" if -ret == errno.EEXIST
+                            else None)
 
 
 def detach_xdp(ifname: str, mode: str | None = None) -> None:
@@ -137,8 +148,8 @@ def attach_tc(prog_fd: int, ifname: str, direction: str, *, method: str = "auto"
         if fd >= 0:
             return Attachment(ifname, idx, hook, "tcx", None, Link(fd, description=f"tcx {direction} {ifname}"))
         if method == "tcx":
-            raise kernel_error(f"attach tcx {direction} to {ifname}", -fd,
-                               hint="tcx needs kernel >= 6.6; use method clsact")
+            raise _attach_error(f"attach tcx {direction} to {ifname}", -fd,
+                                "tcx needs kernel >= 6.6; use method clsact")
         notes.append(f"tcx refused on {ifname} ({errno.errorcode.get(-fd, -fd)}); "
                      f"fell back to clsact + cls_bpf direct-action")
     return _attach_clsact(prog_fd, ifname, idx, direction, priority, handle, notes, replace=False)
@@ -153,13 +164,18 @@ def _attach_clsact(prog_fd, ifname, idx, direction, priority, handle, notes, *, 
     ret = lib.bpf_tc_hook_create(ctypes.byref(hook))
     if ret < 0 and -ret != errno.EEXIST:
         raise kernel_error(f"create clsact qdisc on {ifname}", -ret)
+    created_qdisc = ret == 0
     opts = TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, handle=handle, priority=priority,
                   flags=BPF_TC_F_REPLACE if replace else 0)
     ret = lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
     if ret < 0:
+        if created_qdisc:  # leave the device as it was: drop the qdisc made just now
+            whole = TcHook(sz=ctypes.sizeof(TcHook), ifindex=idx,
+                           attach_point=BPF_TC_INGRESS | BPF_TC_EGRESS)
+            lib.bpf_tc_hook_destroy(ctypes.byref(whole))
         hint = (f"a filter with priority {priority} handle {handle} exists on {ifname} {direction}; "
                 f"pick another priority or detach it" if -ret == errno.EEXIST else None)
-        raise kernel_error(f"attach cls_bpf {direction} to {ifname}", -ret, hint=hint)
+        raise _attach_error(f"attach cls_bpf {direction} to {ifname}", -ret, hint)
     return Attachment(ifname, idx, f"tc-{direction}", "clsact", None, None, notes,
                       tc_handle=opts.handle, tc_priority=opts.priority)
 
@@ -176,6 +192,21 @@ def detach_clsact(ifname: str, direction: str, priority: int, handle: int) -> No
     ret = lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
     if ret < 0 and -ret != errno.ENOENT:
         raise kernel_error(f"detach cls_bpf {direction} from {ifname}", -ret)
+
+
+def query_tcx(ifname: str, direction: str) -> list[int]:
+    """Ids of the programs tcx links run at ingress/egress of ``ifname``, in run order
+    (neither tc nor bpftool 7.1 show them)."""
+    if direction not in TC_DIRECTIONS:
+        raise AttachError(f"unknown TC direction '{direction}'", hint="use ingress or egress")
+    idx = ifindex(ifname)
+    ids = (ctypes.c_uint32 * TCX_MAX_PROGS)()
+    count = ctypes.c_uint32(TCX_MAX_PROGS)
+    ret = lib.bpf_prog_query(idx, ATTACH_TYPES[f"tcx_{direction}"], 0, None, ids,
+                             ctypes.byref(count))
+    if ret < 0:
+        raise kernel_error(f"query tcx {direction} on {ifname}", -ret)
+    return list(ids[:count.value])
 
 
 def query_clsact(ifname: str, direction: str, priority: int = 1, handle: int = 1) -> int | None:

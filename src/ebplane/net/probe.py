@@ -70,6 +70,7 @@ def probe_iface(name: str, netns_name: str | None = None, *, netns: str | None =
         xdp = attach.query_xdp(name)
         tc = []
         for direction in ("ingress", "egress"):
+            tc += [f"tcx {direction} prog {pid}" for pid in attach.query_tcx(name, direction)]
             pid = attach.query_clsact(name, direction)
             if pid:
                 tc.append(f"clsact {direction} prog {pid}")

@@ -101,7 +101,9 @@ def compile_c(source: str, *, name: str = "prog", defines: dict[str, str | int] 
         src = Path(tmp) / f"{name}.bpf.c"
         src.write_text(source)
         out = Path(tmp) / f"{name}.bpf.o"
-        res = subprocess.run([clang, *flags, "-c", str(src), "-o", str(out)],
+        # a relative source path: diagnostics and BTF line info (hence verifier messages)
+        # then name ``name.bpf.c``, not a temporary directory that is gone afterwards
+        res = subprocess.run([clang, *flags, "-c", src.name, "-o", out.name],
                              capture_output=True, text=True, cwd=tmp)
         if res.returncode != 0:
             raise _compile_error(res.stderr, source, src.name)
