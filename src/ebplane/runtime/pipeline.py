@@ -247,10 +247,20 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
 
 
 def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link | None]:
-    if spec.hook == "xdp":
-        a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
-    else:
-        a = att.attach_tc(prog.fd, ifname, spec.hook.split("-", 1)[1])
+    try:
+        if spec.hook == "xdp":
+            a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
+        else:
+            a = att.attach_tc(prog.fd, ifname, spec.hook.split("-", 1)[1])
+    except EbplaneError as e:
+        # name the ebplane pipeline in the way, if it is one of ours
+        for other in all_names():
+            st = PipelineState.load(other)
+            if st and st.netns == spec.netns and any(
+                    a["ifname"] == ifname and a["hook"] == spec.hook for a in st.attachments):
+                e.hint = f"pipeline '{other}' is attached to {ifname} ({spec.hook}): " \
+                         f"ebplane detach {other}"
+        raise
     rec = a.to_dict()
     rec["prog_id"] = prog.id
     return rec, a.link
