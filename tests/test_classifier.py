@@ -38,16 +38,17 @@ def offsets(fmt: str, names: list[str]) -> dict[str, int]:
 
 
 LAYOUTS = {
-    "ebp_flt_key": (cls.KEY, ["shape", "family", "proto", "vlan", "sport", "dport", "src", "dst"]),
+    "ebp_flt_key": (cls.KEY, ["shape", "family", "proto", "vlan", "sport", "dport", "src", "dst",
+                              "user"]),
     "ebp_flt_rule": (cls.VALUE, ["prio", "rule_id", "action"]),
     "ebp_flt_shape": (cls.SHAPE, ["family", "fields", "vlan_mask", "sport_mask", "dport_mask",
-                                  "min_prio", "src_mask", "dst_mask"]),
+                                  "min_prio", "src_mask", "dst_mask", "user_need", "user_mask"]),
     "ebp_flt_config": (cls.CONFIG, ["gen", "nshapes", "nshapes_1", "pad"]),
 }
 
 
 def test_sizes():
-    assert (KEY.size, VALUE.size, SHAPE.size) == (44, 12, 44)
+    assert (KEY.size, VALUE.size, SHAPE.size) == (60, 12, 64)
     assert cls.CONFIG.size == 16
 
 
@@ -67,7 +68,8 @@ def test_layouts_match_filter_h(tmp_path: Path, target: str):
                          f'"offset of {struct_name}.{name}");')
     consts = {"EBP_FLT_MAX_SHAPES": cls.MAX_SHAPES, "EBP_F_PROTO": cls.F_PROTO,
               "EBP_F_SPORT": cls.F_SPORT, "EBP_F_DPORT": cls.F_DPORT, "EBP_F_VLAN": cls.F_VLAN,
-              "EBP_F_SRC": cls.F_SRC, "EBP_F_DST": cls.F_DST, "EBP_ACT_PASS": cls.ACT_PASS,
+              "EBP_F_SRC": cls.F_SRC, "EBP_F_DST": cls.F_DST, "EBP_F_USER": cls.F_USER,
+              "EBP_ACT_PASS": cls.ACT_PASS,
               "EBP_ACT_DROP": cls.ACT_DROP}
     for name, value in consts.items():
         lines.append(f'_Static_assert({name} == {value}, "{name}");')
@@ -86,21 +88,23 @@ def test_shape_pack_places_fields():
                   dport_mask=0xFFF0, src_mask=b"\xff" * 6 + bytes(10), dst_mask=bytes(16),
                   min_prio=0x01020304)
     raw = shape.pack()
-    assert len(raw) == 44
+    assert len(raw) == 64
     assert raw[0] == 6 and raw[1] == F_SRC | F_DPORT
     assert raw[2:4] == b"\xff\x0f" and raw[4:6] == b"\x34\x12" and raw[6:8] == b"\xf0\xff"
     assert raw[8:12] == b"\x04\x03\x02\x01"
     assert raw[12:28] == b"\xff" * 6 + bytes(10) and raw[28:44] == bytes(16)
+    assert raw[44:64] == bytes(20)  # no user fields
 
 
 def test_pack_key_places_fields_and_generation():
     key = pack_key(5, 1, family=4, proto=17, vlan=100, sport=0x0102, dport=53,
                    src=b"\xc6\x12\x00\x00", dst=b"\x01")
-    assert len(key) == 44
+    assert len(key) == 60
     assert key[0:4] == struct.pack("<I", 5 | 1 << 31)
     assert key[4] == 4 and key[5] == 17
     assert key[6:8] == b"\x64\x00" and key[8:10] == b"\x02\x01" and key[10:12] == b"\x35\x00"
     assert key[12:28] == b"\xc6\x12" + bytes(14) and key[28:44] == b"\x01" + bytes(15)
+    assert key[44:60] == bytes(16)
     assert pack_key(5, 0)[0:4] == b"\x05\x00\x00\x00"
 
 
@@ -143,21 +147,21 @@ def test_port_blocks_random_ranges_are_exact():
 # -- compiling --------------------------------------------------------------------------------
 
 def entries(c: Classifier) -> list[tuple[tuple, tuple]]:
-    return [(KEY.unpack(c.keys[i * 44:(i + 1) * 44]), VALUE.unpack(c.values[i * 12:(i + 1) * 12]))
+    return [(KEY.unpack(c.keys[i * KEY.size:(i + 1) * KEY.size]), VALUE.unpack(c.values[i * 12:(i + 1) * 12]))
             for i in range(c.n)]
 
 
 def test_compile_single_rule_fields_and_masks():
     rule = Rule("drop", src=net("198.18.0.0/24"), proto=17, dport=(53, 53))
     c = compile_rules([rule], [42])
-    assert c.n == 1 and len(c.keys) == 44 and len(c.values) == 12
+    assert c.n == 1 and len(c.keys) == KEY.size and len(c.values) == 12
     (shape,) = c.shapes
     assert shape.family == 4 and shape.fields == F_SRC | F_PROTO | F_DPORT
     assert shape.src_mask == b"\xff\xff\xff\x00" + bytes(12) and shape.dst_mask == bytes(16)
     assert (shape.dport_mask, shape.sport_mask, shape.vlan_mask, shape.min_prio) == \
         (0xFFFF, 0, 0, 0)
     ((key, value),) = entries(c)
-    assert key == (0, 4, 17, 0, 0, 53, b"\xc6\x12\x00\x00" + bytes(12), bytes(16))
+    assert key == (0, 4, 17, 0, 0, 53, b"\xc6\x12\x00\x00" + bytes(12), bytes(16), bytes(16))
     assert value == (0, 42, ACT_DROP)
 
 
@@ -207,9 +211,9 @@ def test_key_bytes_generation_one_sets_only_bit_31():
     c = compile_rules([Rule("drop", src=net(f"198.18.{i}.0/24"), dport=(i, i + 9))
                        for i in range(20)], range(20))
     g0, g1 = c.key_bytes(0), c.key_bytes(1)
-    assert g0 == c.keys and len(g1) == len(g0) == c.n * 44
+    assert g0 == c.keys and len(g1) == len(g0) == c.n * KEY.size
     for i in range(c.n):
-        k0, k1 = g0[i * 44:(i + 1) * 44], g1[i * 44:(i + 1) * 44]
+        k0, k1 = g0[i * KEY.size:(i + 1) * KEY.size], g1[i * KEY.size:(i + 1) * KEY.size]
         (s0,), (s1,) = struct.unpack_from("<I", k0), struct.unpack_from("<I", k1)
         assert s1 == s0 | 1 << 31 and s0 < cls.MAX_SHAPES
         assert k0[4:] == k1[4:]
@@ -389,5 +393,52 @@ def test_compile_100k_rules_is_fast():
     elapsed = time.perf_counter() - start
     print(f"compiled 100000 rules in {elapsed:.2f} s")
     assert c.n == 100_000 and len(c.shapes) == 1
-    assert len(c.keys) == 100_000 * 44 and len(c.values) == 100_000 * 12
+    assert len(c.keys) == 100_000 * KEY.size and len(c.values) == 100_000 * 12
     assert elapsed < 10
+
+
+# -- match: fields in the user area -----------------------------------------------------------
+
+def test_user_fields_pack_by_layout_and_match_when_present():
+    """Rules on header fields (match:) use the user area laid out by the code generator: exact,
+    value/mask and ranges (expanded into blocks); a packet without the header never matches."""
+    from ebplane.codegen.p4c import user_layout
+    from ebplane.spec import parse_rule
+    from ebplane.spec.protocol_set import parser_graph
+
+    protocols = ("ethernet", "ipv4", "udp", "vxlan")
+    layout = user_layout(parser_graph(protocols), ["vxlan.vni", "ipv4.ttl"])
+    assert [(f.name, f.offset, f.size, f.bit) for f in layout.fields] == \
+        [("ipv4.ttl", 0, 1, 0), ("vxlan.vni", 1, 3, 1)]
+    rules = [parse_rule(r, protocols=protocols) for r in (
+        {"match": {"vxlan.vni": 0x123456}, "action": "drop"},
+        {"match": {"ipv4.ttl": "1-3"}, "action": "drop"},
+        {"match": {"vxlan.vni": "0x100/0xff00", "ipv4.ttl": 64}, "action": "pass"},
+    )]
+    c = compile_rules(rules, [0, 1, 2], user_layout=layout)
+    shape0 = c.shapes[0]
+    assert shape0.fields == cls.F_USER and shape0.user_need == 0b10
+    assert shape0.user_mask == b"\x00\xff\xff\xff" + bytes(12)
+    # ttl 1-3: blocks 1/0xff and 2/0xfe
+    assert {(s.user_mask[0], s.user_need) for s in c.shapes[1:3]} == {(0xFF, 1), (0xFE, 1)}
+
+    def pkt(ttl=None, vni=None):
+        user = bytearray(16)
+        valid = 0
+        if ttl is not None:
+            user[0] = ttl
+            valid |= 1
+        if vni is not None:
+            user[1:4] = vni.to_bytes(3, "big")
+            valid |= 2
+        return {"family": 4, "user": bytes(user), "user_valid": valid}
+
+    assert match_packet(c, pkt(64, 0x123456)) == Match(0, 0, ACT_DROP)
+    assert match_packet(c, pkt(3, 0x1)) == Match(1, 1, ACT_DROP)
+    assert match_packet(c, pkt(4, 0x1)) is None
+    assert match_packet(c, pkt(64, 0x1AB)) == Match(2, 2, ACT_PASS)
+    assert match_packet(c, pkt(64)) is None  # the mask 0x100/0xff00 needs a VXLAN header
+    assert match_packet(c, pkt(vni=0x123456)) == Match(0, 0, ACT_DROP)
+    # a rule on a field the program does not extract is refused before anything changes
+    with pytest.raises(UsageError, match="does not extract"):
+        compile_rules(rules, [0, 1, 2])

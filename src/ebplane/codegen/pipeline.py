@@ -1,9 +1,10 @@
-"""Pipeline spec -> one restricted-C program.
+"""Pipeline spec -> one restricted-C program (or two, with a separate parser).
 
-The reviewed C lives in ``codegen/bpf/*.h``; this module only writes what differs per
-pipeline: the ``#define``s that select the parser's protocols, the maps of each stage and the
-main function that calls the stages in order.  Only what the pipeline uses is generated: a
-protocol no rule needs is not parsed, a stage kind the pipeline lacks has no code.
+The reviewed C lives in ``codegen/bpf/*.h``; this module writes what differs per pipeline:
+the parser, generated from the pipeline's protocols (:mod:`ebplane.codegen.p4c`), the maps of
+each stage and the main function that calls the stages in order.  Only what the pipeline uses
+is generated: a protocol not listed has no parser state, a header field no stage reads is
+skipped by offset, a stage kind the pipeline lacks has no code.
 """
 
 from __future__ import annotations
@@ -12,49 +13,70 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ebplane import __version__
+from ebplane.codegen import p4c
+from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule
+from ebplane.spec.protocol_set import parser_graph
 
 # hook -> (section, context type, pass verdict, drop verdict)
 HOOKS = {
     "xdp": ("xdp", "struct xdp_md *ctx", "XDP_PASS", "XDP_DROP"),
-    "tc-ingress": ("tc", "struct __sk_buff *skb", "TC_ACT_OK", "TC_ACT_SHOT"),
-    "tc-egress": ("tc", "struct __sk_buff *skb", "TC_ACT_OK", "TC_ACT_SHOT"),
+    "tc-ingress": ("tc", "struct __sk_buff *ctx", "TC_ACT_OK", "TC_ACT_SHOT"),
+    "tc-egress": ("tc", "struct __sk_buff *ctx", "TC_ACT_OK", "TC_ACT_SHOT"),
 }
 TC_PULL_LEN = 128  # bytes of headers a TC program makes linear before parsing
 MAX_VERDICTS = 8
 TRACE_NONE = 0xFF
 
 
+_FLAGS = ("vlan", "ipv4", "ipv6", "tcp", "udp")
+
+
 @dataclass(frozen=True)
 class Features:
-    """What the parser must read, derived from the rules (and the protocols listed)."""
+    """What the stages read of the parse, derived from the rules (and the protocols listed).
+
+    The flags say which bound ``ebp_pkt`` members are filled (vlan id, addresses, ports;
+    ``WANTED_FIELDS`` in p4c); ``fields`` are the header fields ``match:`` rules read, copied
+    into ``ebp_pkt.user`` (their layout follows from the sorted names).
+    """
     vlan: bool = False
     ipv4: bool = False
     ipv6: bool = False
     tcp: bool = False
     udp: bool = False
+    fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", tuple(sorted(set(self.fields))))
 
     def defines(self) -> list[str]:
-        return [f"EBP_PARSE_{n.upper()}" for n in ("vlan", "ipv4", "ipv6", "tcp", "udp")
-                if getattr(self, n)]
+        """``EBP_PARSE_<FLAG>`` for stage headers that compile code per address family."""
+        return [f"EBP_PARSE_{n.upper()}" for n in _FLAGS if getattr(self, n)]
+
+    def flags(self) -> list[str]:
+        return [n for n in _FLAGS if getattr(self, n)]
 
     def merge(self, other: "Features") -> "Features":
-        return Features(**{n: getattr(self, n) or getattr(other, n)
-                           for n in ("vlan", "ipv4", "ipv6", "tcp", "udp")})
+        return Features(**{n: getattr(self, n) or getattr(other, n) for n in _FLAGS},
+                        fields=self.fields + other.fields)
 
     def covers(self, other: "Features") -> bool:
-        return all(getattr(self, n) or not getattr(other, n)
-                   for n in ("vlan", "ipv4", "ipv6", "tcp", "udp"))
+        """Whether a program built for ``self`` serves ``other``: same user-area layout too."""
+        return (all(getattr(self, n) or not getattr(other, n) for n in _FLAGS)
+                and set(other.fields) <= set(self.fields))
 
     def to_dict(self) -> dict:
-        return {n: getattr(self, n) for n in ("vlan", "ipv4", "ipv6", "tcp", "udp")}
+        return {**{n: getattr(self, n) for n in _FLAGS}, "fields": list(self.fields)}
 
 
 def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
     """The parsing the rules need, limited to the protocols listed."""
     listed = set(protocols)
     v4 = v6 = tcp = udp = False
+    fields: set[str] = set()
     for r in rules:
+        fields.update(str(m.field) for m in r.match)
         fam = (r.src or r.dst).version if (r.src or r.dst) else 0
         needs_ip = fam or r.proto is not None or r.sport or r.dport
         if needs_ip:
@@ -66,7 +88,7 @@ def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
     # VLAN tags are always skipped when vlan is listed: IP behind a tag is still IP
     return Features(vlan="vlan" in listed, ipv4=v4 and "ipv4" in listed,
                     ipv6=v6 and "ipv6" in listed, tcp=tcp and "tcp" in listed,
-                    udp=udp and "udp" in listed)
+                    udp=udp and "udp" in listed, fields=tuple(fields))
 
 
 def spec_features(spec: PipelineSpec, live_rules: dict[str, list[Rule]] | None = None) -> Features:
@@ -99,6 +121,11 @@ class GeneratedProgram:
     features: Features
     maps: list[MapRole] = field(default_factory=list)
     stage_names: list[str] = field(default_factory=list)
+    # separate parser: the program the parser (``name``) tail-calls through map ebp_progs
+    stage_prog: str | None = None
+    # where `match:` fields sit in ebp_pkt.user: the control plane packs rule keys the same way
+    user_layout: p4c.UserLayout = field(default_factory=p4c.UserLayout)
+    graph: ParserGraph | None = None  # the specialised parse graph the parser comes from
 
     def map_for(self, stage: str | None, role: str) -> str:
         for m in self.maps:
@@ -173,6 +200,22 @@ def register_generator(gen: StageGen) -> StageGen:
     return gen
 
 
+def user_layout_for(protocols, features: Features) -> p4c.UserLayout:
+    """Where a program built for ``features`` keeps the match: fields (the control plane
+    packs rule keys with it)."""
+    return p4c.user_layout(parser_graph(protocols), features.fields)
+
+
+def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLayout,
+                                                        p4c.ParserCode]:
+    """The parser of a pipeline: its protocols' graph, specialised to the fields the stages
+    read (``features``), the user-area layout of its match: fields, and the C."""
+    user = user_layout_for(protocols, features)
+    needed = p4c.needed_fields(parser_graph(protocols), features.flags(), user)
+    graph = build_parser(list(protocols), needed)
+    return graph, user, p4c.generate_parser(graph, features.flags(), user)
+
+
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program)."""
@@ -181,7 +224,16 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
     prog_name = "ebp_" + spec.name.replace("-", "_")
     prog = GeneratedProgram(prog_name[:15], section, "", features)
+    prog.graph, prog.user_layout, parser = spec_parser(spec.protocols, features)
+    separate = spec.parser_mode == "separate"
+    if separate:
+        p4c.check_parse_info(prog.user_layout)
+        prog.stage_prog = "ebp_stages"
     out = Emit(spec, prog)
+    if separate:
+        out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
+                "slot 0: the stage program the parser program tail-calls",
+                stage=None, role="progs")
     out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts")
     if trace:
@@ -203,8 +255,11 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                     "\tvoid *data_end = (void *)(long)ctx->data_end;"]
     else:
         prologue = [f"\t/* make the headers linear: parsing reads at most {TC_PULL_LEN} bytes */",
-                    f"\tif (ctx->data + {TC_PULL_LEN} > ctx->data_end && ctx->len > ctx->data_end - ctx->data)",
-                    f"\t\tbpf_skb_pull_data(ctx, ctx->len < {TC_PULL_LEN} ? ctx->len : {TC_PULL_LEN});",
+                    # compared as packet pointers: the verifier refuses arithmetic on the
+                    # __u32 ctx fields; a pull invalidates pointers, so data is read after it
+                    f"\t__u32 linear_want = ctx->len < {TC_PULL_LEN} ? ctx->len : {TC_PULL_LEN};",
+                    "\tif ((void *)(long)ctx->data + linear_want > (void *)(long)ctx->data_end)",
+                    "\t\tbpf_skb_pull_data(ctx, linear_want);",
                     "\tvoid *data = (void *)(long)ctx->data;",
                     "\tvoid *data_end = (void *)(long)ctx->data_end;"]
     stage_list = ", ".join(f"{s.kind} '{s.name}'" for s in spec.stages)
@@ -213,7 +268,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         f"/* Pipeline '{spec.name}', generated by ebplane {__version__} from {spec.source}.",
         " * Regenerate it (ebplane apply / replay); do not edit.",
         f" * hook: {spec.hook}; protocols listed: {' '.join(spec.protocols)}",
-        f" * parsed (what the stages need): ethernet {' '.join(n for n, v in features.to_dict().items() if v)}",
+        f" * fields the stages read: {' '.join(sorted(f'{i}.{f}' for i, fs in prog.graph.needed.items() for f in fs)) or '-'}",
         f" * stages: {stage_list}",
         " */",
     ]
@@ -222,7 +277,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         head.append("#define EBP_TRACE 1")
     head += [f"#define EBP_CTX {ctx_decl.rsplit(' ', 1)[0].rstrip(' *')}",
              f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
-             '#include "ebplane.h"']
+             parser.defines, '#include "ebplane.h"']
     head += [f'#include "{h}"' for h in out.includes]
     trace_part = [
         "/* replay only: which stage and counter slot decided the last packet */",
@@ -233,10 +288,17 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                    "struct ebp_trace *t_ = bpf_map_lookup_elem(&ebp_trace, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"
                    "#else\n#define EBP_TRACE_SET(st, sl) do { } while (0)\n#endif")
-    main = [f'SEC("{section}")', f"int {prog.name}({ctx_decl})", "{", *prologue,
-            "\tstruct ebp_pkt pkt = {};",
-            "\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
-            "\tint action;", ""]
+    main = [f'SEC("{section}")', f"int {prog.stage_prog or prog.name}({ctx_decl})", "{",
+            *prologue, "\tstruct ebp_pkt pkt = {};"]
+    if separate:
+        main += ["\tstruct ebp_pinfo *pi = (void *)(long)ctx->data_meta;",
+                 "\tint malformed, action;", "",
+                 "\tif ((void *)(pi + 1) > data)",
+                 "\t\treturn XDP_PASS; /* not called by the parser program */",
+                 "\tmalformed = ebp_pinfo_read(pi, data, data_end, &pkt);"]
+    else:
+        main += ["\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
+                 "\tint action;", ""]
     if spec.hook != "xdp":
         main.append("\tpkt.len = ctx->len; /* count the whole frame, not only the linear part */")
     if trace:
@@ -245,7 +307,25 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
              "out:", "\tebp_count(&ebp_verdicts, action, pkt.len);", "\treturn action;", "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
-             *out.functions, "\n".join(main), 'char LICENSE[] SEC("license") = "GPL";']
+             parser.source, *out.functions]
+    if separate:
+        parts.append(p4c.parse_info_c(prog.graph, prog.user_layout))
+    parts.append("\n".join(main))
+    if separate:
+        parts += ["\n".join([
+            "/* the parser program: parse, hand the parse-info over in front of the packet,",
+            " * continue in the stage program */",
+            f'SEC("{section}")', f"int {prog.name}({ctx_decl})", "{", *prologue,
+            "\tstruct ebp_pkt pkt = {};", "\tstruct ebp_pinfo *pi;",
+            "\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;", "",
+            "\tif (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*pi)))",
+            "\t\treturn XDP_PASS; /* the driver leaves no room for metadata */",
+            "\tpi = (void *)(long)ctx->data_meta;",
+            "\tif ((void *)(pi + 1) > (void *)(long)ctx->data)", "\t\treturn XDP_PASS;",
+            "\tebp_pinfo_write(pi, &pkt, malformed);",
+            "\tbpf_tail_call(ctx, &ebp_progs, 0);",
+            "\treturn XDP_PASS; /* no stage program in ebp_progs */", "}"])]
+    parts.append('char LICENSE[] SEC("license") = "GPL";')
     prog.source = "\n\n".join(parts) + "\n"
     return prog
 
@@ -257,7 +337,7 @@ def _load_stage_modules() -> None:
         importlib.import_module(mod)
 
 
-STAGE_MODULES: list[str] = []  # e.g. "ebplane.codegen.forwarding"
+STAGE_MODULES: list[str] = ["ebplane.codegen.forwarding"]
 
 
 class FilterGen(StageGen):

@@ -14,6 +14,7 @@ from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
 from ebplane.kernel import bpffs
 from ebplane.kernel.libbpf import lib
+from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.runtime.tables import FilterTable
@@ -43,7 +44,7 @@ class Built:
                            self.map(g.map_for(stage.name, "rules")),
                            self.map(g.map_for(stage.name, "shapes")),
                            self.map(g.map_for(stage.name, "config")),
-                           self.map(g.map_for(stage.name, "counters")))
+                           self.map(g.map_for(stage.name, "counters")), g.user_layout)
 
     def close(self) -> None:
         self.obj.close()
@@ -94,6 +95,9 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                     built.notes.append(f"map {role.cname} changed ({why}): created anew, "
                                        f"its previous contents are dropped")
         obj.load()
+        if gen.stage_prog is not None:  # separate parser: it tail-calls the stage program
+            obj.maps["ebp_progs"].update_raw(U32.encode(0),
+                                             U32.encode(obj.programs[gen.stage_prog].fd))
     except BaseException:
         obj.close()
         raise

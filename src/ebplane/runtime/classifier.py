@@ -16,6 +16,8 @@ Match semantics (what a packet must have for a shape to be probed):
 - ``EBP_F_SPORT`` / ``EBP_F_DPORT``: the packet has an L4 header with ports
   (TCP or UDP, not a non-first fragment).
 - ``EBP_F_VLAN``: the packet carries a VLAN tag; key.vlan = its id & vlan_mask.
+- ``EBP_F_USER``: the packet has the header of every ``match:`` field of the shape
+  (``user_valid & user_need == user_need``); key.user = the user area & user_mask.
 - Ports and addresses are always masked (a mask of 0 gives 0).
 - The loop over shapes stops at the first shape whose ``min_prio`` is above the
   best priority found so far (``filter_stage.h``: ``ebp_flt_probe``).
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any, NamedTuple
 
+from ebplane.codegen.p4c import USER_BYTES, UserLayout
 from ebplane.errors import UsageError
 from ebplane.spec.rules import PORT_PROTOS, Rule
 
@@ -42,6 +45,7 @@ F_DPORT = 0x04
 F_VLAN = 0x08
 F_SRC = 0x10
 F_DST = 0x20
+F_USER = 0x40
 
 ACT_PASS = 0
 ACT_DROP = 1
@@ -53,9 +57,9 @@ VLAN_MASK = 0x0FFF
 
 # little-endian x86-64 / BPF layouts; the natural alignment of every field already holds,
 # so "<" (no padding) gives the same offsets as the C compiler (checked by the tests)
-KEY = struct.Struct("<IBBHHH16s16s")      # struct ebp_flt_key
-VALUE = struct.Struct("<III")             # struct ebp_flt_rule
-SHAPE = struct.Struct("<BBHHHI16s16s")    # struct ebp_flt_shape
+KEY = struct.Struct("<IBBHHH16s16s16s")        # struct ebp_flt_key
+VALUE = struct.Struct("<III")                   # struct ebp_flt_rule
+SHAPE = struct.Struct("<BBHHHI16s16sI16s")      # struct ebp_flt_shape
 CONFIG = struct.Struct("<IIII")           # struct ebp_flt_config (gen, nshapes[2], pad)
 
 _ZERO16 = bytes(16)
@@ -75,10 +79,13 @@ class Shape:
     src_mask: bytes  # 16 bytes, network order; IPv4 uses the first 4
     dst_mask: bytes
     min_prio: int    # best (lowest) priority among the shape's entries
+    user_need: int = 0          # user_valid bits the packet must have (EBP_F_USER)
+    user_mask: bytes = bytes(USER_BYTES)  # mask of the user area, big-endian fields
 
     def pack(self) -> bytes:
         return SHAPE.pack(self.family, self.fields, self.vlan_mask, self.sport_mask,
-                          self.dport_mask, self.min_prio, self.src_mask, self.dst_mask)
+                          self.dport_mask, self.min_prio, self.src_mask, self.dst_mask,
+                          self.user_need, self.user_mask)
 
 
 class Match(NamedTuple):
@@ -128,10 +135,11 @@ class Classifier:
 # -- packing ----------------------------------------------------------------------------------
 
 def pack_key(shape_index: int, gen: int, *, family: int = 0, proto: int = 0, vlan: int = 0,
-             sport: int = 0, dport: int = 0, src: bytes = b"", dst: bytes = b"") -> bytes:
-    """One ``ebp_flt_key``; ``src``/``dst`` are masked network-order bytes (zero-padded)."""
+             sport: int = 0, dport: int = 0, src: bytes = b"", dst: bytes = b"",
+             user: bytes = b"") -> bytes:
+    """One ``ebp_flt_key``; ``src``/``dst``/``user`` are masked bytes (zero-padded)."""
     return KEY.pack(shape_index | (GEN_BIT if gen else 0), family, proto, vlan, sport, dport,
-                    src, dst)
+                    src, dst, user)
 
 
 def pack_config(gen: int, nshapes: tuple[int, int]) -> bytes:
@@ -148,29 +156,61 @@ def prefix_mask(version: int, prefixlen: int) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def port_blocks(lo: int, hi: int) -> tuple[tuple[int, int], ...]:
-    """The fewest (value, mask) pairs whose union is exactly ports ``lo..hi``.
+def value_blocks(lo: int, hi: int, width: int) -> tuple[tuple[int, int], ...]:
+    """The fewest (value, mask) pairs whose union is exactly ``lo..hi`` of ``width`` bits.
 
     Greedy: from ``lo`` take the largest aligned power-of-two block that does not
     pass ``hi``.  A 16-bit range needs at most 30 blocks.
     """
-    if not 0 <= lo <= hi <= 0xFFFF:
-        raise ValueError(f"bad port range {lo}-{hi}")
+    full = (1 << width) - 1
+    if not 0 <= lo <= hi <= full:
+        raise ValueError(f"bad range {lo}-{hi} for {width} bits")
     blocks = []
     while lo <= hi:
-        size = lo & -lo if lo else 0x10000  # largest block aligned at lo
+        size = lo & -lo if lo else full + 1  # largest block aligned at lo
         while lo + size - 1 > hi:
             size >>= 1
-        blocks.append((lo, 0xFFFF & ~(size - 1)))
+        blocks.append((lo, full & ~(size - 1)))
         lo += size
     return tuple(blocks)
+
+
+def port_blocks(lo: int, hi: int) -> tuple[tuple[int, int], ...]:
+    """:func:`value_blocks` of a 16-bit port range."""
+    return value_blocks(lo, hi, 16)
+
+
+def _user_blocks(rule: Rule, layout: UserLayout) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
+    """``(user_need, ((user, mask), ...))``: the user-area keys of a rule's match: fields
+    (a range expands into blocks, several fields into their product)."""
+    need = 0
+    combos: list[tuple[int, int]] = [(0, 0)]  # (value, mask) of the whole area as integers
+    for m in rule.match:
+        try:
+            uf = layout.field(str(m.field))
+        except KeyError:
+            raise UsageError(f"rule {rule.to_dict()} matches {m.field}, which the running "
+                             "program does not extract",
+                             hint="re-apply the pipeline so its parser extracts the field") \
+                from None
+        need |= 1 << uf.bit
+        shift = 8 * (USER_BYTES - uf.offset - uf.size)
+        blocks = ((m.lo, m.mask),) if m.lo == m.hi else value_blocks(m.lo, m.hi, m.field.width)
+        combos = [(v | (bv << shift), mk | (bm << shift)) for v, mk in combos
+                  for bv, bm in blocks]
+    return need, tuple((v.to_bytes(USER_BYTES, "big"), mk.to_bytes(USER_BYTES, "big"))
+                       for v, mk in combos)
 
 
 # -- compile ----------------------------------------------------------------------------------
 
 def compile_rules(rules: Sequence[Rule], rule_ids: Sequence[int], *,
-                  max_shapes: int = MAX_SHAPES) -> Classifier:
+                  max_shapes: int = MAX_SHAPES,
+                  user_layout: UserLayout = UserLayout()) -> Classifier:
     """Compile rules (priority = position in ``rules``) into shapes and hash entries.
+
+    ``user_layout`` places the rules' ``match:`` fields in the key's user area, as the
+    program's parser does (``GeneratedProgram.user_layout``).
 
     A key produced by two rules keeps the earlier one: the later can never win there.
     Raises UsageError when the rules need more than ``max_shapes`` shapes.
@@ -214,22 +254,29 @@ def compile_rules(rules: Sequence[Rule], rule_ids: Sequence[int], *,
         if vlan_mask:
             fields |= F_VLAN
         vlan = rule.vlan or 0
+        user_need, users = _user_blocks(rule, user_layout) if rule.match else (0, ((_ZERO16,
+                                                                                   _ZERO16),))
+        if user_need:
+            fields |= F_USER
         value = VALUE.pack(prio, rule_id, ACTION_CODES[rule.action])
         for sport, sport_mask in sports:
             for dport, dport_mask in dports:
-                sig = (family, fields, vlan_mask, sport_mask, dport_mask, src_mask, dst_mask)
-                index = shape_of.get(sig)
-                if index is None:
-                    index = shape_of[sig] = len(shape_list)
-                    shape_list.append((sig, prio))
-                for proto in protos:
-                    key = pack_key(index, 0, family=family, proto=proto, vlan=vlan,
-                                   sport=sport, dport=dport, src=src, dst=dst)
-                    if key not in entries:
-                        entries[key] = value
+                for user, user_mask in users:
+                    sig = (family, fields, vlan_mask, sport_mask, dport_mask, src_mask,
+                           dst_mask, user_need, user_mask)
+                    index = shape_of.get(sig)
+                    if index is None:
+                        index = shape_of[sig] = len(shape_list)
+                        shape_list.append((sig, prio))
+                    for proto in protos:
+                        key = pack_key(index, 0, family=family, proto=proto, vlan=vlan,
+                                       sport=sport, dport=dport, src=src, dst=dst, user=user)
+                        if key not in entries:
+                            entries[key] = value
     if len(shape_list) > max_shapes:
         raise _too_many_shapes(rules, shape_list, max_shapes)
-    shapes = tuple(Shape(*sig, min_prio=min_prio) for sig, min_prio in shape_list)
+    shapes = tuple(Shape(*sig[:7], min_prio=min_prio, user_need=sig[7], user_mask=sig[8])
+                   for sig, min_prio in shape_list)
     return Classifier(shapes=shapes, keys=b"".join(entries), values=b"".join(entries.values()),
                       n=len(entries))
 
@@ -260,7 +307,8 @@ def match_packet(classifier_or_rules: Classifier | Sequence[Rule],
     """The verdict the BPF filter reaches for a packet, computed the same way in Python.
 
     ``fields``: ``family`` (0 non-IP, 4, 6), ``src``/``dst`` (address bytes), ``proto``,
-    ``sport``, ``dport``, ``vlan``, ``has_l4``, ``has_vlan``; absent fields are 0/False.
+    ``sport``, ``dport``, ``vlan``, ``has_l4``, ``has_vlan``, ``user`` (the 16-byte user
+    area) and ``user_valid`` (its present bits); absent fields are 0/False.
     Given rules instead of a classifier, they are compiled with rule ids 0..n-1.
     """
     c = classifier_or_rules
@@ -271,6 +319,7 @@ def match_packet(classifier_or_rules: Classifier | Sequence[Rule],
     has_l4 = bool(fields.get("has_l4")) and is_ip
     has_vlan = bool(fields.get("has_vlan"))
     src, dst = fields.get("src", b""), fields.get("dst", b"")
+    user, user_valid = fields.get("user", _ZERO16), fields.get("user_valid", 0)
     best: Match | None = None
     for index, shape in enumerate(c.shapes):
         if best is not None and shape.min_prio > best.prio:
@@ -283,12 +332,15 @@ def match_packet(classifier_or_rules: Classifier | Sequence[Rule],
             continue
         if shape.fields & F_VLAN and not has_vlan:
             continue
+        if shape.fields & F_USER and user_valid & shape.user_need != shape.user_need:
+            continue
         key = pack_key(index, 0, family=shape.family,
                        proto=fields.get("proto", 0) if shape.fields & F_PROTO else 0,
                        vlan=fields.get("vlan", 0) & shape.vlan_mask if has_vlan else 0,
                        sport=fields.get("sport", 0) & shape.sport_mask if has_l4 else 0,
                        dport=fields.get("dport", 0) & shape.dport_mask if has_l4 else 0,
-                       src=_and16(src, shape.src_mask), dst=_and16(dst, shape.dst_mask))
+                       src=_and16(src, shape.src_mask), dst=_and16(dst, shape.dst_mask),
+                       user=_and16(user, shape.user_mask))
         value = c.table.get(key)
         if value is not None:
             found = Match(*VALUE.unpack(value))

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from ebplane.codegen.pipeline import filter_slots, spec_features
+from ebplane.codegen.pipeline import Features, filter_slots, spec_features, user_layout_for
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
 from ebplane.kernel.links import Link
@@ -37,6 +37,7 @@ from ebplane.runtime.classifier import compile_rules
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import COUNT, FilterTable, RuleEntry, assign_ids
+from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import U32
 
@@ -69,8 +70,10 @@ def _filters(spec: PipelineSpec) -> list[FilterStage]:
     return [s for s in spec.stages if isinstance(s, FilterStage)]
 
 
-def _entries_from_state(items: list[dict]) -> list[RuleEntry]:
-    return [RuleEntry(d["id"], Rule.from_dict(d["rule"])) for d in items]
+def _entries_from_state(items: list[dict], protocols: Sequence[str]) -> list[RuleEntry]:
+    """Rules as the state file keeps them, checked against the pipeline's protocols (match:
+    fields may belong to users' .p4 files)."""
+    return [RuleEntry(d["id"], Rule.from_dict(d["rule"], protocols=protocols)) for d in items]
 
 
 def _spec_of(state: PipelineState) -> PipelineSpec:
@@ -117,8 +120,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     live: dict[str, list[RuleEntry]] = {}
     prev_ids: dict[str, set[int]] = {}
     for st in _filters(spec):
-        previous = _entries_from_state(old.live_rules.get(st.name, [])) if old else []
-        prev_ids[st.name] = {e.id for e in previous}
+        previous = _entries_from_state(old.live_rules.get(st.name, []), spec.protocols) if old else []
         spec_rules = [r.to_dict() for r in st.rules]
         if live_override and st.name in live_override:
             live[st.name] = live_override[st.name]
@@ -128,7 +130,11 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             if old and st.name in old.live_rules:
                 notes.append(f"filter '{st.name}': the spec's rules changed; they replace the live rules")
             live[st.name] = assign_ids(st.rules, previous, st.capacity)
-        compile_rules([e.rule for e in live[st.name]], [e.id for e in live[st.name]])
+        compile_rules([e.rule for e in live[st.name]], [e.id for e in live[st.name]],
+                      user_layout=user_layout_for(spec.protocols, spec_features(
+                          spec, {st.name: [e.rule for e in live[st.name]]})))
+        # counters carry on only where an id keeps its rule; a reused id starts from zero
+        prev_ids[st.name] = {e.id for e in live[st.name] if e in previous}
 
     # 2. build, reusing compatible pinned maps
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
@@ -146,7 +152,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             rules_reused = built.gen.map_for(st.name, "rules") in built.reused_maps
             if not rules_reused:
                 table.install(live[st.name], previous_ids=set())
-            elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, [])):
+            elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, []), spec.protocols):
                 deferred.append((table, live[st.name]))
         prog = built.program
         # 3b. stage kinds with their own control plane fill their maps; then attach / replace
@@ -406,7 +412,7 @@ def stats(name: str | None = None) -> list[dict]:
     for n in ([name] if name else all_names()):
         st = PipelineState.require(n)
         spec = _spec_of(st)
-        live = {k: _entries_from_state(v) for k, v in st.live_rules.items()}
+        live = {k: _entries_from_state(v, spec.protocols) for k, v in st.live_rules.items()}
         opened: list[Map] = []
 
         def maps(cname: str) -> Map:
@@ -454,27 +460,31 @@ class RuleTable:
 
     def _state(self) -> tuple[PipelineState, PipelineSpec, list[RuleEntry]]:
         st = PipelineState.require(self.pipeline)
-        return st, _spec_of(st), _entries_from_state(st.live_rules.get(self.name, []))
+        spec = _spec_of(st)
+        return st, spec, _entries_from_state(st.live_rules.get(self.name, []), spec.protocols)
 
     def list(self) -> list[dict]:
         _, _, entries = self._state()
         return [{"index": i, "id": e.id, "rule": e.rule.to_dict()} for i, e in enumerate(entries)]
 
-    def parse(self, obj) -> Rule:
+    def parse(self, obj, where: str | Where = "rule") -> Rule:
+        """Validate a rule against the pipeline's protocols; ``where`` locates errors."""
         _, spec, _ = self._state()
-        return parse_rule(obj, protocols=spec.protocols, where="rule")
+        return parse_rule(obj, protocols=spec.protocols, where=where)
 
     def replace(self, rules: Sequence[Rule]) -> dict:
         """Install ``rules`` as the whole rule set, atomically."""
         with locked(self.pipeline):
             st, spec, entries = self._state()
             new = assign_ids(list(rules), entries, self.stage.capacity)
-            compile_rules([e.rule for e in new], [e.id for e in new])  # fails before any change
-            all_live = {k: _entries_from_state(v) for k, v in st.live_rules.items()}
+            all_live = {k: _entries_from_state(v, spec.protocols) for k, v in st.live_rules.items()}
             all_live[self.name] = new
             need = spec_features(spec, {k: [e.rule for e in v] for k, v in all_live.items()})
-            from ebplane.codegen.pipeline import Features
-            if not Features(**st.features).covers(need):
+            # fails before any change
+            compile_rules([e.rule for e in new], [e.id for e in new],
+                          user_layout=user_layout_for(spec.protocols, need))
+            running = Features(**st.features)
+            if not running.covers(need):
                 res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
                 return {"table": self.name, "rules": len(new), "regenerated": True,
                         "prog_id": res.prog_id}
@@ -482,8 +492,9 @@ class RuleTable:
                     for r in ("rules", "shapes", "cfg", "cnt")}
             try:
                 table = FilterTable(self.name, self.stage.capacity, maps["rules"], maps["shapes"],
-                                    maps["cfg"], maps["cnt"])
-                info = table.install(new, previous_ids={e.id for e in entries})
+                                    maps["cfg"], maps["cnt"],
+                                    user_layout_for(spec.protocols, running))
+                info = table.install(new, previous_ids={e.id for e in new if e in entries})
             finally:
                 for m in maps.values():
                     m.close()

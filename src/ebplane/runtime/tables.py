@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from ebplane.codegen.p4c import UserLayout
 from ebplane.errors import UsageError
 from ebplane.kernel.codec import Struct, U32
 from ebplane.kernel.maps import Map, rcu_barrier
@@ -62,8 +63,10 @@ def assign_ids(rules: Sequence[Rule], previous: Sequence[RuleEntry], capacity: i
 class FilterTable:
     """The four maps of one filter stage."""
 
-    def __init__(self, name: str, capacity: int, rules: Map, shapes: Map, config: Map, counters: Map):
+    def __init__(self, name: str, capacity: int, rules: Map, shapes: Map, config: Map, counters: Map,
+                 user_layout: UserLayout = UserLayout()):
         self.name = name
+        self.user_layout = user_layout  # where the program's parser puts match: fields
         self.capacity = capacity
         self.rules = rules
         self.shapes = shapes
@@ -75,8 +78,13 @@ class FilterTable:
         return gen & 1, [n0, n1]
 
     def install(self, entries: Sequence[RuleEntry], *, previous_ids: set[int] | None = None) -> dict:
-        """Replace the whole rule set atomically.  Returns figures for the caller's report."""
-        cls = compile_rules([e.rule for e in entries], [e.id for e in entries], max_shapes=MAX_SHAPES)
+        """Replace the whole rule set atomically.  Returns figures for the caller's report.
+
+        ``previous_ids``: the ids whose rule is installed already and stays the same; their
+        counters carry on.  Every other id starts from zero, also an id a deleted rule had.
+        """
+        cls = compile_rules([e.rule for e in entries], [e.id for e in entries], max_shapes=MAX_SHAPES,
+                            user_layout=self.user_layout)
         if cls.n > 2 * self.capacity:
             raise UsageError(f"filter '{self.name}': the rules expand to {cls.n} table entries, more "
                              f"than this table holds ({2 * self.capacity})",
@@ -85,7 +93,6 @@ class FilterTable:
         new = 1 - gen
         # leftovers of an interrupted update under the inactive generation go first
         self._delete_generation(new)
-        # counters of ids that were not in use start from zero
         fresh = [e.id for e in entries if previous_ids is None or e.id not in previous_ids]
         if fresh:
             zero = COUNT.type(0, 0)

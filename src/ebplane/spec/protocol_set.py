@@ -1,45 +1,81 @@
-"""The built-in protocols a pipeline can parse, and their dependencies.
+"""The protocols a pipeline can parse, and their dependencies.
 
-This is the one place that lists them: the spec validator, the rule validator
-and the code generator all read :data:`KNOWN_PROTOCOLS`, so adding a protocol
-means adding one line here (plus its parser).
+The library's ``.p4`` files are the one truth (``ebplane.protocols``): every protocol they
+declare can be listed, and what a protocol needs is read from the library's parse graph (the
+protocols whose states lead to its entry state).  A pipeline may also list users' ``.p4``
+files; :func:`parser_graph` composes the whole list so rules can be checked against it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
 
-# name -> protocols of which at least one must also be listed (empty: none needed).
-# The dict order is the canonical order: outer headers first.
-KNOWN_PROTOCOLS: dict[str, tuple[str, ...]] = {
-    "ethernet": (),
-    "vlan": ("ethernet",),
-    "ipv4": ("ethernet",),
-    "ipv6": ("ethernet",),
-    "tcp": ("ipv4", "ipv6"),
-    "udp": ("ipv4", "ipv6"),
-    "icmp": ("ipv4",),
-    "icmpv6": ("ipv6",),
-}
+from ebplane.protocols import ParserGraph, build_parser, load_library
+from ebplane.protocols import ir
+
+
+def _dependencies() -> dict[str, tuple[str, ...]]:
+    """name -> library protocols of which at least one must also be listed (empty: none)."""
+    lib = load_library()
+    owner = lib.state_owner()
+    deps: dict[str, tuple[str, ...]] = {}
+    for name, module in lib.modules.items():
+        parents = {owner[st.name] for m in lib.modules.values() for st in m.states.values()
+                   if module.entry in ir.targets(st.transition)} - {name}
+        deps[name] = tuple(n for n in lib.names() if n in parents)
+    return deps
+
+
+# name -> protocols of which at least one must also be listed; dict order is canonical
+KNOWN_PROTOCOLS: dict[str, tuple[str, ...]] = _dependencies()
 
 REQUIRED_PROTOCOLS: tuple[str, ...] = ("ethernet",)
 
 
+def is_protocol_file(name: str) -> bool:
+    """A user's protocol file (a path ending in .p4) rather than a library name."""
+    return name.endswith(".p4")
+
+
 def canonical_order(names: Iterable[str]) -> tuple[str, ...]:
-    """Sort known protocol names into :data:`KNOWN_PROTOCOLS` order.
+    """Library protocols in :data:`KNOWN_PROTOCOLS` order, then users' files as listed.
 
     Two specs listing the same protocols in a different order are the same
     pipeline; a canonical order keeps generated code and cache keys identical.
     """
-    wanted = set(names)
-    return tuple(p for p in KNOWN_PROTOCOLS if p in wanted)
+    wanted = list(dict.fromkeys(names))
+    return (tuple(p for p in KNOWN_PROTOCOLS if p in wanted)
+            + tuple(p for p in wanted if p not in KNOWN_PROTOCOLS))
 
 
 def missing_dependency(protocols: Iterable[str]) -> tuple[str, tuple[str, ...]] | None:
     """Return ``(protocol, needs)`` for the first listed protocol whose dependency is absent."""
     listed = set(protocols)
     for name in canonical_order(listed):
-        needs = KNOWN_PROTOCOLS[name]
+        needs = KNOWN_PROTOCOLS.get(name, ())
         if needs and not listed.intersection(needs):
             return name, needs
     return None
+
+
+def parser_graph(protocols: Iterable[str]) -> ParserGraph:
+    """The composed parse graph of ``protocols`` with every field loadable (for checking
+    rule fields).  Cached per list and per modification time of users' files."""
+    names = canonical_order(protocols)
+    stamps = tuple(_mtime(p) for p in names if is_protocol_file(p))
+    return _graph(names, stamps)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0  # build_parser reports the unreadable file
+
+
+@lru_cache(maxsize=64)
+def _graph(names: tuple[str, ...], _stamps: tuple[float, ...]) -> ParserGraph:
+    return build_parser([Path(n) if is_protocol_file(n) else n for n in names])

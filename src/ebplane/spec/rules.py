@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ebplane.errors import SpecError
+from ebplane.protocols import FieldMatch
 from ebplane.spec import check
 from ebplane.spec.located import Where
-from ebplane.spec.protocol_set import KNOWN_PROTOCOLS, canonical_order
+from ebplane.spec.protocol_set import KNOWN_PROTOCOLS, canonical_order, parser_graph
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -42,6 +44,8 @@ class Rule:
     sport: tuple[int, int] | None = None  # inclusive range
     dport: tuple[int, int] | None = None
     vlan: int | None = None
+    # `match:` on any header field of the pipeline's protocols, sorted by field name
+    match: tuple[FieldMatch, ...] = ()
     # line in the spec file, for messages; not part of the rule's identity
     line: int | None = field(default=None, compare=False)
 
@@ -72,6 +76,8 @@ class Rule:
                 d[key] = ports[0] if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
         if self.vlan is not None:
             d["vlan"] = self.vlan
+        if self.match:
+            d["match"] = {str(m.field): match_text(m) for m in self.match}
         d["action"] = self.action
         return d
 
@@ -103,14 +109,13 @@ def parse_rule(obj: Any, *, protocols: Iterable[str], where: str | Where = "rule
         vlan = check.integer(d["vlan"], at / "vlan", 1, 4094, what="VLAN id")
         _need(at / "vlan", listed, ("vlan",), "a vlan match", vlan)
 
-    if "match" in d:
-        _user_fields(d["match"], at / "match", listed)
+    match = _user_fields(d["match"], at / "match", listed) if "match" in d else ()
 
     if "action" not in d:
         raise at.error("missing required key 'action'", allowed=" | ".join(ACTIONS))
     action = check.choice(d["action"], at / "action", ACTIONS)
     return Rule(action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                vlan=vlan, line=at.line)
+                vlan=vlan, match=match, line=at.line)
 
 
 def _need(where: Where, listed: frozenset[str], any_of: tuple[str, ...], what: str,
@@ -194,23 +199,46 @@ def _ports(obj: Any, where: Where, listed: frozenset[str], proto: int | None) ->
     return port, port
 
 
-def _user_fields(obj: Any, where: Where, listed: frozenset[str]) -> None:
-    """Extension point: matches on fields of user-defined protocols (``proto.field: value``).
+def match_text(m: FieldMatch) -> int | str:
+    """A ``match:`` value in the form :meth:`ParserGraph.parse_match` reads back."""
+    if m.kind == "exact":
+        return m.lo
+    if m.kind == "range":
+        return f"{m.lo:#x}-{m.hi:#x}"
+    return f"{m.lo:#x}/{m.mask:#x}"
 
-    User protocols cannot be declared yet, so every entry is refused; when they can,
-    this is where the field is looked up in the protocol's IR and its value checked.
-    """
+
+def _user_fields(obj: Any, where: Where, listed: frozenset[str]) -> tuple[FieldMatch, ...]:
+    """``match: {header.field: value | value/mask | lo-hi}`` checked against the parse graph
+    of the pipeline's protocols (library and users' .p4 files)."""
     if not isinstance(obj, dict):
         raise where.error(f"expected a mapping of protocol.field: value, "
                           f"got {check.type_name(obj)}", given=obj)
-    for key in obj:
+    if not obj:
+        raise where.error("match: names no field", hint="remove match:, or add header.field: value")
+    graph = parser_graph(listed)
+    out: dict[str, FieldMatch] = {}
+    for key, value in obj.items():
+        at = where / str(key)
         proto, dot, _ = str(key).partition(".")
         if not dot:
-            raise (where / str(key)).error("expected a key of the form protocol.field",
-                                           given=key, key=True)
-        raise (where / str(key)).error(
-            f"user protocol field {key!r} needs protocol {proto!r} in protocols: "
-            f"[{', '.join(canonical_order(listed))}]",
-            given=key, key=True,
-            hint="user-defined protocols are not supported yet; match with src, dst, proto, "
-                 "sport, dport or vlan")
+            raise at.error("expected a key of the form protocol.field", given=key, key=True)
+        header = proto.split("[")[0]
+        if header not in graph.instances:
+            raise at.error(f"user protocol field {key!r} needs protocol {header!r} in protocols: "
+                           f"[{', '.join(canonical_order(listed))}]", given=key, key=True,
+                           allowed=", ".join(graph.instances),
+                           hint="list the protocol (a library name or a .p4 file) under protocols:")
+        try:
+            fp = graph.resolve_field(str(key))
+        except SpecError as e:
+            raise at.error(e.reason, given=key, allowed=e.allowed, hint=e.hint, key=True) from None
+        try:
+            m = graph.parse_match(str(key), value)
+        except SpecError as e:
+            raise at.error(e.reason, given=value, allowed=e.allowed, hint=e.hint) from None
+        if str(fp) in out:
+            raise at.error(f"field {fp} is matched twice", given=key, key=True,
+                           hint="write each field once")
+        out[str(fp)] = m
+    return tuple(out[k] for k in sorted(out))

@@ -25,6 +25,7 @@
 #define EBP_F_VLAN  0x08
 #define EBP_F_SRC   0x10
 #define EBP_F_DST   0x20
+#define EBP_F_USER  0x40 /* match: fields in the packet's user area (ebp_pkt.user) */
 
 /* rule actions (ebp_flt_rule.action) */
 #define EBP_ACT_PASS 0
@@ -40,6 +41,7 @@ struct ebp_flt_key {
 	__u16 dport;      /* host order, masked */
 	__u8  src[16];    /* IPv4 in the first 4 bytes, network order, masked */
 	__u8  dst[16];
+	__u8  user[16];   /* ebp_pkt.user & the shape's user_mask */
 };
 
 struct ebp_flt_rule {
@@ -58,6 +60,8 @@ struct ebp_flt_shape {
 	__u32 min_prio;   /* best priority held by the shape */
 	__u32 src_mask[4];/* network order; IPv4 uses src_mask[0] only */
 	__u32 dst_mask[4];
+	__u32 user_need;  /* ebp_pkt.user_valid bits the packet must have (EBP_F_USER) */
+	__u32 user_mask[4];/* byte mask of ebp_pkt.user, as the bytes are laid out */
 };
 
 /* entry 0 of the config array */

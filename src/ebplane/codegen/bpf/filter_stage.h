@@ -48,6 +48,15 @@ static __always_inline int ebp_flt_key(struct ebp_flt_key *key, const struct ebp
 		k[2] = pkt->dst32[2] & s->dst_mask[2];
 		k[3] = pkt->dst32[3] & s->dst_mask[3];
 	}
+	if (s->fields & EBP_F_USER) {
+		__u32 *k = (__u32 *)key->user;
+		if ((pkt->user_valid & s->user_need) != s->user_need)
+			return 0;
+		k[0] = pkt->user32[0] & s->user_mask[0];
+		k[1] = pkt->user32[1] & s->user_mask[1];
+		k[2] = pkt->user32[2] & s->user_mask[2];
+		k[3] = pkt->user32[3] & s->user_mask[3];
+	}
 	return 1;
 }
 
