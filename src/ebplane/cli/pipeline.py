@@ -125,7 +125,7 @@ def stats_human(items: list[dict]) -> str:
                 out.append(f"filter {st['stage']}")
                 out.append(table(rows, ["#", "action", "match", "packets", "bytes"]))
             else:
-                out.append(f"count {st['stage']}")
+                out.append(f"{st['kind']} {st['stage']}")
                 out.append(table([[k, v["packets"], v["bytes"]] for k, v in st["counts"].items()],
                                  ["class", "packets", "bytes"]))
     return "\n".join(out)

@@ -10,17 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ebplane.errors import NotFound, UsageError
+from ebplane.errors import NotFound, SpecError, UsageError
 from ebplane.spec import check
 from ebplane.spec.located import Where, load_located
 from ebplane.spec.protocol_set import (KNOWN_PROTOCOLS, REQUIRED_PROTOCOLS, canonical_order,
-                                       missing_dependency)
+                                       is_protocol_file, missing_dependency, parser_graph)
 from ebplane.spec.stages import STAGE_KINDS, Stage
 
 SPEC_KEYS: tuple[str, ...] = ("pipeline", "hook", "interfaces", "mode", "netns", "protocols",
-                              "stages")
+                              "stages", "parser")
 HOOKS: tuple[str, ...] = ("xdp", "tc-ingress", "tc-egress")
 XDP_MODES: tuple[str, ...] = ("auto", "native", "generic")
+# fused: the parser is inlined into the one program; separate: a parser program hands a
+# compact parse-info to the stage program in the XDP metadata area (docs/protocols.md)
+PARSER_MODES: tuple[str, ...] = ("fused", "separate")
 
 PIPELINE_NAME_PATTERN = r"[a-z0-9-]{1,15}"
 # what the kernel's dev_valid_name() accepts
@@ -37,9 +40,10 @@ class PipelineSpec:
     interfaces: tuple[str, ...]
     mode: str | None  # xdp attach mode; None for tc hooks
     netns: str | None  # None: the current network namespace
-    protocols: tuple[str, ...]  # canonical order (KNOWN_PROTOCOLS)
+    protocols: tuple[str, ...]  # canonical order (KNOWN_PROTOCOLS), then users' .p4 files
     stages: tuple[Stage, ...]
     source: str  # the file it came from, for messages
+    parser_mode: str = "fused"
 
     def stage(self, name: str) -> Stage:
         """The stage (table) called ``name``."""
@@ -61,6 +65,8 @@ class PipelineSpec:
             d["netns"] = self.netns
         d["protocols"] = list(self.protocols)
         d["stages"] = [s.to_dict() for s in self.stages]
+        if self.parser_mode != "fused":
+            d["parser"] = {"mode": self.parser_mode}
         return d
 
 
@@ -93,10 +99,17 @@ def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
     if "netns" in d:
         netns = check.name(d["netns"], root / "netns", pattern=NETNS_PATTERN,
                            allowed="a network namespace name: 1-255 characters, no '/' or spaces")
-    protocols = _protocols(d["protocols"], root / "protocols")
+    protocols = _protocols(d["protocols"], root / "protocols", Path(filename).parent)
+    parser_mode = _parser_mode(d.get("parser", {}), root / "parser", hook)
     stages = _stages(d["stages"], root / "stages", protocols)
+    for i, st in enumerate(stages):
+        if st.hooks is not None and hook not in st.hooks:
+            raise (root / "stages" / i / st.kind).error(
+                f"stage kind {st.kind} works at hook {' or '.join(st.hooks)} only", given=hook,
+                key=True, hint=f"use hook: {st.hooks[0]} (or move the stage to a pipeline of its own)")
     return PipelineSpec(name=name, hook=hook, interfaces=interfaces, mode=mode, netns=netns,
-                        protocols=protocols, stages=stages, source=filename)
+                        protocols=protocols, stages=stages, source=filename,
+                        parser_mode=parser_mode)
 
 
 def _interfaces(obj: Any, where: Where) -> tuple[str, ...]:
@@ -121,12 +134,24 @@ def _mode(d: dict[str, Any], root: Where, hook: str) -> str | None:
     return check.choice(d.get("mode", "auto"), root / "mode", XDP_MODES)
 
 
-def _protocols(obj: Any, where: Where) -> tuple[str, ...]:
+def _protocols(obj: Any, where: Where, base: Path) -> tuple[str, ...]:
+    """Library names and users' .p4 files (paths relative to the spec file, made absolute)."""
     names = check.sequence(obj, where, what="a list of protocol names")
+    resolved: list[str] = []
     for i, proto in enumerate(names):
-        check.choice(proto, where / i, tuple(KNOWN_PROTOCOLS))
-        if proto in names[:i]:
-            raise (where / i).error("protocol listed twice", given=proto)
+        if isinstance(proto, str) and is_protocol_file(proto):
+            path = Path(proto) if Path(proto).is_absolute() else base / proto
+            if not path.is_file():
+                raise (where / i).error("protocol file not found", given=proto,
+                                        hint="give the path of a .p4 file, relative to the "
+                                             "spec file")
+            proto = str(path.resolve())
+        else:
+            check.choice(proto, where / i, tuple(KNOWN_PROTOCOLS) + ("FILE.p4",))
+        if proto in resolved:
+            raise (where / i).error("protocol listed twice", given=names[i])
+        resolved.append(proto)
+    names = resolved
     for required in REQUIRED_PROTOCOLS:
         if required not in names:
             raise where.error(f"protocol {required} is required", given=names,
@@ -137,7 +162,24 @@ def _protocols(obj: Any, where: Where) -> tuple[str, ...]:
         raise (where / names.index(proto)).error(
             f"protocol {proto} needs {' or '.join(needs)}", given=proto,
             hint=f"add {needs[0]} to protocols:")
-    return canonical_order(names)
+    ordered = canonical_order(names)
+    try:
+        parser_graph(ordered)  # composes: users' files parse, hooks fit, all reached
+    except SpecError as e:
+        if e.file is not None:  # located in a .p4 file: that location is the one to show
+            raise
+        raise where.error(e.reason, given=e.given, allowed=e.allowed, hint=e.hint) from None
+    return ordered
+
+
+def _parser_mode(obj: Any, where: Where, hook: str) -> str:
+    body = check.mapping({} if obj is None else obj, where, allowed=("mode",))
+    mode = check.choice(body.get("mode", "fused"), where / "mode", PARSER_MODES)
+    if mode == "separate" and hook != "xdp":
+        raise (where / "mode").error("a separate parser program needs hook xdp (it hands "
+                                     "parse-info over in the XDP metadata area)", given=mode,
+                                     hint="use mode: fused, or hook: xdp")
+    return mode
 
 
 def _stages(obj: Any, where: Where, protocols: tuple[str, ...]) -> tuple[Stage, ...]:

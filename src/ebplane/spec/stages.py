@@ -29,6 +29,7 @@ class Stage:
     """Base of all stages: each has a kind (its spec keyword) and a unique name."""
 
     kind: ClassVar[str]
+    hooks: ClassVar[tuple[str, ...] | None] = None  # the hooks it works at; None: all
     name: str
 
     def body(self) -> dict[str, Any]:
