@@ -3,10 +3,13 @@ flows, without reloading the program (each change is one atomic install)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import yaml
 
 from ebplane.cli.output import emit, table
 from ebplane.errors import UsageError
+from ebplane.spec.located import load_located
 
 
 def register(sub) -> None:
@@ -61,15 +64,17 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _parse_fields(args) -> dict:
+def _parse_fields(args):
+    """The rule of ``rules add`` and where to locate its errors: ``(obj, where)``."""
     if args.rule and args.fields:
         raise UsageError("give the rule either as KEY=VALUE words or as --rule, not both")
     if args.rule:
-        obj = yaml.safe_load(args.rule)
+        # located: a YAML slip or a bad field is reported at its column of --rule
+        obj, where = load_located(args.rule, "--rule")
         if not isinstance(obj, dict):
             raise UsageError(f"--rule must be a mapping such as '{{dst: 198.18.0.1, action: drop}}', "
                              f"got {args.rule!r}")
-        return obj
+        return obj, dataclasses.replace(where, root="rule")
     if not args.fields:
         raise UsageError("no rule given", hint="e.g. ebplane rules add NAME src=198.18.0.0/24 action=drop")
     obj = {}
@@ -78,12 +83,13 @@ def _parse_fields(args) -> dict:
             raise UsageError(f"'{f}' is not KEY=VALUE", hint="e.g. dport=53 or action=drop")
         k, v = f.split("=", 1)
         obj[k] = yaml.safe_load(v) if v.isdigit() else v
-    return obj
+    return obj, "rule"
 
 
 def cmd_add(args) -> int:
     t = _table(args)
-    rule = t.parse(_parse_fields(args))
+    obj, where = _parse_fields(args)
+    rule = t.parse(obj, where)
     res = t.add(rule, args.at)
     emit(args, res, _human)
     return 0
@@ -100,12 +106,15 @@ def cmd_replace(args) -> int:
     from pathlib import Path
     t = _table(args)
     try:
-        items = yaml.safe_load(Path(args.file).read_text())
+        text = Path(args.file).read_text()
     except FileNotFoundError:
         raise UsageError(f"rules file {args.file} does not exist") from None
+    items, root = load_located(text, args.file)  # errors name FILE:LINE:COLUMN
+    root = dataclasses.replace(root, root="rules")  # and the field as rules[i].key
     if not isinstance(items, list):
-        raise UsageError(f"{args.file} must hold a YAML list of rules")
-    rules = [t.parse(it) for it in items]
+        raise UsageError(f"{args.file} must hold a YAML list of rules",
+                         hint="one '- {dst: 198.18.0.1, action: drop}' per line")
+    rules = [t.parse(it, root / i) for i, it in enumerate(items)]
     res = t.replace(rules)
     emit(args, res, _human)
     return 0

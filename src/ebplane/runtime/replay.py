@@ -67,6 +67,10 @@ class Replayer:
             self._slots.append(m)
 
     def run(self, index: int, frame: bytes) -> Decision:
+        """Run one frame; ``index`` is only copied into the decision."""
+        # the program clears the trace slot of the CPU it runs on, but a slot of another CPU
+        # may still hold an earlier packet's record: clear them all first
+        self._reset_trace()
         res = self.program.test_run(frame)
         # the record sits in the slot of the CPU the run used; the others hold TRACE_NONE
         decided = [x for x in self.trace.lookup(0) if x.stage != TRACE_NONE]
@@ -79,7 +83,6 @@ class Replayer:
 
     def run_all(self, frames: Iterable[bytes]) -> Iterator[Decision]:
         for i, fr in enumerate(frames):
-            self._reset_trace()
             yield self.run(i, fr)
 
     def _reset_trace(self) -> None:
