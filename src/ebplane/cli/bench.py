@@ -1,0 +1,50 @@
+"""``ebplane bench``: run the benchmark suite (benchmarks/) and write JSON, Markdown, PNG."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from pathlib import Path
+
+from ebplane.cli.output import emit, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure ebplane against hand-written C, xdp-filter, "
+                                     "nftables and kernel forwarding")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (seconds): checks that the benchmark runs, figures mean little")
+    p.add_argument("--out", default="bench-out", metavar="DIR",
+                   help="where bench.json, bench.md and bench.png go (default: bench-out)")
+    p.add_argument("--sections", default="cost,live,control,scaling", metavar="LIST",
+                   help="comma-separated: cost, live, control, scaling (default: all)")
+    p.add_argument("--suite", metavar="DIR", help="the benchmark suite (default: the "
+                                                   "benchmarks/ directory of this source tree)")
+    p.add_argument("--json", action="store_true", help="print the JSON document on stdout")
+    p.set_defaults(func=cmd_bench)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # run the same clean-up as Ctrl-C
+
+
+def cmd_bench(args) -> int:
+    from ebplane.bench import BenchConfig, parse_sections, run_bench
+    sections = parse_sections(args.sections)
+    config = BenchConfig.quick() if args.quick else BenchConfig.full()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        doc = run_bench(Path(args.out), sections, config,
+                        command="ebplane bench " + shlex.join(_given(args)),
+                        suite_dir=Path(args.suite) if args.suite else None, progress=progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    emit(args, doc, lambda d: (Path(args.out) / "bench.md").read_text())
+    return 0
+
+
+def _given(args) -> list[str]:
+    """The options of this run, for the report's command line."""
+    words = ["--quick"] if args.quick else []
+    words += ["--out", args.out, "--sections", args.sections]
+    return words + (["--suite", args.suite] if args.suite else [])

@@ -1,0 +1,105 @@
+"""``ebplane bench``: benchmarks are not tests, so this only checks that the command runs on
+tiny sizes, writes well-formed JSON, Markdown and PNG with all four sections, and leaves
+nothing behind.  The figures themselves are not asserted (they are machine-specific), except
+the invariants the benchmark exists to show: verdicts of compared programs agree, and a
+re-apply under traffic loses no packet."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ebplane.bench import SECTIONS, parse_sections
+from ebplane.bench.harness import Suite
+from ebplane.bench.live import LAB
+from ebplane.bench.report import markdown
+from ebplane.cli.main import main
+from ebplane.errors import UsageError
+from ebplane.net import netns
+
+pytestmark = [pytest.mark.kernel, pytest.mark.lab]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["bench", "--quick", "--out", str(out)])
+    return rc, out, json.loads((out / "bench.json").read_text())
+
+
+def test_quick_run_writes_all_outputs(quick_run):
+    rc, out, doc = quick_run
+    assert rc == 0
+    assert list(doc["sections"]) == list(SECTIONS)
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "bench.md").read_text()
+    for heading in ("## 1. Program cost", "## 2. Live throughput", "## 3. Control plane",
+                    "## 4. Scaling"):
+        assert heading in md
+    assert md.strip() == markdown(doc).strip()  # the report is derived from the JSON alone
+    assert doc["command"].startswith("ebplane bench --quick")
+    assert doc["machine"]["nproc"] == os.cpu_count()
+
+
+def test_cost_section_compares_the_same_job(quick_run):
+    cost = quick_run[2]["sections"]["cost"]
+    assert cost["floor"]["ns_per_packet"]["median"] > 0
+    cases = {r["case"] for r in cost["rows"]}
+    assert cases == {c.name for c in Suite.load().cost}
+    for r in cost["rows"]:
+        assert r["verdicts_agree"], r
+        assert r["ratio_to_floor"] == pytest.approx(
+            r["ebplane"]["ns_per_packet"]["median"] / cost["floor"]["ns_per_packet"]["median"],
+            abs=0.01)
+        assert r["ebplane"]["verified_insns"] > 0
+    # a peer exists for the cases that name one, and it was measured
+    assert any(r["peer"] and r["ratio_to_peer"] for r in cost["rows"])
+
+
+def test_live_section_has_every_device_under_test(quick_run):
+    live = quick_run[2]["sections"]["live"]
+    assert {r["name"] for r in live["drop"]} >= {"xdp-floor", "ebplane", "baseline", "nftables"}
+    assert {r["name"] for r in live["forward"]} == {"kernel", "baseline", "ebplane"}
+    for r in live["drop"] + live["forward"]:
+        assert "error" in r or (r["mpps"]["min"] <= r["mpps"]["median"] <= r["mpps"]["max"]
+                                and r["mpps"]["min"] > 0 and "dut_ns_per_packet" in r), r
+    for name in ("xdp-floor", "ebplane", "baseline", "nftables"):
+        row = next(r for r in live["drop"] if r["name"] == name)
+        assert "mpps" in row, row
+
+
+def test_control_section_loses_no_packet(quick_run):
+    control = quick_run[2]["sections"]["control"]
+    r = control["reapply_under_traffic"]
+    assert r["received"] > 0 and r["lost"] == 0
+    assert control["apply"]["cold_s"] > 0 and control["apply"]["reapply_s"] > 0
+    assert [row["entries"] for row in control["table_load"]] == [1000]
+
+
+def test_scaling_section(quick_run):
+    sc = quick_run[2]["sections"]["scaling"]
+    assert [r["rules"] for r in sc["rules"]] == [1, 100]
+    assert all(r["hit"]["verdict"] == "XDP_DROP" and r["miss"]["verdict"] == "XDP_PASS"
+               for r in sc["rules"])
+    assert len(sc["protocols"]) >= 2
+
+
+def test_nothing_left_behind(quick_run):
+    assert not [n for n in netns.list_ours() if n.startswith(LAB)]
+    assert not list(Path("/sys/fs/bpf").glob(f"ebplane-bench-{os.getpid()}"))
+    assert not Path(f"/run/ebplane/labs/{LAB}.json").exists()
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(UsageError, match="unknown benchmark section 'speed'"):
+        parse_sections("cost,speed")
+    assert parse_sections("live, cost") == ("live", "cost")
+
+
+def test_missing_suite_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError) as e:
+        Suite.load(tmp_path)
+    assert "cases.yaml" in str(e.value) and "--suite" in e.value.hint
