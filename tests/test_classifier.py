@@ -385,16 +385,25 @@ def test_match_packet_semantics():
         Match(1, 1, ACT_PASS)
 
 
-def test_compile_100k_rules_is_fast():
-    rules = [Rule("drop", src=ipaddress.IPv4Network((0xC6120000 + i, 32)), proto=6,
-                  dport=(1 + i % 1000, 1 + i % 1000)) for i in range(100_000)]
-    start = time.perf_counter()
-    c = compile_rules(rules, range(len(rules)))
-    elapsed = time.perf_counter() - start
-    print(f"compiled 100000 rules in {elapsed:.2f} s")
+def test_compile_100k_rules_scales_linearly():
+    """Compiling is linear in the rules: 100k take about ten times what 10k take (a ratio
+    measured in the same run, not a wall-clock bound)."""
+    def rules(n):
+        return [Rule("drop", src=ipaddress.IPv4Network((0xC6120000 + i, 32)), proto=6,
+                     dport=(1 + i % 1000, 1 + i % 1000)) for i in range(n)]
+    small, big = rules(10_000), rules(100_000)
+    times = {}
+    for name, rs in (("10k", small), ("100k", big)):
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            c = compile_rules(rs, range(len(rs)))
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    print(f"compiled 10k rules in {times['10k']:.3f} s, 100k in {times['100k']:.3f} s")
     assert c.n == 100_000 and len(c.shapes) == 1
     assert len(c.keys) == 100_000 * KEY.size and len(c.values) == 100_000 * 12
-    assert elapsed < 10
+    assert times["100k"] < 25 * times["10k"]
 
 
 # -- match: fields in the user area -----------------------------------------------------------

@@ -310,5 +310,6 @@ def test_scale_100k_rules(ebp_env):
                 load_seconds = elapsed
     print(f"\n100k rules loaded (generate, compile, verify, install) in {load_seconds:.2f} s; "
           + ", ".join(f"{n} rules: {v:.0f} ns/packet" for n, v in figures.items()))
-    assert load_seconds < 30
+    # the load time is reported (and benchmarked by `ebplane bench`, section control), not
+    # bounded here: tests assert ratios measured in the same run, never wall-clock times
     assert figures[100_000] < 3 * figures[10]

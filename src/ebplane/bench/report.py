@@ -117,6 +117,15 @@ def _scaling(sc: dict) -> list[str]:
     return lines
 
 
+def _xsk(x: dict) -> list[str]:
+    lines = ["## 5. AF_XDP receive in Python (ebplane.xsk)", "", x["method"] + ".", ""]
+    lines += _table(["consumer", "mode", "Mpps (best)", "vs XDP drop on the same veth"],
+                    [["ebplane.xsk (numpy RX path)", x["mode"], x["xsk"]["mpps"],
+                      _x(x["ratio_to_baseline"])],
+                     ["XDP drop (baseline)", "native", x["baseline_xdp_drop"]["mpps"], _x(1.0)]])
+    return lines
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# ebplane benchmark", "",
@@ -126,7 +135,7 @@ def markdown(doc: dict) -> str:
              "Absolute numbers are machine-specific; the ratios are the point.", ""]
     s = doc["sections"]
     for key, render in (("cost", _cost), ("live", _live), ("control", _control),
-                        ("scaling", _scaling)):
+                        ("scaling", _scaling), ("xsk", _xsk)):
         if key in s:
             lines += render(s[key])
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from ebplane import __version__
 from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
-SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling")
+SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk")
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,22 @@ class BenchConfig:
     reapplies: int                   # re-applies under traffic
     scale_rules: tuple[int, ...]
     scale_shapes: tuple[int, ...]
+    xsk_frames: int                  # frames per AF_XDP receive run
+    xsk_runs: int
 
     @classmethod
     def full(cls) -> BenchConfig:
         return cls(repeat=1_000_000, runs=5, live_seconds=2.0, live_repeats=3,
                    load_sizes=(1_000, 100_000, 1_000_000), reapplies=10,
-                   scale_rules=(1, 100, 10_000, 100_000), scale_shapes=(1, 4, 16))
+                   scale_rules=(1, 100, 10_000, 100_000), scale_shapes=(1, 4, 16),
+                   xsk_frames=2_000_000, xsk_runs=3)
 
     @classmethod
     def quick(cls) -> BenchConfig:
         """Tiny sizes: checks that everything runs, in seconds; the figures mean little."""
         return cls(repeat=2_000, runs=2, live_seconds=0.1, live_repeats=1, load_sizes=(1_000,),
-                   reapplies=2, scale_rules=(1, 100), scale_shapes=(1, 4))
+                   reapplies=2, scale_rules=(1, 100), scale_shapes=(1, 4),
+                   xsk_frames=20_000, xsk_runs=1)
 
 
 def machine() -> dict:
@@ -134,6 +138,9 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             if "control" in sections:
                 results["control"] = run_control(lab, config.load_sizes, config.reapplies,
                                                  progress)
+        if "xsk" in sections:
+            from ebplane.bench.xsk import run_xsk
+            results["xsk"] = run_xsk(config.xsk_frames, config.xsk_runs, progress)
     doc = {"ebplane": __version__, "command": command,
            "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
            "seconds": round(time.time() - started, 1), "machine": machine(),
