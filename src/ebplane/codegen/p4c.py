@@ -17,7 +17,7 @@ Semantics: any P4 reject (a header cut short, ``StackOutOfBounds``, ``NoMatch``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ebplane.errors import SpecError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from ebplane.errors import KeyNotFound, NotSupported, kernel_error
 from ebplane.kernel import bpffs

@@ -221,7 +221,7 @@ def _merge(modules: list[ProtocolModule], states: dict[str, ir.ParseState]):
                     raise render(item.loc, f"{what} '{name}' is also declared by another "
                                            f"protocol ({prev.loc}) " +
                                  ("" if what == "header" else "differently"),
-                                 hint=f"rename it, or declare it identically in both files")
+                                 hint="rename it, or declare it identically in both files")
     used_inst = {s.instance for st in states.values() for s in st.statements
                  if isinstance(s, ir.Extract)}
     used_meta = {n.name for st in states.values() for e in ir.state_exprs(st)

@@ -5,14 +5,12 @@ Shared by ``apply`` (pins, attaches) and ``replay`` (runs on packets, leaves not
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
-from ebplane.kernel import bpffs
 from ebplane.kernel.libbpf import lib
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map

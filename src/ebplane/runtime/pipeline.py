@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import yaml
-
 from ebplane.codegen.pipeline import Features, filter_slots, spec_features, user_layout_for
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
@@ -32,7 +30,7 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
-from ebplane.runtime.build import Built, build
+from ebplane.runtime.build import build
 from ebplane.runtime.classifier import compile_rules
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir

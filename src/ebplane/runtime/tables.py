@@ -15,7 +15,7 @@ from ebplane.codegen.p4c import UserLayout
 from ebplane.errors import UsageError
 from ebplane.kernel.codec import Struct, U32
 from ebplane.kernel.maps import Map, rcu_barrier
-from ebplane.runtime.classifier import CONFIG, GEN_BIT, KEY, MAX_SHAPES, SHAPE, compile_rules
+from ebplane.runtime.classifier import CONFIG, MAX_SHAPES, SHAPE, compile_rules
 from ebplane.spec import Rule
 
 COUNT = Struct("ebp_count", [("packets", "Q"), ("bytes", "Q")])
