@@ -273,3 +273,25 @@ def test_env_points_at_private_places(ebp_env):
     assert os.environ["EBPLANE_BPFFS_ROOT"] == str(ebp_env)
     assert ebp_env.name.startswith("ebp-test-")
     assert str(pin_dir("x")).startswith(str(ebp_env))
+
+
+def test_separate_parser_mode_applies_and_survives_reapply(ebp_env, veth_pair, tmp_path):
+    """Separate mode on a real interface: the parser program attached at XDP tail-calls the
+    stage program through a pinned PROG_ARRAY; a re-apply installs a fresh PROG_ARRAY with the
+    new stage program (never the old one's), and real frames keep being classified."""
+    ns, _, _ = veth_pair
+    text = spec_text(ns).replace("hook: xdp\n", "hook: xdp\nparser: {mode: separate}\n")
+    spec = write_spec(tmp_path / "ap.yaml", text)
+    first = pipeline.apply(spec)
+    assert "ebp_progs" in {p.name for p in (pin_dir("ap") / "maps").iterdir()}
+    frames_to(ns, {DNS: 7, WEB: 3})
+    [s] = cli_json("stats", "ap")
+    assert rule_counts(s)[:2] == [7, 3]
+    second = pipeline.apply(spec)
+    assert second.prog_id != first.prog_id
+    assert "ebp_progs" not in second.reused_maps  # tail-call targets belong to one version
+    assert set(second.reused_maps) >= {"flt_acl_rules", "flt_acl_cnt"}
+    frames_to(ns, {DNS: 5})
+    [s] = cli_json("stats", "ap")
+    assert rule_counts(s)[:2] == [12, 3]  # counters carried over, the new program counts on
+    assert s["verdicts"]["XDP_DROP"]["packets"] == 12

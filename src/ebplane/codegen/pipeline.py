@@ -109,8 +109,11 @@ class MapRole:
     """What a map of the generated program is for, so the control plane can find it."""
     cname: str
     stage: str | None      # stage (table) name, None for pipeline-wide maps
-    role: str              # rules | shapes | config | counters | verdicts | trace
+    role: str              # rules | shapes | config | counters | verdicts | trace | progs
     pinned: bool = True
+    # a re-apply may reuse the pinned map (state carries over); never for a PROG_ARRAY,
+    # whose entries belong to one version of the program
+    reusable: bool = True
 
 
 @dataclass
@@ -170,9 +173,10 @@ class Emit:
         return self.spec.hook
 
     def map(self, cname: str, mtype: str, key: str, value: str, entries, comment: str, *,
-            stage: str | None, role: str, flags: str | None = None, pinned: bool = True) -> None:
+            stage: str | None, role: str, flags: str | None = None, pinned: bool = True,
+            reusable: bool = True) -> None:
         self.maps.append(_map(cname, mtype, key, value, entries, comment, flags))
-        self.prog.maps.append(MapRole(cname, stage, role, pinned))
+        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable))
 
     def include(self, header: str) -> None:
         if header not in self.includes:
@@ -233,7 +237,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     if separate:
         out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
                 "slot 0: the stage program the parser program tail-calls",
-                stage=None, role="progs")
+                stage=None, role="progs", reusable=False)
     out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts")
     if trace:

@@ -74,7 +74,7 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
     try:
         if reuse_pins is not None:
             for role in gen.maps:
-                if not role.pinned:
+                if not role.pinned or not role.reusable:
                     continue
                 path = reuse_pins / role.cname
                 if not path.exists():
