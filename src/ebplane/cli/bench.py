@@ -6,6 +6,7 @@ import shlex
 import signal
 from pathlib import Path
 
+from ebplane.bench.run import SECTIONS
 from ebplane.cli.output import emit, progress
 
 
@@ -16,8 +17,8 @@ def register(sub) -> None:
                    help="tiny sizes (seconds): checks that the benchmark runs, figures mean little")
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="where bench.json, bench.md and bench.png go (default: bench-out)")
-    p.add_argument("--sections", default="cost,live,control,scaling", metavar="LIST",
-                   help="comma-separated: cost, live, control, scaling (default: all)")
+    p.add_argument("--sections", default=",".join(SECTIONS), metavar="LIST",
+                   help=f"comma-separated: {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--suite", metavar="DIR", help="the benchmark suite (default: the "
                                                    "benchmarks/ directory of this source tree)")
     p.add_argument("--json", action="store_true", help="print the JSON document on stdout")

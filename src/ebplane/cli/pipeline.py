@@ -113,6 +113,11 @@ def stats_human(items: list[dict]) -> str:
         out.append(f"pipeline {d['name']}")
         out.append(table([[v, c["packets"], c["bytes"]] for v, c in d["verdicts"].items()],
                          ["verdict", "packets", "bytes"]))
+        if d.get("handoff"):  # parser mode xdp: where the TC stages got their parse
+            out.append("")
+            out.append("parse hand-off (XDP parser -> TC stages)")
+            out.append(table([[k, c["packets"]] for k, c in d["handoff"].items()],
+                             ["parse", "packets"]))
         for st in d["stages"]:
             out.append("")
             if st["kind"] == "filter":

@@ -449,7 +449,7 @@ def generate_parser(graph: ParserGraph, wants: Iterable[str], user: UserLayout) 
 
 
 
-# -- separate mode: the parse-info handed over in the XDP metadata area -------------------------
+# -- separate and xdp parser modes: the parse-info handed over in the XDP metadata area ----------
 
 META_MAX = 32  # bytes of XDP metadata the parse-info may take
 # fixed members of struct ebp_pinfo: (C declaration, bytes); addresses are re-read by ip_off
@@ -463,42 +463,63 @@ PINFO_FIXED: tuple[tuple[str, int], ...] = (
 )
 
 
-def parse_info_size(user: UserLayout) -> int:
-    """Bytes of struct ebp_pinfo (rounded to 4, as bpf_xdp_adjust_meta requires)."""
-    return (sum(n for _, n in PINFO_FIXED) + user.size + 3) // 4 * 4
+# parser mode xdp: the parse-info starts with a check word, EBP_PINFO_MAGIC (the layout's
+# version) xor the frame length the parser saw.  A TC program meets whatever metadata an XDP
+# program left (another one, or an ebplane parser of another layout), and the frame it sees may
+# differ from the one XDP parsed (the kernel moves an outer VLAN tag to skb->vlan_tci, which
+# shifts every offset): it trusts only its own layout on a frame of the length parsed.  A
+# separate parser's stage program is reached by its tail call only, on the same frame.
+PINFO_MAGIC: tuple[str, int] = ("__u32 magic;      /* EBP_PINFO_MAGIC ^ frame length */", 4)
 
 
-def check_parse_info(user: UserLayout) -> None:
-    """Refuse a parse-info that does not fit the XDP metadata area, naming what to drop."""
-    size = parse_info_size(user)
+def _pinfo_fixed(tagged: bool) -> tuple[tuple[str, int], ...]:
+    return ((PINFO_MAGIC,) if tagged else ()) + PINFO_FIXED
+
+
+def parse_info_size(user: UserLayout, tagged: bool = False) -> int:
+    """Bytes of struct ebp_pinfo (rounded to 4, as bpf_xdp_adjust_meta requires); ``tagged``:
+    with the magic word of parser mode xdp."""
+    return (sum(n for _, n in _pinfo_fixed(tagged)) + user.size + 3) // 4 * 4
+
+
+def check_parse_info(user: UserLayout, mode: str = "separate") -> None:
+    """Refuse a parse-info that does not fit the XDP metadata area, naming what to drop;
+    ``mode`` is the parser mode (separate, or xdp: tagged with the magic word)."""
+    size = parse_info_size(user, tagged=mode == "xdp")
     if size <= META_MAX:
         return
-    room = META_MAX - sum(n for _, n in PINFO_FIXED)
-    raise SpecError(f"the parse-info of a separate parser needs {size} bytes, more than the "
+    room = META_MAX - sum(n for _, n in _pinfo_fixed(mode == "xdp"))
+    what = "a separate parser" if mode == "separate" else "an XDP parser (parser mode xdp)"
+    raise SpecError(f"the parse-info of {what} needs {size} bytes, more than the "
                     f"{META_MAX} bytes of XDP metadata: the match: fields take {user.size} bytes "
                     f"({', '.join(f'{f.name}: {f.size}' for f in user.fields)}), {room} fit",
                     field="parser.mode",
                     hint="drop match: rules on some of these fields, or use parser: {mode: fused}")
 
 
-def parse_info_c(graph: ParserGraph, user: UserLayout) -> str:
+def parse_info_c(graph: ParserGraph, user: UserLayout, magic: int | None = None) -> str:
     """struct ebp_pinfo and the two halves of the hand-over: ebp_pinfo_write (parser
-    program) and ebp_pinfo_read (stage program: rebuilds the ebp_pkt the stages read)."""
+    program) and ebp_pinfo_read (stage program: rebuilds the ebp_pkt the stages read).
+    ``magic`` (parser mode xdp): the struct starts with a word the writer sets to it xor the
+    frame length, which the reader checks before it trusts the metadata."""
     ips = [f"pkt->hdr_off[EBP_HDR_{n.upper()}]" for n in ("ipv4", "ipv6") if n in graph.instances]
     ip_off = ("pkt->family == 4 ? " + ips[0] + " : " + ips[-1]) if len(ips) == 2 else \
         (ips[0] if ips else "0xffff")
-    members = [f"\t{decl}" for decl, _ in PINFO_FIXED]
+    members = [f"\t{decl}" for decl, _ in _pinfo_fixed(magic is not None)]
     if user.size:
         members.append(f"\t__u8  user[{user.size}];")
     copy = ["flags", "family", "proto", "n_vlan", "l3_off", "l4_off", "eth_proto", "vlan",
             "sport", "dport", "user_valid"]
+    tag = [] if magic is None else [f"#define EBP_PINFO_MAGIC 0x{magic:08x}U"]
     return "\n".join([
-        "#define EBP_PINFO_MALFORMED 0x80",
-        f"/* parse-info: what the parser program hands the stage program ({parse_info_size(user)}"
+        "#define EBP_PINFO_MALFORMED 0x80", *tag,
+        f"/* parse-info: what the parser program hands the stage program "
+        f"({parse_info_size(user, magic is not None)}"
         " bytes in the XDP metadata area in front of the packet) */",
         "struct ebp_pinfo {", *members, "} __attribute__((packed, aligned(4)));", "",
         "static __always_inline void ebp_pinfo_write(struct ebp_pinfo *pi, "
         "const struct ebp_pkt *pkt, int malformed)", "{",
+        *(["\tpi->magic = EBP_PINFO_MAGIC ^ pkt->len;"] if magic is not None else []),
         *[f"\tpi->{m} = pkt->{m};" for m in copy],
         "\tif (malformed)", "\t\tpi->flags |= EBP_PINFO_MALFORMED;",
         f"\tpi->ip_off = {ip_off};",

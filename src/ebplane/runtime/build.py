@@ -33,6 +33,11 @@ class Built:
     def program(self) -> Program:
         return self.obj.programs[self.gen.name]
 
+    @property
+    def xdp_parser(self) -> Program | None:
+        """Parser mode xdp: the XDP program attached next to the TC program (``program``)."""
+        return self.obj.programs[self.gen.xdp_parser] if self.gen.xdp_parser else None
+
     def map(self, cname: str) -> Map:
         return self.obj.maps[cname]
 

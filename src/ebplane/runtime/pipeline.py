@@ -7,7 +7,8 @@ Apply, in order, so that a failure at any step leaves the previous state in forc
 2. generate, compile and load the program, reusing the pipeline's pinned maps whose
    definition is unchanged (rules and counters carry over);
 3. fill tables that are new; then attach (first apply) or atomically replace the program on
-   each interface (re-apply), rolling back the interfaces already done if one fails;
+   each interface (re-apply), rolling back the interfaces already done if one fails (with
+   parser mode xdp, each interface has two attachments: the TC program and the XDP parser);
 4. install changed rule sets into reused tables (atomic generation flip);
 5. pin maps, links and the program, and write the state file.
 """
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ebplane.codegen.pipeline import Features, filter_slots, spec_features, user_layout_for
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, Features, filter_slots, spec_features,
+                                      user_layout_for)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
 from ebplane.kernel.links import Link
@@ -30,7 +32,7 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
-from ebplane.runtime.build import build
+from ebplane.runtime.build import Built, build
 from ebplane.runtime.classifier import compile_rules
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
@@ -141,7 +143,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     built = build(spec, features, reuse_pins=maps_dir if old else None)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
-    replaced: list[dict] = []
+    replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
     try:
         # 3a. tables the program does not share with the running version get their rules now
         deferred: list[tuple[FilterTable, list[RuleEntry]]] = []
@@ -152,7 +154,6 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 table.install(live[st.name], previous_ids=set())
             elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, []), spec.protocols):
                 deferred.append((table, live[st.name]))
-        prog = built.program
         # 3b. stage kinds with their own control plane fill their maps; then attach / replace
         with netns_enter(spec.netns):
             for st in spec.stages:
@@ -161,16 +162,18 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     notes += rt.prepare(built, spec, st)
             old_atts = {_attach_key(a): a for a in (old.attachments if old else [])}
             for ifname in spec.interfaces:
-                key = (ifname, spec.hook)
-                if key in old_atts:
-                    progress(f"replacing program on {ifname} ({spec.hook})")
-                    _replace(old_atts[key], prog, old.prog_id)
-                    replaced.append(old_atts[key])
-                else:
-                    progress(f"attaching to {ifname} ({spec.hook})")
-                    rec, link = _attach(prog, ifname, spec)
-                    notes += rec.get("notes", [])
-                    new_links.append((rec, link))
+                for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
+                    hook = _hook_of(prog, spec)
+                    key = (ifname, hook)
+                    if key in old_atts:
+                        progress(f"replacing program on {ifname} ({hook})")
+                        _replace(old_atts[key], prog, old_atts[key]["prog_id"])
+                        replaced.append((old_atts[key], prog))
+                    else:
+                        progress(f"attaching to {ifname} ({hook})")
+                        rec, link = _attach(prog, ifname, spec)
+                        notes += rec.get("notes", [])
+                        new_links.append((rec, link))
         # 4. changed rules into shared tables, now that the new program is in place
         for table, entries in deferred:
             table.install(entries, previous_ids=prev_ids[table.name])
@@ -183,9 +186,12 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 bpffs.unpin(tmp)
                 built.map(role.cname).pin(tmp)
                 staged.append((tmp, maps_dir / role.cname))
-        bpffs.unpin(root / "prog-new")
-        built.program.pin(root / "prog-new")
-        staged.append((root / "prog-new", root / "prog"))
+        # the programs too: a link's reference is all an XDP parser has, and a failed
+        # re-apply must find the previous one to put it back
+        for pin, prog in _pinned_progs(built):
+            bpffs.unpin(root / f"{pin}-new")
+            prog.pin(root / f"{pin}-new")
+            staged.append((root / f"{pin}-new", root / pin))
         for rec, link in new_links:
             if link is not None:
                 path = _link_pin(spec.name, rec["ifname"], rec["hook"])
@@ -199,15 +205,16 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     _detach_one(rec, link)
                 if rec.get("link_pin"):
                     bpffs.unpin(rec["link_pin"])
-            for rec in replaced:  # put the previous program back
+            for rec, prog in replaced:  # put the previous program back
                 with contextlib.suppress(Exception):
-                    _replace(rec, Program.from_id(old.prog_id), built.program.id)
+                    _replace(rec, Program.from_id(rec["prog_id"]), prog.id)
         if old is None:
             bpffs.unpin(pin_dir(spec.name))
         else:
             for role in built.gen.maps:
                 bpffs.unpin(maps_dir / f"{role.cname}-new")
-            bpffs.unpin(pin_dir(spec.name) / "prog-new")
+            for pin, _ in _pinned_progs(built):
+                bpffs.unpin(pin_dir(spec.name) / f"{pin}-new")
         built.close()
         raise
 
@@ -218,14 +225,16 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     for p in maps_dir.iterdir():
         if p.name not in keep:
             bpffs.unpin(p)
+    if built.xdp_parser is None:  # parser mode xdp no longer
+        bpffs.unpin(root / "xdp-parser")
     attachments = []
     for rec, link in new_links:
         if link is not None:
             link.close()  # the pin holds it now
         attachments.append(rec)
     kept = {(a["ifname"], a["hook"]) for a in attachments}
-    for a in replaced:
-        a["prog_id"] = built.program.id
+    for a, prog in replaced:
+        a["prog_id"] = prog.id
         attachments.append(a)
         kept.add(_attach_key(a))
     if old:
@@ -234,7 +243,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 if _attach_key(a) not in kept:
                     progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
                     with contextlib.suppress(EbplaneError):
-                        _detach_one(a, None, prog_id=old.prog_id)
+                        _detach_one(a, None, prog_id=a["prog_id"])
     state = PipelineState(
         name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
         netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
@@ -250,9 +259,24 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     return result
 
 
+def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
+    """(pin name, program) of every program apply pins: the one at the spec's hook and the
+    XDP parser of parser mode xdp."""
+    return [("prog", built.program)] + ([("xdp-parser", built.xdp_parser)]
+                                        if built.xdp_parser is not None else [])
+
+
+def _hook_of(prog: Program, spec: PipelineSpec) -> str:
+    """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
+    XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook."""
+    return "xdp" if prog.type_name == "xdp" else spec.hook
+
+
 def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link | None]:
+    """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode."""
+    hook = _hook_of(prog, spec)
     try:
-        if spec.hook == "xdp":
+        if hook == "xdp":
             a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
         else:
             a = att.attach_tc(prog.fd, ifname, spec.hook.split("-", 1)[1])
@@ -261,8 +285,8 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link 
         for other in all_names():
             st = PipelineState.load(other)
             if st and st.netns == spec.netns and any(
-                    a["ifname"] == ifname and a["hook"] == spec.hook for a in st.attachments):
-                e.hint = f"pipeline '{other}' is attached to {ifname} ({spec.hook}): " \
+                    a["ifname"] == ifname and a["hook"] == hook for a in st.attachments):
+                e.hint = f"pipeline '{other}' is attached to {ifname} ({hook}): " \
                          f"ebplane detach {other}"
         raise
     rec = a.to_dict()
@@ -326,8 +350,9 @@ def detach(name: str, *, progress: Progress = _quiet) -> dict:
                 if st.netns and not _netns_exists(st.netns):
                     bpffs.unpin(a.get("link_pin") or "/nonexistent")
                 else:
-                    _detach_one(a, None, prog_id=st.prog_id)
-                done.append(a["ifname"])
+                    _detach_one(a, None, prog_id=a["prog_id"])
+                if a["ifname"] not in done:  # parser mode xdp: two attachments each
+                    done.append(a["ifname"])
         bpffs.unpin(pin_dir(name))
         st.delete()
         return {"name": name, "detached": done}
@@ -353,7 +378,7 @@ def status(name: str | None = None) -> list[dict]:
             if a.get("link_pin"):
                 with contextlib.suppress(EbplaneError):
                     link = Link.from_pin(a["link_pin"])
-                    alive = link.prog_id() == st.prog_id
+                    alive = link.prog_id() == a["prog_id"]
                     link.close()
             atts.append({**a, "alive": alive})
         out.append({"name": n, "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
@@ -402,7 +427,14 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
                            "counts": {k: {"packets": v.packets, "bytes": v.bytes} for k, v in vals.items()}})
         elif (rt := runtime_for(st.kind)) is not None:
             stages.append({"stage": st.name, "kind": st.kind, **rt.stats(maps, spec, st)})
-    return {"verdicts": verdicts, "stages": stages}
+    out = {"verdicts": verdicts, "stages": stages}
+    if spec.parser_mode == "xdp":  # how often the XDP parser's parse-info reached TC
+        hm = maps("ebp_handoff").with_codecs(U32, COUNT)
+        out["handoff"] = {}
+        for i, what in enumerate(HANDOFF_COUNTERS):
+            c = hm.lookup_sum(i)
+            out["handoff"][what] = {"packets": c.packets, "bytes": c.bytes}
+    return out
 
 
 def stats(name: str | None = None) -> list[dict]:

@@ -2,6 +2,10 @@
 
 The program is built with the trace map (which stage and counter slot decided), loaded
 privately (nothing pinned, nothing attached) and its tables filled from the spec.
+
+Parser mode xdp: only the TC program runs.  BPF_PROG_TEST_RUN of a sched_cls program carries
+no XDP metadata, so it finds no parse-info and parses the packet itself (the fallback it takes
+for any frame that did not pass the XDP parser); the verdicts are those of fused mode.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ SPEC_KEYS: tuple[str, ...] = ("pipeline", "hook", "interfaces", "mode", "netns",
 HOOKS: tuple[str, ...] = ("xdp", "tc-ingress", "tc-egress")
 XDP_MODES: tuple[str, ...] = ("auto", "native", "generic")
 # fused: the parser is inlined into the one program; separate: a parser program hands a
-# compact parse-info to the stage program in the XDP metadata area (docs/protocols.md)
-PARSER_MODES: tuple[str, ...] = ("fused", "separate")
+# compact parse-info to the stage program in the XDP metadata area; xdp (hook tc-ingress): an
+# XDP parser program leaves that parse-info for the TC stage program (docs/protocols.md)
+PARSER_MODES: tuple[str, ...] = ("fused", "separate", "xdp")
 
 PIPELINE_NAME_PATTERN = r"[a-z0-9-]{1,15}"
 # what the kernel's dev_valid_name() accepts
@@ -178,7 +179,17 @@ def _parser_mode(obj: Any, where: Where, hook: str) -> str:
     if mode == "separate" and hook != "xdp":
         raise (where / "mode").error("a separate parser program needs hook xdp (it hands "
                                      "parse-info over in the XDP metadata area)", given=mode,
-                                     hint="use mode: fused, or hook: xdp")
+                                     hint="use mode: fused, or hook: xdp"
+                                          + (" (or mode: xdp, an XDP parser for these TC "
+                                             "stages)" if hook == "tc-ingress" else ""))
+    if mode == "xdp" and hook != "tc-ingress":
+        # only frames entering through the interface pass XDP first; at hook xdp the parser
+        # is already in the program
+        raise (where / "mode").error(f"parser mode xdp (an XDP parser handing parse-info to "
+                                     f"TC stages) needs hook tc-ingress, not {hook}: only "
+                                     f"received frames pass XDP before TC", given=mode,
+                                     hint="use hook: tc-ingress, or mode: fused"
+                                          + (" (or mode: separate)" if hook == "xdp" else ""))
     return mode
 
 
