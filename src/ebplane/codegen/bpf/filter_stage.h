@@ -119,7 +119,11 @@ static __always_inline int NAME##_classify(const struct ebp_pkt *pkt,			\
 	l.nshapes = cfg->nshapes[l.gen];						\
 	if (!l.nshapes)									\
 		return 0;								\
-	bpf_loop(EBP_FLT_MAX_SHAPES, NAME##_probe, &l, 0);				\
+	if (l.nshapes == 1)	/* the common case: a direct call, no loop helper */	\
+		NAME##_probe(0, &l);							\
+	else										\
+		bpf_loop(l.nshapes < EBP_FLT_MAX_SHAPES ? l.nshapes : EBP_FLT_MAX_SHAPES,	\
+			 NAME##_probe, &l, 0);						\
 	*rule = l.best;									\
 	return l.found;									\
 }
