@@ -17,21 +17,12 @@ import ipaddress
 import struct
 import threading
 
+from ebplane.lab.traffic import inet_checksum as checksum
 from ebplane.xsk import XskSocket
 
 ETH_P_ARP, ETH_P_IP = 0x0806, 0x0800
 ARP_REQUEST, ARP_REPLY = 1, 2
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def answer(frame: bytes, mac: bytes, ip: bytes) -> bytes | None:

@@ -209,8 +209,8 @@ class Capture:
         return self.count
 
 
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) for ICMPv4; the kernel does ICMPv6's."""
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071): IPv4 headers, ICMPv4 (the kernel does ICMPv6's)."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -238,7 +238,7 @@ def ping(ns: str, addr: str, count: int = 3, *, timeout: float = 1.0) -> int:
     with sock:
         for seq in range(count):
             body = struct.pack("!HH", ident, seq) + b"ebplane-ping"
-            csum = _checksum(struct.pack("!BBH", request, 0, 0) + body) if version == 4 else 0
+            csum = inet_checksum(struct.pack("!BBH", request, 0, 0) + body) if version == 4 else 0
             sock.sendto(struct.pack("!BBH", request, 0, csum) + body, (addr, 0))
             deadline = time.monotonic() + timeout
             while seq not in received and (left := deadline - time.monotonic()) > 0:
