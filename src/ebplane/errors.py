@@ -175,9 +175,10 @@ def kernel_error(what: str, err: int, *, hint: str | None = None) -> KernelError
     err = abs(err)
     text = f"{what}: {os.strerror(err)} ({_errno.errorcode.get(err, err)})"
     if err == _errno.EPERM:
-        return PermissionDenied(text, err=err, hint=hint or (
-            "run as root, or grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on older kernels); "
-            "also check kernel.unprivileged_bpf_disabled and the memlock limit"))
+        # missing privileges is the likely cause whatever was attempted: say so first
+        caps = ("run as root, or grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on older "
+                "kernels); also check kernel.unprivileged_bpf_disabled and the memlock limit")
+        return PermissionDenied(text, err=err, hint=f"{caps}; {hint}" if hint else caps)
     if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP):
         return NotSupported(text, err=err, hint=hint)
     return KernelError(text, err=err, hint=hint)
