@@ -13,7 +13,7 @@ import pytest
 
 from pipeline_fixtures import (cli, cli_json, dropped, ebp_env, filter_stats, mac,  # noqa: F401
                                rule_counts, send_frames, write_spec)
-from ebplane.errors import AttachError, InterfaceNotFound, SpecError
+from ebplane.errors import AttachError, InterfaceNotFound, SpecError, UsageError
 from ebplane.lab.traffic import Capture, Flow
 from ebplane.net import attach as att
 from ebplane.net import netns
@@ -295,3 +295,20 @@ def test_separate_parser_mode_applies_and_survives_reapply(ebp_env, veth_pair, t
     [s] = cli_json("stats", "ap")
     assert rule_counts(s)[:2] == [12, 3]  # counters carried over, the new program counts on
     assert s["verdicts"]["XDP_DROP"]["packets"] == 12
+
+
+def test_rules_the_table_cannot_hold_fail_before_the_program_is_swapped(ebp_env, veth_pair,
+                                                                       tmp_path):
+    """Same capacity, so the re-apply would share the tables with the running program: a rule
+    set that expands past them (two protocols x 16 port blocks for 1-65535) is refused while
+    the rules are compiled, before anything is replaced."""
+    ns, _, _ = veth_pair
+    spec = write_spec(tmp_path / "ap.yaml", spec_text(ns, extra="      capacity: 8\n"))
+    pipeline.apply(spec)
+    frames_to(ns, {DNS: 4})
+    before = snapshot(ns)
+    wide = write_spec(tmp_path / "wide.yaml", spec_text(
+        ns, extra="      capacity: 8\n", rules=RULES + "        - {dport: 1-65535, action: drop}\n"))
+    with pytest.raises(UsageError, match="table entries, more than this table holds"):
+        pipeline.apply(wide)
+    assert snapshot(ns) == before

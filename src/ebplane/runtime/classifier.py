@@ -108,6 +108,7 @@ class Classifier:
     keys: bytes
     values: bytes
     n: int
+    user_layout: UserLayout = UserLayout()  # where the keys hold the rules' match: fields
 
     def key_bytes(self, gen: int) -> bytes:
         """All keys with the generation bit set to ``gen`` (0 or 1)."""
@@ -278,7 +279,7 @@ def compile_rules(rules: Sequence[Rule], rule_ids: Sequence[int], *,
     shapes = tuple(Shape(*sig[:7], min_prio=min_prio, user_need=sig[7], user_mask=sig[8])
                    for sig, min_prio in shape_list)
     return Classifier(shapes=shapes, keys=b"".join(entries), values=b"".join(entries.values()),
-                      n=len(entries))
+                      n=len(entries), user_layout=user_layout)
 
 
 def _too_many_shapes(rules: Sequence[Rule], shape_list: list[tuple[tuple, int]],

@@ -33,10 +33,10 @@ from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build
-from ebplane.runtime.classifier import compile_rules
+from ebplane.runtime.classifier import Classifier
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
-from ebplane.runtime.tables import COUNT, FilterTable, RuleEntry, assign_ids
+from ebplane.runtime.tables import COUNT, FilterTable, RuleEntry, assign_ids, classify
 from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import U32
@@ -118,6 +118,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             if rt:
                 notes += rt.check(spec, st)
     live: dict[str, list[RuleEntry]] = {}
+    compiled: dict[str, Classifier] = {}  # validated here, installed below without recompiling
     prev_ids: dict[str, set[int]] = {}
     for st in _filters(spec):
         previous = _entries_from_state(old.live_rules.get(st.name, []), spec.protocols) if old else []
@@ -130,9 +131,9 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             if old and st.name in old.live_rules:
                 notes.append(f"filter '{st.name}': the spec's rules changed; they replace the live rules")
             live[st.name] = assign_ids(st.rules, previous, st.capacity)
-        compile_rules([e.rule for e in live[st.name]], [e.id for e in live[st.name]],
-                      user_layout=user_layout_for(spec.protocols, spec_features(
-                          spec, {st.name: [e.rule for e in live[st.name]]})))
+        compiled[st.name] = classify(live[st.name], st.capacity, st.name,
+                                     user_layout_for(spec.protocols, spec_features(
+                                         spec, {st.name: [e.rule for e in live[st.name]]})))
         # counters carry on only where an id keeps its rule; a reused id starts from zero
         prev_ids[st.name] = {e.id for e in live[st.name] if e in previous}
 
@@ -151,7 +152,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             table = built.table(st)
             rules_reused = built.gen.map_for(st.name, "rules") in built.reused_maps
             if not rules_reused:
-                table.install(live[st.name], previous_ids=set())
+                table.install(live[st.name], previous_ids=set(), classifier=compiled[st.name])
             elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, []), spec.protocols):
                 deferred.append((table, live[st.name]))
         # 3b. stage kinds with their own control plane fill their maps; then attach / replace
@@ -176,7 +177,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                         new_links.append((rec, link))
         # 4. changed rules into shared tables, now that the new program is in place
         for table, entries in deferred:
-            table.install(entries, previous_ids=prev_ids[table.name])
+            table.install(entries, previous_ids=prev_ids[table.name],
+                          classifier=compiled[table.name])
         # 5. pin: new objects under temporary names first, renamed over the old pins at the end
         root = pin_dir(spec.name)
         staged: list[tuple[Path, Path]] = []
@@ -511,8 +513,8 @@ class RuleTable:
             all_live[self.name] = new
             need = spec_features(spec, {k: [e.rule for e in v] for k, v in all_live.items()})
             # fails before any change
-            compile_rules([e.rule for e in new], [e.id for e in new],
-                          user_layout=user_layout_for(spec.protocols, need))
+            compiled = classify(new, self.stage.capacity, self.name,
+                                user_layout_for(spec.protocols, need))
             running = Features(**st.features)
             if not running.covers(need):
                 res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
@@ -524,7 +526,8 @@ class RuleTable:
                 table = FilterTable(self.name, self.stage.capacity, maps["rules"], maps["shapes"],
                                     maps["cfg"], maps["cnt"],
                                     user_layout_for(spec.protocols, running))
-                info = table.install(new, previous_ids={e.id for e in new if e in entries})
+                info = table.install(new, previous_ids={e.id for e in new if e in entries},
+                                     classifier=compiled)
             finally:
                 for m in maps.values():
                     m.close()

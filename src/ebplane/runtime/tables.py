@@ -15,7 +15,7 @@ from ebplane.codegen.p4c import UserLayout
 from ebplane.errors import UsageError
 from ebplane.kernel.codec import Struct, U32
 from ebplane.kernel.maps import Map, rcu_barrier
-from ebplane.runtime.classifier import CONFIG, MAX_SHAPES, SHAPE, compile_rules
+from ebplane.runtime.classifier import CONFIG, MAX_SHAPES, SHAPE, Classifier, compile_rules
 from ebplane.spec import Rule
 
 COUNT = Struct("ebp_count", [("packets", "Q"), ("bytes", "Q")])
@@ -60,6 +60,18 @@ def assign_ids(rules: Sequence[Rule], previous: Sequence[RuleEntry], capacity: i
     return result
 
 
+def classify(entries: Sequence[RuleEntry], capacity: int, name: str,
+             user_layout: UserLayout) -> Classifier:
+    """Compile a rule set for a table of ``capacity`` rules; refuses what the table cannot hold."""
+    cls = compile_rules([e.rule for e in entries], [e.id for e in entries], max_shapes=MAX_SHAPES,
+                        user_layout=user_layout)
+    if cls.n > 2 * capacity:
+        raise UsageError(f"filter '{name}': the rules expand to {cls.n} table entries, more "
+                         f"than this table holds ({2 * capacity})",
+                         hint="raise `capacity:` of the filter stage, or use fewer port ranges")
+    return cls
+
+
 class FilterTable:
     """The four maps of one filter stage."""
 
@@ -77,18 +89,17 @@ class FilterTable:
         gen, n0, n1, _ = CONFIG.unpack(self.config.lookup(U32.encode(0)))
         return gen & 1, [n0, n1]
 
-    def install(self, entries: Sequence[RuleEntry], *, previous_ids: set[int] | None = None) -> dict:
+    def install(self, entries: Sequence[RuleEntry], *, previous_ids: set[int] | None = None,
+                classifier: Classifier | None = None) -> dict:
         """Replace the whole rule set atomically.  Returns figures for the caller's report.
 
         ``previous_ids``: the ids whose rule is installed already and stays the same; their
         counters carry on.  Every other id starts from zero, also an id a deleted rule had.
+        ``classifier``: ``entries`` already compiled by :func:`classify` (used when its user
+        layout is this table's), so a caller that validated first does not compile twice.
         """
-        cls = compile_rules([e.rule for e in entries], [e.id for e in entries], max_shapes=MAX_SHAPES,
-                            user_layout=self.user_layout)
-        if cls.n > 2 * self.capacity:
-            raise UsageError(f"filter '{self.name}': the rules expand to {cls.n} table entries, more "
-                             f"than this table holds ({2 * self.capacity})",
-                             hint="raise `capacity:` of the filter stage, or use fewer port ranges")
+        cls = classifier if classifier is not None and classifier.user_layout == self.user_layout \
+            else classify(entries, self.capacity, self.name, self.user_layout)
         gen, nshapes = self._config()
         new = 1 - gen
         # leftovers of an interrupted update under the inactive generation go first
