@@ -117,11 +117,11 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
     from ebplane.kernel import bpffs
 
     suite = Suite.load(suite_dir)
-    bpffs.ensure_mounted()
     started = time.time()
     results: dict = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_private_control_plane())
+        bpffs.ensure_mounted()  # inside: the pin root it creates is the run's private one
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ebp-bench-")))
         if {"cost", "scaling"} & set(sections):
             harness = stack.enter_context(CostHarness(config.repeat, config.runs))
