@@ -2,7 +2,8 @@
 
 The tests exercise the real kernel, so they need root.  Every namespace a
 test creates is an ``ebp-`` namespace that must be gone when the session
-ends; the session fails if one is left over.
+ends, and its pins live under a private bpffs directory it removes; the session fails
+if a namespace or a pin is left over.
 """
 
 from __future__ import annotations
@@ -49,6 +50,27 @@ def no_leftover_namespaces(tmp_path_factory):
     if leftover:
         pytest.fail(f"tests left network namespaces behind (now removed): {', '.join(leftover)}",
                     pytrace=False)
+
+
+BPFFS = "/sys/fs/bpf"
+
+
+def _bpffs_entries() -> set[str]:
+    try:
+        return {e for e in os.listdir(BPFFS) if not e.endswith(".debug")}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_pins():
+    """Fail the session if it leaves anything new in /sys/fs/bpf: every test pins under a
+    private root (``ebp-test-*``, ``ebplane-test-*``) that it must remove."""
+    before = _bpffs_entries()
+    yield
+    leftover = sorted(_bpffs_entries() - before)
+    if leftover:
+        pytest.fail(f"tests left pins behind in {BPFFS}: {', '.join(leftover)}", pytrace=False)
 
 
 @pytest.fixture
