@@ -16,6 +16,7 @@ Apply, in order, so that a failure at any step leaves the previous state in forc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from ebplane.runtime.build import Built, build
 from ebplane.runtime.classifier import Classifier
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
-from ebplane.runtime.tables import COUNT, FilterTable, RuleEntry, assign_ids, classify
+from ebplane.runtime.tables import (COUNT, FilterTable, RuleEntry, assign_ids, classify,
+                                    kept_ids)
 from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import U32
@@ -77,7 +79,14 @@ def _entries_from_state(items: list[dict], protocols: Sequence[str]) -> list[Rul
 
 
 def _spec_of(state: PipelineState) -> PipelineSpec:
-    return parse_spec(state.spec_text, state.spec_file)
+    return _parsed_spec(state.spec_text, state.spec_file)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_spec(text: str, file: str) -> PipelineSpec:
+    """One parse per spec text and process: a command reads the state several times, and a
+    spec with 100k rules takes seconds to validate (the model is frozen, so sharing is safe)."""
+    return parse_spec(text, file)
 
 
 def _attach_key(a: dict) -> tuple[str, str]:
@@ -135,7 +144,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                                      user_layout_for(spec.protocols, spec_features(
                                          spec, {st.name: [e.rule for e in live[st.name]]})))
         # counters carry on only where an id keeps its rule; a reused id starts from zero
-        prev_ids[st.name] = {e.id for e in live[st.name] if e in previous}
+        prev_ids[st.name] = kept_ids(live[st.name], previous)
 
     # 2. build, reusing compatible pinned maps
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
@@ -526,7 +535,7 @@ class RuleTable:
                 table = FilterTable(self.name, self.stage.capacity, maps["rules"], maps["shapes"],
                                     maps["cfg"], maps["cnt"],
                                     user_layout_for(spec.protocols, running))
-                info = table.install(new, previous_ids={e.id for e in new if e in entries},
+                info = table.install(new, previous_ids=kept_ids(new, entries),
                                      classifier=compiled)
             finally:
                 for m in maps.values():

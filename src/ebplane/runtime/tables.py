@@ -60,6 +60,13 @@ def assign_ids(rules: Sequence[Rule], previous: Sequence[RuleEntry], capacity: i
     return result
 
 
+def kept_ids(new: Sequence[RuleEntry], previous: Sequence[RuleEntry]) -> set[int]:
+    """Ids whose rule is installed already and stays (their counters carry on); by hashing,
+    so a change to a 100k-rule table stays linear."""
+    before = {(e.id, e.rule) for e in previous}
+    return {e.id for e in new if (e.id, e.rule) in before}
+
+
 def classify(entries: Sequence[RuleEntry], capacity: int, name: str,
              user_layout: UserLayout) -> Classifier:
     """Compile a rule set for a table of ``capacity`` rules; refuses what the table cannot hold."""
