@@ -82,13 +82,18 @@ class Where:
                          given=given, allowed=allowed, hint=hint)
 
 
+# libyaml's parser when PyYAML has it (about 10x faster on specs with 100k rules); its nodes
+# carry the same marks
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_located(text: str, filename: str) -> tuple[Any, Where]:
     """Parse one YAML document into plain values and a root :class:`Where`.
 
     Raises SpecError (with line and column) on YAML syntax errors, unsupported
     tags and duplicate mapping keys, which plain PyYAML silently accepts.
     """
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     marks = Marks()
     try:
         node = loader.get_single_node()
