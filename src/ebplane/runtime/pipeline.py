@@ -127,10 +127,12 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             if rt:
                 notes += rt.check(spec, st)
     live: dict[str, list[RuleEntry]] = {}
+    previous_of: dict[str, list[RuleEntry]] = {}  # what the kernel holds now, per filter
     compiled: dict[str, Classifier] = {}  # validated here, installed below without recompiling
     prev_ids: dict[str, set[int]] = {}
     for st in _filters(spec):
         previous = _entries_from_state(old.live_rules.get(st.name, []), spec.protocols) if old else []
+        previous_of[st.name] = previous
         spec_rules = [r.to_dict() for r in st.rules]
         if live_override and st.name in live_override:
             live[st.name] = live_override[st.name]
@@ -162,7 +164,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             rules_reused = built.gen.map_for(st.name, "rules") in built.reused_maps
             if not rules_reused:
                 table.install(live[st.name], previous_ids=set(), classifier=compiled[st.name])
-            elif live[st.name] != _entries_from_state(old.live_rules.get(st.name, []), spec.protocols):
+            elif live[st.name] != previous_of[st.name]:
                 deferred.append((table, live[st.name]))
         # 3b. stage kinds with their own control plane fill their maps; then attach / replace
         with netns_enter(spec.netns):
@@ -409,8 +411,9 @@ def _pinned_map(name: str, cname: str) -> Map:
     return Map.from_pin(pin_dir(name) / "maps" / cname)
 
 
-def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[RuleEntry]]) -> dict:
-    """Counters of a pipeline from its maps (``maps(cname)``): per verdict, per rule, per stage."""
+def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[dict]]) -> dict:
+    """Counters of a pipeline from its maps (``maps(cname)``): per verdict, per rule, per stage.
+    ``live``: per filter, its rules as the state file keeps them (``{"id", "rule"}``)."""
     vmap = maps("ebp_verdicts").with_codecs(U32, COUNT)
     names = VERDICT_NAMES["xdp" if spec.hook == "xdp" else "tc"]
     verdicts = {}
@@ -423,8 +426,8 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
             cm = maps(f"flt_{st.name}_cnt").with_codecs(U32, COUNT)
             rules = []
             for pos, e in enumerate(live.get(st.name, [])):
-                c = cm.lookup_sum(e.id)
-                rules.append({"index": pos, "id": e.id, "rule": e.rule.to_dict(),
+                c = cm.lookup_sum(e["id"])
+                rules.append({"index": pos, "id": e["id"], "rule": e["rule"],
                               "packets": c.packets, "bytes": c.bytes})
             d_slot, m_slot = filter_slots(st)
             d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
@@ -453,7 +456,6 @@ def stats(name: str | None = None) -> list[dict]:
     for n in ([name] if name else all_names()):
         st = PipelineState.require(n)
         spec = _spec_of(st)
-        live = {k: _entries_from_state(v, spec.protocols) for k, v in st.live_rules.items()}
         opened: list[Map] = []
 
         def maps(cname: str) -> Map:
@@ -461,7 +463,7 @@ def stats(name: str | None = None) -> list[dict]:
             opened.append(m)
             return m
         try:
-            d = read_stats(maps, spec, live)
+            d = read_stats(maps, spec, st.live_rules)
         finally:
             for m in opened:
                 m.close()
@@ -499,26 +501,28 @@ class RuleTable:
         self.stage = match[0]
         self.name = table
 
-    def _state(self) -> tuple[PipelineState, PipelineSpec, list[RuleEntry]]:
+    def _spec(self) -> tuple[PipelineState, PipelineSpec]:
         st = PipelineState.require(self.pipeline)
-        spec = _spec_of(st)
-        return st, spec, _entries_from_state(st.live_rules.get(self.name, []), spec.protocols)
+        return st, _spec_of(st)
 
     def list(self) -> list[dict]:
-        _, _, entries = self._state()
-        return [{"index": i, "id": e.id, "rule": e.rule.to_dict()} for i, e in enumerate(entries)]
+        st, _ = self._spec()
+        return [{"index": i, **e} for i, e in enumerate(st.live_rules.get(self.name, []))]
 
     def parse(self, obj, where: str | Where = "rule") -> Rule:
         """Validate a rule against the pipeline's protocols; ``where`` locates errors."""
-        _, spec, _ = self._state()
+        _, spec = self._spec()
         return parse_rule(obj, protocols=spec.protocols, where=where)
 
-    def replace(self, rules: Sequence[Rule]) -> dict:
-        """Install ``rules`` as the whole rule set, atomically."""
+    def _edit(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
+        """Read the live rules once, under the pipeline's lock, let ``change`` turn them into
+        the new rule list, and install that atomically."""
         with locked(self.pipeline):
-            st, spec, entries = self._state()
-            new = assign_ids(list(rules), entries, self.stage.capacity)
-            all_live = {k: _entries_from_state(v, spec.protocols) for k, v in st.live_rules.items()}
+            st, spec = self._spec()
+            entries = _entries_from_state(st.live_rules.get(self.name, []), spec.protocols)
+            new = assign_ids(change([e.rule for e in entries]), entries, self.stage.capacity)
+            all_live = {k: _entries_from_state(v, spec.protocols)
+                        for k, v in st.live_rules.items() if k != self.name}
             all_live[self.name] = new
             need = spec_features(spec, {k: [e.rule for e in v] for k, v in all_live.items()})
             # fails before any change
@@ -544,29 +548,33 @@ class RuleTable:
             st.save()
             return {"table": self.name, "rules": len(new), "regenerated": False, **info}
 
+    def replace(self, rules: Sequence[Rule]) -> dict:
+        """Install ``rules`` as the whole rule set, atomically."""
+        return self._edit(lambda _current: list(rules))
+
     def add(self, rule: Rule, at: int | None = None) -> dict:
-        _, _, entries = self._state()
-        rules = [e.rule for e in entries]
-        if at is None:
-            at = len(rules)
-        if not 0 <= at <= len(rules):
-            raise UsageError(f"position {at} is out of range (0..{len(rules)})")
-        rules.insert(at, rule)
-        return self.replace(rules)
+        def insert(rules: list[Rule]) -> list[Rule]:
+            pos = len(rules) if at is None else at
+            if not 0 <= pos <= len(rules):
+                raise UsageError(f"position {pos} is out of range (0..{len(rules)})")
+            return rules[:pos] + [rule] + rules[pos:]
+        return self._edit(insert)
 
     def delete(self, indexes: Sequence[int]) -> dict:
-        _, _, entries = self._state()
-        bad = [i for i in indexes if not 0 <= i < len(entries)]
-        if bad:
-            raise KeyNotFound(f"filter '{self.name}' has no rule at index {bad[0]} "
-                              f"({len(entries)} rules)")
-        drop = set(indexes)
-        return self.replace([e.rule for i, e in enumerate(entries) if i not in drop])
+        def remove(rules: list[Rule]) -> list[Rule]:
+            bad = [i for i in indexes if not 0 <= i < len(rules)]
+            if bad:
+                raise KeyNotFound(f"filter '{self.name}' has no rule at index {bad[0]} "
+                                  f"({len(rules)} rules)")
+            drop = set(indexes)
+            return [r for i, r in enumerate(rules) if i not in drop]
+        return self._edit(remove)
 
     @contextlib.contextmanager
     def batch(self):
         """``with table.batch() as rules: rules.append(...); del rules[0]`` -> one install."""
-        _, _, entries = self._state()
-        rules = [e.rule for e in entries]
+        st, spec = self._spec()
+        rules = [e.rule for e in _entries_from_state(st.live_rules.get(self.name, []),
+                                                      spec.protocols)]
         yield rules
         self.replace(rules)
