@@ -130,7 +130,8 @@ class FilterTable:
         return {"entries": cls.n, "shapes": len(cls.shapes), "deleted": deleted, "generation": new}
 
     def _delete_generation(self, gen: int) -> int:
-        keys = [k for k in self.rules.raw_keys_batch() if (int.from_bytes(k[:4], "little") >> 31) == gen]
+        # the generation is the top bit of the little-endian u32 shape field: byte 3, bit 7
+        keys = [k for k in self.rules.raw_keys_batch() if k[3] >> 7 == gen]
         if keys:
             self.rules.delete_batch(b"".join(keys))
         return len(keys)
