@@ -20,7 +20,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from pipeline_fixtures import cli, ebp_env, ebp_module_env  # noqa: F401  (fixtures)
-from ebplane.runtime.classifier import match_packet
+from ebplane.stages.filter.model import match_packet
 from ebplane.runtime.pcap import read_pcap, write_pcap
 from ebplane.runtime.replay import Replayer
 from ebplane.spec import Rule, parse_rule, parse_spec

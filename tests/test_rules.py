@@ -24,7 +24,8 @@ from ebplane.runtime import pipeline
 from ebplane.runtime.build import build
 from ebplane.runtime.pipeline import RuleTable
 from ebplane.runtime.state import pin_dir
-from ebplane.runtime.tables import COUNT, assign_ids
+from ebplane.codegen.pipeline import COUNT
+from ebplane.runtime.tables import assign_ids
 from ebplane.spec import Rule, parse_rule, parse_spec
 
 PROTOS = ["ethernet", "vlan", "ipv4", "ipv6", "tcp", "udp"]
@@ -39,8 +40,11 @@ Z = "{src: 198.18.0.1, action: drop}"
 W = {"src": "198.18.99.1", "action": "drop"}
 
 
-def spec_text(ns: str, rules: list[str], *, capacity: int | None = None) -> str:
+def spec_text(ns: str, rules: list[str], *, capacity: int | None = None,
+              classifier: str | None = None) -> str:
     cap = f"      capacity: {capacity}\n" if capacity else ""
+    if classifier:
+        cap += f"      classifier: {classifier}\n"
     body = "".join(f"        - {r}\n" for r in rules) if rules else "        []\n"
     return (f"pipeline: ru\nhook: xdp\nmode: native\nnetns: {ns}\ninterfaces: [veth0]\n"
             f"protocols: [{', '.join(PROTOS)}]\nstages:\n"
@@ -169,10 +173,12 @@ def test_swaps_under_traffic_never_mix(ebp_env, veth_pair, tmp_path):
 
 def test_rule_needing_more_parsing_regenerates(ebp_env, veth_pair, tmp_path):
     ns, _, _ = veth_pair
-    text = spec_text(ns, ["{src: 198.18.0.0/24, action: pass}"])
+    # the tree form: an edit is a map update unless the program must change
+    text = spec_text(ns, ["{src: 198.18.0.0/24, action: pass}"], classifier="tree")
     first = pipeline.apply(write_spec(tmp_path / "ru.yaml", text))
     [st] = pipeline.status("ru")
     assert st["features"]["udp"] is False and st["features"]["tcp"] is False
+    assert st["filters"]["acl"]["form"] == "tree"
     send(ns, Flow("udp", "198.18.5.1", "198.18.0.2", 40000, 1000), 3)
     res = RuleTable("ru").add(rule("{dport: 1000, action: drop}"))
     assert res["regenerated"] is True and res["prog_id"] != first.prog_id
@@ -187,9 +193,9 @@ def test_rule_needing_more_parsing_regenerates(ebp_env, veth_pair, tmp_path):
     s = stats()
     assert rule_counts(s) == [1, 6]
     assert s["verdicts"]["XDP_DROP"]["packets"] == 6
-    # a rule the program already parses for does not regenerate
+    # a rule the program already parses and compares does not regenerate
     res = RuleTable("ru").add(rule("{dport: 2000, action: drop}"))
-    assert res["regenerated"] is False
+    assert res["regenerated"] is False and res["form"] == "tree"
     # and re-applying the unchanged spec keeps the run-time rules (and the parsing they need)
     again = pipeline.apply(tmp_path / "ru.yaml")
     assert again.rules == {"acl": 3}
@@ -286,10 +292,9 @@ def test_scale_100k_rules(ebp_env):
             t0 = time.monotonic()
             built = build(spec, spec_features(spec))  # compiles and passes the verifier
             try:
-                info = built.table(stage).install(assign_ids(stage.rules, [], stage.capacity),
-                                                  previous_ids=set())
+                built.install_spec_rules()
                 elapsed = time.monotonic() - t0
-                assert info["entries"] == n and info["shapes"] == 1
+                assert built.gen.filters["acl"].form == ("inline" if n <= 16 else "tree")
                 prog = built.program
                 # attached somewhere (generic XDP on a throw-away lo), test_run skips the
                 # dispatcher's synchronize_rcu on every call (platform notes)

@@ -30,7 +30,6 @@ from ebplane.lab.traffic import Flow
 from ebplane.net import attach, netns
 from ebplane.runtime.build import Built, build
 from ebplane.runtime.stages import runtime_for
-from ebplane.runtime.tables import assign_ids
 from ebplane.spec import FilterStage, PipelineSpec
 from ebplane.toolchain.clang import compile_file
 
@@ -167,10 +166,9 @@ def load_pipeline(spec: PipelineSpec) -> Built:
     but attached nowhere and pinned nowhere (close the result)."""
     built = build(spec, spec_features(spec))
     try:
+        built.install_spec_rules()
         for st in spec.stages:
-            if isinstance(st, FilterStage):
-                built.table(st).install(assign_ids(st.rules, [], st.capacity), previous_ids=set())
-            elif (rt := runtime_for(st.kind)) is not None:
+            if not isinstance(st, FilterStage) and (rt := runtime_for(st.kind)) is not None:
                 rt.prepare(built, spec, st, replay=True)
     except BaseException:
         built.close()

@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ebplane import __version__
 from ebplane.codegen import p4c
+from ebplane.kernel.codec import Struct
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -31,6 +32,7 @@ XDP_PROLOGUE = ["\tvoid *data = (void *)(long)ctx->data;",
 # parser mode xdp: slots of map ebp_handoff, counted by the TC program per packet
 HANDOFF_COUNTERS = ("parse_info_from_xdp", "parsed_in_tc")
 MAX_VERDICTS = 8
+COUNT = Struct("ebp_count", [("packets", "Q"), ("bytes", "Q")])  # struct ebp_count, ebplane.h
 TRACE_NONE = 0xFF
 
 
@@ -119,6 +121,9 @@ class MapRole:
     # a re-apply may reuse the pinned map (state carries over); never for a PROG_ARRAY,
     # whose entries belong to one version of the program
     reusable: bool = True
+    # maps of one group are reused together or not at all (a filter's tree arrays and the
+    # root that indexes them must come from one version)
+    group: str | None = None
 
 
 @dataclass
@@ -137,22 +142,16 @@ class GeneratedProgram:
     # where `match:` fields sit in ebp_pkt.user: the control plane packs rule keys the same way
     user_layout: p4c.UserLayout = field(default_factory=p4c.UserLayout)
     graph: ParserGraph | None = None  # the specialised parse graph the parser comes from
+    filters: dict = field(default_factory=dict)  # table -> FilterPlan the program was built for
+    # tables the generator compiled itself from the spec's rules (no plan given): table ->
+    # CompiledTable, so a loader installs them without compiling twice
+    compiled_filters: dict = field(default_factory=dict)
 
     def map_for(self, stage: str | None, role: str) -> str:
         for m in self.maps:
             if m.stage == stage and m.role == role:
                 return m.cname
         raise KeyError((stage, role))
-
-
-def filter_slots(stage: FilterStage) -> tuple[int, int]:
-    """Counter slots of a filter's default verdict and of malformed packets."""
-    return stage.capacity, stage.capacity + 1
-
-
-def rules_map_entries(stage: FilterStage) -> int:
-    """Room in the rules hash: two generations of up to 2 entries per rule on average."""
-    return 4 * stage.capacity
 
 
 def _map(cname: str, mtype: str, key: str, value: str, entries, comment: str,
@@ -182,9 +181,9 @@ class Emit:
 
     def map(self, cname: str, mtype: str, key: str, value: str, entries, comment: str, *,
             stage: str | None, role: str, flags: str | None = None, pinned: bool = True,
-            reusable: bool = True) -> None:
+            reusable: bool = True, group: str | None = None) -> None:
         self.maps.append(_map(cname, mtype, key, value, entries, comment, flags))
-        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable))
+        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable, group))
 
     def include(self, header: str) -> None:
         if header not in self.includes:
@@ -228,9 +227,11 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
     return graph, user, p4c.generate_parser(graph, features.flags(), user)
 
 
-def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False) -> GeneratedProgram:
+def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
+             filters: dict | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
-    decided the last packet (for ``replay``; never in an applied program)."""
+    decided the last packet (for ``replay``; never in an applied program).  ``filters``:
+    table -> ``FilterPlan`` of each filter (default: planned from the spec's rules)."""
     _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
@@ -245,6 +246,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         prog.stage_prog = "ebp_stages"
     if handoff:
         prog.xdp_parser = "ebp_xdp_parser"
+    prog.filters = dict(filters or {})
     out = Emit(spec, prog)
     if separate:
         out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
@@ -399,44 +401,14 @@ class FilterGen(StageGen):
     kind = "filter"
 
     def emit(self, idx: int, st: FilterStage, out: Emit) -> None:
-        out.include("filter_stage.h")
-        t = f"flt_{st.name}"
-        out.map(f"{t}_rules", "BPF_MAP_TYPE_HASH", "struct ebp_flt_key", "struct ebp_flt_rule",
-                rules_map_entries(st), f"filter '{st.name}': rule entries of both generations",
-                stage=st.name, role="rules", flags="BPF_F_NO_PREALLOC")
-        out.map(f"{t}_shapes", "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_shape",
-                "2 * EBP_FLT_MAX_SHAPES", f"filter '{st.name}': shapes of both generations",
-                stage=st.name, role="shapes")
-        out.map(f"{t}_cfg", "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_config", 1,
-                f"filter '{st.name}': active generation", stage=st.name, role="config")
-        out.map(f"{t}_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                st.capacity + 2, f"filter '{st.name}': per rule id, then default and malformed",
-                stage=st.name, role="counters")
-        default_slot, malformed_slot = filter_slots(st)
-        out.functions.append("\n".join([
-            f"EBP_FLT_DEFINE({t}, {t}_cfg, {t}_shapes, {t}_rules)",
-            "",
-            f"/* filter '{st.name}': first matching rule wins; otherwise {st.default}; "
-            f"malformed packets: {st.malformed} */",
-            f"static __always_inline int stage_{idx}_filter(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",
-            "{",
-            "\tstruct ebp_flt_rule r;",
-            "",
-            "\tif (malformed) {",
-            f"\t\tebp_count(&{t}_cnt, {malformed_slot}, pkt->len);",
-            f"\t\tEBP_TRACE_SET({idx}, {malformed_slot});",
-            f"\t\treturn {_OUTCOME[st.malformed]};",
-            "\t}",
-            f"\tif ({t}_classify(pkt, &r)) {{",
-            f"\t\tebp_count(&{t}_cnt, r.rule_id, pkt->len);",
-            f"\t\tEBP_TRACE_SET({idx}, r.rule_id);",
-            "\t\treturn r.action == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
-            "\t}",
-            f"\tebp_count(&{t}_cnt, {default_slot}, pkt->len);",
-            *([f"\tEBP_TRACE_SET({idx}, {default_slot});"] if st.default != "next" else []),
-            f"\treturn {_OUTCOME[st.default]};",
-            "}",
-        ]))
+        from ebplane.stages.filter import gen, plan
+        p = out.prog.filters.get(st.name)
+        if p is None:  # no plan given: the spec's rules, ids in order
+            ct = plan.compile_table(st.rules, range(len(st.rules)), name=st.name,
+                                    layout=out.prog.user_layout, choice=st.classifier)
+            out.prog.filters[st.name] = p = ct.plan
+            out.prog.compiled_filters[st.name] = ct
+        gen.emit(idx, st, p, out.prog.user_layout, out)
 
     def features(self, st: FilterStage, protocols) -> Features:
         return rule_features(st.rules, protocols)
@@ -460,6 +432,5 @@ class CountGen(StageGen):
         ]))
 
 
-_OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
 register_generator(FilterGen())
 register_generator(CountGen())
