@@ -5,13 +5,11 @@ Shared by ``apply`` (pins, attaches) and ``replay`` (runs on packets, leaves not
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
-from ebplane.kernel.libbpf import lib
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
@@ -53,29 +51,16 @@ class Built:
         self.obj.close()
 
 
-def _compatible(obj: BpfObject, cname: str, pinned: Map) -> str | None:
-    """None when the pinned map can serve as the object's map, else why not."""
-    p = obj.map_ptrs[cname]
-    want = (lib.bpf_map__type(p), lib.bpf_map__key_size(p), lib.bpf_map__value_size(p),
-            lib.bpf_map__max_entries(p))
-    have = (pinned.type, pinned.key_size, pinned.value_size, pinned.max_entries)
-    if want == have:
-        return None
-    what = ("type", "key size", "value size", "capacity")
-    diffs = [f"{w} {h} -> {n}" for w, h, n in zip(what, have, want) if h != n]
-    return ", ".join(diffs)
-
-
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
           reuse_pins: Path | None = None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
-    carry over; a map whose definition changed is created anew (and said so in ``notes``)."""
+    carry over; a map whose definition changed (type, sizes, capacity or flags: see
+    ``MapSpec.compatible``) is created anew, and said so in ``notes``."""
     gen = generate(spec, features, trace=trace)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)
-    fds: list[int] = []
     try:
         if reuse_pins is not None:
             for role in gen.maps:
@@ -88,13 +73,12 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                     pinned = Map.from_pin(path)
                 except NotFound:
                     continue
-                why = _compatible(obj, role.cname, pinned)
-                if why is None:
-                    obj.reuse_map(role.cname, pinned.fd)
-                    fds.append(pinned.fd)
-                    built.reused_maps.add(role.cname)
-                else:
-                    pinned.close()
+                with pinned:
+                    why = obj.map_specs[role.cname].compatible(pinned)
+                    if why is None:
+                        obj.reuse_map(role.cname, pinned.fd)  # the object keeps a dup
+                        built.reused_maps.add(role.cname)
+                if why is not None:
                     built.notes.append(f"map {role.cname} changed ({why}): created anew, "
                                        f"its previous contents are dropped")
         obj.load()
@@ -104,7 +88,4 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
     except BaseException:
         obj.close()
         raise
-    finally:
-        for fd in fds:  # libbpf dup()s reused fds
-            os.close(fd)
     return built
