@@ -24,7 +24,6 @@ import yaml
 
 from ebplane.codegen.pipeline import spec_features
 from ebplane.errors import NotFound, UsageError
-from ebplane.kernel.libbpf import lib
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.lab.traffic import Flow
 from ebplane.net import attach, netns
@@ -226,8 +225,7 @@ def load_peer(cfg: PeerConfig) -> BpfObject:
                        hint="install Debian's xdp-tools: apt-get install xdp-tools")
     obj = BpfObject.open(path)
     try:
-        for ptr in obj.map_ptrs.values():
-            lib.bpf_map__set_pin_path(ptr, None)
+        obj.clear_pin_path()
         obj.load()
         for port, flags in cfg.ports.items():
             # xdp-filter's keys are the port as it sits in the packet (network order)

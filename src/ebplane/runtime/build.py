@@ -5,13 +5,11 @@ Shared by ``apply`` (pins, attaches) and ``replay`` (runs on packets, leaves not
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
-from ebplane.kernel.libbpf import lib
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
@@ -69,35 +67,23 @@ def compile_filter(stage: FilterStage, entries: list[RuleEntry], layout,
                          layout=layout, running=running, choice=stage.classifier)
 
 
-def _compatible(obj: BpfObject, cname: str, pinned: Map) -> str | None:
-    """None when the pinned map can serve as the object's map, else why not."""
-    p = obj.map_ptrs[cname]
-    want = (lib.bpf_map__type(p), lib.bpf_map__key_size(p), lib.bpf_map__value_size(p),
-            lib.bpf_map__max_entries(p))
-    have = (pinned.type, pinned.key_size, pinned.value_size, pinned.max_entries)
-    if want == have:
-        return None
-    what = ("type", "key size", "value size", "capacity")
-    diffs = [f"{w} {h} -> {n}" for w, h, n in zip(what, have, want) if h != n]
-    return ", ".join(diffs)
-
-
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
           reuse_pins: Path | None = None, filters: dict | None = None,
           keep_groups: set[str] | None = None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
-    carry over; a map whose definition changed is created anew (and said so in ``notes``).
-    Maps of a group (``MapRole.group``) are reused only all together, and only for groups
-    in ``keep_groups``.  ``filters``: table -> FilterPlan (see ``generate``)."""
+    carry over; a map whose definition changed (type, sizes, capacity or flags: see
+    ``MapSpec.compatible``) is created anew, and said so in ``notes``.  Maps of a group
+    (``MapRole.group``) are reused only all together, and only for groups in
+    ``keep_groups``.  ``filters``: table -> FilterPlan (see ``generate``)."""
     gen = generate(spec, features, trace=trace, filters=filters)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)
-    fds: list[int] = []
     try:
         if reuse_pins is not None:
             usable: dict[str, Map] = {}
+            opened: list[Map] = []
             for role in gen.maps:
                 if not role.pinned or not role.reusable:
                     continue
@@ -110,11 +96,12 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                     pinned = Map.from_pin(path)
                 except NotFound:
                     continue
-                fds.append(pinned.fd)
-                why = _compatible(obj, role.cname, pinned)
+                why = obj.map_specs[role.cname].compatible(pinned)
                 if why is None:
                     usable[role.cname] = pinned
+                    opened.append(pinned)
                 else:
+                    pinned.close()
                     built.notes.append(f"map {role.cname} changed ({why}): created anew, "
                                        f"its previous contents are dropped")
             groups: dict[str, list[str]] = {}
@@ -126,8 +113,10 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                     for m in members:
                         usable.pop(m, None)
             for cname, pinned in usable.items():
-                obj.reuse_map(cname, pinned.fd)
+                obj.reuse_map(cname, pinned.fd)  # the object keeps a dup
                 built.reused_maps.add(cname)
+            for m in opened:
+                m.close()
         obj.load()
         if gen.stage_prog is not None:  # separate parser: it tail-calls the stage program
             obj.maps["ebp_progs"].update_raw(U32.encode(0),
@@ -135,7 +124,4 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
     except BaseException:
         obj.close()
         raise
-    finally:
-        for fd in fds:  # libbpf dup()s reused fds
-            os.close(fd)
     return built

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ebplane.codegen.p4c import UserLayout
+from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator, rule_features
 from ebplane.spec import FilterStage, Rule
 from ebplane.spec.rules import PORT_PROTOS
 from ebplane.stages.filter.model import user_blocks
-from ebplane.stages.filter.plan import FilterPlan
+from ebplane.stages.filter.plan import FilterPlan, compile_table
 
 OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
 ACT = {"pass": "EBP_ACT_PASS", "drop": "EBP_ACT_DROP"}
@@ -179,3 +180,24 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
         "}",
     ]))
 
+
+
+class FilterGen(StageGen):
+    """The filter kind in the code generator's registry: its plan comes from the program
+    being generated (``GeneratedProgram.filters``), else from the spec's rules."""
+    kind = "filter"
+
+    def emit(self, idx: int, st: FilterStage, out: Emit) -> None:
+        p = out.prog.filters.get(st.name)
+        if p is None:  # no plan given: the spec's rules, ids in order
+            ct = compile_table(st.rules, range(len(st.rules)), name=st.name,
+                               layout=out.prog.user_layout, choice=st.classifier)
+            out.prog.filters[st.name] = p = ct.plan
+            out.prog.compiled_filters[st.name] = ct
+        emit(idx, st, p, out.prog.user_layout, out)
+
+    def features(self, st: FilterStage, protocols) -> Features:
+        return rule_features(st.rules, protocols)
+
+
+register_generator(FilterGen())
