@@ -24,7 +24,7 @@ from ebplane.runtime import pipeline
 from ebplane.runtime.build import build
 from ebplane.runtime.pipeline import RuleTable
 from ebplane.runtime.state import pin_dir
-from ebplane.codegen.pipeline import COUNT
+from ebplane.kernel.codec import COUNT
 from ebplane.runtime.tables import assign_ids
 from ebplane.spec import Rule, parse_rule, parse_spec
 
@@ -127,13 +127,17 @@ def counter_slots(n: int) -> list[int]:
         m.close()
 
 
-def test_swaps_under_traffic_never_mix(ebp_env, veth_pair, tmp_path):
+@pytest.mark.parametrize("classifier", ["inline", "tree"])
+def test_swaps_under_traffic_never_mix(ebp_env, veth_pair, tmp_path, classifier):
     """A sender floods FLOW while the rule set flips between A = [X, Y, Z] and B = [Y, X, Z]
     (API replace, CLI replace, and adds/deletes of W); every packet must be counted by X (A's
     semantics) or Y (B's), none by Z; X's count must equal the drops and Y's the frames
-    that reached the stack."""
+    that reached the stack.  Inline: each change swaps the program; tree: each change flips
+    the tree's root."""
     ns, _, _ = veth_pair
-    pipeline.apply(write_spec(tmp_path / "ru.yaml", spec_text(ns, [X, Y, Z])))
+    pipeline.apply(write_spec(tmp_path / "ru.yaml", spec_text(ns, [X, Y, Z],
+                                                              classifier=classifier)))
+    assert pipeline.status("ru")[0]["filters"]["acl"]["form"] == classifier
     t = RuleTable("ru")
     a = [rule(X), rule(Y), rule(Z)]
     b = [rule(Y), rule(X), rule(Z)]
@@ -169,6 +173,50 @@ def test_swaps_under_traffic_never_mix(ebp_env, veth_pair, tmp_path):
     assert s["verdicts"]["XDP_DROP"]["packets"] == x
     assert passed == y
     print(f"\n{swaps} rule-set swaps under {sent} packets: A (drop) {x}, B (pass) {y}")
+
+
+def test_reapplies_that_rebuild_maps_never_let_a_dropped_flow_through(ebp_env, veth_pair,
+                                                                      tmp_path):
+    """Issue 9.1: a re-apply that changed `capacity:` let 23-37 dropped packets through (the
+    old program read the new generation's shapes).  Every spec change that rebuilds
+    something (capacity, compiled form, tree size, protocols, a stage added and removed)
+    under a flood of FLOW, which every version drops: not one frame may reach the stack."""
+    ns, _, _ = veth_pair
+    fillers = [f"{{dst: 198.19.{i}.0/24, proto: tcp, dport: {i + 1}, action: drop}}"
+               for i in range(40)]
+    spec = tmp_path / "ru.yaml"
+
+    def variant(capacity, classifier, extra_rules=(), protos=PROTOS, count=False):
+        text = spec_text(ns, [X, *extra_rules], capacity=capacity, classifier=classifier)
+        text = text.replace(f"protocols: [{', '.join(PROTOS)}]",
+                            f"protocols: [{', '.join(protos)}]")
+        if count:
+            text += "  - count: {}\n"
+        write_spec(spec, text)
+        return pipeline.apply(spec)
+
+    variant(64, "inline")
+    frame = FLOW.frame(mac(ns, "veth1"), mac(ns, "veth0"))
+    forms = []
+    with Capture(ns, "veth0", FLOW) as cap:
+        with Sender(ns, "veth1", frame, burst=4) as sender:
+            for step in (lambda: variant(128, "inline"),                  # counters rebuilt
+                         lambda: variant(128, "tree", fillers[:20]),      # inline -> tree
+                         lambda: variant(256, "tree", fillers[:20]),      # capacity, tree kept
+                         lambda: variant(256, "tree", fillers),           # arrays outgrown
+                         lambda: variant(256, "tree", fillers, PROTOS + ["icmp"]),
+                         lambda: variant(256, "tree", fillers, count=True),   # stage added
+                         lambda: variant(64, "tree", fillers[:5]),        # stage removed
+                         lambda: variant(64, "auto")):                    # tree -> inline
+                step()
+                forms.append(pipeline.status("ru")[0]["filters"]["acl"]["form"])
+                time.sleep(0.05)
+        sent = sender.sent
+        time.sleep(0.1)
+        passed = cap.wait(1 << 30, timeout=0.2)
+    assert forms == ["inline"] + ["tree"] * 6 + ["inline"]
+    assert sent > 200
+    assert passed == 0, f"{passed} of {sent} dropped frames reached the stack during re-applies"
 
 
 def test_rule_needing_more_parsing_regenerates(ebp_env, veth_pair, tmp_path):

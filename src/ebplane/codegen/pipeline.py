@@ -15,7 +15,6 @@ from typing import Iterable
 
 from ebplane import __version__
 from ebplane.codegen import p4c
-from ebplane.kernel.codec import Struct
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -32,7 +31,6 @@ XDP_PROLOGUE = ["\tvoid *data = (void *)(long)ctx->data;",
 # parser mode xdp: slots of map ebp_handoff, counted by the TC program per packet
 HANDOFF_COUNTERS = ("parse_info_from_xdp", "parsed_in_tc")
 MAX_VERDICTS = 8
-COUNT = Struct("ebp_count", [("packets", "Q"), ("bytes", "Q")])  # struct ebp_count, ebplane.h
 TRACE_NONE = 0xFF
 
 

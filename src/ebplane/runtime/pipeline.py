@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ebplane.codegen.pipeline import (COUNT, HANDOFF_COUNTERS, Features, spec_features,
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, Features, spec_features,
                                       user_layout_for)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
@@ -42,7 +42,7 @@ from ebplane.stages.filter.plan import CompiledTable, FilterPlan
 from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
-from ebplane.kernel.codec import U32
+from ebplane.kernel.codec import COUNT, U32
 
 Progress = Callable[[str], None]
 

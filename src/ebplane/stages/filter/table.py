@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ebplane.codegen.pipeline import COUNT
+from ebplane.kernel.codec import COUNT
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map, rcu_barrier
 from ebplane.stages.filter.gen import map_names
