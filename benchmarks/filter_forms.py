@@ -22,7 +22,7 @@ from ebplane.bench.scaling import filter_spec
 from ebplane.lab.traffic import Flow
 from ebplane.spec import Rule
 
-SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+SIZES = tuple(int(x) for x in __import__("os").environ.get("EBP_SIZES", "1,2,4,8,16,24,32,48,64,128,256").split(","))
 
 
 def acl(n: int, seed: int = 1) -> list[Rule]:

@@ -21,7 +21,7 @@ from ebplane.spec import Rule
 from ebplane.stages.filter.model import DIMS, Box, compile_boxes
 from ebplane.stages.filter.tree import Tree, build
 
-INLINE_MAX = 16
+INLINE_MAX = 32
 MIN_SLOTS = 64  # smallest array half (entries per generation)
 
 
