@@ -182,7 +182,9 @@ def _ports(rng: random.Random, cls: str) -> int | str:
 
 
 def profile(kind: str, *, low_shape: bool = False) -> Profile:
-    if low_shape:
+    """The profile of seed type ``kind``; ``low_shape`` (or kind ``low-shape``): the
+    low-shape variant."""
+    if low_shape or kind == LOW_SHAPE.name:
         return LOW_SHAPE
     try:
         return PROFILES[kind]
@@ -490,9 +492,11 @@ class NftEncoding:
 
 
 def nft_ruleset(rules: Sequence[dict], *, family: int, table: str, device: str,
-                counter: str = "cbdrop") -> NftEncoding:
+                counter: str = "cbdrop", pass_counter: str | None = None) -> NftEncoding:
     """One netdev-ingress chain that decides as first match over ``rules`` (policy accept,
-    the filter's default pass); every drop rule counts into the named counter ``counter``.
+    the filter's default pass); every drop rule counts into the named counter ``counter``,
+    and with ``pass_counter`` every packet let through (by a rule, or by the policy if it comes
+    from the test range) counts there.
 
     Encoding: split the list into runs of consecutive rules with the same action (inside a
     run the order cannot matter: every match there has the same outcome, and a packet that
@@ -507,7 +511,8 @@ def nft_ruleset(rules: Sequence[dict], *, family: int, table: str, device: str,
     lines: list[str] = []
     sets: list[str] = []
     n_rules = n_elements = 0
-    verdict = {"drop": f'counter name "{counter}" drop', "pass": "accept"}
+    verdict = {"drop": f'counter name "{counter}" drop',
+               "pass": f'counter name "{pass_counter}" accept' if pass_counter else "accept"}
     i = 0
     while i < len(rules):
         j = i
@@ -545,7 +550,14 @@ def nft_ruleset(rules: Sequence[dict], *, family: int, table: str, device: str,
                 lines.append(f"{' . '.join(_nft_expr(f, family) for f in fields)} @{name} {stmt}")
                 n_rules += 1
         i = j
-    text = (f"table netdev {table} {{\n  counter {counter} {{ }}\n" + "\n".join(sets)
+    counters = f"  counter {counter} {{ }}\n"
+    if pass_counter:
+        # what falls through to the policy, from the test range (not the veth's own IPv6
+        # neighbour discovery)
+        space = V4_SPACE if family == 4 else V6_SPACE
+        lines.append(f'{_nft_expr("src", family)} {space} counter name "{pass_counter}"')
+        counters += f"  counter {pass_counter} {{ }}\n"
+    text = (f"table netdev {table} {{\n{counters}" + "\n".join(sets)
             + ("\n" if sets else "")
             + f"  chain ingress {{\n    type filter hook ingress device \"{device}\" priority 0;"
               f" policy accept;\n" + "".join(f"    {ln}\n" for ln in lines) + "  }\n}\n")

@@ -39,7 +39,7 @@ class BenchConfig:
     xsk_frames: int                  # frames per AF_XDP receive run
     xsk_runs: int
     classbench_sizes: tuple[int, ...] = (10, 100)   # rules per generated rule set (cost)
-    classbench_kinds: tuple[str, ...] = ("acl",)    # seed types (bench/classbench.py)
+    classbench_kinds: tuple[str, ...] = ("acl", "low-shape")  # seed types (bench/classbench.py)
     classbench_live_size: int = 100                 # rules of the live run (IPv4, first kind)
     classbench_seed: int = 1
 
@@ -50,7 +50,7 @@ class BenchConfig:
                    scale_rules=(1, 100, 10_000, 100_000), scale_shapes=(1, 4, 16),
                    xsk_frames=2_000_000, xsk_runs=3,
                    classbench_sizes=(10, 100, 1_000, 10_000, 100_000),
-                   classbench_kinds=("acl", "fw", "ipc"), classbench_live_size=10_000)
+                   classbench_kinds=("acl", "fw", "ipc", "low-shape"), classbench_live_size=10_000)
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -58,7 +58,7 @@ class BenchConfig:
         return cls(repeat=2_000, runs=2, live_seconds=0.1, live_repeats=1, load_sizes=(1_000,),
                    reapplies=2, scale_rules=(1, 100), scale_shapes=(1, 4),
                    xsk_frames=20_000, xsk_runs=1, classbench_sizes=(10, 100),
-                   classbench_kinds=("acl",), classbench_live_size=100)
+                   classbench_kinds=("acl", "low-shape"), classbench_live_size=100)
 
 
 def machine() -> dict:
