@@ -17,8 +17,10 @@ Our own model, seeded and deterministic (``random.Random(seed)``), IPv4 and IPv6
   lengths follow the IPv4 ones through :data:`V6_LEN` (/20 -> /48, /24 -> /64, /32 -> /128).
 - **Ports** (TCP/UDP rules only): wildcard, an exact well-known port, ``0-1023``,
   ``1024-65535``, or an arbitrary range (``6000-6063``).  ICMP and any-protocol rules never
-  have ports.  A rule whose source and destination are both wildcards names a service (an
-  exact destination port), so that the miss traffic (UDP to port 9) misses it.
+  have ports.  A rule whose source and destination are both broad (wildcard or /20 and
+  shorter) names a service (TCP or UDP, an exact destination port): one "any to a whole
+  site, any protocol" rule early in a big set would shadow most rules after it, and the
+  miss traffic (UDP to port 9) misses service rules.
 - **Actions** come in runs (real ACLs are blocks of permits and denies): each rule keeps the
   previous rule's action except with the profile's ``switch`` probability.  There is no
   final catch-all unless asked for (``final=``): the stage's default decides.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +54,9 @@ V6_MISS = ipaddress.IPv6Network("2001:db8:8000::/33")
 V4_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
 V6_SPACE = ipaddress.IPv6Network("2001:db8::/32")
 MIN_V4_LEN = 16  # shorter drawn lengths become the wildcard
+# a rule whose source and destination are both this broad (IPv4 length, or wildcard) names a
+# service: otherwise one such rule would shadow most of what follows it
+BROAD_LEN = 20
 
 # IPv4 length -> IPv6 length (sites /20 ~ /48, subnets /24 ~ /64, hosts /32 ~ /128)
 V6_LEN: dict[int, int] = {16: 34, 17: 36, 18: 40, 19: 44, 20: 48, 21: 52, 22: 56, 23: 60,
@@ -131,8 +137,12 @@ class _Trees:
 
     def __init__(self, rng: random.Random, family: int, sites: int, n: int):
         self.family = family
-        per_subnet = 8
-        subnets = 12
+        # bigger rule sets spread over more sites and subnets (IPv4: at most the 16 /20s of
+        # the tree half and their 16 /24s each)
+        k = -(-n // 10_000) if n > 10_000 else 1
+        sites, subnets = sites * k, 12 * k
+        if family == 4:
+            sites, subnets = min(sites, 16), min(subnets, 16)
         if family == 4:
             site_len, sub_len, bits = 20, 24, 32
             base = int(V4_TREES.network_address)
@@ -214,13 +224,13 @@ def generate(n: int, *, kind: str = "acl", family: int = 4, seed: int = 1,
         if attempts > 50 * body + 1000:
             raise RuntimeError(f"could not draw {body} distinct rules of type {p.name}")
         r: dict[str, Any] = {}
-        src = trees.prefix(rng, _pick(rng, p.src_len))
-        dst = trees.prefix(rng, _pick(rng, p.dst_len))
+        src_len, dst_len = _pick(rng, p.src_len), _pick(rng, p.dst_len)
+        src, dst = trees.prefix(rng, src_len), trees.prefix(rng, dst_len)
         proto = _pick(rng, p.proto)
         sport_cls = dport_cls = "any"
         if proto in ("tcp", "udp"):
             sport_cls, dport_cls = _pick(rng, p.sport), _pick(rng, p.dport)
-        if src is None and dst is None:  # "any any" names a service
+        if src_len <= BROAD_LEN and dst_len <= BROAD_LEN:  # broad on both sides: a service
             if proto not in ("tcp", "udp"):
                 proto = rng.choice(("tcp", "udp"))
             dport_cls = "exact"
@@ -258,35 +268,37 @@ def _range(value: int | str) -> tuple[int, int]:
 
 class Reference:
     """First match over rule dicts, the rules parsed once.  Obviously correct on purpose:
-    one loop over the rules, one test per field, ``ipaddress`` containment."""
+    one loop over the rules, one test per field; a prefix holds an address when the address
+    masked to the prefix length equals the prefix's address (``ipaddress`` does the parsing)."""
 
     def __init__(self, rules: Sequence[dict]):
         self.rules = list(rules)
         self._parsed = []
         for r in self.rules:
             self._parsed.append((
-                ipaddress.ip_network(r["src"]) if "src" in r else None,
-                ipaddress.ip_network(r["dst"]) if "dst" in r else None,
+                _net(r["src"]) if "src" in r else None,
+                _net(r["dst"]) if "dst" in r else None,
                 IP_PROTO[r["proto"]] if isinstance(r.get("proto"), str) else r.get("proto"),
                 _range(r["sport"]) if "sport" in r else None,
                 _range(r["dport"]) if "dport" in r else None))
 
     def expected(self, pkt: dict) -> int | None:
         """Index of the first rule ``pkt`` matches, or None."""
-        src = ipaddress.ip_address(pkt["src"])
-        dst = ipaddress.ip_address(pkt["dst"])
+        src_addr, dst_addr = ipaddress.ip_address(pkt["src"]), ipaddress.ip_address(pkt["dst"])
+        version, src, dst = src_addr.version, int(src_addr), int(dst_addr)
         proto = packet_proto(pkt)
         has_ports = pkt["proto"] in ("tcp", "udp")
+        sport, dport = pkt["sport"], pkt["dport"]
         for i, (rsrc, rdst, rproto, rsport, rdport) in enumerate(self._parsed):
-            if rsrc is not None and (rsrc.version != src.version or src not in rsrc):
+            if rsrc is not None and (rsrc[0] != version or src & rsrc[2] != rsrc[1]):
                 continue
-            if rdst is not None and (rdst.version != dst.version or dst not in rdst):
+            if rdst is not None and (rdst[0] != version or dst & rdst[2] != rdst[1]):
                 continue
             if rproto is not None and rproto != proto:
                 continue
-            if rsport is not None and not (has_ports and rsport[0] <= pkt["sport"] <= rsport[1]):
+            if rsport is not None and not (has_ports and rsport[0] <= sport <= rsport[1]):
                 continue
-            if rdport is not None and not (has_ports and rdport[0] <= pkt["dport"] <= rdport[1]):
+            if rdport is not None and not (has_ports and rdport[0] <= dport <= rdport[1]):
                 continue
             return i
         return None
@@ -296,6 +308,12 @@ class Reference:
         i = self.expected(pkt)
         action = default if i is None else self.rules[i]["action"]
         return "XDP_DROP" if action == "drop" else "XDP_PASS"
+
+
+def _net(text: str) -> tuple[int, int, int]:
+    """(version, network address, netmask) of a prefix, as integers."""
+    net = ipaddress.ip_network(text)
+    return net.version, int(net.network_address), int(net.netmask)
 
 
 def expected_rule(rules: Sequence[dict], pkt: dict) -> int | None:
@@ -323,9 +341,14 @@ def _in_range(rng: random.Random, value: int | str | None) -> int:
     return rng.randint(lo, hi)
 
 
-def packet_in(rule: dict, family: int, rng: random.Random) -> dict:
-    """A packet inside ``rule``'s box (its first match may still be an earlier rule)."""
+def packet_in(rule: dict, family: int, rng: random.Random, *, wild: bool = False) -> dict:
+    """A packet inside ``rule``'s box (its first match may still be an earlier rule).  The
+    fields the rule leaves open take any value; with ``wild``, open addresses come from the
+    miss half of the test range, where no rule's prefix lies, so that the packet is less
+    likely to be shadowed by an earlier rule."""
     space = V4_SPACE if family == 4 else V6_SPACE
+    if wild:
+        space = V4_MISS if family == 4 else V6_MISS
     src = _addr_in(rng, ipaddress.ip_network(rule["src"]) if "src" in rule else space)
     dst = _addr_in(rng, ipaddress.ip_network(rule["dst"]) if "dst" in rule else space)
     proto = rule.get("proto")
@@ -381,22 +404,23 @@ def trace(rules: Sequence[dict], *, family: int, n: int, seed: int = 1,
 
 def late_hit(rules: Sequence[dict], family: int, rng: random.Random, *,
              action: str | None = None, ref: Reference | None = None,
-             tries: int = 200) -> TracePacket | None:
-    """A packet whose first match is a rule near the end of ``rules`` (the latest one found,
-    from the end backwards), optionally one with ``action``; None if none is found."""
+             seconds: float = 10.0) -> TracePacket | None:
+    """A packet whose first match is a rule near the end of ``rules``: the latest rule,
+    searched from the end backwards (a few points each, open addresses from the miss half),
+    whose point is not shadowed by an earlier rule; optionally only rules with ``action``.
+    None if none is found within ``seconds``."""
     ref = ref or Reference(rules)
-    checked = 0
+    deadline = time.monotonic() + seconds
     for i in range(len(rules) - 1, -1, -1):
         if action is not None and rules[i]["action"] != action:
             continue
         if not any(k in rules[i] for k in ("src", "dst", "proto", "sport", "dport")):
             continue  # a catch-all: not a "late hit"
         for _ in range(3):
-            pkt = packet_in(rules[i], family, rng)
-            checked += 1
+            pkt = packet_in(rules[i], family, rng, wild=True)
             if ref.expected(pkt) == i:
                 return TracePacket(pkt, i, i)
-        if checked >= tries:
+        if time.monotonic() > deadline:
             break
     return None
 
