@@ -112,15 +112,15 @@ def inline_classifier(t: str, plan: FilterPlan, layout: UserLayout) -> str:
 
 
 def tree_holds(t: str, plan: FilterPlan) -> str:
-    tests = [f"EBP_FLT_IN(b, k, EBP_D_{name.upper()})" for name in plan.dims]
+    tests = [f"EBP_FLT_IN(b, s, EBP_D_{name.upper()})" for name in plan.dims]
     if plan.user:
-        tests.append("ebp_flt_user_holds(b, pkt)")
+        tests.append("ebp_flt_user_holds(b, s)")
     body = " &&\n\t       ".join(tests) if tests else "1"
     return "\n".join([
         f"/* box test of '{t}': the dimensions its rules use ({', '.join(plan.dims) or 'none'})"
         f"{' and match: fields' if plan.user else ''} */",
-        f"static __always_inline int {t}_holds(const struct ebp_flt_box *b, const __u64 *k, "
-        "const struct ebp_pkt *pkt)", "{", f"\treturn {body};", "}"])
+        f"static __always_inline int {t}_holds(const struct ebp_flt_box *b, "
+        "const struct ebp_flt_scan *s)", "{", f"\treturn {body};", "}"])
 
 
 def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -> None:
