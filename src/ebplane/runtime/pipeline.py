@@ -376,7 +376,7 @@ def _netns_exists(name: str) -> bool:
 
 
 def status(name: str | None = None) -> list[dict]:
-    names = [name] if name else all_names()
+    names = [name] if name is not None else all_names()
     out = []
     for n in names:
         st = PipelineState.require(n)
@@ -453,7 +453,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
 
 def stats(name: str | None = None) -> list[dict]:
     out = []
-    for n in ([name] if name else all_names()):
+    for n in ([name] if name is not None else all_names()):
         st = PipelineState.require(n)
         spec = _spec_of(st)
         opened: list[Map] = []

@@ -12,12 +12,29 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ebplane.errors import NotFound
+from ebplane.errors import NotFound, UsageError, quoted
 from ebplane.kernel import bpffs
+from ebplane.spec.pipeline import PIPELINE_NAME_PATTERN
+
+
+def check_name(name) -> str:
+    """``name`` if it is a pipeline name by the spec's own rule, else a UsageError.
+
+    Every path of a pipeline (state file, lock, pins) is built from its name: a name given on
+    the command line or to the API is checked here before it touches a path, so that
+    ``../x`` or ``/tmp/victim`` never leads outside the state and pin directories.
+    """
+    if not isinstance(name, str) or not re.fullmatch(PIPELINE_NAME_PATTERN, name):
+        raise UsageError(f"invalid pipeline name {quoted(name)}: a name is 1-15 characters "
+                         f"from a-z, 0-9 and -",
+                         hint="use the name given as pipeline: in the spec (ebplane status "
+                              "lists the applied pipelines)")
+    return name
 
 
 def state_dir() -> Path:
@@ -25,7 +42,7 @@ def state_dir() -> Path:
 
 
 def pin_dir(name: str) -> Path:
-    return bpffs.root() / name
+    return bpffs.root() / check_name(name)
 
 
 @dataclass
@@ -47,12 +64,12 @@ class PipelineState:
 
     @property
     def path(self) -> Path:
-        return state_dir() / f"{self.name}.json"
+        return state_dir() / f"{check_name(self.name)}.json"
 
     def save(self) -> None:
         d = state_dir()
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{self.name}.json.{os.getpid()}"
+        tmp = d / f".{check_name(self.name)}.json.{os.getpid()}"
         tmp.write_text(json.dumps(asdict(self), indent=1))
         os.replace(tmp, self.path)
 
@@ -62,7 +79,7 @@ class PipelineState:
 
     @classmethod
     def load(cls, name: str) -> "PipelineState | None":
-        p = state_dir() / f"{name}.json"
+        p = state_dir() / f"{check_name(name)}.json"
         try:
             return cls(**json.loads(p.read_text()))
         except FileNotFoundError:
@@ -82,12 +99,14 @@ def all_names() -> list[str]:
     d = state_dir()
     if not d.is_dir():
         return []
-    return sorted(p.stem for p in d.glob("*.json") if not p.name.startswith("."))
+    return sorted(p.stem for p in d.glob("*.json")
+                  if re.fullmatch(PIPELINE_NAME_PATTERN, p.stem))
 
 
 @contextlib.contextmanager
 def locked(name: str) -> Iterator[None]:
     """Exclusive lock on one pipeline for the duration of an operation."""
+    check_name(name)
     d = state_dir()
     d.mkdir(parents=True, exist_ok=True)
     with open(d / f".{name}.lock", "w") as f:
