@@ -127,6 +127,10 @@ def _bounded(value, limit: int = MAX_QUOTED):
     return quoted(value, limit)
 
 
+class Busy(UsageError):
+    """Another command holds the lock of the pipeline longer than the lock timeout."""
+
+
 class InterfaceNotFound(UsageError):
     """A named network interface does not exist (in the namespace asked for)."""
 
