@@ -223,3 +223,41 @@ def test_lock_files_removed_under_the_lock_never_give_two_holders(open_env, monk
     assert len(lines) == 4 * 40 * 2
     for i in range(0, len(lines), 2):  # strictly in/out pairs of one process
         assert lines[i].startswith("in ") and lines[i + 1] == "out " + lines[i][3:], lines[i:i + 2]
+
+
+# -- item: an unprivileged user -------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["status"], ["status", "p1"], ["stats"], ["stats", "p1"], ["rules", "list", "p1"],
+    ["rules", "add", "p1", "action=drop"], ["rules", "delete", "p1", "0"], ["detach", "p1"],
+    ["apply", "{spec}"]])
+def test_unprivileged_user_gets_exit_4_and_a_hint(argv, open_env, monkeypatch):
+    e, base = open_env
+    st = save_state(monkeypatch, e, "p1")
+    spec = base / "p1.yaml"
+    spec.write_text(st.spec_text)
+    spec.chmod(0o644)
+    with locked("p1"):
+        pass
+    res = run(*[a.replace("{spec}", str(spec)) for a in argv], "--json", env=e, prefix=NOBODY)
+    assert res.returncode == 4, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and "\nhint: run as root" in res.stderr
+    assert json.loads(res.stdout)["error"] == "PermissionDenied"
+    assert "198.18" not in res.stdout  # nothing of the state shown
+    # and nothing changed
+    assert PipelineState.load("p1") == st
+
+
+def test_any_permission_error_is_a_privileges_error(open_env):
+    """A file ebplane cannot read (here a root-only pcap) is a missing privilege, exit 4."""
+    e, base = open_env
+    root = Path(__file__).resolve().parent.parent
+    secret = base / "secret"
+    secret.mkdir(mode=0o700)
+    pcap = secret / "in.pcap"
+    pcap.write_bytes((root / "examples/edge.pcap").read_bytes())
+    res = run("replay", str(root / "examples/edge.yaml"), "--pcap", str(pcap), env=e,
+              prefix=NOBODY)
+    assert res.returncode == 4, res.stderr
+    assert "Traceback" not in res.stderr and "hint: run as root" in res.stderr
