@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                    hint="run as root (or with CAP_BPF and CAP_NET_ADMIN)") from None
     except EbplaneError as e:
         if getattr(args, "json", False):
-            json.dump(e.to_dict(), sys.stdout, indent=2, default=str)
+            # one line: commands that print JSON lines (replay) stay one object per line
+            json.dump(e.to_dict(), sys.stdout, default=str)
             sys.stdout.write("\n")
         print(f"error: {e}", file=sys.stderr)
         if e.hint:
