@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -135,7 +135,10 @@ class PipelineState:
         d = _private_dir()
         gid = _group()
         tmp = d / f".{check_name(self.name)}.json.{os.getpid()}"
-        data = json.dumps(asdict(self), indent=1).encode()
+        # the fields are plain JSON values already: no deep copy (asdict), and compact JSON,
+        # which the C encoder writes (with indent= it is the pure-Python one: 0.5 s at 5k rules)
+        data = json.dumps({f.name: getattr(self, f.name) for f in fields(self)},
+                          separators=(",", ":")).encode()
         try:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
