@@ -570,3 +570,25 @@ def test_pcap_errors_are_bad_input(tmp_path):
         list(read_pcap(tmp_path / "raw.pcap"))
     with pytest.raises(UsageError, match="does not exist"):
         list(read_pcap(tmp_path / "missing.pcap"))
+
+
+def test_cli_replay_reports_short_frames_and_goes_on(ebp_env, tmp_path):
+    """A frame shorter than an Ethernet header is a record of its own (verdict null, reason
+    skipped, why), the frames after it are run, and --out holds every frame."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(["{dport: 53, action: drop}"]))
+    frames = [bytes(E / IP() / UDP(dport=53)), b"\x01" * 10, b"",
+              bytes(E / IP() / UDP(dport=5))]
+    pcap = tmp_path / "in.pcap"
+    write_pcap(pcap, frames)
+    out = tmp_path / "out.pcap"
+    proc = cli("replay", str(spec), "--pcap", str(pcap), "--json", "--out", str(out))
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["index"] for d in got] == [0, 1, 2, 3]
+    assert [d["verdict"] for d in got] == ["XDP_DROP", None, None, "XDP_DROP"]
+    assert [d["reason"] for d in got] == ["rule", "skipped", "skipped", "default"]
+    assert "10 bytes" in got[1]["detail"] and "14" in got[1]["detail"]
+    assert list(read_pcap(out)) == frames
+    human = cli("replay", str(spec), "--pcap", str(pcap)).stdout
+    assert "4 packets: XDP_DROP 2, skipped 2" in human
+    assert "     1  skipped" in human and "shorter than an Ethernet header" in human

@@ -366,3 +366,36 @@ def test_scale_100k_rules(ebp_env):
     # the load time is reported (and benchmarked by `ebplane bench`, section control), not
     # bounded here: tests assert ratios measured in the same run, never wall-clock times
     assert figures[100_000] < 3 * figures[10]
+
+
+@pytest.mark.slow
+def test_replace_costs_about_one_apply(ebp_env, tmp_path):
+    """``rules replace`` of 5k rules onto a table of 5k costs about what applying them does:
+    each rule used to re-read and re-parse the state file (quadratic: 5k took minutes)."""
+    n = 5000
+    base = int(ipaddress.IPv4Address("198.18.0.0"))
+    def rules_with(port0: int) -> list[str]:
+        return [f"{{dst: {ipaddress.IPv4Address(base + i)}, proto: udp, dport: {port0 + i}, "
+                f"action: drop}}" for i in range(n)]
+    rules = rules_with(1000)
+    spec = write_spec(tmp_path / "big.yaml", (
+        "pipeline: big\nhook: xdp\nprotocols: [ethernet, ipv4, udp]\nstages:\n"
+        "  - filter:\n      name: acl\n      default: pass\n      capacity: 10000\n"
+        "      rules:\n" + "".join(f"        - {r}\n" for r in rules)))
+    cli("apply", str(spec))  # compiled once: the timed apply below is a re-apply from cache
+    cli("detach", "big")
+    t0 = time.monotonic()
+    cli("apply", str(spec))
+    apply_s = time.monotonic() - t0
+    # the same addresses, other ports: every rule changes
+    (tmp_path / "rules.yaml").write_text("".join(f"- {r}\n" for r in rules_with(20000)))
+    t0 = time.monotonic()
+    res = cli_json("rules", "replace", "big", str(tmp_path / "rules.yaml"))
+    replace_s = time.monotonic() - t0
+    assert res["rules"] == n
+    assert cli_json("rules", "list", "big")[n - 1]["rule"]["dport"] == 20000 + n - 1
+    t0 = time.monotonic()
+    cli_json("rules", "add", "big", "dst=198.19.0.1", "action=drop")
+    add_s = time.monotonic() - t0
+    assert replace_s < 3 * apply_s + 1, (replace_s, apply_s)
+    assert add_s < 3 * apply_s + 1, (add_s, apply_s)

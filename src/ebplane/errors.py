@@ -16,15 +16,47 @@ import errno as _errno
 import os
 
 
+# longest value an error message quotes: a spec value, a name, a P4 literal may be megabytes
+MAX_QUOTED = 120
+# longest message or hint: one screen, whatever the error quotes
+MAX_MESSAGE = 2000
+
+
+def shorten(text, limit: int = MAX_QUOTED) -> str:
+    """``text`` (any value: ``str()`` of it) cut to ``limit`` characters, the cut marked with
+    an ellipsis and the length left out."""
+    text = text if isinstance(text, str) else str(text)
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 30, 10)
+    return f"{text[:keep]}... ({len(text) - keep} more characters)"
+
+
+def quoted(value, limit: int = MAX_QUOTED) -> str:
+    """``repr(value)`` for a message, bounded like :func:`shorten` (the repr of a huge int
+    or string is never built whole)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return shorten(repr(value[:limit]), limit) + f" ({len(value)} long)"
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > 50:
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    try:
+        return shorten(repr(value), limit)
+    except (ValueError, RecursionError):  # int too big to print, a self-referencing list
+        return f"<a {type(value).__name__}>"
+
+
 class EbplaneError(Exception):
     """Base of all ebplane errors."""
 
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None):
+        message = shorten(message, MAX_MESSAGE)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = shorten(hint, MAX_MESSAGE) if hint is not None else None
 
     def __str__(self) -> str:
         return self.message
@@ -62,10 +94,10 @@ class SpecError(UsageError):
         if field:
             text = f"{field}: {text}"
         if given is not None:
-            text += f" (given: {given!r}"
-            text += f"; allowed: {allowed})" if allowed is not None else ")"
+            text += f" (given: {quoted(given)}"
+            text += f"; allowed: {shorten(allowed, 400)})" if allowed is not None else ")"
         elif allowed is not None:
-            text += f" (allowed: {allowed})"
+            text += f" (allowed: {shorten(allowed, 400)})"
         if loc:
             text = f"{loc}: {text}"
         super().__init__(text, hint=hint)
@@ -74,9 +106,29 @@ class SpecError(UsageError):
         d = super().to_dict()
         d.update({k: v for k, v in (("file", self.file), ("line", self.line),
                                      ("column", self.column), ("field", self.field),
-                                     ("given", self.given), ("allowed", self.allowed))
+                                     ("given", _bounded(self.given)),
+                                     ("allowed", _bounded(self.allowed, 400)))
                   if v is not None})
         return d
+
+
+def _bounded(value, limit: int = MAX_QUOTED):
+    """``value`` itself when it is small enough to show whole, else its :func:`quoted` text."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int) and value.bit_length() <= 256:
+        return value
+    if isinstance(value, str) and len(value) <= limit:
+        return value
+    if isinstance(value, (list, tuple)) and len(value) <= 50:
+        text = quoted(value, limit)
+        if "..." not in text and not text.startswith("<"):
+            return value
+    return quoted(value, limit)
+
+
+class Busy(UsageError):
+    """Another command holds the lock of the pipeline longer than the lock timeout."""
 
 
 class InterfaceNotFound(UsageError):

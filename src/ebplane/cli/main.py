@@ -51,11 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
-        return int(rc or 0)
+        try:
+            rc = args.func(args)
+            return int(rc or 0)
+        except PermissionError as e:
+            # wherever it comes from (a state file, a pin, /run/netns): missing privileges
+            from ebplane.errors import PermissionDenied
+            where = f" ({e.filename})" if e.filename else ""
+            raise PermissionDenied(f"permission denied: {e.strerror or e}{where}",
+                                   err=e.errno or 13,
+                                   hint="run as root (or with CAP_BPF and CAP_NET_ADMIN)") from None
     except EbplaneError as e:
         if getattr(args, "json", False):
-            json.dump(e.to_dict(), sys.stdout, indent=2, default=str)
+            # one line: commands that print JSON lines (replay) stay one object per line
+            json.dump(e.to_dict(), sys.stdout, default=str)
             sys.stdout.write("\n")
         print(f"error: {e}", file=sys.stderr)
         if e.hint:

@@ -149,14 +149,16 @@ def cmd_replay(args) -> int:
     totals: dict[str, int] = {}
     with Replayer(spec) as rp:
         for d in rp.run_all(frames):
-            totals[d.verdict] = totals.get(d.verdict, 0) + 1
-            out_frames.append(d.packet)
+            verdict = d.verdict or d.reason  # a frame not run: "skipped"
+            totals[verdict] = totals.get(verdict, 0) + 1
+            out_frames.append(d.packet)  # a skipped frame unchanged: indexes stay aligned
             if args.json:
                 sys.stdout.write(json.dumps(d.to_dict()) + "\n")
             else:
-                where = f"{d.stage} rule {d.rule}" if d.rule is not None else \
+                where = d.detail if d.detail else f"{d.stage} rule {d.rule}" \
+                    if d.rule is not None else \
                     (f"{d.stage} {d.reason}" if d.stage else "end of pipeline")
-                print(f"{d.index:6d}  {d.verdict:<13} {where}")
+                print(f"{d.index:6d}  {verdict:<13} {where}")
     if args.out:
         write_pcap(args.out, out_frames)
     if not args.json:

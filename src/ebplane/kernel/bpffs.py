@@ -68,6 +68,10 @@ def get_pinned(path: str | Path) -> FD:
     if fd < 0:
         if -fd == errno.ENOENT:
             raise NotFound(f"nothing is pinned at {path}")
+        if -fd == errno.EACCES and os.geteuid() != 0:  # pins are root's: privileges
+            raise PermissionDenied(f"open pin {path}: {os.strerror(errno.EACCES)} (EACCES)",
+                                   err=errno.EACCES, hint="run as root: ebplane's pins are "
+                                   "root's only")
         raise kernel_error(f"open pin {path}", -fd)
     return FD(fd)
 

@@ -24,18 +24,26 @@ from ebplane.spec import FilterStage, PipelineSpec
 TRACE = Struct("ebp_trace", [("stage", "I"), ("slot", "I")])
 
 
+# BPF_PROG_TEST_RUN refuses a frame shorter than an Ethernet header
+MIN_FRAME = 14
+
+
 @dataclass
 class Decision:
     index: int
-    verdict: str
+    verdict: str | None   # None: the frame was not run (reason "skipped", see detail)
     stage: str | None
     rule: int | None      # index of the rule in its filter's list
-    reason: str           # rule | default | malformed | end
+    reason: str           # rule | default | malformed | end | skipped
     packet: bytes
+    detail: str | None = None  # why a frame was skipped
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "verdict": self.verdict, "stage": self.stage,
-                "rule": self.rule, "reason": self.reason, "packet": self.packet.hex()}
+        d = {"index": self.index, "verdict": self.verdict, "stage": self.stage,
+             "rule": self.rule, "reason": self.reason, "packet": self.packet.hex()}
+        if self.detail is not None:
+            d["detail"] = self.detail
+        return d
 
 
 class Replayer:
@@ -67,7 +75,13 @@ class Replayer:
             self._slots.append(m)
 
     def run(self, index: int, frame: bytes) -> Decision:
-        """Run one frame; ``index`` is only copied into the decision."""
+        """Run one frame; ``index`` is only copied into the decision.  A frame the kernel
+        cannot run (shorter than an Ethernet header) is a decision of its own: verdict None,
+        reason ``skipped``, the packet unchanged."""
+        if len(frame) < MIN_FRAME:
+            return Decision(index, None, None, None, "skipped", frame,
+                            f"frame of {len(frame)} bytes is shorter than an Ethernet header "
+                            f"({MIN_FRAME} bytes): not run")
         # the program clears the trace slot of the CPU it runs on, but a slot of another CPU
         # may still hold an earlier packet's record: clear them all first
         self._reset_trace()

@@ -80,6 +80,10 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise UsageError(f"spec file not found: {p}",
                          hint="check the path (relative paths are from the current directory)") \
             from None
+    except PermissionError as exc:
+        from ebplane.errors import PermissionDenied
+        raise PermissionDenied(f"cannot read spec file {p}: {exc.strerror}", err=exc.errno,
+                               hint="run as a user who may read it (or as root)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read spec file {p}: {exc}") from None
     return parse_spec(text, str(p))
