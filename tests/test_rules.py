@@ -365,7 +365,9 @@ def test_scale_100k_rules(ebp_env):
           + ", ".join(f"{n} rules: {v:.0f} ns/packet" for n, v in figures.items()))
     # the load time is reported (and benchmarked by `ebplane bench`, section control), not
     # bounded here: tests assert ratios measured in the same run, never wall-clock times
-    assert figures[100_000] < 3 * figures[10]
+    # 10 rules are compiled in (inline), 1k and 100k are trees: within the tree form the
+    # cost does not grow with the number of rules (docs/pipelines.md has the ratios)
+    assert figures[100_000] < 1.5 * figures[1000]
 
 
 @pytest.mark.slow
