@@ -46,7 +46,6 @@ enum ebp_flt_dim {
 #define EBP_FLT_MAX_LEAF   32
 #define EBP_FLT_LEAF       0xff		/* ebp_flt_node.dim of a leaf */
 #define EBP_FLT_EMPTY      0xffffffff	/* root of an empty rule set */
-#define EBP_FLT_FOUND      0xffffffff	/* ebp_flt_scan.count once a box held the packet */
 
 /* rule actions */
 #define EBP_ACT_PASS 0
@@ -107,15 +106,13 @@ static __always_inline int ebp_flt_hit(struct ebp_flt_rule *r, __u32 prio, __u32
 
 #define EBP_FLT_IN(b, s, d) ((s)->key[d] >= (b)->lo[d] && (s)->key[d] <= (b)->hi[d])
 
-/* What a table's walk and leaf scan share: the packet's key and user area, the leaf found,
- * the rule found.  One struct on the caller's stack, handed to two global functions. */
+/* What the walk and the leaf scan read: the packet's key and user area, the leaf found. */
 struct ebp_flt_scan {
 	__u64 key[EBP_FLT_KEY_SLOTS];
 	__u32 user32[4];
 	__u32 user_valid;
-	__u32 first;	/* in: the root; after the walk: the leaf's first entry */
-	__u32 count;	/* after the walk: the leaf's number of entries */
-	struct ebp_flt_rule rule;
+	__u32 first;	/* the leaf's first entry */
+	__u32 count;	/* the leaf's number of entries */
 };
 
 static __always_inline int ebp_flt_user_holds(const struct ebp_flt_box *b,
@@ -130,61 +127,25 @@ static __always_inline int ebp_flt_user_holds(const struct ebp_flt_box *b,
 
 /* Define NAME_classify(pkt, &rule) for a table in the tree form: 1 and the winning rule, or
  * 0.  HOLDS(box, scan) is the table's generated box test: it compares only the dimensions
- * the table's rules use.  The walk is a global function and the leaf scan a bpf_loop
- * callback, so the verifier checks each once (not the scan once per depth at which the
- * walk can stop, nor the box test once per leaf position). */
+ * the table's rules use.  NAME_classify is a global function, so the verifier checks it
+ * once, whatever the parser paths that lead to it (checked inline, its leaf loop was
+ * verified again for every distinct parser state and exceeded the verifier's budget). */
 #define EBP_FLT_TREE_DEFINE(NAME, CFG, NODES, LEAF, BOXES, HOLDS)			\
-__attribute__((noinline)) int NAME##_walk(struct ebp_flt_scan *s)			\
-{											\
-	const struct ebp_flt_node *n;							\
-	__u32 idx, i;									\
-											\
-	if (!s)										\
-		return 0;								\
-	idx = s->first;									\
-	for (i = 0; i < EBP_FLT_MAX_DEPTH; i++) {					\
-		n = bpf_map_lookup_elem(&NODES, &idx);					\
-		if (!n)									\
-			return 0;							\
-		if (n->dim == EBP_FLT_LEAF) {						\
-			s->first = n->left;						\
-			s->count = n->right;						\
-			return 1;							\
-		}									\
-		idx = s->key[n->dim & (EBP_FLT_KEY_SLOTS - 1)] <= n->thresh ?		\
-		      n->left : n->right;						\
-	}										\
-	return 0;									\
-}											\
-static long NAME##_scan(__u32 i, void *ctx)						\
-{											\
-	struct ebp_flt_scan *s = ctx;							\
-	const struct ebp_flt_box *b;							\
-	__u32 idx = s->first + i, *bi;							\
-											\
-	bi = bpf_map_lookup_elem(&LEAF, &idx);						\
-	if (!bi)									\
-		return 1;								\
-	b = bpf_map_lookup_elem(&BOXES, bi);						\
-	if (!b)										\
-		return 1;								\
-	if (!HOLDS(b, s))								\
-		return 0;								\
-	s->rule = b->rule;								\
-	s->count = EBP_FLT_FOUND;							\
-	return 1;									\
-}											\
-static __always_inline int NAME##_classify(const struct ebp_pkt *pkt,			\
-					   struct ebp_flt_rule *rule)			\
+__attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
+					      struct ebp_flt_rule *rule)		\
 {											\
 	struct ebp_flt_scan s = {};							\
-	__u32 zero = 0, *root;								\
+	const struct ebp_flt_node *n;							\
+	const struct ebp_flt_box *b;							\
+	__u32 zero = 0, *root, idx, *bi, i;						\
 											\
+	if (!pkt || !rule)								\
+		return 0;								\
 	root = bpf_map_lookup_elem(&CFG, &zero);					\
 	if (!root)									\
 		return 0;								\
-	s.first = *(volatile __u32 *)root;	/* read once: one tree */		\
-	if (s.first == EBP_FLT_EMPTY)							\
+	idx = *(volatile __u32 *)root;	/* read once: one tree */			\
+	if (idx == EBP_FLT_EMPTY)							\
 		return 0;								\
 	ebp_flt_key(s.key, pkt);							\
 	s.user32[0] = pkt->user32[0];							\
@@ -192,14 +153,33 @@ static __always_inline int NAME##_classify(const struct ebp_pkt *pkt,			\
 	s.user32[2] = pkt->user32[2];							\
 	s.user32[3] = pkt->user32[3];							\
 	s.user_valid = pkt->user_valid;							\
-	if (!NAME##_walk(&s))								\
+	for (i = 0; i < EBP_FLT_MAX_DEPTH; i++) {					\
+		n = bpf_map_lookup_elem(&NODES, &idx);					\
+		if (!n)									\
+			return 0;							\
+		if (n->dim == EBP_FLT_LEAF)						\
+			break;								\
+		idx = s.key[n->dim & (EBP_FLT_KEY_SLOTS - 1)] <= n->thresh ?		\
+		      n->left : n->right;						\
+	}										\
+	if (i == EBP_FLT_MAX_DEPTH)							\
 		return 0;								\
-	bpf_loop(s.count < EBP_FLT_MAX_LEAF ? s.count : EBP_FLT_MAX_LEAF,		\
-		 NAME##_scan, &s, 0);							\
-	if (s.count != EBP_FLT_FOUND)							\
-		return 0;								\
-	*rule = s.rule;									\
-	return 1;									\
+	s.first = n->left;								\
+	s.count = n->right;								\
+	for (i = 0; i < EBP_FLT_MAX_LEAF && i < s.count; i++) {			\
+		idx = s.first + i;							\
+		bi = bpf_map_lookup_elem(&LEAF, &idx);					\
+		if (!bi)								\
+			return 0;							\
+		b = bpf_map_lookup_elem(&BOXES, bi);					\
+		if (!b)									\
+			return 0;							\
+		if (HOLDS(b, (&s))) {							\
+			*rule = b->rule;						\
+			return 1;							\
+		}									\
+	}										\
+	return 0;									\
 }
 
 #endif
