@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,15 @@ class ApplyResult:
 
 # -- helpers ----------------------------------------------------------------------------------
 
+CRASH_ENV = "EBPLANE_TEST_CRASH_AT"
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: the process SIGKILLs itself at the named step when ``$EBPLANE_TEST_CRASH_AT``
+    names it (tests/test_crash.py stops apply and rule edits there; unset, it does nothing)."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 def _filters(spec: PipelineSpec) -> list[FilterStage]:
     return [s for s in spec.stages if isinstance(s, FilterStage)]
 
@@ -98,6 +108,45 @@ def _link_pin(name: str, ifname: str, hook: str) -> Path:
     return pin_dir(name) / "links" / f"{ifname.replace('.', '%2e')}@{hook}"
 
 
+def _rec_from_link(path: str | Path, ifname: str, hook: str) -> dict | None:
+    """The attachment record of a live pinned link (None when nothing, or a detached link,
+    is pinned there), as :func:`_attach` would have written it."""
+    try:
+        link = Link.from_pin(path)
+    except EbplaneError:
+        return None
+    with link:
+        idx, prog_id, link_id = link.ifindex(), link.prog_id(), link.id
+    if idx == 0:
+        return None
+    mode = None
+    if hook == "xdp":
+        with contextlib.suppress(EbplaneError):
+            mode = att.query_xdp(ifname)["mode"]
+    return {"ifname": ifname, "ifindex": idx, "hook": hook,
+            "method": "link" if hook == "xdp" else "tcx", "mode": mode, "link_id": link_id,
+            "notes": [], "tc_handle": 0, "tc_priority": 0, "prog_id": prog_id,
+            "link_pin": str(path)}
+
+
+def _adopt(name: str, netns: str | None) -> list[dict]:
+    """Attachments of a pipeline whose pins exist without a state file (a first apply killed
+    before it wrote the state, or a lost state directory): every live link pinned under its
+    pin directory.  apply replaces their program through the link (bpf_link_update), as a
+    re-apply does, instead of failing with EBUSY on an interface the pipeline holds."""
+    d = pin_dir(name) / "links"
+    if not d.is_dir():
+        return []
+    out = []
+    with netns_enter(netns if netns and _netns_exists(netns) else None):
+        for p in sorted(d.iterdir()):
+            ifname, _, hook = p.name.replace("%2e", ".").rpartition("@")
+            rec = _rec_from_link(p, ifname, hook)
+            if rec is not None:
+                out.append(rec)
+    return out
+
+
 # -- apply ------------------------------------------------------------------------------------
 
 def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
@@ -117,6 +166,13 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
                          f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
                          hint=f"detach it first: ebplane detach {spec.name}")
+    root = pin_dir(spec.name)
+    created_dir = not root.exists()  # then a failure removes the whole directory
+    adopted = _adopt(spec.name, spec.netns) if old is None and not created_dir else []
+    if adopted:
+        notes.append(f"adopted {len(adopted)} attachment(s) pinned under {root} without a "
+                     f"state file (an interrupted apply or a lost state directory): their "
+                     f"program is replaced through the pinned link")
 
     # 1. interfaces exist; decide each table's rules and check they classify
     with netns_enter(spec.netns):
@@ -156,6 +212,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
+    created: list[Path] = []  # pins this apply made: the only ones a failure removes
     try:
         # 3a. tables the program does not share with the running version get their rules now
         deferred: list[tuple[FilterTable, list[RuleEntry]]] = []
@@ -172,7 +229,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 rt = runtime_for(st.kind)
                 if rt:
                     notes += rt.prepare(built, spec, st)
-            old_atts = {_attach_key(a): a for a in (old.attachments if old else [])}
+            old_atts = {_attach_key(a): a for a in (old.attachments if old else adopted)}
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
@@ -186,48 +243,47 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                         rec, link = _attach(prog, ifname, spec)
                         notes += rec.get("notes", [])
                         new_links.append((rec, link))
+                        if link is not None:  # pinned at once: the pin is what a crash leaves
+                            path = _link_pin(spec.name, rec["ifname"], rec["hook"])
+                            bpffs.unpin(path)
+                            link.pin(path)
+                            created.append(path)
+                            rec["link_pin"] = str(path)
+                            _crash_point("apply-link-pinned")
         # 4. changed rules into shared tables, now that the new program is in place
         for table, entries in deferred:
             table.install(entries, previous_ids=prev_ids[table.name],
                           classifier=compiled[table.name])
         # 5. pin: new objects under temporary names first, renamed over the old pins at the end
-        root = pin_dir(spec.name)
         staged: list[tuple[Path, Path]] = []
         for role in built.gen.maps:
             if role.pinned and role.cname not in built.reused_maps:
                 tmp = maps_dir / f"{role.cname}-new"
                 bpffs.unpin(tmp)
                 built.map(role.cname).pin(tmp)
+                created.append(tmp)
                 staged.append((tmp, maps_dir / role.cname))
         # the programs too: a link's reference is all an XDP parser has, and a failed
         # re-apply must find the previous one to put it back
         for pin, prog in _pinned_progs(built):
             bpffs.unpin(root / f"{pin}-new")
             prog.pin(root / f"{pin}-new")
+            created.append(root / f"{pin}-new")
             staged.append((root / f"{pin}-new", root / pin))
-        for rec, link in new_links:
-            if link is not None:
-                path = _link_pin(spec.name, rec["ifname"], rec["hook"])
-                bpffs.unpin(path)
-                link.pin(path)
-                rec["link_pin"] = str(path)
     except BaseException:
         with netns_enter(spec.netns):
             for rec, link in new_links:
                 with contextlib.suppress(Exception):
                     _detach_one(rec, link)
-                if rec.get("link_pin"):
-                    bpffs.unpin(rec["link_pin"])
             for rec, prog in replaced:  # put the previous program back
                 with contextlib.suppress(Exception):
                     _replace(rec, Program.from_id(rec["prog_id"]), prog.id)
-        if old is None:
-            bpffs.unpin(pin_dir(spec.name))
-        else:
-            for role in built.gen.maps:
-                bpffs.unpin(maps_dir / f"{role.cname}-new")
-            for pin, _ in _pinned_progs(built):
-                bpffs.unpin(pin_dir(spec.name) / f"{pin}-new")
+        # remove only what this apply made: pins found here (a running pipeline without
+        # state, say) are not this apply's to remove
+        for path in created:
+            bpffs.unpin(path)
+        if created_dir:
+            bpffs.unpin(root)
         built.close()
         raise
 
@@ -250,9 +306,9 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         a["prog_id"] = prog.id
         attachments.append(a)
         kept.add(_attach_key(a))
-    if old:
+    if old or adopted:
         with netns_enter(spec.netns):
-            for a in old.attachments:
+            for a in (old.attachments if old else adopted):
                 if _attach_key(a) not in kept:
                     progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
                     with contextlib.suppress(EbplaneError):
@@ -265,7 +321,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
         applied_at=time.time(), notes=notes)
     state.save()
-    result = ApplyResult(spec.name, old is None, built.program.id, attachments, built.cached,
+    result = ApplyResult(spec.name, old is None and not adopted, built.program.id, attachments, built.cached,
                          sorted(built.reused_maps), {k: len(v) for k, v in live.items()}, notes,
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
@@ -354,6 +410,17 @@ def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> 
 
 def detach(name: str, *, progress: Progress = _quiet) -> dict:
     with locked(name):
+        st = PipelineState.load(name)
+        if st is None and pin_dir(name).is_dir():
+            # pinned without state (an interrupted first apply, a lost state directory):
+            # detach its pinned links, remove its pins
+            done = []
+            for rec in _adopt(name, None):
+                progress(f"detaching from {rec['ifname']} ({rec['hook']}): pinned without state")
+                _detach_one(rec, None)
+                done.append(rec["ifname"])
+            bpffs.unpin(pin_dir(name))
+            return {"name": name, "detached": done}
         st = PipelineState.require(name)
         done = []
         ctx = netns_enter(st.netns) if st.netns and _netns_exists(st.netns) else contextlib.nullcontext()
