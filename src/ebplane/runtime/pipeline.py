@@ -20,7 +20,7 @@ import functools
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -152,7 +152,7 @@ def _adopt(name: str, netns: str | None) -> list[dict]:
 def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
     spec = load_spec(spec_path)
     text = Path(spec_path).read_text()
-    with locked(spec.name):
+    with _locked(spec.name):
         return _apply(spec, text, str(spec_path), progress=progress)
 
 
@@ -160,7 +160,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
            live_override: dict[str, list[RuleEntry]] | None = None) -> ApplyResult:
     t0 = time.monotonic()
     bpffs.ensure_mounted()
-    old = PipelineState.load(spec.name)
+    old = load_state(spec.name)
     notes: list[str] = []
     if old and old.netns != spec.netns:
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
@@ -213,6 +213,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
     created: list[Path] = []  # pins this apply made: the only ones a failure removes
+    state: PipelineState | None = None  # the intent record, once written
     try:
         # 3a. tables the program does not share with the running version get their rules now
         deferred: list[tuple[FilterTable, list[RuleEntry]]] = []
@@ -223,7 +224,25 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 table.install(live[st.name], previous_ids=set(), classifier=compiled[st.name])
             elif live[st.name] != previous_of[st.name]:
                 deferred.append((table, live[st.name]))
-        # 3b. stage kinds with their own control plane fill their maps; then attach / replace
+        # 3b. pin the new objects under temporary names (renamed over the old pins at the end),
+        # so that a command that finds this apply interrupted can finish it; the programs too:
+        # a link's reference is all an XDP parser has, and a failed re-apply must find the
+        # previous one to put it back
+        staged: list[tuple[Path, Path]] = []
+        for role in built.gen.maps:
+            if role.pinned and role.cname not in built.reused_maps:
+                tmp = maps_dir / f"{role.cname}-new"
+                bpffs.unpin(tmp)
+                built.map(role.cname).pin(tmp)
+                created.append(tmp)
+                staged.append((tmp, maps_dir / role.cname))
+        for pin, prog in _pinned_progs(built):
+            bpffs.unpin(root / f"{pin}-new")
+            prog.pin(root / f"{pin}-new")
+            created.append(root / f"{pin}-new")
+            staged.append((root / f"{pin}-new", root / pin))
+        # 3c. stage kinds with their own control plane fill their maps; plan the attachments
+        plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
             for st in spec.stages:
                 rt = runtime_for(st.kind)
@@ -233,43 +252,55 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
-                    key = (ifname, hook)
-                    if key in old_atts:
-                        progress(f"replacing program on {ifname} ({hook})")
-                        _replace(old_atts[key], prog, old_atts[key]["prog_id"])
-                        replaced.append((old_atts[key], prog))
-                    else:
-                        progress(f"attaching to {ifname} ({hook})")
-                        rec, link = _attach(prog, ifname, spec)
-                        notes += rec.get("notes", [])
-                        new_links.append((rec, link))
-                        if link is not None:  # pinned at once: the pin is what a crash leaves
-                            path = _link_pin(spec.name, rec["ifname"], rec["hook"])
-                            bpffs.unpin(path)
-                            link.pin(path)
-                            created.append(path)
-                            rec["link_pin"] = str(path)
-                            _crash_point("apply-link-pinned")
+                    plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
+        planned_keys = {(i, h) for i, h, _, _ in plan}
+        # 3d. the intent record, before the first kernel commit (see load_state)
+        state = PipelineState(
+            name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
+            netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
+            attachments=[{**o, "prog_id": p.id} if o else
+                         {"ifname": i, "hook": h, "prog_id": p.id, "planned": True,
+                          "link_pin": str(_link_pin(spec.name, i, h))} for i, h, p, o in plan],
+            live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
+            spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
+            applied_at=time.time(), notes=notes,
+            pending={"op": "apply", "previous": asdict(old) if old else None,
+                     "created_dir": created_dir,
+                     "staged": [[str(t), str(f)] for t, f in staged],
+                     "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
+                     "xdp_parser": built.xdp_parser is not None,
+                     "installs": {t.name: {"generation": t.generation(),
+                                           "kept": sorted(prev_ids[t.name])}
+                                  for t, _ in deferred},
+                     "detach": [a for a in (old.attachments if old else adopted)
+                                if _attach_key(a) not in planned_keys]})
+        state.save()
+        _crash_point("apply-intent")
+        # 3e. attach / replace: the kernel commit points
+        with netns_enter(spec.netns):
+            for ifname, hook, prog, old_a in plan:
+                if old_a is not None:
+                    progress(f"replacing program on {ifname} ({hook})")
+                    _replace(old_a, prog, old_a["prog_id"])
+                    replaced.append((old_a, prog))
+                    _crash_point("apply-replaced")
+                else:
+                    progress(f"attaching to {ifname} ({hook})")
+                    rec, link = _attach(prog, ifname, spec)
+                    notes += rec.get("notes", [])
+                    new_links.append((rec, link))
+                    if link is not None:  # pinned at once: the pin is what a crash leaves
+                        path = _link_pin(spec.name, rec["ifname"], rec["hook"])
+                        bpffs.unpin(path)
+                        link.pin(path)
+                        created.append(path)
+                        rec["link_pin"] = str(path)
+                        _crash_point("apply-link-pinned")
         # 4. changed rules into shared tables, now that the new program is in place
         for table, entries in deferred:
             table.install(entries, previous_ids=prev_ids[table.name],
                           classifier=compiled[table.name])
-        # 5. pin: new objects under temporary names first, renamed over the old pins at the end
-        staged: list[tuple[Path, Path]] = []
-        for role in built.gen.maps:
-            if role.pinned and role.cname not in built.reused_maps:
-                tmp = maps_dir / f"{role.cname}-new"
-                bpffs.unpin(tmp)
-                built.map(role.cname).pin(tmp)
-                created.append(tmp)
-                staged.append((tmp, maps_dir / role.cname))
-        # the programs too: a link's reference is all an XDP parser has, and a failed
-        # re-apply must find the previous one to put it back
-        for pin, prog in _pinned_progs(built):
-            bpffs.unpin(root / f"{pin}-new")
-            prog.pin(root / f"{pin}-new")
-            created.append(root / f"{pin}-new")
-            staged.append((root / f"{pin}-new", root / pin))
+            _crash_point("apply-installed")
     except BaseException:
         with netns_enter(spec.netns):
             for rec, link in new_links:
@@ -284,48 +315,233 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             bpffs.unpin(path)
         if created_dir:
             bpffs.unpin(root)
+        if state is not None:  # the record says what is in force again
+            if old is not None:
+                old.save()
+            else:
+                state.delete()
         built.close()
         raise
 
-    # 6. commit: rename the staged pins over the old ones, drop what is no longer used, record
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    keep = {r.cname for r in built.gen.maps if r.pinned}
-    for p in maps_dir.iterdir():
-        if p.name not in keep:
-            bpffs.unpin(p)
-    if built.xdp_parser is None:  # parser mode xdp no longer
-        bpffs.unpin(root / "xdp-parser")
-    attachments = []
+    # 5. commit: rename the staged pins over the old ones, drop what is no longer used, record
+    by_key = {}
     for rec, link in new_links:
         if link is not None:
             link.close()  # the pin holds it now
-        attachments.append(rec)
-    kept = {(a["ifname"], a["hook"]) for a in attachments}
+        by_key[_attach_key(rec)] = rec
     for a, prog in replaced:
-        a["prog_id"] = prog.id
-        attachments.append(a)
-        kept.add(_attach_key(a))
-    if old or adopted:
-        with netns_enter(spec.netns):
-            for a in (old.attachments if old else adopted):
-                if _attach_key(a) not in kept:
-                    progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
-                    with contextlib.suppress(EbplaneError):
-                        _detach_one(a, None, prog_id=a["prog_id"])
-    state = PipelineState(
-        name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
-        netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
-        attachments=attachments,
-        live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
-        spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
-        applied_at=time.time(), notes=notes)
-    state.save()
-    result = ApplyResult(spec.name, old is None and not adopted, built.program.id, attachments, built.cached,
-                         sorted(built.reused_maps), {k: len(v) for k, v in live.items()}, notes,
+        by_key[_attach_key(a)] = {**a, "prog_id": prog.id}
+    state.attachments = [by_key[(i, h)] for i, h, _, _ in plan]
+    _finish(state, progress)
+    result = ApplyResult(spec.name, old is None and not adopted, built.program.id,
+                         state.attachments, built.cached, sorted(built.reused_maps),
+                         {k: len(v) for k, v in live.items()}, notes,
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
+
+
+def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
+    """The end of an apply whose kernel commits are done (also how a command that finds the
+    apply interrupted rolls it forward; every step may have run already): rename the staged
+    pins over the old ones, drop pins no longer used, detach what the spec no longer has,
+    and write the final record."""
+    p = state.pending
+    root = pin_dir(state.name)
+    for tmp, final in p["staged"]:
+        if os.path.lexists(tmp):
+            os.replace(tmp, final)
+    _crash_point("apply-renamed")
+    maps_dir = root / "maps"
+    if maps_dir.is_dir():
+        for m in maps_dir.iterdir():
+            if m.name not in p["keep_maps"]:
+                bpffs.unpin(m)
+    if not p["xdp_parser"]:  # parser mode xdp no longer
+        bpffs.unpin(root / "xdp-parser")
+    if p["detach"]:
+        with _netns_of(state):
+            for a in p["detach"]:
+                progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
+                with contextlib.suppress(EbplaneError):
+                    _detach_one(a, None, prog_id=a["prog_id"])
+    state.pending = None
+    state.save()
+
+
+# -- the record and the kernel ----------------------------------------------------------------
+#
+# apply and rule edits write their record twice: an intent record (the new state, with
+# ``pending`` saying what to compare) before the first kernel commit, the final one after the
+# last.  A command killed in between leaves the intent record; the next command that reads
+# the state (every one goes through load_state) compares it with the kernel, under the
+# pipeline's lock, and rolls it forward (finishing the operation) or back.
+
+_held: set[str] = set()  # pipelines whose lock this process holds
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+    """The pipeline's lock, re-entrant within this process (a rule edit that regenerates
+    the program applies under the lock it holds)."""
+    if name in _held:
+        yield
+        return
+    with locked(name):
+        _held.add(name)
+        try:
+            yield
+        finally:
+            _held.discard(name)
+
+
+def _netns_of(st: PipelineState):
+    return netns_enter(st.netns if st.netns and _netns_exists(st.netns) else None)
+
+
+def load_state(name: str) -> PipelineState | None:
+    """The pipeline's record, in agreement with the kernel: a pending record (a command died
+    between its kernel commit and its last write) is settled first, under the lock."""
+    st = PipelineState.load(name)
+    if st is None or not st.pending:
+        return st
+    with _locked(name):  # waits for a command still running; the lock of a dead one is free
+        st = PipelineState.load(name)
+        if st is not None and st.pending:
+            st = _settle(st)
+    return st
+
+
+def require_state(name: str) -> PipelineState:
+    st = load_state(name)
+    return st if st is not None else PipelineState.require(name)
+
+
+def _kernel_prog(a: dict) -> int | None:
+    """The program the kernel runs for attachment record ``a`` (in the pipeline's netns), or
+    None when nothing runs there (link gone or detached, filter gone)."""
+    try:
+        if a.get("link_pin"):
+            try:
+                link = Link.from_pin(a["link_pin"])
+            except NotFound:
+                link = None
+            if link is not None:
+                with link:
+                    return link.prog_id() if link.ifindex() else None
+            if not a.get("planned"):
+                return None
+        if a.get("method") == "clsact" or (a.get("planned") and a["hook"].startswith("tc-")):
+            return att.query_clsact(a["ifname"], a["hook"].split("-", 1)[1],
+                                    a.get("tc_priority") or 1, a.get("tc_handle") or 1)
+        if a.get("method") == "netlink":
+            return att.query_xdp(a["ifname"])["prog_id"]
+    except EbplaneError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _open_table(pipeline: str, stage: FilterStage, spec: PipelineSpec, features: Features):
+    """The pinned maps of a filter of an applied pipeline, as a FilterTable."""
+    maps = {}
+    try:
+        for r in ("rules", "shapes", "cfg", "cnt"):
+            maps[r] = _pinned_map(pipeline, f"flt_{stage.name}_{r}")
+        yield FilterTable(stage.name, stage.capacity, maps["rules"], maps["shapes"],
+                          maps["cfg"], maps["cnt"], user_layout_for(spec.protocols, features))
+    finally:
+        for m in maps.values():
+            m.close()
+
+
+def _generation(st: PipelineState, table: str) -> int | None:
+    """The active generation of a filter's rules in the kernel; None if unreadable."""
+    spec = _spec_of(st)
+    stage = next((f for f in _filters(spec) if f.name == table), None)
+    if stage is None:
+        return None
+    try:
+        with _open_table(st.name, stage, spec, Features(**st.features)) as t:
+            return t.generation()
+    except EbplaneError:
+        return None
+
+
+def _settle(st: PipelineState) -> PipelineState | None:
+    """Compare a pending record with the kernel and roll it forward or back (lock held)."""
+    p = st.pending
+    if p["op"] == "rules":
+        gen = _generation(st, p["table"])
+        if gen is None or gen == p["generation"]:  # the flip did not happen: back
+            st.live_rules[p["table"]] = p["previous_rules"]
+        st.pending = None
+        st.save()
+        return st
+    # apply: forward if anything of the new version is in force in the kernel
+    forward = any(not os.path.lexists(t) and os.path.lexists(f) for t, f in p["staged"])
+    with _netns_of(st):
+        forward = forward or any(_kernel_prog(a) == a["prog_id"] for a in st.attachments)
+    forward = forward or any(
+        (g := _generation(st, t)) is not None and g != i["generation"]
+        for t, i in p["installs"].items())
+    if forward:
+        _roll_forward(st)
+        return st
+    for tmp, _ in p["staged"]:  # back: nothing of the new version runs
+        bpffs.unpin(tmp)
+    if p["previous"] is None:
+        st.delete()
+        if p["created_dir"]:
+            bpffs.unpin(pin_dir(st.name))
+        return None
+    old = PipelineState(**p["previous"])
+    old.save()
+    return old
+
+
+def _roll_forward(st: PipelineState) -> None:
+    """Finish an interrupted apply: every attachment runs the new program, changed rules are
+    in the shared tables, pins renamed, the final record written."""
+    p = st.pending
+    spec = _spec_of(st)
+    try:
+        with _netns_of(st):
+            for i, a in enumerate(st.attachments):
+                if _kernel_prog(a) == a["prog_id"]:
+                    if a.get("planned"):
+                        rec = _rec_from_link(a["link_pin"], a["ifname"], a["hook"]) or {
+                            "ifname": a["ifname"], "ifindex": iface.ifindex(a["ifname"]),
+                            "hook": a["hook"], "method": "clsact", "mode": None,
+                            "link_id": None, "notes": [], "tc_handle": 1, "tc_priority": 1,
+                            "prog_id": a["prog_id"]}
+                        st.attachments[i] = rec
+                    continue
+                prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
+                try:
+                    if a.get("planned"):
+                        rec, link = _attach(prog, a["ifname"], spec)
+                        if link is not None:
+                            bpffs.unpin(a["link_pin"])
+                            link.pin(a["link_pin"])
+                            rec["link_pin"] = a["link_pin"]
+                            link.close()
+                        st.attachments[i] = rec
+                    else:
+                        _replace(a, prog, a["prog_id"])
+                finally:
+                    prog.close()
+        for t, info in p["installs"].items():
+            if _generation(st, t) == info["generation"]:
+                stage = next(f for f in _filters(spec) if f.name == t)
+                entries = _entries_from_state(st.live_rules[t], spec.protocols)
+                with _open_table(st.name, stage, spec, Features(**st.features)) as table:
+                    table.install(entries, previous_ids=set(info["kept"]))
+    except EbplaneError as e:
+        raise type(e)(f"pipeline '{st.name}': an interrupted apply could not be finished: "
+                      f"{e.message}", hint=f"re-apply the spec (ebplane apply {st.spec_file}) "
+                      f"or detach the pipeline (ebplane detach {st.name})") from e
+    _finish(st)
 
 
 def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
@@ -409,8 +625,8 @@ def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> 
 # -- detach / status --------------------------------------------------------------------------
 
 def detach(name: str, *, progress: Progress = _quiet) -> dict:
-    with locked(name):
-        st = PipelineState.load(name)
+    with _locked(name):
+        st = PipelineState.load(name)  # as found: an interrupted command's record is not settled
         if st is None and pin_dir(name).is_dir():
             # pinned without state (an interrupted first apply, a lost state directory):
             # detach its pinned links, remove its pins
@@ -423,9 +639,12 @@ def detach(name: str, *, progress: Progress = _quiet) -> dict:
             return {"name": name, "detached": done}
         st = PipelineState.require(name)
         done = []
-        ctx = netns_enter(st.netns) if st.netns and _netns_exists(st.netns) else contextlib.nullcontext()
-        with ctx:
-            for a in st.attachments:
+        atts = list(st.attachments)
+        if st.pending and st.pending.get("previous"):  # either version may be attached
+            keys = {_attach_key(a) for a in atts}
+            atts += [a for a in st.pending["previous"]["attachments"] if _attach_key(a) not in keys]
+        with _netns_of(st):
+            for a in atts:
                 progress(f"detaching from {a['ifname']} ({a['hook']})")
                 if st.netns and not _netns_exists(st.netns):
                     bpffs.unpin(a.get("link_pin") or "/nonexistent")
@@ -446,7 +665,9 @@ def status(name: str | None = None) -> list[dict]:
     names = [name] if name else all_names()
     out = []
     for n in names:
-        st = PipelineState.require(n)
+        st = require_state(n) if name else load_state(n)
+        if st is None:  # an interrupted first apply, rolled back just now
+            continue
         prog = None
         with contextlib.suppress(EbplaneError):
             p = Program.from_pin(pin_dir(n) / "prog")
@@ -521,7 +742,9 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
 def stats(name: str | None = None) -> list[dict]:
     out = []
     for n in ([name] if name else all_names()):
-        st = PipelineState.require(n)
+        st = require_state(n) if name else load_state(n)
+        if st is None:
+            continue
         spec = _spec_of(st)
         opened: list[Map] = []
 
@@ -551,7 +774,7 @@ class RuleTable:
 
     def __init__(self, pipeline: str, table: str | None = None):
         self.pipeline = pipeline
-        st = PipelineState.require(pipeline)
+        st = require_state(pipeline)
         spec = _spec_of(st)
         filters = _filters(spec)
         if not filters:
@@ -569,7 +792,7 @@ class RuleTable:
         self.name = table
 
     def _spec(self) -> tuple[PipelineState, PipelineSpec]:
-        st = PipelineState.require(self.pipeline)
+        st = require_state(self.pipeline)
         return st, _spec_of(st)
 
     def list(self) -> list[dict]:
@@ -584,7 +807,7 @@ class RuleTable:
     def _edit(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
         """Read the live rules once, under the pipeline's lock, let ``change`` turn them into
         the new rule list, and install that atomically."""
-        with locked(self.pipeline):
+        with _locked(self.pipeline):
             st, spec = self._spec()
             entries = _entries_from_state(st.live_rules.get(self.name, []), spec.protocols)
             new = assign_ids(change([e.rule for e in entries]), entries, self.stage.capacity)
@@ -600,18 +823,25 @@ class RuleTable:
                 res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
                 return {"table": self.name, "rules": len(new), "regenerated": True,
                         "prog_id": res.prog_id}
-            maps = {r: _pinned_map(self.pipeline, f"flt_{self.name}_{r}")
-                    for r in ("rules", "shapes", "cfg", "cnt")}
-            try:
-                table = FilterTable(self.name, self.stage.capacity, maps["rules"], maps["shapes"],
-                                    maps["cfg"], maps["cnt"],
-                                    user_layout_for(spec.protocols, running))
-                info = table.install(new, previous_ids=kept_ids(new, entries),
-                                     classifier=compiled)
-            finally:
-                for m in maps.values():
-                    m.close()
-            st.live_rules[self.name] = [e.to_state() for e in new]
+            with _open_table(self.pipeline, self.stage, spec, running) as table:
+                # the intent record first: the new rules, and the generation they flip from
+                previous_rules = st.live_rules.get(self.name, [])
+                st.live_rules[self.name] = [e.to_state() for e in new]
+                st.pending = {"op": "rules", "table": self.name,
+                              "generation": table.generation(), "previous_rules": previous_rules}
+                st.save()
+                _crash_point("rules-intent")
+                try:
+                    info = table.install(new, previous_ids=kept_ids(new, entries),
+                                         classifier=compiled)
+                except BaseException:
+                    if table.generation() == st.pending["generation"]:
+                        st.live_rules[self.name] = previous_rules  # not flipped: as it was
+                    st.pending = None
+                    st.save()
+                    raise
+                _crash_point("rules-installed")
+            st.pending = None
             st.save()
             return {"table": self.name, "rules": len(new), "regenerated": False, **info}
 
