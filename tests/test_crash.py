@@ -384,3 +384,54 @@ def test_rules_replace_random_kills(ebp_env, veth, tmp_path):
     files = {v: rules_file(tmp_path, v) for v in RULES}
     print("\nrules replace:", random_kills(
         veth, lambda new: start("rules", "replace", "ap", str(files[new])), 50, seed=4))
+
+
+# -- item 4: status says what the kernel has -------------------------------------------------
+
+def test_status_dead_after_pins_removed_and_reapply_repairs(ebp_env, veth, tmp_path):
+    spec = write_spec(tmp_path / "ap.yaml", spec_text(veth, "A"))
+    run("apply", str(spec))
+    run("rules", "add", "ap", "--rule", RULE_EXTRA)
+    shutil.rmtree(ebp_env / "ap")  # the link pin held the attachment: filtering stops
+    assert in_force(veth) == "none"
+    import json
+    [st] = json.loads(run("status", "--json").stdout)
+    assert st["health"] == "DEAD" and st["attachments"][0]["health"] == "DEAD"
+    assert st["attachments"][0]["alive"] is False
+    assert f"ebplane apply {spec}" in st["repair"] and "ebplane detach ap" in st["repair"]
+    human = run("status").stdout
+    assert "veth0(link/native DEAD)" in human and "repair: re-apply" in human
+    proc = run("stats", "ap", check=False)
+    assert proc.returncode == 2 and "DEAD" in proc.stderr and "ebplane apply" in proc.stderr
+    res = json.loads(run("apply", str(spec), "--json").stdout)  # old main: nothing is pinned
+    assert any("attached again" in n for n in res["notes"])
+    assert in_force(veth) == "A+extra"  # the live rules, run-time edit included
+    [st] = json.loads(run("status", "--json").stdout)
+    assert st["health"] == "ok" and st["repair"] is None
+    assert st["attachments"][0]["health"] == "ok"
+
+
+def test_status_drifted_and_reapply_repairs(ebp_env, veth, tmp_path):
+    import json
+    from ebplane.codegen.pipeline import spec_features
+    from ebplane.kernel.links import Link
+    from ebplane.runtime.build import build
+    from ebplane.spec import parse_spec
+    spec = write_spec(tmp_path / "ap.yaml", spec_text(veth, "A"))
+    run("apply", str(spec))
+    other = parse_spec(spec_text(veth, "B").replace("pipeline: ap", "pipeline: other"), "other")
+    built = build(other, spec_features(other, {"acl": [r for r in other.stages[0].rules]}))
+    try:
+        with Link.from_pin(link_pin(ebp_env)) as link:  # someone swaps the program
+            link.update(built.program.fd)
+        assert in_force(veth) == "none"  # its tables are empty
+        [st] = json.loads(run("status", "--json").stdout)
+        assert st["health"] == "DRIFTED" and st["attachments"][0]["health"] == "DRIFTED"
+        assert str(built.program.id) in st["attachments"][0]["why"]
+        assert "DRIFTED" in run("status").stdout
+    finally:
+        built.close()
+    run("apply", str(spec))
+    assert in_force(veth) == "A"
+    [st] = json.loads(run("status", "--json").stdout)
+    assert st["health"] == "ok"

@@ -248,7 +248,13 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 rt = runtime_for(st.kind)
                 if rt:
                     notes += rt.prepare(built, spec, st)
-            old_atts = {_attach_key(a): a for a in (old.attachments if old else adopted)}
+            old_atts = {}
+            for a in (old.attachments if old else adopted):
+                health, why = _health(a, spec.netns)
+                if health == "DEAD":  # re-apply repairs it: attached anew
+                    notes.append(f"{why}; attached again")
+                else:
+                    old_atts[_attach_key(a)] = a
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
@@ -439,6 +445,27 @@ def _kernel_prog(a: dict) -> int | None:
     except EbplaneError:
         return None
     return None
+
+
+def _health(a: dict, netns: str | None) -> tuple[str, str]:
+    """What the kernel has for attachment record ``a``: ("ok" | "DEAD" | "DRIFTED", why).
+    Call in the pipeline's network namespace."""
+    where = f"{a['ifname']} ({a['hook']})"
+    if netns and not _netns_exists(netns):
+        return "DEAD", f"network namespace {netns} is gone"
+    if a.get("link_pin") and not os.path.lexists(a["link_pin"]):
+        return "DEAD", f"{where}: its link is no longer pinned ({a['link_pin']}): filtering stopped"
+    have = _kernel_prog(a)
+    if have is None:
+        return "DEAD", f"{where}: no program of the pipeline runs there (link detached or filter gone)"
+    if have != a["prog_id"]:
+        return "DRIFTED", f"{where} runs program {have}, not the pipeline's {a['prog_id']}"
+    return "ok", ""
+
+
+def _repair_hint(name: str, spec_file: str | None) -> str:
+    return (f"re-apply the spec to attach and fill it again (ebplane apply "
+            f"{spec_file or 'SPEC'}), or remove it (ebplane detach {name})")
 
 
 @contextlib.contextmanager
@@ -674,15 +701,19 @@ def status(name: str | None = None) -> list[dict]:
             prog = p.info()
             p.close()
         atts = []
-        for a in st.attachments:
-            alive = None
-            if a.get("link_pin"):
-                with contextlib.suppress(EbplaneError):
-                    link = Link.from_pin(a["link_pin"])
-                    alive = link.prog_id() == a["prog_id"]
-                    link.close()
-            atts.append({**a, "alive": alive})
-        out.append({"name": n, "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
+        with _netns_of(st):
+            for a in st.attachments:
+                health, why = _health(a, st.netns)
+                atts.append({**a, "health": health, "why": why, "alive": health == "ok"})
+        problems = [a["why"] for a in atts if a["health"] != "ok"]
+        if not (pin_dir(n) / "maps").is_dir():
+            problems.append(f"its maps are no longer pinned under {pin_dir(n)}")
+        health = "ok" if not problems else \
+            "DEAD" if any(a["health"] == "DEAD" for a in atts) or len(problems) > \
+            sum(a["health"] == "DRIFTED" for a in atts) else "DRIFTED"
+        out.append({"name": n, "health": health, "problems": problems,
+                    "repair": _repair_hint(n, st.spec_file) if problems else None,
+                    "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
@@ -696,7 +727,12 @@ VERDICT_NAMES = {"xdp": {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP
 
 
 def _pinned_map(name: str, cname: str) -> Map:
-    return Map.from_pin(pin_dir(name) / "maps" / cname)
+    try:
+        return Map.from_pin(pin_dir(name) / "maps" / cname)
+    except NotFound as e:
+        st = PipelineState.load(name)
+        raise NotFound(f"pipeline '{name}' is DEAD: {e.message} (its pins were removed)",
+                       hint=_repair_hint(name, st.spec_file if st else None)) from e
 
 
 def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[dict]]) -> dict:
