@@ -6,11 +6,17 @@ Apply, in order, so that a failure at any step leaves the previous state in forc
    set that cannot be classified fails here);
 2. generate, compile and load the program, reusing the pipeline's pinned maps whose
    definition is unchanged (rules and counters carry over);
-3. fill tables that are new; then attach (first apply) or atomically replace the program on
+3. fill tables that are new; pin the new maps and programs under temporary names; write the
+   intent record (the new state, ``pending``) before the first kernel commit;
+4. attach (first apply, or an attachment found DEAD) or atomically replace the program on
    each interface (re-apply), rolling back the interfaces already done if one fails (with
    parser mode xdp, each interface has two attachments: the TC program and the XDP parser);
-4. install changed rule sets into reused tables (atomic generation flip);
-5. pin maps, links and the program, and write the state file.
+5. install changed rule sets into reused tables (atomic generation flip);
+6. rename the staged pins over the old ones and write the final state (:func:`_finish`).
+
+A command killed between 3 and 6 leaves the intent record: :func:`load_state`, through
+which every command reads the state, settles it against the kernel (roll forward or back).
+Pins found without any state are adopted by apply (:func:`_adopt`).
 """
 
 from __future__ import annotations
