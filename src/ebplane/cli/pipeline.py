@@ -72,14 +72,21 @@ def _status_human(items: list[dict]) -> str:
         return "no pipelines applied"
     rows = []
     for d in items:
-        atts = ", ".join(f"{a['ifname']}({a['method']}{'/' + a['mode'] if a.get('mode') else ''}"
-                         f"{'' if a.get('alive') in (None, True) else ' DEAD'})" for a in d["attachments"])
+        atts = ", ".join(f"{a['ifname']}({a.get('method') or '?'}"
+                         f"{'/' + a['mode'] if a.get('mode') else ''}"
+                         f"{'' if a.get('health', 'ok') == 'ok' else ' ' + a['health']})"
+                         for a in d["attachments"])
         prog = d["program"] or {}
         rows.append([d["name"], d["hook"], d["netns"] or "-", d["prog_id"],
                      prog.get("verified_insns", "?"), atts or "-",
                      " ".join(f"{k}:{v} ({d.get('filters', {}).get(k, {}).get('form', '?')})"
                               for k, v in d["rules"].items()) or "-"])
-    return table(rows, ["name", "hook", "netns", "prog", "insns", "attached", "rules"])
+    out = table(rows, ["name", "hook", "netns", "prog", "insns", "attached", "rules"])
+    for d in items:  # what the kernel no longer agrees with, and the way out
+        if d.get("problems"):
+            out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])
+            out += f"\n  repair: {d['repair']}"
+    return out
 
 
 def cmd_detach(args) -> int:

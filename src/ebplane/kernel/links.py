@@ -38,6 +38,10 @@ class Link:
     def prog_id(self) -> int:
         return obj_info(self.fd, LinkInfo).prog_id
 
+    def ifindex(self) -> int:
+        """The interface of an XDP or tcx link; 0 once the link is detached (defunct)."""
+        return obj_info(self.fd, LinkInfo).u[0] & 0xFFFFFFFF
+
     def update(self, new_prog_fd: int, *, old_prog_fd: int | None = None) -> None:
         """Replace the program atomically (no packet sees no program)."""
         opts = LinkUpdateOpts(sz=ctypes.sizeof(LinkUpdateOpts))

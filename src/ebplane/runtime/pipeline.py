@@ -6,11 +6,17 @@ Apply, in order, so that a failure at any step leaves the previous state in forc
    set that cannot be classified fails here);
 2. generate, compile and load the program, reusing the pipeline's pinned maps whose
    definition is unchanged (rules and counters carry over);
-3. fill tables that are new; then attach (first apply) or atomically replace the program on
+3. fill tables that are new; pin the new maps and programs under temporary names; write the
+   intent record (the new state, ``pending``) before the first kernel commit;
+4. attach (first apply, or an attachment found DEAD) or atomically replace the program on
    each interface (re-apply), rolling back the interfaces already done if one fails (with
    parser mode xdp, each interface has two attachments: the TC program and the XDP parser);
-4. install changed rule sets into reused tables (atomic generation flip);
-5. pin maps, links and the program, and write the state file.
+5. install changed rule sets into reused tables (atomic generation flip);
+6. rename the staged pins over the old ones and write the final state (:func:`_finish`).
+
+A command killed between 3 and 6 leaves the intent record: :func:`load_state`, through
+which every command reads the state, settles it against the kernel (roll forward or back).
+Pins found without any state are adopted by apply (:func:`_adopt`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -69,6 +76,15 @@ class ApplyResult:
 
 # -- helpers ----------------------------------------------------------------------------------
 
+CRASH_ENV = "EBPLANE_TEST_CRASH_AT"
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: the process SIGKILLs itself at the named step when ``$EBPLANE_TEST_CRASH_AT``
+    names it (tests/test_crash.py stops apply and rule edits there; unset, it does nothing)."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 def _filters(spec: PipelineSpec) -> list[FilterStage]:
     return [s for s in spec.stages if isinstance(s, FilterStage)]
 
@@ -99,12 +115,51 @@ def _link_pin(name: str, ifname: str, hook: str) -> Path:
     return pin_dir(name) / "links" / f"{ifname.replace('.', '%2e')}@{hook}"
 
 
+def _rec_from_link(path: str | Path, ifname: str, hook: str) -> dict | None:
+    """The attachment record of a live pinned link (None when nothing, or a detached link,
+    is pinned there), as :func:`_attach` would have written it."""
+    try:
+        link = Link.from_pin(path)
+    except EbplaneError:
+        return None
+    with link:
+        idx, prog_id, link_id = link.ifindex(), link.prog_id(), link.id
+    if idx == 0:
+        return None
+    mode = None
+    if hook == "xdp":
+        with contextlib.suppress(EbplaneError):
+            mode = att.query_xdp(ifname)["mode"]
+    return {"ifname": ifname, "ifindex": idx, "hook": hook,
+            "method": "link" if hook == "xdp" else "tcx", "mode": mode, "link_id": link_id,
+            "notes": [], "tc_handle": 0, "tc_priority": 0, "prog_id": prog_id,
+            "link_pin": str(path)}
+
+
+def _adopt(name: str, netns: str | None) -> list[dict]:
+    """Attachments of a pipeline whose pins exist without a state file (a first apply killed
+    before it wrote the state, or a lost state directory): every live link pinned under its
+    pin directory.  apply replaces their program through the link (bpf_link_update), as a
+    re-apply does, instead of failing with EBUSY on an interface the pipeline holds."""
+    d = pin_dir(name) / "links"
+    if not d.is_dir():
+        return []
+    out = []
+    with netns_enter(netns if netns and _netns_exists(netns) else None):
+        for p in sorted(d.iterdir()):
+            ifname, _, hook = p.name.replace("%2e", ".").rpartition("@")
+            rec = _rec_from_link(p, ifname, hook)
+            if rec is not None:
+                out.append(rec)
+    return out
+
+
 # -- apply ------------------------------------------------------------------------------------
 
 def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
     spec = load_spec(spec_path)
     text = Path(spec_path).read_text()
-    with locked(spec.name):
+    with _locked(spec.name):
         return _apply(spec, text, str(spec_path), progress=progress)
 
 
@@ -112,12 +167,19 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
            live_override: dict[str, list[RuleEntry]] | None = None) -> ApplyResult:
     t0 = time.monotonic()
     bpffs.ensure_mounted()
-    old = PipelineState.load(spec.name)
+    old = load_state(spec.name)
     notes: list[str] = []
     if old and old.netns != spec.netns:
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
                          f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
                          hint=f"detach it first: ebplane detach {spec.name}")
+    root = pin_dir(spec.name)
+    created_dir = not root.exists()  # then a failure removes the whole directory
+    adopted = _adopt(spec.name, spec.netns) if old is None and not created_dir else []
+    if adopted:
+        notes.append(f"adopted {len(adopted)} attachment(s) pinned under {root} without a "
+                     f"state file (an interrupted apply or a lost state directory): their "
+                     f"program is replaced through the pinned link")
 
     # 1. interfaces exist; decide each table's rules and check they classify
     with netns_enter(spec.netns):
@@ -163,6 +225,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
+    created: list[Path] = []  # pins this apply made: the only ones a failure removes
+    state: PipelineState | None = None  # the intent record, once written
     try:
         # 3a. tables the program does not share with the running version get their rules
         # now; shared tree arrays get a changed rule set after the swap (same plan, so
@@ -179,107 +243,123 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     deferred.append((table, compiled[st.name], fresh))
             else:
                 table.install(compiled[st.name], fresh)
-        # 3b. stage kinds with their own control plane fill their maps; then attach / replace
-        with netns_enter(spec.netns):
-            for st in spec.stages:
-                rt = runtime_for(st.kind)
-                if rt:
-                    notes += rt.prepare(built, spec, st)
-            old_atts = {_attach_key(a): a for a in (old.attachments if old else [])}
-            for ifname in spec.interfaces:
-                for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
-                    hook = _hook_of(prog, spec)
-                    key = (ifname, hook)
-                    if key in old_atts:
-                        progress(f"replacing program on {ifname} ({hook})")
-                        _replace(old_atts[key], prog, old_atts[key]["prog_id"])
-                        replaced.append((old_atts[key], prog))
-                    else:
-                        progress(f"attaching to {ifname} ({hook})")
-                        rec, link = _attach(prog, ifname, spec)
-                        notes += rec.get("notes", [])
-                        new_links.append((rec, link))
-        # 4. changed rules into shared tables, now that the new program is in place
-        for table, ct, fresh in deferred:
-            table.install(ct, fresh)
-        # 5. pin: new objects under temporary names first, renamed over the old pins at the end
-        root = pin_dir(spec.name)
+        # 3b. pin the new objects under temporary names (renamed over the old pins at the end),
+        # so that a command that finds this apply interrupted can finish it; the programs too:
+        # a link's reference is all an XDP parser has, and a failed re-apply must find the
+        # previous one to put it back
         staged: list[tuple[Path, Path]] = []
         for role in built.gen.maps:
             if role.pinned and role.cname not in built.reused_maps:
                 tmp = maps_dir / f"{role.cname}-new"
                 bpffs.unpin(tmp)
                 built.map(role.cname).pin(tmp)
+                created.append(tmp)
                 staged.append((tmp, maps_dir / role.cname))
-        # the programs too: a link's reference is all an XDP parser has, and a failed
-        # re-apply must find the previous one to put it back
         for pin, prog in _pinned_progs(built):
             bpffs.unpin(root / f"{pin}-new")
             prog.pin(root / f"{pin}-new")
+            created.append(root / f"{pin}-new")
             staged.append((root / f"{pin}-new", root / pin))
-        for rec, link in new_links:
-            if link is not None:
-                path = _link_pin(spec.name, rec["ifname"], rec["hook"])
-                bpffs.unpin(path)
-                link.pin(path)
-                rec["link_pin"] = str(path)
+        # 3c. stage kinds with their own control plane fill their maps; plan the attachments
+        plan: list[tuple[str, str, Program, dict | None]] = []
+        with netns_enter(spec.netns):
+            for st in spec.stages:
+                rt = runtime_for(st.kind)
+                if rt:
+                    notes += rt.prepare(built, spec, st)
+            old_atts = {}
+            for a in (old.attachments if old else adopted):
+                health, why = _health(a, spec.netns)
+                if health == "DEAD":  # re-apply repairs it: attached anew
+                    notes.append(f"{why}; attached again")
+                else:
+                    old_atts[_attach_key(a)] = a
+            for ifname in spec.interfaces:
+                for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
+                    hook = _hook_of(prog, spec)
+                    plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
+        planned_keys = {(i, h) for i, h, _, _ in plan}
+        # 3d. the intent record, before the first kernel commit (see load_state)
+        state = PipelineState(
+            name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
+            netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
+            attachments=[{**o, "prog_id": p.id} if o else
+                         {"ifname": i, "hook": h, "prog_id": p.id, "planned": True,
+                          "link_pin": str(_link_pin(spec.name, i, h))} for i, h, p, o in plan],
+            live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
+            spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
+            filters={k: c.plan.to_dict() for k, c in compiled.items()},
+            applied_at=time.time(), notes=notes,
+            pending={"op": "apply", "previous": asdict(old) if old else None,
+                     "created_dir": created_dir,
+                     "staged": [[str(t), str(f)] for t, f in staged],
+                     "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
+                     "xdp_parser": built.xdp_parser is not None,
+                     "installs": {t.name: {"generation": t.generation(), "fresh": fresh}
+                                  for t, _, fresh in deferred},
+                     "detach": [a for a in (old.attachments if old else adopted)
+                                if _attach_key(a) not in planned_keys]})
+        state.save()
+        _crash_point("apply-intent")
+        # 3e. attach / replace: the kernel commit points
+        with netns_enter(spec.netns):
+            for ifname, hook, prog, old_a in plan:
+                if old_a is not None:
+                    progress(f"replacing program on {ifname} ({hook})")
+                    _replace(old_a, prog, old_a["prog_id"])
+                    replaced.append((old_a, prog))
+                    _crash_point("apply-replaced")
+                else:
+                    progress(f"attaching to {ifname} ({hook})")
+                    rec, link = _attach(prog, ifname, spec)
+                    notes += rec.get("notes", [])
+                    new_links.append((rec, link))
+                    if link is not None:  # pinned at once: the pin is what a crash leaves
+                        path = _link_pin(spec.name, rec["ifname"], rec["hook"])
+                        bpffs.unpin(path)
+                        link.pin(path)
+                        created.append(path)
+                        rec["link_pin"] = str(path)
+                        _crash_point("apply-link-pinned")
+        # 4. changed rules into shared tables, now that the new program is in place
+        for table, ct, fresh in deferred:
+            table.install(ct, fresh)
+            _crash_point("apply-installed")
     except BaseException:
         with netns_enter(spec.netns):
             for rec, link in new_links:
                 with contextlib.suppress(Exception):
                     _detach_one(rec, link)
-                if rec.get("link_pin"):
-                    bpffs.unpin(rec["link_pin"])
             for rec, prog in replaced:  # put the previous program back
                 with contextlib.suppress(Exception):
                     _replace(rec, Program.from_id(rec["prog_id"]), prog.id)
-        if old is None:
-            bpffs.unpin(pin_dir(spec.name))
-        else:
-            for role in built.gen.maps:
-                bpffs.unpin(maps_dir / f"{role.cname}-new")
-            for pin, _ in _pinned_progs(built):
-                bpffs.unpin(pin_dir(spec.name) / f"{pin}-new")
+        # remove only what this apply made: pins found here (a running pipeline without
+        # state, say) are not this apply's to remove
+        for path in created:
+            bpffs.unpin(path)
+        if created_dir:
+            bpffs.unpin(root)
+        if state is not None:  # the record says what is in force again
+            if old is not None:
+                old.save()
+            else:
+                state.delete()
         built.close()
         raise
 
-    # 6. commit: rename the staged pins over the old ones, drop what is no longer used, record
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    keep = {r.cname for r in built.gen.maps if r.pinned}
-    for p in maps_dir.iterdir():
-        if p.name not in keep:
-            bpffs.unpin(p)
-    if built.xdp_parser is None:  # parser mode xdp no longer
-        bpffs.unpin(root / "xdp-parser")
-    attachments = []
+    # 5. commit: rename the staged pins over the old ones, drop what is no longer used, record
+    by_key = {}
     for rec, link in new_links:
         if link is not None:
             link.close()  # the pin holds it now
-        attachments.append(rec)
-    kept = {(a["ifname"], a["hook"]) for a in attachments}
+        by_key[_attach_key(rec)] = rec
     for a, prog in replaced:
-        a["prog_id"] = prog.id
-        attachments.append(a)
-        kept.add(_attach_key(a))
-    if old:
-        with netns_enter(spec.netns):
-            for a in old.attachments:
-                if _attach_key(a) not in kept:
-                    progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
-                    with contextlib.suppress(EbplaneError):
-                        _detach_one(a, None, prog_id=a["prog_id"])
-    state = PipelineState(
-        name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
-        netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
-        attachments=attachments,
-        live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
-        spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
-        filters={k: c.plan.to_dict() for k, c in compiled.items()},
-        applied_at=time.time(), notes=notes)
-    state.save()
-    result = ApplyResult(spec.name, old is None, built.program.id, attachments, built.cached,
-                         sorted(built.reused_maps), {k: len(v) for k, v in live.items()}, notes,
+        by_key[_attach_key(a)] = {**a, "prog_id": prog.id}
+    state.attachments = [by_key[(i, h)] for i, h, _, _ in plan]
+    _finish(state, progress)
+    result = ApplyResult(spec.name, old is None and not adopted, built.program.id,
+                         state.attachments, built.cached, sorted(built.reused_maps),
+                         {k: len(v) for k, v in live.items()}, notes,
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
@@ -291,6 +371,236 @@ def _running_plan(state: PipelineState | None, table: str,
     if state is None or table not in state.filters:
         return None
     return FilterPlan.from_dict(state.filters[table], inline=tuple((e.rule, e.id) for e in entries))
+
+
+def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
+    """The end of an apply whose kernel commits are done (also how a command that finds the
+    apply interrupted rolls it forward; every step may have run already): rename the staged
+    pins over the old ones, drop pins no longer used, detach what the spec no longer has,
+    and write the final record."""
+    p = state.pending
+    root = pin_dir(state.name)
+    for tmp, final in p["staged"]:
+        if os.path.lexists(tmp):
+            os.replace(tmp, final)
+    _crash_point("apply-renamed")
+    maps_dir = root / "maps"
+    if maps_dir.is_dir():
+        for m in maps_dir.iterdir():
+            if m.name not in p["keep_maps"]:
+                bpffs.unpin(m)
+    if not p["xdp_parser"]:  # parser mode xdp no longer
+        bpffs.unpin(root / "xdp-parser")
+    if p["detach"]:
+        with _netns_of(state):
+            for a in p["detach"]:
+                progress(f"detaching from {a['ifname']} ({a['hook']}): no longer in the spec")
+                with contextlib.suppress(EbplaneError):
+                    _detach_one(a, None, prog_id=a["prog_id"])
+    state.pending = None
+    state.save()
+
+
+# -- the record and the kernel ----------------------------------------------------------------
+#
+# apply and rule edits write their record twice: an intent record (the new state, with
+# ``pending`` saying what to compare) before the first kernel commit, the final one after the
+# last.  A command killed in between leaves the intent record; the next command that reads
+# the state (every one goes through load_state) compares it with the kernel, under the
+# pipeline's lock, and rolls it forward (finishing the operation) or back.
+
+_held: set[str] = set()  # pipelines whose lock this process holds
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+    """The pipeline's lock, re-entrant within this process (a rule edit that regenerates
+    the program applies under the lock it holds)."""
+    if name in _held:
+        yield
+        return
+    with locked(name):
+        _held.add(name)
+        try:
+            yield
+        finally:
+            _held.discard(name)
+
+
+def _netns_of(st: PipelineState):
+    return netns_enter(st.netns if st.netns and _netns_exists(st.netns) else None)
+
+
+def load_state(name: str) -> PipelineState | None:
+    """The pipeline's record, in agreement with the kernel: a pending record (a command died
+    between its kernel commit and its last write) is settled first, under the lock."""
+    st = PipelineState.load(name)
+    if st is None or not st.pending:
+        return st
+    with _locked(name):  # waits for a command still running; the lock of a dead one is free
+        st = PipelineState.load(name)
+        if st is not None and st.pending:
+            st = _settle(st)
+    return st
+
+
+def require_state(name: str) -> PipelineState:
+    st = load_state(name)
+    return st if st is not None else PipelineState.require(name)
+
+
+def _kernel_prog(a: dict) -> int | None:
+    """The program the kernel runs for attachment record ``a`` (in the pipeline's netns), or
+    None when nothing runs there (link gone or detached, filter gone)."""
+    try:
+        if a.get("link_pin"):
+            try:
+                link = Link.from_pin(a["link_pin"])
+            except NotFound:
+                link = None
+            if link is not None:
+                with link:
+                    return link.prog_id() if link.ifindex() else None
+            if not a.get("planned"):
+                return None
+        if a.get("method") == "clsact" or (a.get("planned") and a["hook"].startswith("tc-")):
+            return att.query_clsact(a["ifname"], a["hook"].split("-", 1)[1],
+                                    a.get("tc_priority") or 1, a.get("tc_handle") or 1)
+        if a.get("method") == "netlink":
+            return att.query_xdp(a["ifname"])["prog_id"]
+    except EbplaneError:
+        return None
+    return None
+
+
+def _health(a: dict, netns: str | None) -> tuple[str, str]:
+    """What the kernel has for attachment record ``a``: ("ok" | "DEAD" | "DRIFTED", why).
+    Call in the pipeline's network namespace."""
+    where = f"{a['ifname']} ({a['hook']})"
+    if netns and not _netns_exists(netns):
+        return "DEAD", f"network namespace {netns} is gone"
+    if a.get("link_pin") and not os.path.lexists(a["link_pin"]):
+        return "DEAD", f"{where}: its link is no longer pinned ({a['link_pin']}): filtering stopped"
+    have = _kernel_prog(a)
+    if have is None:
+        return "DEAD", f"{where}: no program of the pipeline runs there (link detached or filter gone)"
+    if have != a["prog_id"]:
+        return "DRIFTED", f"{where} runs program {have}, not the pipeline's {a['prog_id']}"
+    return "ok", ""
+
+
+def _repair_hint(name: str, spec_file: str | None) -> str:
+    return (f"re-apply the spec to attach and fill it again (ebplane apply "
+            f"{spec_file or 'SPEC'}), or remove it (ebplane detach {name})")
+
+
+@contextlib.contextmanager
+def _open_table(pipeline: str, stage: FilterStage, spec: PipelineSpec, features: Features):
+    """The pinned maps of a filter of an applied pipeline, as a FilterTable (maps are opened
+    on first use and closed on exit)."""
+    opened: list[Map] = []
+
+    def maps(cname: str) -> Map:
+        opened.append(_pinned_map(pipeline, cname))
+        return opened[-1]
+    try:
+        yield FilterTable(stage.name, stage.capacity, maps)
+    finally:
+        for m in opened:
+            m.close()
+
+
+def _generation(st: PipelineState, table: str) -> int | None:
+    """The active generation of a filter's rules in the kernel; None if unreadable."""
+    spec = _spec_of(st)
+    stage = next((f for f in _filters(spec) if f.name == table), None)
+    if stage is None:
+        return None
+    try:
+        with _open_table(st.name, stage, spec, Features(**st.features)) as t:
+            return t.generation()
+    except EbplaneError:
+        return None
+
+
+def _settle(st: PipelineState) -> PipelineState | None:
+    """Compare a pending record with the kernel and roll it forward or back (lock held)."""
+    p = st.pending
+    if p["op"] == "rules":
+        gen = _generation(st, p["table"])
+        if gen is None or gen == p["generation"]:  # the flip did not happen: back
+            st.live_rules[p["table"]] = p["previous_rules"]
+            if p.get("previous_plan") is not None:
+                st.filters[p["table"]] = p["previous_plan"]
+        st.pending = None
+        st.save()
+        return st
+    # apply: forward if anything of the new version is in force in the kernel
+    forward = any(not os.path.lexists(t) and os.path.lexists(f) for t, f in p["staged"])
+    with _netns_of(st):
+        forward = forward or any(_kernel_prog(a) == a["prog_id"] for a in st.attachments)
+    forward = forward or any(
+        (g := _generation(st, t)) is not None and g != i["generation"]
+        for t, i in p["installs"].items())
+    if forward:
+        _roll_forward(st)
+        return st
+    for tmp, _ in p["staged"]:  # back: nothing of the new version runs
+        bpffs.unpin(tmp)
+    if p["previous"] is None:
+        st.delete()
+        if p["created_dir"]:
+            bpffs.unpin(pin_dir(st.name))
+        return None
+    old = PipelineState(**p["previous"])
+    old.save()
+    return old
+
+
+def _roll_forward(st: PipelineState) -> None:
+    """Finish an interrupted apply: every attachment runs the new program, changed rules are
+    in the shared tables, pins renamed, the final record written."""
+    p = st.pending
+    spec = _spec_of(st)
+    try:
+        with _netns_of(st):
+            for i, a in enumerate(st.attachments):
+                if _kernel_prog(a) == a["prog_id"]:
+                    if a.get("planned"):
+                        rec = _rec_from_link(a["link_pin"], a["ifname"], a["hook"]) or {
+                            "ifname": a["ifname"], "ifindex": iface.ifindex(a["ifname"]),
+                            "hook": a["hook"], "method": "clsact", "mode": None,
+                            "link_id": None, "notes": [], "tc_handle": 1, "tc_priority": 1,
+                            "prog_id": a["prog_id"]}
+                        st.attachments[i] = rec
+                    continue
+                prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
+                try:
+                    if a.get("planned"):
+                        rec, link = _attach(prog, a["ifname"], spec)
+                        if link is not None:
+                            bpffs.unpin(a["link_pin"])
+                            link.pin(a["link_pin"])
+                            rec["link_pin"] = a["link_pin"]
+                            link.close()
+                        st.attachments[i] = rec
+                    else:
+                        _replace(a, prog, a["prog_id"])
+                finally:
+                    prog.close()
+        for t, info in p["installs"].items():
+            if _generation(st, t) == info["generation"]:
+                stage = next(f for f in _filters(spec) if f.name == t)
+                entries = _entries_from_state(st.live_rules[t], spec.protocols)
+                layout = user_layout_for(spec.protocols, Features(**st.features))
+                ct = compile_filter(stage, entries, layout, _running_plan(st, t, entries))
+                with _open_table(st.name, stage, spec, Features(**st.features)) as table:
+                    table.install(ct, info["fresh"])
+    except EbplaneError as e:
+        raise type(e)(f"pipeline '{st.name}': an interrupted apply could not be finished: "
+                      f"{e.message}", hint=f"re-apply the spec (ebplane apply {st.spec_file}) "
+                      f"or detach the pipeline (ebplane detach {st.name})") from e
+    _finish(st)
 
 
 def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
@@ -374,12 +684,26 @@ def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> 
 # -- detach / status --------------------------------------------------------------------------
 
 def detach(name: str, *, progress: Progress = _quiet) -> dict:
-    with locked(name):
+    with _locked(name):
+        st = PipelineState.load(name)  # as found: an interrupted command's record is not settled
+        if st is None and pin_dir(name).is_dir():
+            # pinned without state (an interrupted first apply, a lost state directory):
+            # detach its pinned links, remove its pins
+            done = []
+            for rec in _adopt(name, None):
+                progress(f"detaching from {rec['ifname']} ({rec['hook']}): pinned without state")
+                _detach_one(rec, None)
+                done.append(rec["ifname"])
+            bpffs.unpin(pin_dir(name))
+            return {"name": name, "detached": done}
         st = PipelineState.require(name)
         done = []
-        ctx = netns_enter(st.netns) if st.netns and _netns_exists(st.netns) else contextlib.nullcontext()
-        with ctx:
-            for a in st.attachments:
+        atts = list(st.attachments)
+        if st.pending and st.pending.get("previous"):  # either version may be attached
+            keys = {_attach_key(a) for a in atts}
+            atts += [a for a in st.pending["previous"]["attachments"] if _attach_key(a) not in keys]
+        with _netns_of(st):
+            for a in atts:
                 progress(f"detaching from {a['ifname']} ({a['hook']})")
                 if st.netns and not _netns_exists(st.netns):
                     bpffs.unpin(a.get("link_pin") or "/nonexistent")
@@ -400,22 +724,28 @@ def status(name: str | None = None) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
     for n in names:
-        st = PipelineState.require(n)
+        st = require_state(n) if name else load_state(n)
+        if st is None:  # an interrupted first apply, rolled back just now
+            continue
         prog = None
         with contextlib.suppress(EbplaneError):
             p = Program.from_pin(pin_dir(n) / "prog")
             prog = p.info()
             p.close()
         atts = []
-        for a in st.attachments:
-            alive = None
-            if a.get("link_pin"):
-                with contextlib.suppress(EbplaneError):
-                    link = Link.from_pin(a["link_pin"])
-                    alive = link.prog_id() == a["prog_id"]
-                    link.close()
-            atts.append({**a, "alive": alive})
-        out.append({"name": n, "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
+        with _netns_of(st):
+            for a in st.attachments:
+                health, why = _health(a, st.netns)
+                atts.append({**a, "health": health, "why": why, "alive": health == "ok"})
+        problems = [a["why"] for a in atts if a["health"] != "ok"]
+        if not (pin_dir(n) / "maps").is_dir():
+            problems.append(f"its maps are no longer pinned under {pin_dir(n)}")
+        health = "ok" if not problems else \
+            "DEAD" if any(a["health"] == "DEAD" for a in atts) or len(problems) > \
+            sum(a["health"] == "DRIFTED" for a in atts) else "DRIFTED"
+        out.append({"name": n, "health": health, "problems": problems,
+                    "repair": _repair_hint(n, st.spec_file) if problems else None,
+                    "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters,
@@ -430,7 +760,12 @@ VERDICT_NAMES = {"xdp": {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP
 
 
 def _pinned_map(name: str, cname: str) -> Map:
-    return Map.from_pin(pin_dir(name) / "maps" / cname)
+    try:
+        return Map.from_pin(pin_dir(name) / "maps" / cname)
+    except NotFound as e:
+        st = PipelineState.load(name)
+        raise NotFound(f"pipeline '{name}' is DEAD: {e.message} (its pins were removed)",
+                       hint=_repair_hint(name, st.spec_file if st else None)) from e
 
 
 def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[dict]]) -> dict:
@@ -476,7 +811,9 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
 def stats(name: str | None = None) -> list[dict]:
     out = []
     for n in ([name] if name is not None else all_names()):
-        st = PipelineState.require(n)
+        st = require_state(n) if name is not None else load_state(n)
+        if st is None:
+            continue
         spec = _spec_of(st)
         opened: list[Map] = []
 
@@ -506,7 +843,7 @@ class RuleTable:
 
     def __init__(self, pipeline: str, table: str | None = None):
         self.pipeline = pipeline
-        st = PipelineState.require(pipeline)
+        st = require_state(pipeline)
         spec = _spec_of(st)
         # what parse() checks rules against; an edit re-reads the state under the lock
         self._protocols = spec.protocols
@@ -526,7 +863,7 @@ class RuleTable:
         self.name = table
 
     def _spec(self) -> tuple[PipelineState, PipelineSpec]:
-        st = PipelineState.require(self.pipeline)
+        st = require_state(self.pipeline)
         return st, _spec_of(st)
 
     def list(self) -> list[dict]:
@@ -547,7 +884,7 @@ class RuleTable:
         """Read the live rules once, under the pipeline's lock, let ``change`` turn them into
         the new rule list, and install that atomically: a map update when the new rules fit
         the running program's compiled form, else a new program swapped in (respecialised)."""
-        with locked(self.pipeline):
+        with _locked(self.pipeline):
             st, spec = self._spec()
             if spec.protocols != self._protocols:
                 raise UsageError(f"pipeline '{self.pipeline}' was re-applied with other "
@@ -571,19 +908,29 @@ class RuleTable:
                 plan = PipelineState.require(self.pipeline).filters.get(self.name, {})
                 return {"table": self.name, "rules": len(new), "regenerated": True,
                         "prog_id": res.prog_id, "form": plan.get("form"), "why": plan.get("why")}
-            opened: list[Map] = []
-
-            def maps(cname: str) -> Map:
-                opened.append(_pinned_map(self.pipeline, cname))
-                return opened[-1]
-            try:
-                info = FilterTable(self.name, self.stage.capacity, maps).install(
-                    compiled, fresh_ids(new, entries))
-            finally:
-                for m in opened:
-                    m.close()
-            st.live_rules[self.name] = [e.to_state() for e in new]
-            st.filters[self.name] = compiled.plan.to_dict()
+            with _open_table(self.pipeline, self.stage, spec, running) as table:
+                # the intent record first: the new rules, and the tree root they flip from
+                previous_rules = st.live_rules.get(self.name, [])
+                previous_plan = st.filters.get(self.name)
+                st.live_rules[self.name] = [e.to_state() for e in new]
+                st.filters[self.name] = compiled.plan.to_dict()
+                st.pending = {"op": "rules", "table": self.name,
+                              "generation": table.generation(), "previous_rules": previous_rules,
+                              "previous_plan": previous_plan}
+                st.save()
+                _crash_point("rules-intent")
+                try:
+                    info = table.install(compiled, fresh_ids(new, entries))
+                except BaseException:
+                    if table.generation() == st.pending["generation"]:  # not flipped
+                        st.live_rules[self.name] = previous_rules
+                        if previous_plan is not None:
+                            st.filters[self.name] = previous_plan
+                    st.pending = None
+                    st.save()
+                    raise
+                _crash_point("rules-installed")
+            st.pending = None
             st.save()
             return {"table": self.name, "rules": len(new), "regenerated": False,
                     "why": compiled.plan.why, **info}

@@ -128,6 +128,10 @@ class PipelineState:
     filters: dict[str, dict] = field(default_factory=dict)
     applied_at: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # set while an apply or a rule edit is under way (written before its kernel commit point,
+    # cleared by its last write): what to compare with the kernel if the command died,
+    # see ebplane.runtime.pipeline.load_state
+    pending: dict | None = None
 
     @property
     def path(self) -> Path:

@@ -39,7 +39,16 @@ class FilterTable:
         return self._maps(self.names["counters"]).with_codecs(U32, COUNT)
 
     def root(self) -> int:
+        """The root of the tree in force (EMPTY for none); every install changes it."""
         return struct.unpack("<I", self._maps(self.names["config"]).lookup(U32.encode(0)))[0]
+
+    def generation(self) -> int | None:
+        """What changes with every committed install: the tree's root; None for a table in
+        the inline form (its rules change with the program)."""
+        try:
+            return self.root()
+        except NotFound:
+            return None
 
     def install(self, compiled: CompiledTable, fresh_ids: Sequence[int]) -> dict:
         """Make ``compiled`` the table's rule set; ``fresh_ids`` are rule ids whose counters
