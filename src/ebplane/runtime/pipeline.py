@@ -119,9 +119,17 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                          hint=f"detach it first: ebplane detach {spec.name}")
 
     # 1. interfaces exist; decide each table's rules and check they classify
+    if spec.netns and not _netns_exists(spec.netns):  # errors name the spec's field
+        raise NotFound(f"{spec.source}: netns: network namespace '{spec.netns}' does not exist",
+                       hint="see `ip netns list`; the lab's namespaces are created by "
+                            "`ebplane lab up`")
     with netns_enter(spec.netns):
-        for ifname in spec.interfaces:
-            iface.ifindex(ifname)
+        for i, ifname in enumerate(spec.interfaces):
+            try:
+                iface.ifindex(ifname)
+            except UsageError as e:
+                raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
+                              hint=e.hint) from None
         for st in spec.stages:
             rt = runtime_for(st.kind)
             if rt:
