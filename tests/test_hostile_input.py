@@ -70,6 +70,10 @@ SPECS = {
     "huge-protocol": HEAD + "protocols: [ethernet, " + "z" * 5_000_000 + "]\n" + FILTER,
     "huge-key": VALID + "k" * 5_000_000 + ": 1\n",
     "huge-list-value": HEAD + "protocols: [" + ", ".join(["ipv4"] * 300_000) + "]\n" + FILTER,
+    "nul-protocol-file": HEAD + 'protocols: [ethernet, "a\\0.p4"]\n' + FILTER,
+    "long-protocol-file": HEAD + "protocols: [ethernet, " + "a" * 5000 + ".p4]\n" + FILTER,
+    "deep-protocol-file": HEAD + "protocols: [ethernet, " + "/".join(["a" * 200] * 30)
+                          + ".p4]\n" + FILTER,
     "nul-interface": VALID + 'interfaces: ["a\\0b"]\n',
     "nul-netns": VALID + 'netns: "ebp-\\0x"\n',
     "not-utf8": (VALID + "# caf\xe9\n").encode("latin-1"),

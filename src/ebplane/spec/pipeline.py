@@ -135,7 +135,11 @@ def _protocols(obj: Any, where: Where, base: Path) -> tuple[str, ...]:
     for i, proto in enumerate(names):
         if isinstance(proto, str) and is_protocol_file(proto):
             path = Path(proto) if Path(proto).is_absolute() else base / proto
-            if not path.is_file():
+            try:
+                found = path.is_file()
+            except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+                found = False
+            if not found:
                 raise (where / i).error("protocol file not found", given=proto,
                                         hint="give the path of a .p4 file, relative to the "
                                              "spec file")
