@@ -61,6 +61,11 @@ SPECS = {
                        "rules: []}\n",
     "bigint-port": HEAD + PROTOS + "stages:\n  - filter: {name: acl, rules: "
                    f"[{{dport: {BIG}, action: drop}}]}}\n",
+    "bigint-port-range": HEAD + PROTOS + "stages:\n  - filter: {name: acl, rules: "
+                         f"[{{dport: '1-{BIG}', action: drop}}]}}\n",
+    "bigint-stack-index": HEAD + "protocols: [ethernet, mpls, ipv4]\nstages:\n  - filter: "
+                          f"{{name: acl, rules: [{{match: {{'mpls[{BIG}].label': 1}}, "
+                          "action: drop}]}\n",
     "bigint-key": VALID + f"{BIG}: 1\n",
     "bigint-hex": HEAD + PROTOS + f"stages:\n  - filter: {{name: acl, capacity: 0x{BIG}}}\n",
     "bigfloat": HEAD + PROTOS + FILTER + "mode: 1e999999\n",
