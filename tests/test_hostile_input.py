@@ -218,6 +218,7 @@ P4_FILES = {
                        + ";\n"),
     "not-utf8": p4().encode() + b"// \xff\xfe\n",
     "huge-identifier": p4(case="x" * 5_000_000),
+    "huge-file": p4(const="".join(f"const bit<8> C{i} = {i % 256};\n" for i in range(150_000))),
 }
 
 

@@ -96,22 +96,25 @@ MAX_ALIAS_NODES = 100_000
 # longest scalar an integer is read from (Python refuses more than 4300 digits anyway)
 MAX_INT_DIGITS = 100
 
-# the largest spec, rules or protocol file read (a spec of 100k rules is about 7 MB)
+# the largest spec or rules file read (a spec of 100k rules is about 7 MB), and the largest
+# protocol file (the library's are a few KB; lark reads about 120 KB/s of P4)
 DEFAULT_MAX_BYTES = 16 << 20
 MAX_BYTES_ENV = "EBPLANE_MAX_SPEC_BYTES"
+DEFAULT_MAX_P4_BYTES = 256 << 10
+MAX_P4_BYTES_ENV = "EBPLANE_MAX_P4_BYTES"
 
 
-def max_bytes() -> int:
-    text = os.environ.get(MAX_BYTES_ENV)
+def max_bytes(env: str = MAX_BYTES_ENV, default: int = DEFAULT_MAX_BYTES) -> int:
+    text = os.environ.get(env)
     if text is None:
-        return DEFAULT_MAX_BYTES
+        return default
     try:
         value = int(text, 10) if len(text) < 20 else -1
     except ValueError:
         value = -1
     if value <= 0:
-        raise UsageError(f"{MAX_BYTES_ENV} must be a number of bytes, not {quoted(text)}",
-                         hint=f"e.g. {MAX_BYTES_ENV}={DEFAULT_MAX_BYTES * 4}")
+        raise UsageError(f"{env} must be a number of bytes, not {quoted(text)}",
+                         hint=f"e.g. {env}={default * 4}")
     return value
 
 
@@ -123,7 +126,9 @@ def read_source(path, what: str = "spec file") -> str:
     """
     from pathlib import Path as _P
     p = _P(path)
-    limit = max_bytes()
+    env, default = ((MAX_P4_BYTES_ENV, DEFAULT_MAX_P4_BYTES) if what == "protocol file"
+                    else (MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    limit = max_bytes(env, default)
     try:
         with open(p, "rb") as f:
             data = f.read(limit + 1)
@@ -138,8 +143,9 @@ def read_source(path, what: str = "spec file") -> str:
         raise UsageError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise UsageError(f"{what} {p} is larger than {limit} bytes",
-                         hint=f"raise the limit: {MAX_BYTES_ENV}=BYTES (a spec of 100k rules "
-                              f"is about 7 MB)")
+                         hint=f"raise the limit: {env}=BYTES" + (
+                             " (a spec of 100k rules is about 7 MB)" if env == MAX_BYTES_ENV
+                             else " (reading P4 takes about 1 s per 120 KB)"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
