@@ -108,7 +108,7 @@ def test_reapply_keeps_rules_and_counters(ebp_env, veth_pair, tmp_path):
     RuleTable("ap").add(extra)
     again = pipeline.apply(spec)
     assert again.created is False and again.rules == {"acl": 4}
-    assert {"flt_acl_rules", "flt_acl_cnt", "ebp_verdicts"} <= set(again.reused_maps)
+    assert {"flt_acl_cnt", "ebp_verdicts"} <= set(again.reused_maps)
     assert again.prog_id == xdp_prog(ns)["prog_id"]  # replaced atomically on the same link
     [st] = pipeline.status("ap")
     assert st["attachments"][0]["alive"] is True and st["prog_id"] == again.prog_id
@@ -290,25 +290,24 @@ def test_separate_parser_mode_applies_and_survives_reapply(ebp_env, veth_pair, t
     second = pipeline.apply(spec)
     assert second.prog_id != first.prog_id
     assert "ebp_progs" not in second.reused_maps  # tail-call targets belong to one version
-    assert set(second.reused_maps) >= {"flt_acl_rules", "flt_acl_cnt"}
+    assert set(second.reused_maps) >= {"flt_acl_cnt"}
     frames_to(ns, {DNS: 5})
     [s] = cli_json("stats", "ap")
     assert rule_counts(s)[:2] == [12, 3]  # counters carried over, the new program counts on
     assert s["verdicts"]["XDP_DROP"]["packets"] == 12
 
 
-def test_rules_the_table_cannot_hold_fail_before_the_program_is_swapped(ebp_env, veth_pair,
-                                                                       tmp_path):
-    """Same capacity, so the re-apply would share the tables with the running program: a rule
-    set that expands past them (two protocols x 16 port blocks for 1-65535) is refused while
-    the rules are compiled, before anything is replaced."""
+def test_a_wide_port_range_is_one_rule_not_a_table_full_of_blocks(ebp_env, veth_pair, tmp_path):
+    """The tuple-space classifier expanded 1-65535 into 16 blocks per protocol and refused
+    it in a table of capacity 8; a rule is now one box (two: TCP and UDP), whatever its
+    range, so the re-apply goes through and the rule decides."""
     ns, _, _ = veth_pair
     spec = write_spec(tmp_path / "ap.yaml", spec_text(ns, extra="      capacity: 8\n"))
     pipeline.apply(spec)
     frames_to(ns, {DNS: 4})
-    before = snapshot(ns)
     wide = write_spec(tmp_path / "wide.yaml", spec_text(
         ns, extra="      capacity: 8\n", rules=RULES + "        - {dport: 1-65535, action: drop}\n"))
-    with pytest.raises(UsageError, match="table entries, more than this table holds"):
-        pipeline.apply(wide)
-    assert snapshot(ns) == before
+    res = pipeline.apply(wide)
+    assert res.rules == {"acl": 4}
+    frames_to(ns, {OTHER: 2})
+    assert rule_counts(stats_of())[3] == 2

@@ -37,7 +37,7 @@ def test_quick_run_writes_all_outputs(quick_run):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "bench.md").read_text()
     for heading in ("## 1. Program cost", "## 2. Live throughput", "## 3. Control plane",
-                    "## 4. Scaling"):
+                    "## 4. Scaling", "## 6. ClassBench-style rule sets"):
         assert heading in md
     assert md.strip() == markdown(doc).strip()  # the report is derived from the JSON alone
     assert doc["command"].startswith("ebplane bench --quick")

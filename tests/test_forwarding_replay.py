@@ -23,7 +23,7 @@ from ebplane.kernel.codec import U32
 from ebplane.kernel.programs import XdpMd
 from ebplane.net import iface, netns
 from ebplane.runtime.replay import Replayer
-from ebplane.runtime.tables import COUNT
+from ebplane.kernel.codec import COUNT
 from ebplane.spec import parse_spec
 
 NEXT_HOP_MAC = "02:00:00:00:00:02"

@@ -15,11 +15,13 @@ import pytest
 
 from ebplane.errors import KernelError, KeyNotFound, NotFound, UsageError, VerifierError
 from ebplane.kernel import bpffs
+from ebplane.kernel import programs as _programs
 from ebplane.kernel.codec import U32, U64, Struct
+from ebplane.kernel.fd import FD
 from ebplane.kernel.libbpf import num_possible_cpus
-from ebplane.kernel.maps import Map
-from ebplane.kernel.programs import (BPF_F_TEST_RUN_ON_CPU, BpfObject, Program, SkBuff,
-                                     XdpMd)
+from ebplane.kernel.maps import Map, MapSpec
+from ebplane.kernel.programs import (BPF_F_TEST_RUN_ON_CPU, BpfObject, ObjectSpec, Program,
+                                     SkBuff, XdpMd)
 from ebplane.kernel.ringbuf import RingBuffer
 from ebplane.net import attach
 from ebplane.net import netns as _netns
@@ -162,7 +164,106 @@ def test_verifier_rejection_points_at_the_c_line(load):
     # .log is the whole log: the instruction trace and the statistics line too
     assert "R1 offset is outside of the packet" in e.log
     assert "processed " in e.log and "0: R1=ctx()" in e.log
-    assert e.exit_code == 3 and e.hint
+    assert e.exit_code == 3 and e.hint and not e.truncated
+
+
+def test_verifier_log_grows_until_the_whole_log_fits():
+    """A log of about 1.7 MB: the retry's 256 KiB buffer is too small, the kernel says so
+    (ENOSPC), and the buffer grows until the whole log, statistics included, fits."""
+    res = compile_file(BPF_DIR / "long_log.bpf.c")
+    with pytest.raises(VerifierError) as ei:
+        BpfObject.open_bytes(res.elf, "long_log").load()
+    e = ei.value
+    assert not e.truncated and len(e.log) > _programs.LOG_SIZE_FIRST
+    assert e.log.startswith("func#0") or e.log.startswith("0:")  # the head is there
+    assert "processed " in e.log and "invalid access to packet" in e.summary
+    assert e.source and "data[sum & 7]" in e.source
+
+
+def test_verifier_log_past_the_cap_is_flagged_truncated(monkeypatch):
+    """With the cap at 256 KiB the same log does not fit: the kernel keeps its last part,
+    which still holds the reason, and the error says that the log is cut."""
+    monkeypatch.setattr(_programs, "LOG_SIZE_MAX", 256 * 1024)
+    res = compile_file(BPF_DIR / "long_log.bpf.c")
+    with pytest.raises(VerifierError) as ei:
+        BpfObject.open_bytes(res.elf, "long_log").load()
+    e = ei.value
+    assert e.truncated and 200_000 < len(e.log) < 256 * 1024
+    assert "invalid access to packet" in e.summary and "data[sum & 7]" in (e.source or "")
+    assert "last part" in e.hint
+
+
+# -- object specs and fds ------------------------------------------------------------------
+
+def test_object_spec_describes_maps_and_programs_before_load():
+    res = compile_file(BPF_DIR / "maps.bpf.c")
+    with ObjectSpec.from_bytes(res.elf, "maps") as spec:
+        flows = spec.maps["flows"]
+        assert (flows.type_name, flows.key_size, flows.value_size) == ("hash", 8, 16)
+        assert flows.flags == 0
+        assert spec.maps["slots"] == MapSpec("slots", 2, 4, 8, 8, 0)
+        assert spec.programs["use_inner"].type_name == "xdp"
+    obj = BpfObject.open_bytes(res.elf, "maps")
+    try:
+        obj.set_max_entries("slots", 16)
+        assert obj.map_specs["slots"].max_entries == 16
+        obj.load()
+        assert obj.maps["slots"].max_entries == 16
+        assert obj.map_specs["flows"].compatible(obj.maps["flows"]) is None
+        with pytest.raises(UsageError):  # loaded: the spec no longer changes
+            obj.set_max_entries("slots", 32)
+    finally:
+        obj.close()
+
+
+def test_map_spec_refuses_a_map_with_other_flags():
+    """A pinned map is reused only when it is the same map: type, sizes, capacity and
+    flags; a hash of the same shape made with BPF_F_NO_PREALLOC is refused, with the reason."""
+    res = compile_file(BPF_DIR / "maps.bpf.c")
+    with ObjectSpec.from_bytes(res.elf, "maps") as spec:
+        want = spec.maps["flows"]
+        with Map.create("hash", 8, 16, want.max_entries, flags=1) as same_shape:
+            why = want.compatible(same_shape)
+        assert why == "flags no_prealloc -> 0"
+        with Map.create("hash", 8, 16, want.max_entries) as same:
+            assert want.compatible(same) is None
+        with Map.create("lru_hash", 8, 8, 4, flags=BPF_F_ZERO_SEED) as other:
+            why = want.compatible(other)
+        assert why == (f"type lru_hash -> hash, value size 8 -> 16, capacity 4 -> "
+                       f"{want.max_entries}, flags zero_seed -> 0")
+
+
+def test_fd_closes_once_dups_and_hands_over():
+    fd = FD(os.open("/dev/null", os.O_RDONLY))
+    twin = fd.dup()
+    assert int(twin) != int(fd) and os.fstat(twin).st_ino == os.fstat(fd).st_ino
+    n = int(fd)
+    fd.close()
+    fd.close()  # closes once
+    assert fd.closed and int(fd) == -1
+    with pytest.raises(OSError):
+        os.fstat(n)
+    with twin:
+        taken = twin.take()
+    assert twin.closed
+    os.fstat(taken)  # taken is still open: the FD let go of it without closing
+    os.close(taken)
+    with pytest.raises(ValueError):
+        FD(-1)
+
+
+def test_object_maps_and_programs_close_with_the_object(load):
+    res = compile_file(BPF_DIR / "xdp_swap.bpf.c")
+    obj = BpfObject.open_bytes(res.elf, "xdp_swap").load()
+    seen, prog = obj.maps["seen"], obj.programs["xdp_swap"]
+    assert seen.fd >= 0 and prog.fd >= 0
+    kept = Program.from_id(prog.id)  # an owner of its own: outlives the object
+    obj.close()
+    assert seen.fd == -1 and prog.fd == -1 and not obj.maps
+    try:
+        assert kept.test_run(PKT).verdict == "XDP_TX"
+    finally:
+        kept.close()
 
 
 # -- maps ----------------------------------------------------------------------------------

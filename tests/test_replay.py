@@ -20,7 +20,8 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from pipeline_fixtures import cli, ebp_env, ebp_module_env  # noqa: F401  (fixtures)
-from ebplane.runtime.classifier import match_packet
+from ebplane.errors import UsageError
+from ebplane.stages.filter.model import match_packet
 from ebplane.runtime.pcap import read_pcap, write_pcap
 from ebplane.runtime.replay import Replayer
 from ebplane.spec import Rule, parse_rule, parse_spec
@@ -536,6 +537,39 @@ def test_cli_replay_of_the_example_spec(ebp_env, tmp_path):
     assert [(d["verdict"], d["rule"], d["reason"]) for d in got] == [
         ("XDP_DROP", 0, "rule"), ("XDP_DROP", 1, "rule"), ("XDP_PASS", 2, "rule"),
         ("XDP_PASS", None, "end")]
+
+
+# -- capture files (scapy's readers and writer) -----------------------------------------------
+
+def test_pcap_round_trip_and_pcapng_input(tmp_path):
+    from scapy.utils import wrpcapng
+    frames = [bytes(E / IP() / UDP(dport=p)) for p in (53, 5)] + [bytes(E / IP() / UDP()) + b"x" * 9000]
+    assert write_pcap(tmp_path / "a.pcap", frames) == 3
+    assert list(read_pcap(tmp_path / "a.pcap")) == frames
+    wrpcapng(str(tmp_path / "a.pcapng"), [Ether(f) for f in frames])
+    assert list(read_pcap(tmp_path / "a.pcapng")) == frames
+    assert write_pcap(tmp_path / "empty.pcap", []) == 0
+    assert list(read_pcap(tmp_path / "empty.pcap")) == []
+
+
+def test_pcap_errors_are_bad_input(tmp_path):
+    from scapy.layers.inet import IP as IPOnly
+    from scapy.utils import wrpcap
+    frames = [bytes(E / IP() / UDP(dport=p)) for p in range(3)]
+    write_pcap(tmp_path / "a.pcap", frames)
+    data = (tmp_path / "a.pcap").read_bytes()
+    for cut in (5, len(frames[-1]) + 8):  # inside the last frame, inside its record header
+        (tmp_path / "cut.pcap").write_bytes(data[:-cut])
+        with pytest.raises(UsageError, match="record 2 is cut short"):
+            list(read_pcap(tmp_path / "cut.pcap"))
+    (tmp_path / "text.pcap").write_text("not a capture at all\n")
+    with pytest.raises(UsageError, match="not a pcap or pcapng file"):
+        list(read_pcap(tmp_path / "text.pcap"))
+    wrpcap(str(tmp_path / "raw.pcap"), [IPOnly() / UDP()])  # link type 228 (raw IPv4)
+    with pytest.raises(UsageError, match="link type 228"):
+        list(read_pcap(tmp_path / "raw.pcap"))
+    with pytest.raises(UsageError, match="does not exist"):
+        list(read_pcap(tmp_path / "missing.pcap"))
 
 
 def test_cli_replay_reports_short_frames_and_goes_on(ebp_env, tmp_path):

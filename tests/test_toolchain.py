@@ -96,3 +96,19 @@ def test_failed_compile_leaves_nothing_in_the_cache(cache):
     with pytest.raises(CompileError):
         compile_c("int broken(", name="broken")
     assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_the_same_spec_at_two_paths_compiles_once(tmp_path):
+    """The generated C names the pipeline, not the spec's path: a copy of a spec elsewhere
+    (another checkout, a temporary directory) is a cache hit."""
+    from ebplane.codegen.pipeline import generate
+    from ebplane.spec import load_spec
+    text = Path(__file__).parent.parent.joinpath("examples", "edge.yaml").read_text()
+    paths = [tmp_path / d / "edge.yaml" for d in ("one", "two")]
+    for p in paths:
+        p.parent.mkdir()
+        p.write_text(text)
+    a, b = (generate(load_spec(p)).source for p in paths)
+    assert a == b and str(tmp_path) not in a
+    first, second = (compile_c(src, name="edge") for src in (a, b))
+    assert (first.cached, second.cached) == (False, True)

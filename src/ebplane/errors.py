@@ -182,21 +182,31 @@ class KernelError(EbplaneError, OSError):
 class VerifierError(KernelError):
     """The verifier rejected a program.
 
-    ``log`` is the whole verifier log; ``str()`` is one line: the program,
-    the verifier's last meaningful line and, when BTF line info is present,
-    the C source line (``file:line: code``) it refers to.
+    ``log`` is the verifier log (its tail when ``truncated``: the kernel keeps the last
+    part of a log that does not fit the buffer); ``summary`` is the verifier's last
+    meaningful line and ``source`` the C line it refers to (``file:line: code``), found by
+    the kernel layer (``ebplane.kernel.verifier``) that read the log.  ``str()`` is one line
+    made of the program, the summary and the source.
     """
 
-    def __init__(self, program: str, log: str, *, err: int = _errno.EACCES):
-        from ebplane.kernel.verifier import summarize  # local: keep errors import-light
+    def __init__(self, program: str, log: str, *, err: int = _errno.EACCES,
+                 summary: str | None = None, source: str | None = None,
+                 truncated: bool = False):
         self.program = program
         self.log = log
-        self.summary, self.source = summarize(log)
-        text = f"verifier rejected program '{program}': {self.summary}"
-        if self.source:
-            text += f" [at {self.source}]"
-        super().__init__(text, err=err,
-                         hint="the whole verifier log is in the exception's .log (CLI: --verbose)")
+        self.truncated = truncated
+        if summary is None:  # nobody read the log: its last line is the best guess
+            lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+            summary = lines[-1] if lines else "no verifier log"
+        self.summary, self.source = summary, source
+        text = f"verifier rejected program '{program}': {summary}"
+        if source:
+            text += f" [at {source}]"
+        hint = "the whole verifier log is in the exception's .log (CLI: --verbose)"
+        if truncated:
+            hint = ("the verifier log did not fit 16 MiB: .log holds its last part "
+                    "(CLI: --verbose)")
+        super().__init__(text, err=err, hint=hint)
 
 
 class NotSupported(KernelError):

@@ -35,6 +35,7 @@ import numpy as np
 
 from ebplane.errors import NotFound, UsageError, kernel_error
 from ebplane.kernel.codec import U32
+from ebplane.kernel.libbpf import libc
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
 from ebplane.net import netns as _netns
@@ -55,10 +56,6 @@ _OFFSETS = struct.Struct("=16Q")          # rx, tx, fill, completion: producer c
 _STATS_FIELDS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
                  "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.bind.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-_libc.sendto.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                         ctypes.c_void_p, ctypes.c_uint32)
 MSG_DONTWAIT = 0x40
 
 
@@ -229,7 +226,7 @@ class XskSocket:
         for m in tries:
             addr = _SOCKADDR.pack(AF_XDP, XDP_ZEROCOPY if m == "zerocopy" else XDP_COPY,
                                   self.ifindex, self.queue, 0)
-            if _libc.bind(self.sock.fileno(), addr, len(addr)) == 0:
+            if libc.bind(self.sock.fileno(), addr, len(addr)) == 0:
                 return m
             err = ctypes.get_errno()
             if err not in (errno.EOPNOTSUPP, errno.ENOTSUP):
@@ -327,7 +324,7 @@ class XskSocket:
 
     def kick(self) -> None:
         """Make the kernel transmit what the TX ring holds (copy mode sends in this call)."""
-        while _libc.sendto(self.sock.fileno(), None, 0, MSG_DONTWAIT, None, 0) < 0:
+        while libc.sendto(self.sock.fileno(), None, 0, MSG_DONTWAIT, None, 0) < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EBUSY, errno.ENOBUFS):
                 self._reclaim()

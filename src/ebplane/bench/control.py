@@ -14,32 +14,40 @@ from ebplane.bench.harness import Progress, load_pipeline
 from ebplane.bench.live import LiveLab
 from ebplane.bench.scaling import filter_spec, host_rules
 from ebplane.kernel.maps import Map
-from ebplane.runtime.tables import assign_ids
+from ebplane.runtime.build import compile_filter
+from ebplane.runtime.tables import assign_ids, fresh_ids
 
 EXTRA_RULE = {"proto": "udp", "dport": 5353, "action": "drop"}
 
 
 def table_load(sizes: tuple[int, ...], progress: Progress) -> list[dict]:
-    """Rules installed into a loaded filter table, and raw entries into a plain BPF hash.
+    """Rules compiled and installed into a loaded filter table (tree form), and raw entries
+    into a plain BPF hash.
 
-    ``install`` = classify the rules (Python), batch-write them under the inactive
-    generation, flip, wait for an RCU grace period, delete the previous generation.
-    ``replace`` = the same with a previous rule set of the same size in place."""
+    ``install`` = compile the rules (boxes and the decision tree, in Python), batch-write the
+    tree into the inactive half of the arrays, flip the root, wait for an RCU grace period.
+    ``replace`` = the same with another rule set of the same size in place."""
     rows = []
     for n in sizes:
         progress(f"control: table load, {n} rules")
         rules = _many_rules(n)
-        spec = filter_spec("load", ("ethernet", "ipv4", "udp"), [], n)
+        spec = filter_spec("load", ("ethernet", "ipv4", "udp"), rules, n, classifier="tree")
         built = load_pipeline(spec)
         try:
-            table = built.table(spec.stages[0])
+            stage = spec.stages[0]
+            table = built.table(stage)
+            plan = built.gen.filters[stage.name]
             entries = assign_ids(rules, [], n)
             t0 = time.perf_counter()
-            table.install(entries, previous_ids=set())
+            ct = compile_filter(stage, entries, built.gen.user_layout, plan)
+            table.install(ct, [e.id for e in entries])
             t_install = time.perf_counter() - t0
             other = assign_ids(_many_rules(n, dport=54), entries, n)
             t0 = time.perf_counter()
-            table.install(other, previous_ids={e.id for e in entries})
+            ct = compile_filter(stage, other, built.gen.user_layout, plan)
+            if not ct.plan.same_code(plan):
+                raise AssertionError("the replacement rule set does not fit the program")
+            table.install(ct, fresh_ids(other, entries))
             t_replace = time.perf_counter() - t0
         finally:
             built.close()

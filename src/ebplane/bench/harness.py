@@ -24,13 +24,11 @@ import yaml
 
 from ebplane.codegen.pipeline import spec_features
 from ebplane.errors import NotFound, UsageError
-from ebplane.kernel.libbpf import lib
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.lab.traffic import Flow
 from ebplane.net import attach, netns
 from ebplane.runtime.build import Built, build
 from ebplane.runtime.stages import runtime_for
-from ebplane.runtime.tables import assign_ids
 from ebplane.spec import FilterStage, PipelineSpec
 from ebplane.toolchain.clang import compile_file
 
@@ -167,10 +165,9 @@ def load_pipeline(spec: PipelineSpec) -> Built:
     but attached nowhere and pinned nowhere (close the result)."""
     built = build(spec, spec_features(spec))
     try:
+        built.install_spec_rules()
         for st in spec.stages:
-            if isinstance(st, FilterStage):
-                built.table(st).install(assign_ids(st.rules, [], st.capacity), previous_ids=set())
-            elif (rt := runtime_for(st.kind)) is not None:
+            if not isinstance(st, FilterStage) and (rt := runtime_for(st.kind)) is not None:
                 rt.prepare(built, spec, st, replay=True)
     except BaseException:
         built.close()
@@ -228,8 +225,7 @@ def load_peer(cfg: PeerConfig) -> BpfObject:
                        hint="install Debian's xdp-tools: apt-get install xdp-tools")
     obj = BpfObject.open(path)
     try:
-        for ptr in obj.map_ptrs.values():
-            lib.bpf_map__set_pin_path(ptr, None)
+        obj.clear_pin_path()
         obj.load()
         for port, flags in cfg.ports.items():
             # xdp-filter's keys are the port as it sits in the packet (network order)

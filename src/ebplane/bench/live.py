@@ -27,6 +27,7 @@ from ebplane.bench.harness import (BENCH_BPF_DIR, FRAME_SIZE, XDP_DROP, PeerConf
 from ebplane.errors import EbplaneError, UsageError
 from ebplane.kernel.programs import BPF_F_TEST_XDP_LIVE_FRAMES, BpfObject, XdpMd
 from ebplane.lab.topology import Lab, Topology
+from ebplane.lab.traffic import Flow
 from ebplane.net import attach, iface, netns
 from ebplane.spec import STAGE_KINDS, load_spec
 
@@ -122,8 +123,23 @@ class LiveLab:
             self.g0 = iface.ifindex("g0")
             g0_mac = iface.info("g0").mac
         self._stack.callback(link.close)
-        self.frame = self.suite.traffic.frame(g0_mac, dut_mac)
-        self.frame += bytes(FRAME_SIZE - len(self.frame))
+        self.g0_mac, self.dut_mac = g0_mac, dut_mac
+        self.frame = self.frame_of(self.suite.traffic)
+
+    def frame_of(self, flow: Flow) -> bytes:
+        """A FRAME_SIZE-byte frame of ``flow`` from gen:g0 to dut:eth0."""
+        frame = flow.frame(self.g0_mac, self.dut_mac)
+        return frame + bytes(max(0, FRAME_SIZE - len(frame)))
+
+    @contextlib.contextmanager
+    def sending(self, flow: Flow) -> Iterator[None]:
+        """Generate ``flow`` instead of the suite's traffic for a while."""
+        saved = self.frame
+        self.frame = self.frame_of(flow)
+        try:
+            yield
+        finally:
+            self.frame = saved
 
     # -- traffic ----------------------------------------------------------------------
     def _configure(self, action: int) -> None:

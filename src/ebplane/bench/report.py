@@ -126,6 +126,62 @@ def _xsk(x: dict) -> list[str]:
     return lines
 
 
+def _classbench(cb: dict) -> list[str]:
+    g = cb["generator"]
+    lines = ["## 6. ClassBench-style rule sets", "",
+             f"Generated rule sets (`bench/classbench.py`, seed {g['seed']}, seed types "
+             f"{', '.join(g['kinds'])}); every verdict is checked against a first-match "
+             f"reference.", ""]
+    if "cost" in cb:
+        lines += ["### Program cost against the 1-rule program", "", cb["method"] + ".", ""]
+        rows = []
+        for r in cb["cost"]:
+            head = [r["kind"], f"IPv{r['family']}", _n(r["rules"])]
+            if "refused" in r:
+                rows.append(head + ["–"] * 7 + [f"refused: {r['refused']}"])
+                continue
+            by = {p["packet"]: p for p in r["packets"]}
+            miss, late = by.get("miss"), by.get("late-hit")
+            agree = "yes" if r["agree"] else "**NO**"
+            rows.append(head + [f"{r['load_s']:g} s", _ns(miss and miss["ebplane"]),
+                                _x(miss and miss["ratio_to_one_rule"]),
+                                _ns(late and late["ebplane"]),
+                                f"#{late['expected_rule']}" if late else "–",
+                                _x(late and late["ratio_to_one_rule"]),
+                                r["packets"][0]["ebplane"]["verified_insns"], agree])
+        lines += _table(["seed", "family", "rules", "load", "miss ns", "miss ÷ 1 rule",
+                         "late hit ns", "late rule", "late ÷ 1 rule", "verified insns",
+                         "agree"], rows)
+    if "live" in cb:
+        lv = cb["live"]
+        lines += [f"### Live drop, {_n(lv['size'])}-rule IPv{lv['family']} {lv['kind']} rule set",
+                  "", lv["method"] + ".",
+                  f"Generator alone: {lv['generator']['mpps']['median']:g} Mpps; floor (XDP "
+                  f"drop only): " + (f"{lv['floor']['mpps']['median']:g} Mpps."
+                                     if "mpps" in lv["floor"] else lv["floor"].get("error", "–")),
+                  ""]
+        rows = []
+        for v in lv["variants"]:
+            for t in v["traffic"]:
+                for r in t["rows"]:
+                    what = (f"{v['variant']} ({v['rules']} rules; nft: {v['nft']['rules']} "
+                            f"rules, {v['nft']['sets']} sets)")
+                    traffic = f"{t['traffic']} (rule #{t['expected_rule']})"
+                    if "error" in r:
+                        rows.append([what, traffic, r["name"], "–", "–", "–", "–", r["error"]])
+                        continue
+                    m = r["mpps"]
+                    rows.append([what, traffic, r["name"],
+                                 f"{m['min']:g} / **{m['median']:g}** / {m['max']:g}",
+                                 r.get("dut_ns_per_packet", "–"),
+                                 _x(r.get("speedup_vs_xdp-floor")),
+                                 _x(r.get("speedup_vs_nftables")),
+                                 f"{r['handled_fraction']:.2%}"])
+        lines += _table(["rule set", "traffic", "DUT", "Mpps min / median / max",
+                         "ns/pkt DUT alone", "÷ floor", "÷ nftables", "handled"], rows)
+    return lines
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# ebplane benchmark", "",
@@ -135,20 +191,20 @@ def markdown(doc: dict) -> str:
              "Absolute numbers are machine-specific; the ratios are the point.", ""]
     s = doc["sections"]
     for key, render in (("cost", _cost), ("live", _live), ("control", _control),
-                        ("scaling", _scaling), ("xsk", _xsk)):
+                        ("scaling", _scaling), ("xsk", _xsk), ("classbench", _classbench)):
         if key in s:
             lines += render(s[key])
     return "\n".join(lines)
 
 
 def chart(doc: dict, path: Path) -> None:
-    """Four panels, one per section present."""
+    """One panel per section present (xsk has none)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = doc["sections"]
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(20, 9))
     fig.suptitle(f"ebplane benchmark, {doc['machine']['cpu']}, kernel {doc['machine']['kernel']}")
     ax = axes[0][0]
     if "cost" in s:
@@ -207,6 +263,22 @@ def chart(doc: dict, path: Path) -> None:
         ax.set_ylabel("ns/packet")
         ax.set_title("4. Scaling")
         ax.legend(fontsize=8)
+    ax = axes[0][2]
+    if "classbench" in s and s["classbench"].get("cost"):
+        rows = [r for r in s["classbench"]["cost"] if "packets" in r]
+        for key in sorted({(r["kind"], r["family"]) for r in rows}):
+            mine = [r for r in rows if (r["kind"], r["family"]) == key]
+            for pname, marker in (("miss", "o-"), ("late-hit", "s--")):
+                pts = [(r["rules"], p["ratio_to_one_rule"]) for r in mine for p in r["packets"]
+                       if p["packet"] == pname and p["ratio_to_one_rule"]]
+                if pts:
+                    ax.plot(*zip(*pts), marker, label=f"{key[0]} IPv{key[1]} {pname}")
+        if ax.has_data():
+            ax.set_xscale("log")
+            ax.set_xlabel("rules")
+            ax.set_ylabel("cost ÷ 1-rule program")
+            ax.set_title("6. ClassBench-style rule sets")
+            ax.legend(fontsize=8)
     for row in axes:
         for a in row:
             if not a.has_data():

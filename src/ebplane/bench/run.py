@@ -22,7 +22,7 @@ from ebplane import __version__
 from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
-SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk")
+SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench")
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,27 @@ class BenchConfig:
     scale_shapes: tuple[int, ...]
     xsk_frames: int                  # frames per AF_XDP receive run
     xsk_runs: int
+    classbench_sizes: tuple[int, ...] = (10, 100)   # rules per generated rule set (cost)
+    classbench_kinds: tuple[str, ...] = ("acl", "low-shape")  # seed types (bench/classbench.py)
+    classbench_live_size: int = 100                 # rules of the live run (IPv4, first kind)
+    classbench_seed: int = 1
 
     @classmethod
     def full(cls) -> BenchConfig:
         return cls(repeat=1_000_000, runs=5, live_seconds=2.0, live_repeats=3,
-                   load_sizes=(1_000, 100_000, 1_000_000), reapplies=10,
+                   load_sizes=(1_000, 100_000), reapplies=10,
                    scale_rules=(1, 100, 10_000, 100_000), scale_shapes=(1, 4, 16),
-                   xsk_frames=2_000_000, xsk_runs=3)
+                   xsk_frames=2_000_000, xsk_runs=3,
+                   classbench_sizes=(10, 100, 1_000, 10_000, 100_000),
+                   classbench_kinds=("acl", "fw", "ipc", "low-shape"), classbench_live_size=10_000)
 
     @classmethod
     def quick(cls) -> BenchConfig:
         """Tiny sizes: checks that everything runs, in seconds; the figures mean little."""
         return cls(repeat=2_000, runs=2, live_seconds=0.1, live_repeats=1, load_sizes=(1_000,),
                    reapplies=2, scale_rules=(1, 100), scale_shapes=(1, 4),
-                   xsk_frames=20_000, xsk_runs=1)
+                   xsk_frames=20_000, xsk_runs=1, classbench_sizes=(10, 100),
+                   classbench_kinds=("acl", "low-shape"), classbench_live_size=100)
 
 
 def machine() -> dict:
@@ -109,6 +116,7 @@ def _private_control_plane():
 def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, command: str,
               suite_dir: Path | None = None, progress: Progress) -> dict:
     """Run ``sections``; write ``out``/bench.json, bench.md and bench.png; return the JSON."""
+    from ebplane.bench.classbench_run import run_classbench
     from ebplane.bench.control import run_control
     from ebplane.bench.cost import run_cost
     from ebplane.bench.live import LiveLab, run_live
@@ -123,14 +131,16 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
         stack.enter_context(_private_control_plane())
         bpffs.ensure_mounted()  # inside: the pin root it creates is the run's private one
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ebp-bench-")))
-        if {"cost", "scaling"} & set(sections):
+        harness = lab = None
+        if {"cost", "scaling", "classbench"} & set(sections):
             harness = stack.enter_context(CostHarness(config.repeat, config.runs))
             if "cost" in sections:
                 results["cost"] = run_cost(suite, harness, progress)
             if "scaling" in sections:
                 results["scaling"] = run_scaling(harness, config.scale_rules,
                                                  config.scale_shapes, progress)
-        if {"live", "control"} & set(sections):
+        if {"live", "control"} & set(sections) or ("classbench" in sections
+                                                    and config.classbench_live_size):
             progress("lab: bringing up ebp-bench (gen -- dut -- sink)")
             lab = stack.enter_context(LiveLab(suite, workdir))
             if "live" in sections:
@@ -141,6 +151,8 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
         if "xsk" in sections:
             from ebplane.bench.xsk import run_xsk
             results["xsk"] = run_xsk(config.xsk_frames, config.xsk_runs, progress)
+        if "classbench" in sections:
+            results["classbench"] = run_classbench(harness, lab, config, progress)
     doc = {"ebplane": __version__, "command": command,
            "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
            "seconds": round(time.time() - started, 1), "machine": machine(),

@@ -1,5 +1,5 @@
 """Section 4, scaling: program cost against the number of rules, the number of rule shapes
-(distinct field/mask combinations: each is one hash probe of the tuple-space classifier)
+(rules with distinct prefix lengths: what a tuple-space classifier pays one hash probe for)
 and the protocol set.  Same method as section 1 (``CostHarness``)."""
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ PROTOCOL_STEPS: tuple[tuple[tuple[str, ...], tuple[dict, ...]], ...] = (
 
 
 def filter_spec(name: str, protocols: tuple[str, ...], rules: list[Rule],
-                 capacity: int) -> PipelineSpec:
+                 capacity: int, classifier: str = "auto") -> PipelineSpec:
     """A one-filter pipeline holding ``rules`` (built directly: parsing 100k rules from YAML
     would measure the YAML parser)."""
     spec = parse_spec(f"pipeline: {name}\nhook: xdp\nprotocols: [{', '.join(protocols)}]\n"
                       f"stages:\n  - filter: {{name: acl, default: pass, capacity: {capacity}}}\n",
                       f"<bench {name}>")
     st: FilterStage = spec.stages[0]
-    return dataclasses.replace(spec, stages=(dataclasses.replace(st, rules=tuple(rules)),))
+    return dataclasses.replace(spec, stages=(dataclasses.replace(st, rules=tuple(rules),
+                                                                 classifier=classifier),))
 
 
 def host_rules(n: int, dport: int = 53) -> list[Rule]:

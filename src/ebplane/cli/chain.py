@@ -1,20 +1,26 @@
 """``ebplane chain``: the service-chain example from one command.
 
-Brings up the chain lab (examples/chain/topology.yaml: client -- fw -- router -- server),
+Brings up the chain lab (topology.yaml: client -- fw -- router -- server),
 applies the firewall and router pipelines in their namespaces, sends allowed and blocked
 traffic from the client, and prints what each hop counted.  Everything is removed
 afterwards unless ``--keep``.
+
+The example's files are package data (``ebplane/examples/chain``, which the repository's
+``examples/chain`` links to), found through ``importlib.resources`` so that an installed
+ebplane finds them too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from ebplane.cli.output import emit, progress, table
 
-CHAIN_DIR = Path(__file__).resolve().parents[3] / "examples" / "chain"
+# a directory on disk: pip installs ebplane unzipped, so the resource is a real path
+CHAIN_DIR = Path(str(resources.files("ebplane") / "examples" / "chain"))
 HOPS = (("fw", "firewall.yaml"), ("router", "router.yaml"))
 SERVER = "198.18.81.2"
 

@@ -77,7 +77,8 @@ def _status_human(items: list[dict]) -> str:
         prog = d["program"] or {}
         rows.append([d["name"], d["hook"], d["netns"] or "-", d["prog_id"],
                      prog.get("verified_insns", "?"), atts or "-",
-                     " ".join(f"{k}:{v}" for k, v in d["rules"].items()) or "-"])
+                     " ".join(f"{k}:{v} ({d.get('filters', {}).get(k, {}).get('form', '?')})"
+                              for k, v in d["rules"].items()) or "-"])
     return table(rows, ["name", "hook", "netns", "prog", "insns", "attached", "rules"])
 
 

@@ -7,13 +7,15 @@ test suite points it elsewhere so it never meets a user's pipelines.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from ebplane.errors import BpffsError, PermissionDenied
-from ebplane.kernel.libbpf import lib
+from ebplane.errors import BpffsError, NotFound, PermissionDenied, kernel_error
+from ebplane.kernel.fd import FD
+from ebplane.kernel.libbpf import StatFs, lib, libc
 
 BPFFS = Path("/sys/fs/bpf")
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -24,9 +26,6 @@ def root() -> Path:
 
 
 def _is_bpffs(path: Path) -> bool:
-    class StatFs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_long * 15)]
-    libc = ctypes.CDLL(None, use_errno=True)
     st = StatFs()
     if libc.statfs(str(path).encode(), ctypes.byref(st)) != 0:
         return False
@@ -53,23 +52,20 @@ def ensure_mounted() -> Path:
     return r
 
 
-def pin_fd(fd: int, path: str | Path) -> Path:
+def pin_fd(fd: int | FD, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ret = lib.bpf_obj_pin(fd, str(path).encode())
+    ret = lib.bpf_obj_pin(int(fd), str(path).encode())
     if ret < 0:
-        from ebplane.errors import kernel_error
         raise kernel_error(f"pin to {path}", -ret,
                            hint="the path must be on bpffs and not exist yet")
     return path
 
 
-def get_pinned(path: str | Path) -> int:
+def get_pinned(path: str | Path) -> FD:
     """Open a pinned object; returns a new fd (the caller owns it)."""
     fd = lib.bpf_obj_get(str(path).encode())
     if fd < 0:
-        from ebplane.errors import NotFound, kernel_error
-        import errno
         if -fd == errno.ENOENT:
             raise NotFound(f"nothing is pinned at {path}")
         if -fd == errno.EACCES and os.geteuid() != 0:  # pins are root's: privileges
@@ -77,7 +73,7 @@ def get_pinned(path: str | Path) -> int:
                                    err=errno.EACCES, hint="run as root: ebplane's pins are "
                                    "root's only")
         raise kernel_error(f"open pin {path}", -fd)
-    return fd
+    return FD(fd)
 
 
 def unpin(path: str | Path) -> None:

@@ -140,3 +140,7 @@ def as_codec(spec, size: int) -> Codec:
     if codec.size != size:
         raise ValueError(f"codec {codec!r} is {codec.size} bytes but the map's is {size}")
     return codec
+
+
+# struct ebp_count of the generated programs (codegen/bpf/ebplane.h): per-CPU packets, bytes
+COUNT = Struct("ebp_count", [("packets", "Q"), ("bytes", "Q")])

@@ -1,8 +1,10 @@
-"""ctypes binding of libbpf.so.1: the functions ebplane calls, their prototypes, the opts
-structs (with ``sz`` always set), and libbpf's log messages routed to Python ``logging``.
+"""ctypes binding of libbpf.so.1 and the few libc calls ebplane makes: the functions, their
+prototypes, every C struct ebplane passes to them (opts structs with ``sz`` always set,
+program contexts, info structs), and libbpf's log messages routed to Python ``logging``.
 
-Only this module touches ctypes prototypes; the rest of ``ebplane.kernel`` wraps them in
-objects.  libbpf 1.x returns ``-errno`` from int functions and NULL (errno set) from pointer
+This is the only module of ebplane that declares ctypes prototypes or structures
+(``tests/test_architecture.py`` checks it); the rest of ``ebplane.kernel`` wraps them in
+objects, and ``ebplane.net`` / ``ebplane.xsk`` use the libc prototypes declared here.  libbpf 1.x returns ``-errno`` from int functions and NULL (errno set) from pointer
 functions; :func:`check` and :func:`check_ptr` turn both into ebplane errors.
 """
 
@@ -12,7 +14,6 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import logging
-import os
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_size_t, c_uint8,
                     c_uint32, c_uint64, c_void_p)
 
@@ -109,6 +110,59 @@ class MapCreateOpts(Structure):
                 ("numa_node", c_uint32), ("map_ifindex", c_uint32)]
 
 
+class ObjectOpenOpts(Structure):
+    """The head of struct bpf_object_open_opts: the object name (what libbpf prefixes
+    internal maps with)."""
+    _fields_ = [("sz", c_size_t), ("object_name", c_char_p)]
+
+
+class ProgLoadOpts(Structure):
+    """struct bpf_prog_load_opts (libbpf 1.1), for bpf_prog_load's log buffer."""
+    _fields_ = [("sz", c_size_t), ("attempts", c_int),
+                ("expected_attach_type", c_uint32), ("prog_btf_fd", c_uint32),
+                ("prog_flags", c_uint32), ("prog_ifindex", c_uint32),
+                ("kern_version", c_uint32), ("attach_btf_id", c_uint32),
+                ("attach_btf_obj_fd", c_uint32), ("attach_prog_fd", c_int),
+                ("fd_array", c_void_p), ("func_info", c_void_p),
+                ("func_info_cnt", c_uint32), ("func_info_rec_size", c_uint32),
+                ("line_info", c_void_p), ("line_info_cnt", c_uint32),
+                ("line_info_rec_size", c_uint32), ("log_level", c_uint32),
+                ("log_size", c_uint32), ("log_buf", c_void_p)]
+
+
+class XdpMd(Structure):
+    """struct xdp_md, the XDP context (for test_run's ctx_in/ctx_out)."""
+    _fields_ = [("data", c_uint32), ("data_end", c_uint32),
+                ("data_meta", c_uint32), ("ingress_ifindex", c_uint32),
+                ("rx_queue_index", c_uint32), ("egress_ifindex", c_uint32)]
+
+
+class SkBuff(Structure):
+    """struct __sk_buff (the fields test_run lets a caller set, and the rest as padding)."""
+    _fields_ = [("len", c_uint32), ("pkt_type", c_uint32), ("mark", c_uint32),
+                ("queue_mapping", c_uint32), ("protocol", c_uint32),
+                ("vlan_present", c_uint32), ("vlan_tci", c_uint32),
+                ("vlan_proto", c_uint32), ("priority", c_uint32),
+                ("ingress_ifindex", c_uint32), ("ifindex", c_uint32),
+                ("tc_index", c_uint32), ("cb", c_uint32 * 5),
+                ("hash", c_uint32), ("tc_classid", c_uint32),
+                ("data", c_uint32), ("data_end", c_uint32),
+                ("napi_id", c_uint32), ("family", c_uint32),
+                ("remote_ip4", c_uint32), ("local_ip4", c_uint32),
+                ("remote_ip6", c_uint32 * 4), ("local_ip6", c_uint32 * 4),
+                ("remote_port", c_uint32), ("local_port", c_uint32),
+                ("data_meta", c_uint32), ("flow_keys", c_uint64),
+                ("tstamp", c_uint64), ("wire_len", c_uint32),
+                ("gso_segs", c_uint32), ("sk", c_uint64),
+                ("gso_size", c_uint32), ("tstamp_type", c_uint8),
+                ("_pad", c_uint8 * 3), ("hwtstamp", c_uint64)]
+
+
+class StatFs(Structure):
+    """struct statfs: only f_type is read (is a path on bpffs?)."""
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_long * 15)]
+
+
 class ProgInfo(Structure):
     """The head of struct bpf_prog_info, as far as ebplane reads it."""
     _fields_ = [("type", c_uint32), ("id", c_uint32), ("tag", c_uint8 * 8),
@@ -194,6 +248,7 @@ _PROTOS = {
     "bpf_map__key_size": (c_uint32, [c_void_p]),
     "bpf_map__value_size": (c_uint32, [c_void_p]),
     "bpf_map__max_entries": (c_uint32, [c_void_p]),
+    "bpf_map__map_flags": (c_uint32, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
     "bpf_map__set_pin_path": (c_int, [c_void_p, c_char_p]),
     "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
@@ -250,6 +305,14 @@ if VERSION < MIN_VERSION:
 libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 libc.vsnprintf.restype = c_int
 libc.syscall.restype = ctypes.c_long
+libc.statfs.argtypes = [c_char_p, POINTER(StatFs)]
+libc.statfs.restype = c_int
+libc.setns.argtypes = [c_int, c_int]
+libc.setns.restype = c_int
+libc.bind.argtypes = [c_int, c_char_p, c_uint32]
+libc.bind.restype = c_int
+libc.sendto.argtypes = [c_int, c_void_p, c_size_t, c_int, c_void_p, c_uint32]
+libc.sendto.restype = ctypes.c_ssize_t
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
@@ -300,9 +363,6 @@ def obj_info(fd: int, cls):
     return info
 
 
-def close_fd(fd: int) -> None:
-    if fd is not None and fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+def get_errno() -> int:
+    """errno of the last libc call made through :data:`libc` in this thread."""
+    return ctypes.get_errno()

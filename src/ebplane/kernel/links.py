@@ -8,25 +8,32 @@ from pathlib import Path
 
 from ebplane.errors import AttachError, kernel_error
 from ebplane.kernel import bpffs
-from ebplane.kernel.libbpf import LinkInfo, LinkUpdateOpts, close_fd, lib, obj_info
+from ebplane.kernel.fd import FD
+from ebplane.kernel.libbpf import LinkInfo, LinkUpdateOpts, lib, obj_info
 
 LINK_TYPES = {1: "raw_tracepoint", 2: "tracing", 3: "cgroup", 4: "iter", 5: "netns", 6: "xdp",
               7: "perf_event", 8: "kprobe_multi", 9: "struct_ops", 10: "netfilter", 11: "tcx"}
 
 
 class Link:
-    """An fd of a bpf_link.  ``close()`` detaches unless the link is pinned."""
+    """A bpf_link, owning its fd (an :class:`FD`, or an int it takes over).
+    ``close()`` detaches unless the link is pinned (or another fd of it is open)."""
 
-    def __init__(self, fd: int, *, description: str = ""):
-        self.fd = fd
+    def __init__(self, fd: int | FD, *, description: str = ""):
+        self._fd = fd if isinstance(fd, FD) else FD(fd)
         self.description = description
-        info = obj_info(fd, LinkInfo)
+        info = obj_info(self.fd, LinkInfo)
         self.id = info.id
         self.type = LINK_TYPES.get(info.type, str(info.type))
 
     @classmethod
     def from_pin(cls, path: str | Path) -> "Link":
         return cls(bpffs.get_pinned(path), description=str(path))
+
+    @property
+    def fd(self) -> int:
+        """The fd number (-1 once closed)."""
+        return self._fd._fd
 
     def prog_id(self) -> int:
         return obj_info(self.fd, LinkInfo).prog_id
@@ -56,9 +63,7 @@ class Link:
             raise kernel_error(f"detach link {self.id} ({self.description})", -ret)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            close_fd(self.fd)
-            self.fd = -1
+        self._fd.close()
 
     def __enter__(self):
         return self

@@ -1,6 +1,9 @@
 """BPF maps: lookup/update/delete/iterate, batches, per-CPU values, pins.
 
-A :class:`Map` owns one fd.  Keys and values go through codecs (``ebplane.kernel.codec``);
+A :class:`MapSpec` describes a map (type, sizes, capacity, flags) without a kernel object:
+an opened ``BpfObject`` has one per map, and ``MapSpec.compatible`` says whether an
+existing (pinned) map can stand in for it.  A :class:`Map` owns one fd (an ``FD``).
+Keys and values go through codecs (``ebplane.kernel.codec``);
 without one they are raw bytes of the map's key/value size.  Per-CPU maps return a list
 with one value per possible CPU from :meth:`Map.lookup`, and the sum from
 :meth:`Map.lookup_sum`.
@@ -10,15 +13,68 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ebplane.errors import KeyNotFound, NotSupported, kernel_error
 from ebplane.kernel import bpffs
 from ebplane.kernel.codec import Codec, as_codec
+from ebplane.kernel.fd import FD
 from ebplane.kernel.libbpf import (BPF_ANY, MAP_TYPE_NAMES, MAP_TYPES, PERCPU_MAP_TYPES,
-                                   MapBatchOpts, MapCreateOpts, MapInfo, close_fd, lib,
+                                   MapBatchOpts, MapCreateOpts, MapInfo, lib,
                                    num_possible_cpus, obj_info)
+
+# map_flags bits by name (uapi bpf.h), for messages
+MAP_FLAG_NAMES = {1 << 0: "no_prealloc", 1 << 1: "no_common_lru", 1 << 2: "numa_node",
+                  1 << 3: "rdonly", 1 << 4: "wronly", 1 << 5: "stack_build_id",
+                  1 << 6: "zero_seed", 1 << 7: "rdonly_prog", 1 << 8: "wronly_prog",
+                  1 << 9: "clone", 1 << 10: "mmapable", 1 << 11: "preserve_elems",
+                  1 << 12: "inner_map", 1 << 13: "link", 1 << 14: "path_fd",
+                  1 << 15: "vtype_btf_obj_fd", 1 << 16: "token_fd", 1 << 17: "segv_on_fault",
+                  1 << 18: "no_user_conv"}
+
+
+def flag_names(flags: int) -> str:
+    """``no_prealloc|rdonly_prog`` for a map_flags value (``0`` when none)."""
+    names = [n for bit, n in MAP_FLAG_NAMES.items() if flags & bit]
+    rest = flags & ~sum(MAP_FLAG_NAMES)
+    if rest:
+        names.append(hex(rest))
+    return "|".join(names) or "0"
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What a map is, apart from any kernel object: read from an opened BPF object
+    (``BpfObject.map_specs``) or from a live map (``Map.spec``)."""
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+
+    @property
+    def type_name(self) -> str:
+        return MAP_TYPE_NAMES.get(self.type, str(self.type))
+
+    def compatible(self, have: "MapSpec | Map") -> str | None:
+        """None when the existing map ``have`` can serve as this map, else why not
+        (``"value size 8 -> 16, flags 0 -> no_prealloc"``: what it is -> what is wanted).
+        Type, key and value size, capacity and flags must all be equal."""
+        have = have.spec if isinstance(have, Map) else have
+        diffs = []
+        if have.type != self.type:
+            diffs.append(f"type {have.type_name} -> {self.type_name}")
+        for what, attr in (("key size", "key_size"), ("value size", "value_size"),
+                           ("capacity", "max_entries")):
+            h, w = getattr(have, attr), getattr(self, attr)
+            if h != w:
+                diffs.append(f"{what} {h} -> {w}")
+        if have.flags != self.flags:
+            diffs.append(f"flags {flag_names(have.flags)} -> {flag_names(self.flags)}")
+        return ", ".join(diffs) or None
 
 
 def _round8(n: int) -> int:
@@ -26,12 +82,11 @@ def _round8(n: int) -> int:
 
 
 class Map:
-    """One BPF map, by fd."""
+    """One BPF map, owning its fd (an :class:`FD`, or an int it takes over)."""
 
-    def __init__(self, fd: int, *, name: str | None = None, key=None, value=None,
-                 owns_fd: bool = True):
-        info = obj_info(fd, MapInfo)
-        self.fd = fd
+    def __init__(self, fd: int | FD, *, name: str | None = None, key=None, value=None):
+        self._fd = fd if isinstance(fd, FD) else FD(fd)
+        info = obj_info(self.fd, MapInfo)
         self.id = info.id
         self.type = info.type
         self.type_name = MAP_TYPE_NAMES.get(info.type, str(info.type))
@@ -45,7 +100,16 @@ class Map:
         self._slot = _round8(self.value_size) if self.percpu else self.value_size
         self.key_codec: Codec = as_codec(key, self.key_size)
         self.value_codec: Codec = as_codec(value, self.value_size)
-        self._owns = owns_fd
+
+    @property
+    def fd(self) -> int:
+        """The fd number (-1 once closed)."""
+        return self._fd._fd
+
+    @property
+    def spec(self) -> MapSpec:
+        return MapSpec(self.name, self.type, self.key_size, self.value_size, self.max_entries,
+                       self.flags)
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -83,9 +147,7 @@ class Map:
         return bpffs.pin_fd(self.fd, path)
 
     def close(self) -> None:
-        if self._owns and self.fd >= 0:
-            close_fd(self.fd)
-        self.fd = -1
+        self._fd.close()
 
     def __enter__(self):
         return self

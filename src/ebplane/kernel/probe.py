@@ -9,7 +9,9 @@ import struct
 import platform
 from pathlib import Path
 
-from ebplane.kernel.libbpf import MAP_TYPES, PROG_TYPES, VERSION, lib
+from ebplane.errors import kernel_error
+from ebplane.kernel.fd import FD
+from ebplane.kernel.libbpf import MAP_TYPES, PROG_TYPES, VERSION, ProgLoadOpts, lib
 
 PROBED_PROG_TYPES = ["xdp", "sched_cls", "sched_act", "socket_filter", "cgroup_skb", "sk_skb",
                      "sk_msg", "flow_dissector", "sk_lookup", "lwt_in"]
@@ -42,20 +44,6 @@ def _read(path: str) -> str | None:
         return None
 
 
-class _ProgLoadOpts(ctypes.Structure):
-    """struct bpf_prog_load_opts (libbpf 1.1), for its log buffer."""
-    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int),
-                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
-                ("prog_flags", ctypes.c_uint32), ("prog_ifindex", ctypes.c_uint32),
-                ("kern_version", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
-                ("attach_btf_obj_fd", ctypes.c_uint32), ("attach_prog_fd", ctypes.c_int),
-                ("fd_array", ctypes.c_void_p), ("func_info", ctypes.c_void_p),
-                ("func_info_cnt", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
-                ("line_info", ctypes.c_void_p), ("line_info_cnt", ctypes.c_uint32),
-                ("line_info_rec_size", ctypes.c_uint32), ("log_level", ctypes.c_uint32),
-                ("log_size", ctypes.c_uint32), ("log_buf", ctypes.c_void_p)]
-
-
 _HELPER_REFUSED = ("invalid func", "unknown func", "cannot use helper", "not supported by")
 
 
@@ -66,7 +54,7 @@ def probe_helper(prog_type: str, helper_id: int) -> bool:
     insns = (struct.pack("<BBhi", 0x85, 0, 0, helper_id) + struct.pack("<BBhi", 0xB7, 0, 0, 0)
              + struct.pack("<BBhi", 0x95, 0, 0, 0))
     log = ctypes.create_string_buffer(4096)
-    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), log_level=1, log_size=len(log),
+    opts = ProgLoadOpts(sz=ctypes.sizeof(ProgLoadOpts), log_level=1, log_size=len(log),
                          log_buf=ctypes.cast(log, ctypes.c_void_p))
     fd = lib.bpf_prog_load(PROG_TYPES[prog_type], b"ebp_probe", b"GPL", insns, 3, ctypes.byref(opts))
     if fd >= 0:
@@ -76,14 +64,14 @@ def probe_helper(prog_type: str, helper_id: int) -> bool:
     return not any(m in text for m in _HELPER_REFUSED)
 
 
-def load_trivial(prog_type: str, retval: int) -> int:
-    """Load a two-instruction program (``return retval``) without clang; returns its fd."""
+def load_trivial(prog_type: str, retval: int) -> FD:
+    """Load a two-instruction program (``return retval``) without clang; returns its fd
+    (the caller owns it: ``with load_trivial("xdp", 2) as fd: ...``)."""
     insns = struct.pack("<BBhi", 0xB7, 0, 0, retval) + struct.pack("<BBhi", 0x95, 0, 0, 0)
     fd = lib.bpf_prog_load(PROG_TYPES[prog_type], b"ebp_probe", b"GPL", insns, 2, None)
     if fd < 0:
-        from ebplane.errors import kernel_error
         raise kernel_error(f"load a trivial {prog_type} program", -fd)
-    return fd
+    return FD(fd)
 
 
 def probe_kernel() -> dict:

@@ -1,9 +1,16 @@
-"""BPF objects and programs: open an ELF (file or memory), load it with the verifier log
-captured, run programs on packets (BPF_PROG_TEST_RUN), read their statistics.
+"""BPF objects and programs: open an ELF (file or memory), load it, run programs on packets
+(BPF_PROG_TEST_RUN), read their statistics.
 
-The description is separate from the loaded object: :class:`BpfObject` is opened (maps and
-programs can still be tuned: sizes, pin paths, reuse of existing maps), then :meth:`load`
-puts it into the kernel.
+The description is separate from the loaded object, as libbpf's open/load split has it:
+an :class:`ObjectSpec` is an opened ELF (its maps as :class:`~ebplane.kernel.maps.MapSpec`,
+its programs as :class:`ProgramSpec`), still adjustable (capacities, program types,
+autoload, pin paths, reuse of existing maps); :meth:`BpfObject.load` puts it into the
+kernel.  ``BpfObject.open(path)`` / ``open_bytes(elf)`` wrap a fresh spec.
+
+Loads ask for no verifier log: building one costs time and memory on every load.  Only
+when a load fails is the spec opened again and loaded with a log buffer (256 KiB, grown
+while the kernel says the log did not fit, up to 16 MiB), so that :class:`VerifierError`
+can say why; a log that did not fit even then is flagged ``truncated``.
 """
 
 from __future__ import annotations
@@ -12,16 +19,22 @@ import contextlib
 import ctypes
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ebplane.errors import NotFound, UsageError, VerifierError, kernel_error
 from ebplane.kernel import bpffs
-from ebplane.kernel.libbpf import (PROG_TYPE_NAMES, ProgInfo, TestRunOpts, check, check_ptr,
-                                   close_fd, lib, obj_info)
-from ebplane.kernel.maps import Map
+from ebplane.kernel.fd import FD
+from ebplane.kernel.libbpf import (PROG_TYPE_NAMES, ObjectOpenOpts, ProgInfo, SkBuff,
+                                   TestRunOpts, XdpMd, check, check_ptr, lib, obj_info)
+from ebplane.kernel.maps import Map, MapSpec
+from ebplane.kernel.verifier import summarize
 
-LOG_BUF_SIZE = 16 * 1024 * 1024
+__all__ = ["BpfObject", "ObjectSpec", "Program", "ProgramSpec", "RunResult", "SkBuff", "XdpMd",
+           "BPF_F_TEST_RUN_ON_CPU", "BPF_F_TEST_XDP_LIVE_FRAMES"]
+
+LOG_SIZE_FIRST = 256 * 1024        # the first log buffer of a failed load's retry
+LOG_SIZE_MAX = 16 * 1024 * 1024    # the largest: libbpf's own cap (UINT32_MAX >> 8)
 
 # return codes, by program type
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
@@ -43,34 +56,6 @@ class RunResult:
     ctx: bytes | None = None
 
 
-class XdpMd(ctypes.Structure):
-    """struct xdp_md, the XDP context (for ctx_in/ctx_out)."""
-    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32),
-                ("data_meta", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
-                ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
-
-
-class SkBuff(ctypes.Structure):
-    """struct __sk_buff (the fields test_run lets a caller set, and the rest as padding)."""
-    _fields_ = [("len", ctypes.c_uint32), ("pkt_type", ctypes.c_uint32), ("mark", ctypes.c_uint32),
-                ("queue_mapping", ctypes.c_uint32), ("protocol", ctypes.c_uint32),
-                ("vlan_present", ctypes.c_uint32), ("vlan_tci", ctypes.c_uint32),
-                ("vlan_proto", ctypes.c_uint32), ("priority", ctypes.c_uint32),
-                ("ingress_ifindex", ctypes.c_uint32), ("ifindex", ctypes.c_uint32),
-                ("tc_index", ctypes.c_uint32), ("cb", ctypes.c_uint32 * 5),
-                ("hash", ctypes.c_uint32), ("tc_classid", ctypes.c_uint32),
-                ("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32),
-                ("napi_id", ctypes.c_uint32), ("family", ctypes.c_uint32),
-                ("remote_ip4", ctypes.c_uint32), ("local_ip4", ctypes.c_uint32),
-                ("remote_ip6", ctypes.c_uint32 * 4), ("local_ip6", ctypes.c_uint32 * 4),
-                ("remote_port", ctypes.c_uint32), ("local_port", ctypes.c_uint32),
-                ("data_meta", ctypes.c_uint32), ("flow_keys", ctypes.c_uint64),
-                ("tstamp", ctypes.c_uint64), ("wire_len", ctypes.c_uint32),
-                ("gso_segs", ctypes.c_uint32), ("sk", ctypes.c_uint64),
-                ("gso_size", ctypes.c_uint32), ("tstamp_type", ctypes.c_uint8),
-                ("_pad", ctypes.c_uint8 * 3), ("hwtstamp", ctypes.c_uint64)]
-
-
 @contextlib.contextmanager
 def _on_cpu(cpu: int):
     """Pin the calling thread to ``cpu`` for the ``with`` body, then restore its affinity."""
@@ -87,27 +72,32 @@ def _on_cpu(cpu: int):
 
 
 class Program:
-    """A loaded program, by fd.  Owned by its object, or standalone (from a pin or id)."""
+    """A loaded program, owning its fd (an :class:`FD`, or an int it takes over): from an
+    object (a dup of libbpf's fd, closed with the object), a pin or an id."""
 
-    def __init__(self, fd: int, name: str | None = None, *, owns_fd: bool = False):
-        self.fd = fd
-        info = obj_info(fd, ProgInfo)
+    def __init__(self, fd: int | FD, name: str | None = None):
+        self._fd = fd if isinstance(fd, FD) else FD(fd)
+        info = obj_info(self.fd, ProgInfo)
         self.id = info.id
         self.type = info.type
         self.type_name = PROG_TYPE_NAMES.get(info.type, str(info.type))
         self.name = name or info.name.decode()
-        self._owns = owns_fd
+
+    @property
+    def fd(self) -> int:
+        """The fd number (-1 once closed)."""
+        return self._fd._fd
 
     @classmethod
     def from_pin(cls, path: str | Path) -> "Program":
-        return cls(bpffs.get_pinned(path), owns_fd=True)
+        return cls(bpffs.get_pinned(path))
 
     @classmethod
     def from_id(cls, prog_id: int) -> "Program":
         fd = lib.bpf_prog_get_fd_by_id(prog_id)
         if fd < 0:
             raise kernel_error(f"open program id {prog_id}", -fd)
-        return cls(fd, owns_fd=True)
+        return cls(fd)
 
     def info(self) -> dict:
         """Kernel facts: ids, sizes, verified instructions, run statistics (when enabled)."""
@@ -188,122 +178,336 @@ class Program:
                          data=out.raw[: opts.data_size_out], duration_ns=opts.duration, ctx=got_ctx)
 
     def close(self) -> None:
-        if self._owns and self.fd >= 0:
-            close_fd(self.fd)
-            self.fd = -1
+        self._fd.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __repr__(self) -> str:
         return f"<Program {self.name} {self.type_name} id={self.id}>"
 
 
+@dataclass(frozen=True)
+class ProgramSpec:
+    """A program of an opened object: its name, ELF section, type and whether it loads."""
+    name: str
+    section: str
+    type: int
+    autoload: bool = True
+
+    @property
+    def type_name(self) -> str:
+        return PROG_TYPE_NAMES.get(self.type, str(self.type))
+
+
+class ObjectSpec:
+    """An opened BPF ELF object: what it will create (``maps``, ``programs``) and the
+    adjustments made before loading it.
+
+    libbpf keeps the opened object until it is loaded (:meth:`BpfObject.load` takes it
+    over).  The spec remembers its source and every adjustment, so it can be opened again
+    as it stands (a failed load is retried that way, with a verifier log).
+    """
+
+    def __init__(self, source: Path | bytes, name: str):
+        self.source = source
+        self.name = name
+        self._reuse: dict[str, FD] = {}        # map name -> fd of the map to use instead
+        self._unpinned: set[str] = set()       # maps whose pin path is cleared
+        self._ptr, self._buf = self._open()
+        self.maps: dict[str, MapSpec] = {}
+        self.programs: dict[str, ProgramSpec] = {}
+        for m in self._each("map"):
+            name = lib.bpf_map__name(m).decode()
+            self.maps[name] = MapSpec(name, lib.bpf_map__type(m), lib.bpf_map__key_size(m),
+                                      lib.bpf_map__value_size(m), lib.bpf_map__max_entries(m),
+                                      lib.bpf_map__map_flags(m))
+        for p in self._each("program"):
+            name = lib.bpf_program__name(p).decode()
+            self.programs[name] = ProgramSpec(name, lib.bpf_program__section_name(p).decode(),
+                                              lib.bpf_program__type(p))
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ObjectSpec":
+        path = Path(path)
+        if not path.exists():
+            raise NotFound(f"BPF object {path} does not exist")
+        return cls(path, path.stem)
+
+    @classmethod
+    def from_bytes(cls, elf: bytes, name: str = "obj") -> "ObjectSpec":
+        return cls(bytes(elf), name)
+
+    # -- libbpf's opened object ------------------------------------------------------
+    def _open(self) -> tuple[int, ctypes.Array | None]:
+        """A fresh libbpf object of the source (not yet adjusted); (pointer, buffer)."""
+        if isinstance(self.source, Path):
+            ptr = check_ptr(lib.bpf_object__open_file(str(self.source).encode(), None),
+                            f"open {self.source}", hint="is it a BPF ELF object (clang -target bpf)?")
+            return ptr, None
+        # open_mem: libbpf keeps pointing at the caller's bytes until load
+        buf = ctypes.create_string_buffer(self.source, len(self.source))
+        opts = ObjectOpenOpts(sz=ctypes.sizeof(ObjectOpenOpts), object_name=self.name.encode())
+        ptr = check_ptr(lib.bpf_object__open_mem(buf, len(self.source), ctypes.byref(opts)),
+                        f"open BPF object '{self.name}' from memory",
+                        hint="is it a BPF ELF object (clang -target bpf)?")
+        return ptr, buf
+
+    def _each(self, kind: str, ptr: int | None = None):
+        nxt = lib.bpf_object__next_map if kind == "map" else lib.bpf_object__next_program
+        ptr = ptr or self._ptr
+        cur = None
+        while True:
+            cur = nxt(ptr, cur)
+            if not cur:
+                return
+            yield cur
+
+    def _find(self, kind: str, name: str, ptr: int | None = None) -> int:
+        names = self.maps if kind == "map" else self.programs
+        if name not in names:
+            raise NotFound(f"object '{self.name}' has no {kind} '{name}' "
+                           f"({kind}s: {', '.join(sorted(names)) or 'none'})")
+        get_name = lib.bpf_map__name if kind == "map" else lib.bpf_program__name
+        for p in self._each(kind, ptr):
+            if get_name(p).decode() == name:
+                return p
+        raise NotFound(f"object '{self.name}' lost its {kind} '{name}'")
+
+    def _require_open(self) -> int:
+        if not self._ptr:
+            raise UsageError(f"object '{self.name}' is loaded (or closed): its spec can no "
+                             f"longer be adjusted", hint="adjust the spec before load()")
+        return self._ptr
+
+    def _apply(self, ptr: int) -> None:
+        """Make the libbpf object ``ptr`` match the adjustments of this spec."""
+        for name, ms in self.maps.items():
+            m = self._find("map", name, ptr)
+            if lib.bpf_map__max_entries(m) != ms.max_entries:
+                check(lib.bpf_map__set_max_entries(m, ms.max_entries),
+                      f"set max_entries of map '{name}'")
+            if name in self._unpinned:
+                check(lib.bpf_map__set_pin_path(m, None), f"clear pin path of map '{name}'")
+            if name in self._reuse:
+                check(lib.bpf_map__reuse_fd(m, int(self._reuse[name])),
+                      f"reuse fd {int(self._reuse[name])} for map '{name}'")
+        for name, ps in self.programs.items():
+            p = self._find("program", name, ptr)
+            if lib.bpf_program__type(p) != ps.type:
+                check(lib.bpf_program__set_type(p, ps.type), f"set type of program '{name}'")
+            check(lib.bpf_program__set_autoload(p, ps.autoload),
+                  f"set autoload of program '{name}'")
+
+    # -- adjustments before load -----------------------------------------------------
+    def set_max_entries(self, map_name: str, n: int) -> None:
+        ptr = self._require_open()
+        check(lib.bpf_map__set_max_entries(self._find("map", map_name, ptr), n),
+              f"set max_entries of map '{map_name}'")
+        self.maps[map_name] = replace(self.maps[map_name], max_entries=n)
+
+    def reuse_map(self, map_name: str, fd: int | FD) -> None:
+        """Use an existing map (e.g. from a pin) instead of creating one at load.  The spec
+        keeps its own dup of ``fd`` until it is loaded or closed; the caller keeps ``fd``."""
+        ptr = self._require_open()
+        mine = FD(os.dup(int(fd)))
+        try:
+            check(lib.bpf_map__reuse_fd(self._find("map", map_name, ptr), int(mine)),
+                  f"reuse fd {int(fd)} for map '{map_name}'")
+        except BaseException:
+            mine.close()
+            raise
+        old = self._reuse.pop(map_name, None)
+        if old is not None:
+            old.close()
+        self._reuse[map_name] = mine
+
+    def clear_pin_path(self, map_name: str | None = None) -> None:
+        """Do not pin (nor reuse a pin of) ``map_name``, or of every map when None."""
+        ptr = self._require_open()
+        for name in [map_name] if map_name else list(self.maps):
+            check(lib.bpf_map__set_pin_path(self._find("map", name, ptr), None),
+                  f"clear pin path of map '{name}'")
+            self._unpinned.add(name)
+
+    def set_program_type(self, prog_name: str, prog_type: int) -> None:
+        ptr = self._require_open()
+        check(lib.bpf_program__set_type(self._find("program", prog_name, ptr), prog_type),
+              f"set type of program '{prog_name}'")
+        self.programs[prog_name] = replace(self.programs[prog_name], type=prog_type)
+
+    def set_autoload(self, prog_name: str, autoload: bool) -> None:
+        ptr = self._require_open()
+        check(lib.bpf_program__set_autoload(self._find("program", prog_name, ptr), autoload),
+              f"set autoload of program '{prog_name}'")
+        self.programs[prog_name] = replace(self.programs[prog_name], autoload=autoload)
+
+    # -- load ------------------------------------------------------------------------
+    def _take(self) -> tuple[int, ctypes.Array | None]:
+        """Hand libbpf's opened object to the loader (the spec can then not change)."""
+        ptr, buf = self._require_open(), self._buf
+        self._ptr, self._buf = 0, None
+        return ptr, buf
+
+    def verifier_error(self, err: int) -> VerifierError | None:
+        """Open the spec again, load it with a verifier log, and return the error that says
+        why the load fails (None when it fails without a program to blame, or loads).
+
+        The log buffer starts at 256 KiB and grows fourfold while the kernel answers ENOSPC
+        (the log did not fit) up to 16 MiB; past that the kernel's rotating log holds the
+        last part, and the error is flagged ``truncated``."""
+        size = LOG_SIZE_FIRST
+        while True:
+            ptr, _buf = self._open()
+            try:
+                self._apply(ptr)
+                logs: dict[str, ctypes.Array] = {}
+                for p in self._each("program", ptr):
+                    name = lib.bpf_program__name(p).decode()
+                    if self.programs[name].autoload:
+                        logs[name] = ctypes.create_string_buffer(size)
+                        lib.bpf_program__set_log_buf(p, logs[name], size)
+                        lib.bpf_program__set_log_level(p, 1)
+                ret = lib.bpf_object__load(ptr)
+                if ret >= 0:
+                    return None  # loads now: nothing to blame (a transient failure)
+                failed = [n for n in logs
+                          if lib.bpf_program__fd(self._find("program", n, ptr)) < 0
+                          and logs[n].value.strip()]
+            finally:
+                lib.bpf_object__close(ptr)
+            if not failed:
+                return None  # refused before any program reached the verifier (maps...)
+            if -ret == errno.ENOSPC and size < LOG_SIZE_MAX:
+                size = min(size * 4, LOG_SIZE_MAX)
+                continue
+            name = failed[0]
+            text = logs[name].value.decode(errors="replace")
+            summary, source = summarize(text)
+            return VerifierError(name, text, err=err, summary=summary, source=source,
+                                 truncated=-ret == errno.ENOSPC)
+
+    def close(self) -> None:
+        """Free libbpf's opened object (when not loaded) and the fds of reused maps."""
+        if self._ptr:
+            lib.bpf_object__close(self._ptr)
+            self._ptr, self._buf = 0, None
+        for fd in self._reuse.values():
+            fd.close()
+        self._reuse.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class BpfObject:
-    """A BPF ELF object: opened (maps and programs described), then loaded.
+    """A BPF ELF object: opened (its :class:`ObjectSpec` can still be adjusted), then loaded.
+
+    The loaded object's ``programs`` and ``maps`` own dups of libbpf's fds and are closed
+    with the object.
 
     >>> with BpfObject.open(path) as obj:          # doctest: +SKIP
     ...     obj.load()
     ...     obj.programs["xdp_main"].test_run(pkt)
     """
 
-    def __init__(self, ptr: int, name: str, buf=None):
-        self._ptr = ptr
-        self._buf = buf  # open_mem: libbpf keeps pointing at the caller's bytes until load
-        self.name = name
+    def __init__(self, spec: ObjectSpec):
+        self.spec = spec
+        self.name = spec.name
         self.loaded = False
-        self._logs: dict[str, ctypes.Array] = {}
-        self.program_ptrs: dict[str, int] = {}
-        p = None
-        while True:
-            p = lib.bpf_object__next_program(ptr, p)
-            if not p:
-                break
-            self.program_ptrs[lib.bpf_program__name(p).decode()] = p
-        self.map_ptrs: dict[str, int] = {}
-        m = None
-        while True:
-            m = lib.bpf_object__next_map(ptr, m)
-            if not m:
-                break
-            self.map_ptrs[lib.bpf_map__name(m).decode()] = m
+        self._ptr = 0
+        self._buf = None
         self.programs: dict[str, Program] = {}
         self.maps: dict[str, Map] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> "BpfObject":
-        path = Path(path)
-        if not path.exists():
-            raise NotFound(f"BPF object {path} does not exist")
-        ptr = check_ptr(lib.bpf_object__open_file(str(path).encode(), None), f"open {path}",
-                        hint="is it a BPF ELF object (clang -target bpf)?")
-        return cls(ptr, path.stem)
+        return cls(ObjectSpec.open(path))
 
     @classmethod
     def open_bytes(cls, elf: bytes, name: str = "obj") -> "BpfObject":
-        buf = ctypes.create_string_buffer(elf, len(elf))
-        # bpf_object_open_opts: sz, object_name (the name libbpf gives maps' prefix)
-        class OpenOpts(ctypes.Structure):
-            _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p)]
-        opts = OpenOpts(sz=ctypes.sizeof(OpenOpts), object_name=name.encode())
-        ptr = check_ptr(lib.bpf_object__open_mem(buf, len(elf), ctypes.byref(opts)),
-                        f"open BPF object '{name}' from memory")
-        return cls(ptr, name, buf)
+        return cls(ObjectSpec.from_bytes(elf, name))
 
-    # -- tuning before load -------------------------------------------------------------
+    # -- the spec, before load ------------------------------------------------------
+    @property
+    def map_specs(self) -> dict[str, MapSpec]:
+        return self.spec.maps
+
+    @property
+    def program_specs(self) -> dict[str, ProgramSpec]:
+        return self.spec.programs
+
     def set_max_entries(self, map_name: str, n: int) -> None:
-        check(lib.bpf_map__set_max_entries(self._map_ptr(map_name), n),
-              f"set max_entries of map '{map_name}'")
+        self.spec.set_max_entries(map_name, n)
 
-    def reuse_map(self, map_name: str, fd: int) -> None:
+    def reuse_map(self, map_name: str, fd: int | FD) -> None:
         """Use an existing map (e.g. from a pin) instead of creating one at load."""
-        check(lib.bpf_map__reuse_fd(self._map_ptr(map_name), fd),
-              f"reuse fd {fd} for map '{map_name}'")
+        self.spec.reuse_map(map_name, fd)
+
+    def clear_pin_path(self, map_name: str | None = None) -> None:
+        self.spec.clear_pin_path(map_name)
 
     def set_program_type(self, prog_name: str, prog_type: int) -> None:
-        check(lib.bpf_program__set_type(self.program_ptrs[prog_name], prog_type),
-              f"set type of program '{prog_name}'")
+        self.spec.set_program_type(prog_name, prog_type)
 
     def set_autoload(self, prog_name: str, autoload: bool) -> None:
-        check(lib.bpf_program__set_autoload(self.program_ptrs[prog_name], autoload),
-              f"set autoload of program '{prog_name}'")
-
-    def _map_ptr(self, name: str) -> int:
-        if name not in self.map_ptrs:
-            raise NotFound(f"object '{self.name}' has no map '{name}' "
-                           f"(maps: {', '.join(sorted(self.map_ptrs)) or 'none'})")
-        return self.map_ptrs[name]
+        self.spec.set_autoload(prog_name, autoload)
 
     # -- load --------------------------------------------------------------------------
     def load(self) -> "BpfObject":
         """Load all maps and programs; a verifier rejection raises VerifierError with the log."""
-        for name, p in self.program_ptrs.items():
-            buf = ctypes.create_string_buffer(LOG_BUF_SIZE)
-            self._logs[name] = buf
-            lib.bpf_program__set_log_buf(p, buf, LOG_BUF_SIZE)
-        ret = lib.bpf_object__load(self._ptr)
+        ptr, buf = self.spec._take()
+        ret = lib.bpf_object__load(ptr)
         if ret < 0:
-            for name, buf in self._logs.items():
-                text = buf.value.decode(errors="replace")
-                if text.strip() and lib.bpf_program__fd(self.program_ptrs[name]) < 0:
-                    raise VerifierError(name, text, err=-ret)
+            lib.bpf_object__close(ptr)
+            try:
+                verr = self.spec.verifier_error(-ret)
+            finally:
+                self.spec.close()
+            if verr is not None:
+                raise verr
             raise kernel_error(f"load BPF object '{self.name}'", -ret,
                                hint="set EBPLANE_LOG=debug to see libbpf's own messages")
-        self._logs.clear()  # 16 MiB each: do not keep them past a successful load
+        self._ptr, self._buf = ptr, buf
+        self.spec.close()  # libbpf dup()ed the fds of reused maps
         self.loaded = True
-        for name, p in self.program_ptrs.items():
-            fd = lib.bpf_program__fd(p)
-            if fd >= 0:
-                self.programs[name] = Program(fd, name)
-        for name, m in self.map_ptrs.items():
-            fd = lib.bpf_map__fd(m)
-            if fd >= 0:
-                self.maps[name] = Map(fd, name=name, owns_fd=False)
+        try:
+            for p in self.spec._each("program", ptr):
+                fd = lib.bpf_program__fd(p)
+                if fd >= 0:
+                    name = lib.bpf_program__name(p).decode()
+                    self.programs[name] = Program(FD(os.dup(fd)), name)
+            for m in self.spec._each("map", ptr):
+                fd = lib.bpf_map__fd(m)
+                if fd >= 0:
+                    name = lib.bpf_map__name(m).decode()
+                    self.maps[name] = Map(FD(os.dup(fd)), name=name)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
+        for x in [*self.programs.values(), *self.maps.values()]:
+            x.close()
+        self.programs.clear()
+        self.maps.clear()
         if self._ptr:
             lib.bpf_object__close(self._ptr)
-            self._ptr = 0
-            self.programs.clear()
-            self.maps.clear()
+            self._ptr, self._buf = 0, None
+        self.spec.close()
 
     def __enter__(self):
         return self

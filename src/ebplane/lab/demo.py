@@ -142,7 +142,7 @@ def run(*, rounds: int = 4, per_round: int = 25, out: Callable[[str], None] = pr
 
 def _why(flow: Flow, fw: dict) -> str:
     """Which rule of the final rule set decides this flow (the same logic as the kernel's)."""
-    from ebplane.runtime.classifier import match_packet
+    from ebplane.stages.filter.model import match_packet
     from ebplane.spec import Rule
     import ipaddress
     rules = [Rule.from_dict(r["rule"]) for r in fw["rules"]]

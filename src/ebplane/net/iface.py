@@ -1,7 +1,8 @@
 """Facts about network interfaces in the calling thread's network namespace.
 
 Everything here asks the kernel through sockets opened in the calling thread
-(rtnetlink via pyroute2, ethtool ioctls), never through ``/sys/class/net``:
+(rtnetlink and the ethtool feature ioctls via pyroute2; the driver name through the one
+ethtool ioctl pyroute2 0.9.7 lacks, ETHTOOL_GDRVINFO), never through ``/sys/class/net``:
 sysfs shows the namespace of whoever mounted ``/sys``, not the one a thread
 entered with :func:`ebplane.net.netns.enter`.
 """
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
+from pyroute2.ethtool.ioctl import EthtoolError, IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ebplane.errors import InterfaceNotFound, KernelError, kernel_error
@@ -26,7 +28,6 @@ from ebplane.net import netns
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_GDRVINFO = 0x03
-ETHTOOL_GGRO = 0x2B
 _IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16-byte name + 24-byte union
 _DRVINFO_SIZE = 196  # struct ethtool_drvinfo
 IFF_UP = 0x1
@@ -61,31 +62,43 @@ class IfaceInfo:
         return dict(self.__dict__)
 
 
-def _ethtool(sock: socket.socket, name: str, buf: ctypes.Array) -> bool:
-    """Issue one SIOCETHTOOL ioctl with ``buf`` as the command struct; False if unsupported."""
-    ifreq = struct.pack("16sQ", name.encode(), ctypes.addressof(buf))
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV)
+
+
+def _driver(name: str) -> str | None:
+    """The driver's name (ETHTOOL_GDRVINFO: struct ethtool_drvinfo, cmd then a 32-byte
+    driver name); None when the device does not say.  pyroute2 has no call for it."""
+    drv = ctypes.create_string_buffer(struct.pack("I", ETHTOOL_GDRVINFO), _DRVINFO_SIZE)
+    ifreq = struct.pack("16sQ", name.encode(), ctypes.addressof(drv))
     ifreq += b"\0" * (_IFREQ_SIZE - len(ifreq))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, array.array("B", ifreq))
+        except OSError as e:
+            if e.errno in _UNSUPPORTED:
+                return None
+            raise kernel_error(f"ethtool query on {name!r}", e.errno) from e
+    return drv.raw[4:36].split(b"\0", 1)[0].decode() or None
+
+
+def _gro(name: str) -> bool | None:
+    """Whether generic receive offload is on (the ``rx-gro`` feature, as ``ethtool -k``
+    shows it); None when the device does not report features."""
+    eth = IoctlEthtool(name)
     try:
-        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, array.array("B", ifreq))
+        return bool(eth.get_features().is_active("rx-gro"))
+    except (EthtoolError, KeyError):
+        return None
     except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV):
-            return False
+        if e.errno in _UNSUPPORTED:
+            return None
         raise kernel_error(f"ethtool query on {name!r}", e.errno) from e
-    return True
+    finally:
+        eth.close()
 
 
 def _driver_and_gro(name: str) -> tuple[str | None, bool | None]:
-    """Driver name and GRO state from the legacy ethtool ioctls (cheap, no ethtool binary)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        drv = ctypes.create_string_buffer(struct.pack("I", ETHTOOL_GDRVINFO), _DRVINFO_SIZE)
-        driver = None
-        if _ethtool(sock, name, drv):
-            driver = drv.raw[4:36].split(b"\0", 1)[0].decode() or None
-        val = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_GGRO, 0), 8)
-        gro = None
-        if _ethtool(sock, name, val):
-            gro = bool(struct.unpack_from("I", val.raw, 4)[0])
-    return driver, gro
+    return _driver(name), _gro(name)
 
 
 def _not_found(name: str) -> InterfaceNotFound:

@@ -3,43 +3,26 @@
 libbpf 1.1 cannot report XDP feature flags (they came with 1.2), and the
 features decide whether a redirect to a device works at all (a veth is a
 redirect target only while its peer runs XDP or has GRO on; otherwise
-redirected frames vanish silently).  So ebplane asks the kernel directly
-with a minimal generic-netlink client.  The socket is opened in the calling
-thread, so the ifindex is looked up in that thread's network namespace.
+redirected frames vanish silently).  So ebplane asks the kernel directly,
+through pyroute2's generic-netlink socket; pyroute2 0.9.7 has no class for the
+``netdev`` family, so :class:`netdevmsg` declares its attributes (uapi
+``netdev.h``).  The socket is opened in the calling thread, so the ifindex is
+looked up in that thread's network namespace.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import socket
-import struct
 from dataclasses import dataclass, field
 
-from ebplane.errors import InterfaceNotFound, KernelError, NotSupported, kernel_error
+from pyroute2.netlink import NLM_F_REQUEST, genlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
 
-NETLINK_GENERIC = 16
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-GENL_ID_CTRL = 0x10
-CTRL_CMD_GETFAMILY = 3
-CTRL_ATTR_FAMILY_ID = 1
-CTRL_ATTR_FAMILY_NAME = 2
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+from ebplane.errors import InterfaceNotFound, NotSupported, kernel_error
 
+NETDEV_FAMILY = "netdev"
 NETDEV_CMD_DEV_GET = 1
-NETDEV_A_DEV_IFINDEX = 1
-NETDEV_A_DEV_XDP_FEATURES = 3
-NETDEV_A_DEV_XDP_ZC_MAX_SEGS = 4
-NETDEV_A_DEV_XDP_RX_METADATA_FEATURES = 5
-NETDEV_A_DEV_XSK_FEATURES = 6
-
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_GENLMSGHDR = struct.Struct("=BBH")  # cmd, version, reserved
-_NLATTR = struct.Struct("=HH")  # len, type
-_TIMEOUT = 2.0
 
 #: ``enum netdev_xdp_act`` bit -> name, in the kernel's order.
 XDP_FEATURE_BITS: dict[int, str] = {
@@ -48,107 +31,36 @@ XDP_FEATURE_BITS: dict[int, str] = {
 }
 
 
-def _align4(n: int) -> int:
-    return (n + 3) & ~3
+class netdevmsg(genlmsg):
+    """A message of the ``netdev`` family: the ``dev`` attribute set (uapi netdev.h)."""
+    prefix = "NETDEV_A_DEV_"
+    nla_map = (("NETDEV_A_DEV_UNSPEC", "none"),
+               ("NETDEV_A_DEV_IFINDEX", "uint32"),
+               ("NETDEV_A_DEV_PAD", "none"),
+               ("NETDEV_A_DEV_XDP_FEATURES", "uint64"),
+               ("NETDEV_A_DEV_XDP_ZC_MAX_SEGS", "uint32"),
+               ("NETDEV_A_DEV_XDP_RX_METADATA_FEATURES", "uint64"),
+               ("NETDEV_A_DEV_XSK_FEATURES", "uint64"))
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = _NLATTR.pack(_NLATTR.size + len(payload), kind) + payload
-    return raw + b"\0" * (_align4(len(raw)) - len(raw))
-
-
-def _parse_attrs(data: bytes) -> dict[int, bytes]:
-    """Flat attribute type -> payload map (nested attributes stay raw)."""
-    attrs: dict[int, bytes] = {}
-    off = 0
-    while off + _NLATTR.size <= len(data):
-        length, kind = _NLATTR.unpack_from(data, off)
-        if length < _NLATTR.size or off + length > len(data):
-            break
-        attrs[kind & NLA_TYPE_MASK] = data[off + _NLATTR.size:off + length]
-        off += _align4(length)
-    return attrs
-
-
-class _GenlSocket:
-    """One request/one reply over a NETLINK_GENERIC socket, bounded by a timeout."""
-
-    def __init__(self) -> None:
-        try:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        except OSError as e:
-            raise kernel_error("open a generic-netlink socket", e.errno) from e
-        self.sock.settimeout(_TIMEOUT)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "_GenlSocket":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def request(self, family: int, cmd: int, version: int, attrs: bytes, what: str
-                ) -> dict[int, bytes]:
-        """Send one genetlink command; return the reply's attributes.
-
-        A negative errno in the reply raises :class:`OSError` with that
-        errno, for the caller to turn into the right ebplane error.
-        """
-        self.seq += 1
-        body = _GENLMSGHDR.pack(cmd, version, 0) + attrs
-        msg = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), family, NLM_F_REQUEST | NLM_F_ACK,
-                             self.seq, 0) + body
-        self.sock.send(msg)
-        reply: dict[int, bytes] | None = None
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                off = 0
-                while off + _NLMSGHDR.size <= len(data):
-                    length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
-                    if length < _NLMSGHDR.size:
-                        break
-                    payload = data[off + _NLMSGHDR.size:off + length]
-                    off += _align4(length)
-                    if seq != self.seq:
-                        continue
-                    if kind == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", payload)
-                        if err:
-                            raise OSError(-err, os.strerror(-err))
-                        if reply is None:
-                            raise KernelError(f"{what}: the kernel acknowledged without a reply")
-                        return reply  # the ACK after the reply
-                    if kind == NLMSG_DONE:
-                        return reply or {}
-                    reply = _parse_attrs(payload[_GENLMSGHDR.size:])
-        except socket.timeout:
-            raise KernelError(f"{what}: no answer from the kernel within {_TIMEOUT:g} s",
-                              err=errno.ETIMEDOUT) from None
-
-    def family_id(self, name: str, *, hint: str | None = None) -> int:
-        """Resolve a generic-netlink family name to its id.
-
-        A family the kernel lacks raises NotSupported carrying ``hint``.
-        """
-        try:
-            attrs = self.request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1,
-                                 _attr(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"),
-                                 f"resolve generic-netlink family {name!r}")
-        except OSError as e:
-            if isinstance(e, KernelError):
-                raise
-            if e.errno == errno.ENOENT:
-                raise NotSupported(f"the kernel has no generic-netlink family {name!r}",
-                                   err=e.errno, hint=hint) from None
-            raise kernel_error(f"resolve generic-netlink family {name!r}", e.errno) from e
-        if CTRL_ATTR_FAMILY_ID not in attrs:
-            raise KernelError(f"resolve generic-netlink family {name!r}: reply has no id")
-        return struct.unpack("=H", attrs[CTRL_ATTR_FAMILY_ID][:2])[0]
+def open_netdev(family: str = NETDEV_FAMILY) -> GenericNetlinkSocket:
+    """A generic-netlink socket bound to the ``netdev`` family (the caller closes it).
+    ``family`` names another family only for tests of a family the kernel lacks."""
+    sock = GenericNetlinkSocket()
+    sock.asyncore.module_err_level = "debug"  # a missing family is reported below
+    try:
+        sock.bind(family, netdevmsg)
+    except NetlinkError as e:
+        sock.close()
+        if e.code == errno.ENOENT:
+            raise NotSupported(f"the kernel has no generic-netlink family {family!r}",
+                               err=e.code,
+                               hint="XDP feature flags need Linux 6.3 or newer") from None
+        raise kernel_error(f"resolve generic-netlink family {family!r}", e.code) from e
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass(frozen=True)
@@ -215,30 +127,30 @@ class XdpFeatures:
                 "xsk_features": self.xsk_features}
 
 
-def _u(data: bytes | None) -> int:
-    """Little-endian unsigned of whatever width the kernel sent (u32 or u64)."""
-    return int.from_bytes(data, "little") if data else 0
-
-
 def xdp_features(ifindex: int) -> XdpFeatures:
     """XDP features of interface ``ifindex`` in the calling thread's namespace."""
-    with _GenlSocket() as genl:
-        family = genl.family_id("netdev", hint="XDP feature flags need Linux 6.3 or newer")
-        what = f"query XDP features of ifindex {ifindex}"
-        try:
-            attrs = genl.request(family, NETDEV_CMD_DEV_GET, 1,
-                                 _attr(NETDEV_A_DEV_IFINDEX, struct.pack("=I", ifindex)), what)
-        except OSError as e:
-            if isinstance(e, KernelError):
-                raise
-            if e.errno in (errno.ENODEV, errno.EINVAL):
-                raise InterfaceNotFound(f"no interface with ifindex {ifindex} in this "
-                                        "network namespace",
-                                        hint="look the ifindex up in the namespace that holds "
-                                             "the interface (`ip -n NS link`)") from None
-            raise kernel_error(what, e.errno) from e
+    what = f"query XDP features of ifindex {ifindex}"
+    msg = netdevmsg()
+    msg["cmd"] = NETDEV_CMD_DEV_GET
+    msg["version"] = 1
+    msg["attrs"] = [("NETDEV_A_DEV_IFINDEX", ifindex)]
+    sock = open_netdev()
+    try:
+        reply = list(sock.nlm_request(msg, msg_type=sock.prid, msg_flags=NLM_F_REQUEST))
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.EINVAL):
+            raise InterfaceNotFound(f"no interface with ifindex {ifindex} in this "
+                                    "network namespace",
+                                    hint="look the ifindex up in the namespace that holds "
+                                         "the interface (`ip -n NS link`)") from None
+        raise kernel_error(what, e.code) from e
+    finally:
+        sock.close()
+    if not reply:
+        raise kernel_error(what, errno.ENODATA)
+    dev = reply[0]
     return XdpFeatures.from_raw(
-        ifindex, _u(attrs.get(NETDEV_A_DEV_XDP_FEATURES)),
-        zc_max_segs=_u(attrs.get(NETDEV_A_DEV_XDP_ZC_MAX_SEGS)),
-        rx_metadata=_u(attrs.get(NETDEV_A_DEV_XDP_RX_METADATA_FEATURES)),
-        xsk_features=_u(attrs.get(NETDEV_A_DEV_XSK_FEATURES)))
+        ifindex, dev.get_attr("NETDEV_A_DEV_XDP_FEATURES") or 0,
+        zc_max_segs=dev.get_attr("NETDEV_A_DEV_XDP_ZC_MAX_SEGS") or 0,
+        rx_metadata=dev.get_attr("NETDEV_A_DEV_XDP_RX_METADATA_FEATURES") or 0,
+        xsk_features=dev.get_attr("NETDEV_A_DEV_XSK_FEATURES") or 0)

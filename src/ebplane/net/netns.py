@@ -14,7 +14,6 @@ while inside stay bound to that namespace after leaving it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import re
@@ -23,6 +22,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 
 from ebplane.errors import KernelError, NotFound, NotSupported, UsageError, kernel_error
+from ebplane.kernel.libbpf import get_errno, libc
 
 PREFIX = "ebp-"
 NETNS_DIR = "/run/netns"
@@ -33,10 +33,6 @@ LOG_ENV = "EBPLANE_NETNS_LOG"
 # A namespace name is a file name under /run/netns; keep it to a portable set.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LIST_HINT = "see `ip netns list`; the lab's namespaces are created by `ebplane lab up`"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-_libc.setns.restype = ctypes.c_int
 
 
 def _path(name: str) -> str:
@@ -164,8 +160,8 @@ def remove(name: str) -> None:
 
 
 def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise kernel_error(what, ctypes.get_errno())
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise kernel_error(what, get_errno())
 
 
 @contextlib.contextmanager

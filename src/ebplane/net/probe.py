@@ -4,7 +4,6 @@ describing one interface: XDP features, MTU, queues and what is attached to it n
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 
 from ebplane.kernel.probe import load_trivial
@@ -15,9 +14,7 @@ def probe_attach() -> dict:
     """Try each attach method on the loopback of a temporary network namespace."""
     result = {"xdp_link_native": None, "xdp_link_generic": None, "xdp_netlink_generic": None,
               "tcx_ingress": None, "tcx_egress": None, "clsact": None}
-    xdp_fd = load_trivial("xdp", 2)
-    tc_fd = load_trivial("sched_cls", 0)
-    try:
+    with load_trivial("xdp", 2) as xdp_fd, load_trivial("sched_cls", 0) as tc_fd:
         with netns.temporary("ebp-probe") as ns, netns.enter(ns.name):
             subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
             for key, kw in (("xdp_link_generic", dict(mode="generic", use_link=True)),
@@ -54,9 +51,6 @@ def probe_attach() -> dict:
                 result["clsact"] = True
             except Exception:
                 result["clsact"] = False
-    finally:
-        os.close(xdp_fd)
-        os.close(tc_fd)
     return result
 
 

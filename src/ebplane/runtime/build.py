@@ -5,18 +5,18 @@ Shared by ``apply`` (pins, attaches) and ``replay`` (runs on packets, leaves not
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
-from ebplane.kernel.libbpf import lib
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
-from ebplane.runtime.tables import FilterTable
+from ebplane.runtime.tables import RuleEntry, assign_ids
 from ebplane.spec import FilterStage, PipelineSpec
+from ebplane.stages.filter.plan import CompiledTable, compile_table
+from ebplane.stages.filter.table import FilterTable
 from ebplane.toolchain.clang import compile_c
 
 
@@ -42,44 +42,52 @@ class Built:
         return self.obj.maps[cname]
 
     def table(self, stage: FilterStage) -> FilterTable:
-        g = self.gen
-        return FilterTable(stage.name, stage.capacity,
-                           self.map(g.map_for(stage.name, "rules")),
-                           self.map(g.map_for(stage.name, "shapes")),
-                           self.map(g.map_for(stage.name, "config")),
-                           self.map(g.map_for(stage.name, "counters")), g.user_layout)
+        return FilterTable(stage.name, stage.capacity, self.map)
+
+    def install_spec_rules(self) -> dict[str, list[RuleEntry]]:
+        """Fill every filter with its spec's rules (ids 0..n-1), as compiled into the program
+        (replay, benchmarks: a program loaded from a spec alone).  Returns the entries."""
+        out = {}
+        for st in self.spec.stages:
+            if isinstance(st, FilterStage):
+                out[st.name] = entries = assign_ids(st.rules, [], st.capacity)
+                ct = self.gen.compiled_filters.get(st.name) or \
+                    compile_filter(st, entries, self.gen.user_layout)
+                self.table(st).install(ct, [e.id for e in entries])
+        return out
 
     def close(self) -> None:
         self.obj.close()
 
 
-def _compatible(obj: BpfObject, cname: str, pinned: Map) -> str | None:
-    """None when the pinned map can serve as the object's map, else why not."""
-    p = obj.map_ptrs[cname]
-    want = (lib.bpf_map__type(p), lib.bpf_map__key_size(p), lib.bpf_map__value_size(p),
-            lib.bpf_map__max_entries(p))
-    have = (pinned.type, pinned.key_size, pinned.value_size, pinned.max_entries)
-    if want == have:
-        return None
-    what = ("type", "key size", "value size", "capacity")
-    diffs = [f"{w} {h} -> {n}" for w, h, n in zip(what, have, want) if h != n]
-    return ", ".join(diffs)
+def compile_filter(stage: FilterStage, entries: list[RuleEntry], layout,
+                   running=None) -> CompiledTable:
+    """A filter's live rules compiled for a program whose user area has ``layout``."""
+    return compile_table([e.rule for e in entries], [e.id for e in entries], name=stage.name,
+                         layout=layout, running=running, choice=stage.classifier)
 
 
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
-          reuse_pins: Path | None = None) -> Built:
+          reuse_pins: Path | None = None, filters: dict | None = None,
+          keep_groups: set[str] | None = None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
-    carry over; a map whose definition changed is created anew (and said so in ``notes``)."""
-    gen = generate(spec, features, trace=trace)
+    carry over; a map whose definition changed (type, sizes, capacity or flags: see
+    ``MapSpec.compatible``) is created anew, and said so in ``notes``.  Maps of a group
+    (``MapRole.group``) are reused only all together, and only for groups in
+    ``keep_groups``.  ``filters``: table -> FilterPlan (see ``generate``)."""
+    gen = generate(spec, features, trace=trace, filters=filters)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)
-    fds: list[int] = []
     try:
         if reuse_pins is not None:
+            usable: dict[str, Map] = {}
+            opened: list[Map] = []
             for role in gen.maps:
                 if not role.pinned or not role.reusable:
+                    continue
+                if role.group is not None and role.group not in (keep_groups or set()):
                     continue
                 path = reuse_pins / role.cname
                 if not path.exists():
@@ -88,15 +96,27 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                     pinned = Map.from_pin(path)
                 except NotFound:
                     continue
-                why = _compatible(obj, role.cname, pinned)
+                why = obj.map_specs[role.cname].compatible(pinned)
                 if why is None:
-                    obj.reuse_map(role.cname, pinned.fd)
-                    fds.append(pinned.fd)
-                    built.reused_maps.add(role.cname)
+                    usable[role.cname] = pinned
+                    opened.append(pinned)
                 else:
                     pinned.close()
                     built.notes.append(f"map {role.cname} changed ({why}): created anew, "
                                        f"its previous contents are dropped")
+            groups: dict[str, list[str]] = {}
+            for role in gen.maps:
+                if role.group is not None:
+                    groups.setdefault(role.group, []).append(role.cname)
+            for members in groups.values():  # all of a group, or none of it
+                if not all(m in usable for m in members):
+                    for m in members:
+                        usable.pop(m, None)
+            for cname, pinned in usable.items():
+                obj.reuse_map(cname, pinned.fd)  # the object keeps a dup
+                built.reused_maps.add(cname)
+            for m in opened:
+                m.close()
         obj.load()
         if gen.stage_prog is not None:  # separate parser: it tail-calls the stage program
             obj.maps["ebp_progs"].update_raw(U32.encode(0),
@@ -104,7 +124,4 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
     except BaseException:
         obj.close()
         raise
-    finally:
-        for fd in fds:  # libbpf dup()s reused fds
-            os.close(fd)
     return built

@@ -30,7 +30,7 @@ from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
 from ebplane.runtime.stages import StageRuntime, register_runtime
-from ebplane.runtime.tables import COUNT
+from ebplane.kernel.codec import COUNT
 from ebplane.spec.forwarding import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
 from ebplane.toolchain.clang import compile_c

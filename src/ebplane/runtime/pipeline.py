@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, Features, filter_slots, spec_features,
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, Features, spec_features,
                                       user_layout_for)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
@@ -34,15 +34,16 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
-from ebplane.runtime.build import Built, build
-from ebplane.runtime.classifier import Classifier
+from ebplane.runtime.build import Built, build, compile_filter
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
-from ebplane.runtime.tables import (COUNT, FilterTable, RuleEntry, assign_ids, classify,
-                                    kept_ids)
+from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
+from ebplane.stages.filter.gen import map_names, slots as filter_slots, tree_group
+from ebplane.stages.filter.plan import CompiledTable, FilterPlan
+from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
-from ebplane.kernel.codec import U32
+from ebplane.kernel.codec import COUNT, U32
 from ebplane.spec.rules import PROTO_NUMBERS
 
 Progress = Callable[[str], None]
@@ -167,8 +168,6 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 notes += rt.check(spec, st)
     live: dict[str, list[RuleEntry]] = {}
     previous_of: dict[str, list[RuleEntry]] = {}  # what the kernel holds now, per filter
-    compiled: dict[str, Classifier] = {}  # validated here, installed below without recompiling
-    prev_ids: dict[str, set[int]] = {}
     for st in _filters(spec):
         previous = _entries_from_state(old.live_rules.get(st.name, []), spec.protocols) if old else []
         previous_of[st.name] = previous
@@ -181,30 +180,44 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             if old and st.name in old.live_rules:
                 notes.append(f"filter '{st.name}': the spec's rules changed; they replace the live rules")
             live[st.name] = assign_ids(st.rules, previous, st.capacity)
-        compiled[st.name] = classify(live[st.name], st.capacity, st.name,
-                                     user_layout_for(spec.protocols, spec_features(
-                                         spec, {st.name: [e.rule for e in live[st.name]]})))
-        # counters carry on only where an id keeps its rule; a reused id starts from zero
-        prev_ids[st.name] = kept_ids(live[st.name], previous)
+    features = spec_features(spec, {k: [e.rule for e in v] for k, v in live.items()})
+    # compile every table for the program's user-area layout: a rule set that cannot be
+    # classified fails here, before anything changes
+    layout = user_layout_for(spec.protocols, features)
+    same_layout = old is not None and \
+        user_layout_for(spec.protocols, Features(**old.features)) == layout
+    compiled: dict[str, CompiledTable] = {}
+    keep_groups: set[str] = set()  # tree arrays the new program shares with the running one
+    for st in _filters(spec):
+        running = _running_plan(old, st.name, previous_of[st.name]) if same_layout else None
+        compiled[st.name] = compile_filter(st, live[st.name], layout, running)
+        if compiled[st.name].plan.form == "tree" and compiled[st.name].plan.same_code(running):
+            keep_groups.add(tree_group(st.name))
 
     # 2. build, reusing compatible pinned maps
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
-    features = spec_features(spec, {k: [e.rule for e in v] for k, v in live.items()})
     maps_dir = pin_dir(spec.name) / "maps"
-    built = build(spec, features, reuse_pins=maps_dir if old else None)
+    built = build(spec, features, reuse_pins=maps_dir if old else None,
+                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
     try:
-        # 3a. tables the program does not share with the running version get their rules now
-        deferred: list[tuple[FilterTable, list[RuleEntry]]] = []
+        # 3a. tables the program does not share with the running version get their rules
+        # now; shared tree arrays get a changed rule set after the swap (same plan, so
+        # both versions read them alike)
+        deferred: list[tuple[FilterTable, CompiledTable, list[int]]] = []
         for st in _filters(spec):
             table = built.table(st)
-            rules_reused = built.gen.map_for(st.name, "rules") in built.reused_maps
-            if not rules_reused:
-                table.install(live[st.name], previous_ids=set(), classifier=compiled[st.name])
-            elif live[st.name] != previous_of[st.name]:
-                deferred.append((table, live[st.name]))
+            names = map_names(st.name)
+            counters_kept = names["counters"] in built.reused_maps
+            fresh = fresh_ids(live[st.name], previous_of[st.name]) if counters_kept \
+                else [e.id for e in live[st.name]]
+            if tree_group(st.name) in keep_groups and names["config"] in built.reused_maps:
+                if live[st.name] != previous_of[st.name]:
+                    deferred.append((table, compiled[st.name], fresh))
+            else:
+                table.install(compiled[st.name], fresh)
         # 3b. stage kinds with their own control plane fill their maps; then attach / replace
         with netns_enter(spec.netns):
             for st in spec.stages:
@@ -226,9 +239,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                         notes += rec.get("notes", [])
                         new_links.append((rec, link))
         # 4. changed rules into shared tables, now that the new program is in place
-        for table, entries in deferred:
-            table.install(entries, previous_ids=prev_ids[table.name],
-                          classifier=compiled[table.name])
+        for table, ct, fresh in deferred:
+            table.install(ct, fresh)
         # 5. pin: new objects under temporary names first, renamed over the old pins at the end
         root = pin_dir(spec.name)
         staged: list[tuple[Path, Path]] = []
@@ -302,6 +314,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         attachments=attachments,
         live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
         spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
+        filters={k: c.plan.to_dict() for k, c in compiled.items()},
         applied_at=time.time(), notes=notes)
     state.save()
     result = ApplyResult(spec.name, old is None, built.program.id, attachments, built.cached,
@@ -309,6 +322,14 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
+
+
+def _running_plan(state: PipelineState | None, table: str,
+                  entries: list[RuleEntry]) -> FilterPlan | None:
+    """The plan the running program was built with for ``table`` (None: unknown)."""
+    if state is None or table not in state.filters:
+        return None
+    return FilterPlan.from_dict(state.filters[table], inline=tuple((e.rule, e.id) for e in entries))
 
 
 def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
@@ -436,6 +457,7 @@ def status(name: str | None = None) -> list[dict]:
         out.append({"name": n, "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
+                    "filters": st.filters,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
     return out
 
@@ -462,7 +484,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
     stages = []
     for st in spec.stages:
         if isinstance(st, FilterStage):
-            cm = maps(f"flt_{st.name}_cnt").with_codecs(U32, COUNT)
+            cm = maps(map_names(st.name)["counters"]).with_codecs(U32, COUNT)
             rules = []
             for pos, e in enumerate(live.get(st.name, [])):
                 c = cm.lookup_sum(e["id"])
@@ -562,7 +584,8 @@ class RuleTable:
 
     def _edit(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
         """Read the live rules once, under the pipeline's lock, let ``change`` turn them into
-        the new rule list, and install that atomically."""
+        the new rule list, and install that atomically: a map update when the new rules fit
+        the running program's compiled form, else a new program swapped in (respecialised)."""
         with locked(self.pipeline):
             st, spec = self._spec()
             if spec.protocols != self._protocols:
@@ -575,28 +598,34 @@ class RuleTable:
                         for k, v in st.live_rules.items() if k != self.name}
             all_live[self.name] = new
             need = spec_features(spec, {k: [e.rule for e in v] for k, v in all_live.items()})
-            # fails before any change
-            compiled = classify(new, self.stage.capacity, self.name,
-                                user_layout_for(spec.protocols, need))
             running = Features(**st.features)
-            if not running.covers(need):
+            running_plan = _running_plan(st, self.name, entries)
+            compiled = None
+            if running.covers(need):
+                # fails before any change when the rules cannot be classified
+                compiled = compile_filter(self.stage, new, user_layout_for(spec.protocols, running),
+                                          running_plan)
+            if compiled is None or not compiled.plan.same_code(running_plan):
                 res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
+                plan = PipelineState.require(self.pipeline).filters.get(self.name, {})
                 return {"table": self.name, "rules": len(new), "regenerated": True,
-                        "prog_id": res.prog_id}
-            maps = {r: _pinned_map(self.pipeline, f"flt_{self.name}_{r}")
-                    for r in ("rules", "shapes", "cfg", "cnt")}
+                        "prog_id": res.prog_id, "form": plan.get("form"), "why": plan.get("why")}
+            opened: list[Map] = []
+
+            def maps(cname: str) -> Map:
+                opened.append(_pinned_map(self.pipeline, cname))
+                return opened[-1]
             try:
-                table = FilterTable(self.name, self.stage.capacity, maps["rules"], maps["shapes"],
-                                    maps["cfg"], maps["cnt"],
-                                    user_layout_for(spec.protocols, running))
-                info = table.install(new, previous_ids=kept_ids(new, entries),
-                                     classifier=compiled)
+                info = FilterTable(self.name, self.stage.capacity, maps).install(
+                    compiled, fresh_ids(new, entries))
             finally:
-                for m in maps.values():
+                for m in opened:
                     m.close()
             st.live_rules[self.name] = [e.to_state() for e in new]
+            st.filters[self.name] = compiled.plan.to_dict()
             st.save()
-            return {"table": self.name, "rules": len(new), "regenerated": False, **info}
+            return {"table": self.name, "rules": len(new), "regenerated": False,
+                    "why": compiled.plan.why, **info}
 
     def replace(self, rules: Sequence[Rule]) -> dict:
         """Install ``rules`` as the whole rule set, atomically."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ebplane.codegen.pipeline import TRACE_NONE, filter_slots, spec_features
+from ebplane.codegen.pipeline import TRACE_NONE, spec_features
 from ebplane.kernel.codec import Struct, U32
 from ebplane.runtime.build import Built, build
 from ebplane.runtime.stages import runtime_for
-from ebplane.runtime.tables import RuleEntry, assign_ids
+from ebplane.runtime.tables import RuleEntry
+from ebplane.stages.filter.gen import slots as filter_slots
 from ebplane.spec import FilterStage, PipelineSpec
 
 TRACE = Struct("ebp_trace", [("stage", "I"), ("slot", "I")])
@@ -50,16 +51,11 @@ class Replayer:
 
     def __init__(self, spec: PipelineSpec):
         self.spec = spec
-        self.entries: dict[str, list[RuleEntry]] = {}
-        for st in spec.stages:
-            if isinstance(st, FilterStage):
-                self.entries[st.name] = assign_ids(st.rules, [], st.capacity)
         self.built: Built = build(spec, spec_features(spec), trace=True)
         try:
+            self.entries: dict[str, list[RuleEntry]] = self.built.install_spec_rules()
             for st in spec.stages:
-                if isinstance(st, FilterStage):
-                    self.built.table(st).install(self.entries[st.name], previous_ids=set())
-                elif (rt := runtime_for(st.kind)) is not None:
+                if not isinstance(st, FilterStage) and (rt := runtime_for(st.kind)) is not None:
                     rt.prepare(self.built, spec, st, replay=True)
             self.trace = self.built.map("ebp_trace").with_codecs(U32, TRACE)
             self.program = self.built.program

@@ -124,6 +124,8 @@ class PipelineState:
     live_rules: dict[str, list[dict]] = field(default_factory=dict)
     # table -> [{...}]: the rules of the spec when last applied (a changed spec wins on re-apply)
     spec_rules: dict[str, list[dict]] = field(default_factory=dict)
+    # table -> how its rules are compiled into the program (FilterPlan.to_dict())
+    filters: dict[str, dict] = field(default_factory=dict)
     applied_at: float = 0.0
     notes: list[str] = field(default_factory=list)
 

@@ -9,16 +9,18 @@ files; :func:`parser_graph` composes the whole list so rules can be checked agai
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ebplane.protocols import ParserGraph, build_parser, load_library
-from ebplane.protocols import ir
+if TYPE_CHECKING:
+    from ebplane.protocols import ParserGraph
 
 
 def _dependencies() -> dict[str, tuple[str, ...]]:
     """name -> library protocols of which at least one must also be listed (empty: none)."""
+    from ebplane.protocols import ir, load_library
     lib = load_library()
     owner = lib.state_owner()
     deps: dict[str, tuple[str, ...]] = {}
@@ -29,8 +31,33 @@ def _dependencies() -> dict[str, tuple[str, ...]]:
     return deps
 
 
-# name -> protocols of which at least one must also be listed; dict order is canonical
-KNOWN_PROTOCOLS: dict[str, tuple[str, ...]] = _dependencies()
+class _KnownProtocols(Mapping[str, tuple[str, ...]]):
+    """A read-only dict filled from the protocol library on first use: parsing the
+    library takes ~0.2 s, which importing ``ebplane.spec`` (``--help``, error paths,
+    callers that never read a spec) should not pay."""
+
+    _data: dict[str, tuple[str, ...]] | None = None
+
+    def _get(self) -> dict[str, tuple[str, ...]]:
+        if self._data is None:
+            self._data = _dependencies()
+        return self._data
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return self._get()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return f"KNOWN_PROTOCOLS({self._get()!r})"
+
+
+# name -> protocols of which at least one must also be listed; iteration order is canonical
+KNOWN_PROTOCOLS: Mapping[str, tuple[str, ...]] = _KnownProtocols()
 
 REQUIRED_PROTOCOLS: tuple[str, ...] = ("ethernet",)
 
@@ -78,4 +105,5 @@ def _mtime(path: str) -> float:
 
 @lru_cache(maxsize=64)
 def _graph(names: tuple[str, ...], _stamps: tuple[float, ...]) -> ParserGraph:
+    from ebplane.protocols import build_parser
     return build_parser([Path(n) if is_protocol_file(n) else n for n in names])

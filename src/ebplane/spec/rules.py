@@ -11,13 +11,15 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ebplane.errors import SpecError
-from ebplane.protocols import FieldMatch
 from ebplane.spec import check
 from ebplane.spec.located import Where
 from ebplane.spec.protocol_set import KNOWN_PROTOCOLS, canonical_order, parser_graph
+
+if TYPE_CHECKING:  # annotations only: importing ebplane.protocols loads the P4 front end
+    from ebplane.protocols import FieldMatch
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -57,10 +59,12 @@ class Rule:
         return net.version if net is not None else 0
 
     @classmethod
-    def from_dict(cls, d: Any, *, protocols: Iterable[str] = tuple(KNOWN_PROTOCOLS),
+    def from_dict(cls, d: Any, *, protocols: Iterable[str] | None = None,
                   where: str | Where = "rule") -> Rule:
-        """Validate and build a rule from its YAML/JSON form (see :func:`parse_rule`)."""
-        return parse_rule(d, protocols=protocols, where=where)
+        """Validate and build a rule from its YAML/JSON form (see :func:`parse_rule`);
+        ``protocols`` defaults to the whole library."""
+        return parse_rule(d, protocols=tuple(KNOWN_PROTOCOLS) if protocols is None
+                          else protocols, where=where)
 
     def to_dict(self) -> dict[str, Any]:
         """The rule in its YAML form; ``Rule.from_dict(r.to_dict())`` gives ``r`` back

@@ -20,6 +20,7 @@ STAGE_NAME_ALLOWED = "1-15 characters from a-z, 0-9, _"
 
 FILTER_DEFAULTS: tuple[str, ...] = ("pass", "drop", "next")
 FILTER_MALFORMED: tuple[str, ...] = ("drop", "pass")
+FILTER_CLASSIFIERS: tuple[str, ...] = ("auto", "inline", "tree")
 FILTER_CAPACITY_DEFAULT = 65536
 FILTER_CAPACITY_MAX = 4194304
 
@@ -47,6 +48,8 @@ class FilterStage(Stage):
     ``default`` applies when no rule matches (``next``: go on to the next stage);
     ``malformed`` applies to packets whose headers cannot be parsed.
     ``capacity`` bounds the number of rules (also at run time).
+    ``classifier`` chooses the compiled form: ``auto`` (by the number of rules), ``inline``
+    (rules compiled into the program) or ``tree`` (a decision tree in maps).
     """
 
     kind: ClassVar[str] = "filter"
@@ -54,10 +57,14 @@ class FilterStage(Stage):
     malformed: str = "drop"
     capacity: int = FILTER_CAPACITY_DEFAULT
     rules: tuple[Rule, ...] = ()
+    classifier: str = "auto"
 
     def body(self) -> dict[str, Any]:
-        return {"name": self.name, "default": self.default, "malformed": self.malformed,
-                "capacity": self.capacity, "rules": [r.to_dict() for r in self.rules]}
+        d = {"name": self.name, "default": self.default, "malformed": self.malformed,
+             "capacity": self.capacity, "rules": [r.to_dict() for r in self.rules]}
+        if self.classifier != "auto":
+            d["classifier"] = self.classifier
+        return d
 
 
 @dataclass(frozen=True)
@@ -91,13 +98,16 @@ def _stage_name(body: dict[str, Any], where: Where, default: str) -> str:
 @register_stage("filter")
 def parse_filter(obj: Any, where: Where, protocols: tuple[str, ...]) -> FilterStage:
     body = check.mapping({} if obj is None else obj, where,
-                         allowed=("name", "default", "malformed", "capacity", "rules"))
+                         allowed=("name", "default", "malformed", "capacity", "classifier",
+                                  "rules"))
     name = _stage_name(body, where, "filter")
     default = check.choice(body.get("default", "next"), where / "default", FILTER_DEFAULTS)
     malformed = check.choice(body.get("malformed", "drop"), where / "malformed",
                              FILTER_MALFORMED)
     capacity = check.integer(body.get("capacity", FILTER_CAPACITY_DEFAULT), where / "capacity",
                              1, FILTER_CAPACITY_MAX, what="capacity")
+    classifier = check.choice(body.get("classifier", "auto"), where / "classifier",
+                              FILTER_CLASSIFIERS)
     raw_rules = check.sequence(body.get("rules", []), where / "rules", what="a list of rules")
     if len(raw_rules) > capacity:
         raise (where / "rules").error(f"{len(raw_rules)} rules exceed the capacity {capacity}",
@@ -105,7 +115,7 @@ def parse_filter(obj: Any, where: Where, protocols: tuple[str, ...]) -> FilterSt
     rules = tuple(parse_rule(r, protocols=protocols, where=where / "rules" / i)
                   for i, r in enumerate(raw_rules))
     return FilterStage(name=name, default=default, malformed=malformed, capacity=capacity,
-                       rules=rules)
+                       rules=rules, classifier=classifier)
 
 
 @register_stage("count")

@@ -22,6 +22,9 @@ from pathlib import Path
 from ebplane.errors import CompileError, ToolchainError
 
 INCLUDE_DIR = Path(__file__).resolve().parent.parent / "codegen" / "bpf"
+# each stage kind keeps its reviewed C header in its own package
+STAGE_DIRS = sorted(p.parent for p in (INCLUDE_DIR.parent.parent / "stages").glob("*/*.h"))
+INCLUDE_DIRS = [INCLUDE_DIR, *dict.fromkeys(STAGE_DIRS)]
 CLANG_CANDIDATES = ("clang-19", "clang")
 
 
@@ -63,8 +66,8 @@ class CompileResult:
 
 def _headers_digest() -> str:
     h = hashlib.sha256()
-    for p in sorted(INCLUDE_DIR.glob("*.h")):
-        h.update(p.name.encode())
+    for p in sorted(q for d in INCLUDE_DIRS for q in d.glob("*.h")):
+        h.update(str(p.relative_to(INCLUDE_DIR.parent.parent)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -83,7 +86,7 @@ def compile_c(source: str, *, name: str = "prog", defines: dict[str, str | int] 
     clang, version = find_clang()
     flags = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function",
              "-Wno-unused-variable", "-Werror=implicit-function-declaration",
-             f"-I{INCLUDE_DIR}", *_arch_include()]
+             *(f"-I{d}" for d in INCLUDE_DIRS), *_arch_include()]
     for k, v in sorted((defines or {}).items()):
         flags.append(f"-D{k}={v}")
     flags += extra_flags or []

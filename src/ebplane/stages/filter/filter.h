@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* The filter stage's classifier, shared with its control plane (ebplane.stages.filter).
+ *
+ * A packet is a point in nine dimensions (enum ebp_flt_dim); a rule is a box, one range
+ * per dimension, plus an optional condition on the user area (match: fields).  A value a
+ * packet cannot carry stands for an absent field (EBP_FLT_*_NONE), so presence is part of
+ * the box.  The first rule (lowest prio) whose box holds the packet wins.
+ *
+ * Two compiled forms; the control plane picks one per table from the rules it holds:
+ * - inline: the rules are constant branches in the generated stage (no table reads);
+ * - tree:   a decision tree over the boxes in three arrays, split by one dimension and a
+ *           threshold per inner node (HyperSplit); a leaf lists at most EBP_FLT_MAX_LEAF
+ *           boxes in priority order.  Cost: at most EBP_FLT_MAX_DEPTH inlined array reads
+ *           plus one leaf scan, whatever the number of rules.
+ *
+ * Atomic rule-set changes (tree): each array has two halves, one per generation.  The
+ * control plane writes the new tree into the inactive half (indices are absolute), then
+ * writes the root of the new tree into the config entry: one aligned 32-bit store, read
+ * once per packet, so a packet walks the old tree or the new one, never a mix.  After an
+ * RCU grace period the old half is free for the next change.
+ */
+#ifndef EBPLANE_FILTER_H
+#define EBPLANE_FILTER_H
+
+#include "ebplane.h"
+
+enum ebp_flt_dim {
+	EBP_D_FAMILY,	/* 0 (not IP), 4, 6 */
+	EBP_D_PROTO,	/* IP protocol; EBP_FLT_PROTO_NONE when not IP */
+	EBP_D_VLAN,	/* outer VLAN id; EBP_FLT_VLAN_NONE when untagged */
+	EBP_D_SPORT,	/* TCP/UDP ports; EBP_FLT_PORT_NONE without an L4 header */
+	EBP_D_DPORT,
+	EBP_D_SRC_HI,	/* address bytes 0-7 and 8-15 as big-endian numbers */
+	EBP_D_SRC_LO,
+	EBP_D_DST_HI,
+	EBP_D_DST_LO,
+	EBP_FLT_DIMS
+};
+
+#define EBP_FLT_KEY_SLOTS  16	/* the key array: a node's dim is masked into it */
+#define EBP_FLT_PROTO_NONE 0x100
+#define EBP_FLT_VLAN_NONE  0x1000
+#define EBP_FLT_PORT_NONE  0x10000
+
+#define EBP_FLT_MAX_DEPTH  48
+#define EBP_FLT_MAX_LEAF   32
+#define EBP_FLT_LEAF       0xff		/* ebp_flt_node.dim of a leaf */
+#define EBP_FLT_EMPTY      0xffffffff	/* root of an empty rule set */
+
+/* rule actions */
+#define EBP_ACT_PASS 0
+#define EBP_ACT_DROP 1
+
+/* what a classification returns */
+struct ebp_flt_rule {
+	__u32 prio;	/* position in the rule list: lower wins */
+	__u32 rule_id;	/* stable id: index of the rule's counters */
+	__u32 action;	/* EBP_ACT_* */
+};
+
+/* one box: a rule, or one of the boxes a rule expands into (ports without proto: TCP and
+ * UDP; a match: range: one box per aligned block) */
+struct ebp_flt_box {
+	__u64 lo[EBP_FLT_DIMS];
+	__u64 hi[EBP_FLT_DIMS];
+	__u32 user_mask[4];	/* (ebp_pkt.user32[i] & user_mask[i]) == user_value[i] */
+	__u32 user_value[4];
+	__u32 user_need;	/* ebp_pkt.user_valid bits the packet must have */
+	struct ebp_flt_rule rule;
+};
+
+/* a tree node: inner (dim < EBP_FLT_DIMS) or leaf (dim == EBP_FLT_LEAF) */
+struct ebp_flt_node {
+	__u64 thresh;	/* inner: key[dim] <= thresh goes left */
+	__u32 left;	/* inner: child node; leaf: first entry in the leaf array */
+	__u32 right;	/* inner: child node; leaf: number of entries */
+	__u32 dim;
+	__u32 pad;
+};
+
+/* The key of a packet: one value per dimension. */
+static __always_inline void ebp_flt_key(__u64 *key, const struct ebp_pkt *pkt)
+{
+	int ip = pkt->family != 0;
+
+	key[EBP_D_FAMILY] = pkt->family;
+	key[EBP_D_PROTO] = ip ? pkt->proto : EBP_FLT_PROTO_NONE;
+	key[EBP_D_VLAN] = pkt->n_vlan ? pkt->vlan : EBP_FLT_VLAN_NONE;
+	key[EBP_D_SPORT] = pkt->flags & EBP_PKT_L4 ? pkt->sport : EBP_FLT_PORT_NONE;
+	key[EBP_D_DPORT] = pkt->flags & EBP_PKT_L4 ? pkt->dport : EBP_FLT_PORT_NONE;
+	key[EBP_D_SRC_HI] = __builtin_bswap64(*(const __u64 *)&pkt->src32[0]);
+	key[EBP_D_SRC_LO] = __builtin_bswap64(*(const __u64 *)&pkt->src32[2]);
+	key[EBP_D_DST_HI] = __builtin_bswap64(*(const __u64 *)&pkt->dst32[0]);
+	key[EBP_D_DST_LO] = __builtin_bswap64(*(const __u64 *)&pkt->dst32[2]);
+}
+
+/* inline form: record the winning rule */
+static __always_inline int ebp_flt_hit(struct ebp_flt_rule *r, __u32 prio, __u32 rule_id,
+				       __u32 action)
+{
+	r->prio = prio;
+	r->rule_id = rule_id;
+	r->action = action;
+	return 1;
+}
+
+#define EBP_FLT_IN(b, s, d) ((s)->key[d] >= (b)->lo[d] && (s)->key[d] <= (b)->hi[d])
+
+/* What the walk and the leaf scan read: the packet's key and user area, the leaf found. */
+struct ebp_flt_scan {
+	__u64 key[EBP_FLT_KEY_SLOTS];
+	__u32 user32[4];
+	__u32 user_valid;
+	__u32 first;	/* the leaf's first entry */
+	__u32 count;	/* the leaf's number of entries */
+};
+
+static __always_inline int ebp_flt_user_holds(const struct ebp_flt_box *b,
+					      const struct ebp_flt_scan *s)
+{
+	return (s->user_valid & b->user_need) == b->user_need &&
+	       (s->user32[0] & b->user_mask[0]) == b->user_value[0] &&
+	       (s->user32[1] & b->user_mask[1]) == b->user_value[1] &&
+	       (s->user32[2] & b->user_mask[2]) == b->user_value[2] &&
+	       (s->user32[3] & b->user_mask[3]) == b->user_value[3];
+}
+
+/* Define NAME_classify(pkt, &rule) for a table in the tree form: 1 and the winning rule, or
+ * 0.  HOLDS(box, scan) is the table's generated box test: it compares only the dimensions
+ * the table's rules use.  NAME_classify is a global function, so the verifier checks it
+ * once, whatever the parser paths that lead to it (checked inline, its leaf loop was
+ * verified again for every distinct parser state and exceeded the verifier's budget). */
+#define EBP_FLT_TREE_DEFINE(NAME, CFG, NODES, LEAF, BOXES, HOLDS)			\
+__attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
+					      struct ebp_flt_rule *rule)		\
+{											\
+	struct ebp_flt_scan s = {};							\
+	const struct ebp_flt_node *n;							\
+	const struct ebp_flt_box *b;							\
+	__u32 zero = 0, *root, idx, *bi, i;						\
+											\
+	if (!pkt || !rule)								\
+		return 0;								\
+	root = bpf_map_lookup_elem(&CFG, &zero);					\
+	if (!root)									\
+		return 0;								\
+	idx = *(volatile __u32 *)root;	/* read once: one tree */			\
+	if (idx == EBP_FLT_EMPTY)							\
+		return 0;								\
+	ebp_flt_key(s.key, pkt);							\
+	s.user32[0] = pkt->user32[0];							\
+	s.user32[1] = pkt->user32[1];							\
+	s.user32[2] = pkt->user32[2];							\
+	s.user32[3] = pkt->user32[3];							\
+	s.user_valid = pkt->user_valid;							\
+	for (i = 0; i < EBP_FLT_MAX_DEPTH; i++) {					\
+		n = bpf_map_lookup_elem(&NODES, &idx);					\
+		if (!n)									\
+			return 0;							\
+		if (n->dim == EBP_FLT_LEAF)						\
+			break;								\
+		idx = s.key[n->dim & (EBP_FLT_KEY_SLOTS - 1)] <= n->thresh ?		\
+		      n->left : n->right;						\
+	}										\
+	if (i == EBP_FLT_MAX_DEPTH)							\
+		return 0;								\
+	s.first = n->left;								\
+	s.count = n->right;								\
+	for (i = 0; i < EBP_FLT_MAX_LEAF && i < s.count; i++) {			\
+		idx = s.first + i;							\
+		bi = bpf_map_lookup_elem(&LEAF, &idx);					\
+		if (!bi)								\
+			return 0;							\
+		b = bpf_map_lookup_elem(&BOXES, bi);					\
+		if (!b)									\
+			return 0;							\
+		if (HOLDS(b, (&s))) {							\
+			*rule = b->rule;						\
+			return 1;							\
+		}									\
+	}										\
+	return 0;									\
+}
+
+#endif

@@ -1,0 +1,203 @@
+"""C for one filter stage, in the form its plan chose (``filter.h`` holds the reviewed part)."""
+
+from __future__ import annotations
+
+from ebplane.codegen.p4c import UserLayout
+from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator, rule_features
+from ebplane.spec import FilterStage, Rule
+from ebplane.spec.rules import PORT_PROTOS
+from ebplane.stages.filter.model import user_blocks
+from ebplane.stages.filter.plan import FilterPlan, compile_table
+
+OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
+ACT = {"pass": "EBP_ACT_PASS", "drop": "EBP_ACT_DROP"}
+
+
+def slots(stage: FilterStage) -> tuple[int, int]:
+    """Counter slots of the default verdict and of malformed packets."""
+    return stage.capacity, stage.capacity + 1
+
+
+def map_names(table: str) -> dict[str, str]:
+    """role -> C name of a table's maps (the one place these names are made)."""
+    t = f"flt_{table}"
+    return {"config": f"{t}_cfg", "nodes": f"{t}_nodes", "leaf": f"{t}_leaf",
+            "boxes": f"{t}_boxes", "counters": f"{t}_cnt"}
+
+
+def tree_group(table: str) -> str:
+    """The map group of a table's tree arrays (reused together or not at all)."""
+    return f"flt_{table}:tree"
+
+
+def _range(expr: str, lo: int, hi: int, full: int) -> list[str]:
+    if lo == hi:
+        return [f"{expr} == {lo}"]
+    out = []
+    if lo > 0:
+        out.append(f"{expr} >= {lo}")
+    if hi < full:
+        out.append(f"{expr} <= {hi}")
+    return out
+
+
+def _prefix(side: str, net) -> list[str]:
+    """Compare the 32-bit words of the packet's address that the prefix constrains."""
+    raw = net.network_address.packed
+    out = []
+    for w in range(len(raw) // 4):
+        bits = max(0, min(32, net.prefixlen - 32 * w))
+        if not bits:
+            break
+        mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+        value = int.from_bytes(raw[4 * w:4 * w + 4], "big")
+        word = f"pkt->{side}32[{w}]"
+        if mask == 0xFFFFFFFF:
+            out.append(f"{word} == bpf_htonl({value:#010x})")
+        else:
+            out.append(f"({word} & bpf_htonl({mask:#010x})) == bpf_htonl({value:#010x})")
+    return out
+
+
+def rule_condition(rule: Rule, layout: UserLayout) -> str:
+    """The C condition under which ``rule`` holds (the box semantics of ``model``)."""
+    c: list[str] = []
+    ports = rule.sport is not None or rule.dport is not None
+    if rule.family:
+        c.append(f"pkt->family == {rule.family}")
+    elif rule.proto is not None or ports:
+        c.append("pkt->family")
+    if rule.proto is not None:
+        c.append(f"pkt->proto == {rule.proto}")
+    elif ports:
+        c.append("(" + " || ".join(f"pkt->proto == {p}" for p in PORT_PROTOS) + ")")
+    if ports:
+        c.append("(pkt->flags & EBP_PKT_L4)")
+        for name, r in (("sport", rule.sport), ("dport", rule.dport)):
+            if r is not None:
+                c += _range(f"pkt->{name}", r[0], r[1], 0xFFFF)
+    for side, net in (("src", rule.src), ("dst", rule.dst)):
+        if net is not None:
+            c += _prefix(side, net)
+    if rule.vlan is not None:
+        c += ["pkt->n_vlan", f"pkt->vlan == {rule.vlan}"]
+    if rule.match:
+        need, blocks = user_blocks(rule, layout)
+        c.append(f"(pkt->user_valid & {need:#x}) == {need:#x}")
+        alts = []
+        for mask, value in blocks:
+            words = [f"(pkt->user32[{i}] & {m:#010x}) == {v:#010x}"
+                     for i, (m, v) in enumerate(zip(mask, value)) if m]
+            alts.append("(" + " && ".join(words or ["1"]) + ")")
+        c.append(alts[0] if len(alts) == 1 else "(" + " || ".join(alts) + ")")
+    return " &&\n\t    ".join(c) if c else "1"
+
+
+def _describe(rule: Rule) -> str:
+    d = rule.to_dict()
+    text = ", ".join(f"{k}: {v}" for k, v in d.items())
+    return text.replace("*/", "* /")
+
+
+def inline_classifier(t: str, plan: FilterPlan, layout: UserLayout) -> str:
+    lines = [f"/* the rules of filter '{t[4:]}' compiled in: the first that holds wins */",
+             f"static __always_inline int {t}_classify(const struct ebp_pkt *pkt, "
+             "struct ebp_flt_rule *r)", "{"]
+    for prio, (rule, rid) in enumerate(plan.inline):
+        lines += [f"\t/* {prio}: {{{_describe(rule)}}} */",
+                  f"\tif ({rule_condition(rule, layout)})",
+                  f"\t\treturn ebp_flt_hit(r, {prio}, {rid}, {ACT[rule.action]});"]
+    lines += ["\treturn 0;", "}"]
+    return "\n".join(lines)
+
+
+def tree_holds(t: str, plan: FilterPlan) -> str:
+    tests = [f"EBP_FLT_IN(b, s, EBP_D_{name.upper()})" for name in plan.dims]
+    if plan.user:
+        tests.append("ebp_flt_user_holds(b, s)")
+    body = " &&\n\t       ".join(tests) if tests else "1"
+    return "\n".join([
+        f"/* box test of '{t}': the dimensions its rules use ({', '.join(plan.dims) or 'none'})"
+        f"{' and match: fields' if plan.user else ''} */",
+        f"static __always_inline int {t}_holds(const struct ebp_flt_box *b, "
+        "const struct ebp_flt_scan *s)", "{", f"\treturn {body};", "}"])
+
+
+def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -> None:
+    """Add the maps and the function ``stage_<idx>_filter`` of one filter to ``out``."""
+    out.include("filter.h")
+    names = map_names(st.name)
+    t = f"flt_{st.name}"
+    if plan.form == "tree":
+        # the tree's four maps are one unit: reused together (same plan) or created anew
+        group = tree_group(st.name)
+        out.map(names["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u32", 1,
+                f"filter '{st.name}': root of the tree in force", stage=st.name,
+                role="config", group=group)
+        out.map(names["nodes"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_node",
+                2 * plan.nodes, f"filter '{st.name}': tree nodes, two generations",
+                stage=st.name, role="nodes", group=group)
+        out.map(names["leaf"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u32", 2 * plan.leaf,
+                f"filter '{st.name}': box indices of the leaves, two generations",
+                stage=st.name, role="leaf", group=group)
+        out.map(names["boxes"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_flt_box",
+                2 * plan.boxes, f"filter '{st.name}': rule boxes, two generations",
+                stage=st.name, role="boxes", group=group)
+    out.map(names["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+            st.capacity + 2, f"filter '{st.name}': per rule id, then default and malformed",
+            stage=st.name, role="counters")
+    default_slot, malformed_slot = slots(st)
+    if plan.form == "tree":
+        classifier = "\n\n".join([
+            tree_holds(t, plan),
+            f"EBP_FLT_TREE_DEFINE({t}, {names['config']}, {names['nodes']}, {names['leaf']}, "
+            f"{names['boxes']}, {t}_holds)"])
+    else:
+        classifier = inline_classifier(t, plan, layout)
+    out.functions.append("\n".join([
+        classifier,
+        "",
+        f"/* filter '{st.name}' ({plan.form}): first matching rule wins; otherwise "
+        f"{st.default}; malformed packets: {st.malformed} */",
+        f"static __always_inline int stage_{idx}_filter(EBP_CTX *ctx, struct ebp_pkt *pkt, "
+        "int malformed)",
+        "{",
+        "\tstruct ebp_flt_rule r;",
+        "",
+        "\tif (malformed) {",
+        f"\t\tebp_count(&{names['counters']}, {malformed_slot}, pkt->len);",
+        f"\t\tEBP_TRACE_SET({idx}, {malformed_slot});",
+        f"\t\treturn {OUTCOME[st.malformed]};",
+        "\t}",
+        f"\tif ({t}_classify(pkt, &r)) {{",
+        f"\t\tebp_count(&{names['counters']}, r.rule_id, pkt->len);",
+        f"\t\tEBP_TRACE_SET({idx}, r.rule_id);",
+        "\t\treturn r.action == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
+        "\t}",
+        f"\tebp_count(&{names['counters']}, {default_slot}, pkt->len);",
+        *([f"\tEBP_TRACE_SET({idx}, {default_slot});"] if st.default != "next" else []),
+        f"\treturn {OUTCOME[st.default]};",
+        "}",
+    ]))
+
+
+
+class FilterGen(StageGen):
+    """The filter kind in the code generator's registry: its plan comes from the program
+    being generated (``GeneratedProgram.filters``), else from the spec's rules."""
+    kind = "filter"
+
+    def emit(self, idx: int, st: FilterStage, out: Emit) -> None:
+        p = out.prog.filters.get(st.name)
+        if p is None:  # no plan given: the spec's rules, ids in order
+            ct = compile_table(st.rules, range(len(st.rules)), name=st.name,
+                               layout=out.prog.user_layout, choice=st.classifier)
+            out.prog.filters[st.name] = p = ct.plan
+            out.prog.compiled_filters[st.name] = ct
+        emit(idx, st, p, out.prog.user_layout, out)
+
+    def features(self, st: FilterStage, protocols) -> Features:
+        return rule_features(st.rules, protocols)
+
+
+register_generator(FilterGen())

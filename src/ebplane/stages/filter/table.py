@@ -1,0 +1,70 @@
+"""A filter table in a loaded program: install a compiled rule set, read its counters.
+
+Tree form: the new tree goes into the inactive half of each array, then its root is written
+into the config entry (one 32-bit store that every packet reads once), then an RCU grace
+period passes, after which no packet walks the old half any more and the next change may
+overwrite it.  Inline form: the rules are in the program; installing only starts the
+counters of new rule ids from zero (the program itself is swapped by the caller).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ebplane.kernel.codec import COUNT
+from ebplane.kernel.codec import U32
+from ebplane.kernel.maps import Map, rcu_barrier
+from ebplane.stages.filter.gen import map_names
+from ebplane.stages.filter.plan import CompiledTable
+from ebplane.stages.filter.tree import EMPTY
+
+
+def _indices(start: int, n: int) -> bytes:
+    return np.arange(start, start + n, dtype="<u4").tobytes()
+
+
+class FilterTable:
+    """The maps of one filter stage (``maps(cname)`` opens one by its C name)."""
+
+    def __init__(self, name: str, capacity: int, maps: Callable[[str], Map]):
+        self.name = name
+        self.capacity = capacity
+        self._maps = maps
+        self.names = map_names(name)
+
+    def counters(self) -> Map:
+        return self._maps(self.names["counters"]).with_codecs(U32, COUNT)
+
+    def root(self) -> int:
+        return struct.unpack("<I", self._maps(self.names["config"]).lookup(U32.encode(0)))[0]
+
+    def install(self, compiled: CompiledTable, fresh_ids: Sequence[int]) -> dict:
+        """Make ``compiled`` the table's rule set; ``fresh_ids`` are rule ids whose counters
+        start from zero (new rules, and ids a deleted rule had)."""
+        if fresh_ids:
+            zero = COUNT.type(0, 0)
+            self.counters().update_batch(list(fresh_ids), [zero] * len(fresh_ids))
+        plan = compiled.plan
+        if plan.form != "tree":
+            return {"form": plan.form, "boxes": len(compiled.boxes)}
+        cfg = self._maps(self.names["config"])
+        root = struct.unpack("<I", cfg.lookup(U32.encode(0)))[0]
+        gen = 1 if root != EMPTY and root < plan.nodes else 0  # the half not in force
+        tree = compiled.tree
+        if compiled.boxes:
+            nb, lb, bb = gen * plan.nodes, gen * plan.leaf, gen * plan.boxes
+            nodes, leaf = tree.pack(nb, lb, bb)
+            boxes = b"".join(b.pack() for b in compiled.boxes)
+            self._maps(self.names["boxes"]).update_batch(_indices(bb, len(compiled.boxes)), boxes)
+            self._maps(self.names["leaf"]).update_batch(_indices(lb, len(tree.leaf)), leaf)
+            self._maps(self.names["nodes"]).update_batch(_indices(nb, len(tree.nodes)), nodes)
+            new_root = nb
+        else:
+            new_root = EMPTY
+        cfg.update_raw(U32.encode(0), U32.encode(new_root))
+        rcu_barrier()  # no packet walks the previous tree after this
+        return {"form": "tree", "boxes": len(compiled.boxes), "nodes": len(tree.nodes),
+                "depth": tree.depth, "generation": gen}
