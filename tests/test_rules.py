@@ -401,3 +401,17 @@ def test_replace_costs_about_one_apply(ebp_env, tmp_path):
     add_s = time.monotonic() - t0
     assert replace_s < 3 * apply_s + 1, (replace_s, apply_s)
     assert add_s < 3 * apply_s + 1, (add_s, apply_s)
+
+
+def test_stored_rules_read_back_as_validated():
+    """Edits read the stored rules back without validating them again: the same rules."""
+    from ebplane.runtime.pipeline import _entries_from_state, _stored_entries
+    protos = ("ethernet", "vlan", "ipv4", "ipv6", "tcp", "udp", "icmp", "icmpv6")
+    raw = [{"src": "198.18.0.0/24", "proto": "udp", "dport": "10-20", "action": "drop"},
+           {"dst": "2001:db8::1", "src": "2001:db8::/32", "proto": "icmpv6", "action": "pass"},
+           {"proto": 47, "vlan": 7, "action": "drop"}, {"action": "drop"},
+           {"sport": 5, "dport": 65535, "proto": "tcp", "action": "pass"}]
+    rules = [parse_rule(r, protocols=protos) for r in raw] + list(host_port_rules(50))
+    items = [{"id": i, "rule": r.to_dict()} for i, r in enumerate(rules)]
+    assert _stored_entries(items, protos) == _entries_from_state(items, protos)
+    assert [e.rule for e in _stored_entries(items, protos)] == rules

@@ -89,10 +89,10 @@ class SpecError(UsageError):
         self.file, self.line, self.column = file, line, column
         self.field, self.given, self.allowed = field, given, allowed
         self.reason = message
-        loc = ":".join(str(x) for x in (file, line, column) if x is not None)
+        loc = ":".join(shorten(str(x), 400) for x in (file, line, column) if x is not None)
         text = message
         if field:
-            text = f"{field}: {text}"
+            text = f"{shorten(field, 200)}: {text}"
         if given is not None:
             text += f" (given: {quoted(given)}"
             text += f"; allowed: {shorten(allowed, 400)})" if allowed is not None else ")"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import yaml
-
 from ebplane.cli.output import emit, table
 from ebplane.errors import UsageError
 from ebplane.spec.located import load_located
@@ -82,7 +80,8 @@ def _parse_fields(args):
         if "=" not in f:
             raise UsageError(f"'{f}' is not KEY=VALUE", hint="e.g. dport=53 or action=drop")
         k, v = f.split("=", 1)
-        obj[k] = yaml.safe_load(v) if v.isdigit() else v
+        # a number (a port); too long a digit string stays text for the validator to refuse
+        obj[k] = int(v, 10) if v.isdigit() and len(v) <= 20 else v
     return obj, "rule"
 
 
@@ -105,10 +104,8 @@ def cmd_delete(args) -> int:
 def cmd_replace(args) -> int:
     from pathlib import Path
     t = _table(args)
-    try:
-        text = Path(args.file).read_text()
-    except FileNotFoundError:
-        raise UsageError(f"rules file {args.file} does not exist") from None
+    from ebplane.spec.located import read_source
+    text = read_source(Path(args.file), "rules file")
     items, root = load_located(text, args.file)  # errors name FILE:LINE:COLUMN
     root = dataclasses.replace(root, root="rules")  # and the field as rules[i].key
     if not isinstance(items, list):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lark
 
+from ebplane.errors import shorten
 from ebplane.protocols import ir
 from ebplane.protocols.ir import Loc
 from ebplane.protocols.source import Source, render
@@ -23,6 +24,13 @@ from ebplane.protocols.source import Source, render
 ANNOTATION_REACH = "ebplane_reach"
 _RESERVED_STATES = set(ir.FINAL_STATES)
 _INT_RE = re.compile(r"(?:(\d+)w)?(0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+|\d[\d_]*)")
+# Bounds on hostile files: the longest literal (a 128-bit value in binary is 130 characters),
+# the deepest nesting of a file's syntax tree (expressions nest; the checks recurse), and the
+# widest constant an expression may compute on its way (folding `1 << 99999999999999` would
+# need terabytes)
+MAX_LITERAL = 160
+MAX_TREE_DEPTH = 150
+MAX_CONST_BITS = 1024
 
 
 @dataclass(frozen=True)
@@ -62,17 +70,45 @@ def parse_module(name: str, path: str, text: str) -> ProtocolModule:
     """Parse and check one protocol file (``name`` is the protocol's name, its file stem)."""
     source = Source(path, text)
     tree = source.parse()
+    _check_depth(source, tree)
     return _Builder(name, source).module(tree)
 
 
+def _check_depth(source: Source, tree: lark.Tree) -> None:
+    """Refuse a tree nested deeper than MAX_TREE_DEPTH (a chain of thousands of terms), at
+    the node where it gets too deep, before the recursive checks meet it."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise render(source.loc_of(node), f"nested more than {MAX_TREE_DEPTH} levels deep "
+                         f"(an expression of too many terms or parentheses)",
+                         hint="split it: declare parts as constants")
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
+
+
 def parse_int(token: str) -> ir.Const:
-    """A P4 integer literal: ``42``, ``0x800``, ``0b101``, ``16w0x0800``."""
+    """A P4 integer literal: ``42``, ``0x800``, ``0b101``, ``16w0x0800``; a decimal with
+    leading zeros (``010``) is decimal.  Raises ValueError for a literal longer than
+    MAX_LITERAL characters."""
     m = _INT_RE.fullmatch(token)
     if m is None:  # the grammar's INT pattern and this one agree, so only a bug lands here
         raise ValueError(token)
+    if len(token) > MAX_LITERAL:
+        raise ValueError(f"a literal of {len(token)} characters is too long (at most "
+                         f"{MAX_LITERAL})")
     width, digits = m.groups()
-    value = int(digits.replace("_", ""), 0)
-    return ir.Const(value, int(width) if width else None)
+    digits = digits.replace("_", "")
+    if digits[:2].lower() in ("0x", "0b", "0o"):
+        value = int(digits, 0) if len(digits) > 2 else 0
+    else:
+        value = int(digits, 10)
+    return ir.Const(value, int(width, 10) if width else None)
+
+
+def _hex(value: int) -> str:
+    """A value for a message: whole when short, else its size."""
+    return f"{value:#x}" if value.bit_length() <= 256 else f"<a {value.bit_length()}-bit value>"
 
 
 class _Builder:
@@ -166,7 +202,14 @@ class _Builder:
         self.header_types[str(name)] = htype
 
     def width(self, tok: lark.Token, lo: int, hi: int) -> int:
-        value = int(str(tok), 0)
+        try:
+            c = parse_int(str(tok))
+        except ValueError as e:
+            raise self.error(tok, str(e)) from None
+        if c.width is not None:
+            raise self.error(tok, f"a width or index is a plain number, not {shorten(str(tok))}",
+                             hint=f"write {c.value}")
+        value = c.value
         if not lo <= value <= hi:
             raise self.error(tok, f"width {value} out of range; expected {lo}..{hi}")
         return value
@@ -191,7 +234,7 @@ class _Builder:
 
     def fits(self, node, value: int, width: int) -> None:
         if not 0 <= value < (1 << width):
-            raise self.error(node, f"value {value:#x} does not fit in bit<{width}>",
+            raise self.error(node, f"value {_hex(value)} does not fit in bit<{width}>",
                              hint=f"use a value from 0 to {(1 << width) - 1:#x}")
 
     # -- the parser block -----------------------------------------------------
@@ -441,7 +484,7 @@ class _Builder:
         if node.data == "ks_mask":
             return ir.Masked(*values)
         if values[0].value > values[1].value:
-            raise self.error(node, f"empty range {values[0].value:#x} .. {values[1].value:#x}",
+            raise self.error(node, f"empty range {_hex(values[0].value)} .. {_hex(values[1].value)}",
                              hint="write the lower bound first")
         return ir.Range(*values)
 
@@ -458,7 +501,10 @@ class _Builder:
     def expr(self, node) -> ir.Expr:
         kind = node.data
         if kind == "number":
-            c = parse_int(str(node.children[0]))
+            try:
+                c = parse_int(str(node.children[0]))
+            except ValueError as e:
+                raise self.error(node, str(e)) from None
             if c.width is not None:
                 if c.width == 0 or c.width > 128:
                     raise self.error(node, f"width {c.width} out of range; expected 1..128")
@@ -506,7 +552,13 @@ class _Builder:
                 if isinstance(side, ir.Const) and side.width is None and width is not None:
                     self.fits(snode, side.value, width)
         if isinstance(left, ir.Const) and isinstance(right, ir.Const):
+            if op in ("<<", ">>") and not 0 <= right.value <= MAX_CONST_BITS:
+                raise self.error(rnode, f"shift by {_hex(right.value)}: a shift count is "
+                                        f"0..{MAX_CONST_BITS}")
             v = _fold(op, left.value, right.value)
+            if v.bit_length() > MAX_CONST_BITS:
+                raise self.error(optok, f"constant expression of more than {MAX_CONST_BITS} "
+                                        f"bits", hint="values are at most 128 bits wide")
             return ir.Const(v & ((1 << width) - 1) if width else v, width)
         return ir.BinOp(op, left, right, width)
 

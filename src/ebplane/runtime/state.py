@@ -254,7 +254,7 @@ def _acquire(fd: int, path: Path, name: str, deadline: float, timeout: float) ->
                        f"{timeout:g} s", hint="wait for that command to finish (or end it), "
                        "or wait longer: EBPLANE_LOCK_TIMEOUT=SECONDS")
         time.sleep(min(pause, deadline - now))
-        pause = min(pause * 2, 0.1)
+        pause = min(pause * 2, 0.02)  # a waiter gets the lock soon after its release
 
 
 @contextlib.contextmanager

@@ -8,12 +8,13 @@ text; :class:`Where` carries a value's field path and finds its position.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from ebplane.errors import SpecError
+from ebplane.errors import PermissionDenied, SpecError, UsageError, quoted, shorten
 
 PathPart = str | int
 Path = tuple[PathPart, ...]
@@ -82,32 +83,124 @@ class Where:
                          given=given, allowed=allowed, hint=hint)
 
 
-# libyaml's parser when PyYAML has it (about 10x faster on specs with 100k rules); its nodes
+# libyaml's parser when PyYAML has it (about 10x faster on specs with 100k rules); its events
 # carry the same marks
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Bounds on what a YAML text may make us build (hostile input: docs/pipelines.md, "Limits").
+# A spec is about 8 levels deep; 64 leaves room and stays far below Python's recursion limit.
+MAX_DEPTH = 64
+# nodes an alias may copy in, over the whole document, beyond the document's own size:
+# merge keys and anchors of rule templates fit, a "billion laughs" alias bomb does not
+MAX_ALIAS_NODES = 100_000
+# longest scalar an integer is read from (Python refuses more than 4300 digits anyway)
+MAX_INT_DIGITS = 100
+
+# the largest spec or rules file read (a spec of 100k rules is about 7 MB), and the largest
+# protocol file (the library's are a few KB; lark reads about 120 KB/s of P4)
+DEFAULT_MAX_BYTES = 16 << 20
+MAX_BYTES_ENV = "EBPLANE_MAX_SPEC_BYTES"
+DEFAULT_MAX_P4_BYTES = 256 << 10
+MAX_P4_BYTES_ENV = "EBPLANE_MAX_P4_BYTES"
+
+
+def max_bytes(env: str = MAX_BYTES_ENV, default: int = DEFAULT_MAX_BYTES) -> int:
+    text = os.environ.get(env)
+    if text is None:
+        return default
+    try:
+        value = int(text, 10) if len(text) < 20 else -1
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise UsageError(f"{env} must be a number of bytes, not {quoted(text)}",
+                         hint=f"e.g. {env}={default * 4}")
+    return value
+
+
+def read_source(path, what: str = "spec file") -> str:
+    """The text of a spec, rules or protocol file: at most :func:`max_bytes` bytes of UTF-8.
+
+    A file too large, not UTF-8 (located at its first bad byte) or unreadable is a
+    SpecError / UsageError / PermissionDenied, never a traceback.
+    """
+    from pathlib import Path as _P
+    p = _P(path)
+    env, default = ((MAX_P4_BYTES_ENV, DEFAULT_MAX_P4_BYTES) if what == "protocol file"
+                    else (MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    limit = max_bytes(env, default)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{what} not found: {p}",
+                         hint="check the path (relative paths are from the current directory)"
+                         ) from None
+    except PermissionError as exc:
+        raise PermissionDenied(f"cannot read {what} {p}: {exc.strerror}", err=exc.errno,
+                               hint="run as a user who may read it (or as root)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise UsageError(f"{what} {p} is larger than {limit} bytes",
+                         hint=f"raise the limit: {env}=BYTES" + (
+                             " (a spec of 100k rules is about 7 MB)" if env == MAX_BYTES_ENV
+                             else " (reading P4 takes about 1 s per 120 KB)"))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError(f"not UTF-8 text: byte {data[e.start]:#04x}", file=str(p), line=line,
+                        column=column, hint=f"save the {what} as UTF-8") from None
+
+
+_MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
+_SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
+_INT_TAG = "tag:yaml.org,2002:int"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _error(message: str, mark, filename: str, **kw) -> SpecError:
+    return SpecError(message, file=filename, line=mark.line + 1 if mark else None,
+                     column=mark.column + 1 if mark else None, **kw)
+
+
+class _Open:
+    """A mapping or sequence being built: its value, path, and (mappings) the next key."""
+
+    __slots__ = ("value", "path", "anchor", "size", "key", "key_mark", "merges", "mark")
+
+    def __init__(self, value, path: Path, anchor, mark):
+        self.value, self.path, self.anchor, self.mark = value, path, anchor, mark
+        self.size = 1  # nodes in it, aliases expanded
+        self.key = _NO_KEY
+        self.key_mark = None
+        self.merges: list = []
+
+
+_NO_KEY = object()
 
 
 def load_located(text: str, filename: str) -> tuple[Any, Where]:
     """Parse one YAML document into plain values and a root :class:`Where`.
 
-    Raises SpecError (with line and column) on YAML syntax errors, unsupported
-    tags and duplicate mapping keys, which plain PyYAML silently accepts.
+    Raises SpecError (with line and column) on YAML syntax errors, unsupported tags,
+    duplicate mapping keys (which plain PyYAML silently accepts), and on documents beyond
+    the bounds above: nesting deeper than MAX_DEPTH, recursive aliases, aliases that expand
+    to more than MAX_ALIAS_NODES nodes, integers of more than MAX_INT_DIGITS digits.
+
+    The values are built from the parser's events, without a recursive composer (libyaml's
+    crashes the process on a document nested 100k levels deep).
     """
     loader = _Loader(text)
     marks = Marks()
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise SpecError("the spec is empty", file=filename, line=1, column=1,
-                            hint="start from the example in the documentation: pipeline:, hook:, "
-                                 "protocols:, stages:")
-        value = _convert(loader, node, (), marks, filename)
+        value = _build(loader, marks, filename)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
-        raise SpecError(f"YAML syntax error: {problem}", file=filename,
-                        line=mark.line + 1 if mark else None,
-                        column=mark.column + 1 if mark else None) from None
+        raise _error(f"YAML syntax error: {problem}", mark, filename) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", file=filename) from None
     finally:
@@ -115,31 +208,152 @@ def load_located(text: str, filename: str) -> tuple[Any, Where]:
     return value, Where(filename, (), marks)
 
 
-def _pos(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+def _build(loader, marks: Marks, filename: str) -> Any:
+    get = loader.get_event
+    ev = get()  # StreamStart
+    ev = get()
+    if isinstance(ev, yaml.StreamEndEvent):
+        raise SpecError("the spec is empty", file=filename, line=1, column=1,
+                        hint="start from the example in the documentation: pipeline:, hook:, "
+                             "protocols:, stages:")
+    doc_mark = ev.start_mark
+    stack: list[_Open] = []
+    anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, size)
+    building: set[str] = set()  # anchors of collections not closed yet
+    alias_nodes = 0
+    result: Any = None
+    done = False
+    resolve = loader.resolve
+    constructors = loader.yaml_constructors
+
+    def place(value, size: int, mark) -> None:
+        """Put a finished value into the collection being built (or make it the result)."""
+        nonlocal result, done
+        if not stack:
+            result, done = value, True
+            return
+        top = stack[-1]
+        top.size += size
+        if isinstance(top.value, list):
+            marks.values[top.path + (len(top.value),)] = (mark.line + 1, mark.column + 1)
+            top.value.append(value)
+        elif top.key is _NO_KEY:  # a key
+            if value is _MERGE:
+                top.key = _MERGE
+            else:
+                if not isinstance(value, (str, int, float, bool)) and value is not None:
+                    raise _error("a mapping key must be a plain scalar", mark, filename,
+                                 given=value)
+                top.key = value
+            top.key_mark = mark
+        else:
+            key, top.key = top.key, _NO_KEY
+            if key is _MERGE:
+                sources = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, dict) for v in sources):
+                    raise _error("a merge key (<<) needs a mapping or a list of mappings",
+                                 top.key_mark, filename)
+                top.merges.extend(sources)
+                return
+            child = top.path + (key if isinstance(key, str) else str(key),)
+            if key in top.value:
+                km = top.key_mark
+                raise _error(f"duplicate key {quoted(key)}", km, filename,
+                             field=Where(path=child).field,
+                             hint="each key may appear once per mapping")
+            marks.keys[child] = (top.key_mark.line + 1, top.key_mark.column + 1)
+            marks.values[child] = (mark.line + 1, mark.column + 1)
+            top.value[key] = value
+
+    while not done:
+        ev = get()
+        cls = type(ev)
+        if cls is yaml.ScalarEvent:
+            tag = ev.tag
+            if tag is None or tag == "!":
+                tag = resolve(yaml.ScalarNode, ev.value, ev.implicit)
+            if tag == _MERGE_TAG and stack and isinstance(stack[-1].value, dict) \
+                    and stack[-1].key is _NO_KEY:
+                value = _MERGE
+            else:
+                if tag == _INT_TAG and len(ev.value) > MAX_INT_DIGITS:
+                    raise _error(f"integer of {len(ev.value)} digits: too long (at most "
+                                 f"{MAX_INT_DIGITS})", ev.start_mark, filename)
+                fn = constructors.get(tag) or constructors.get(None)
+                node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)
+                try:
+                    value = fn(loader, node)
+                except ValueError as exc:  # a malformed timestamp, base-60 number, ...
+                    raise _error(f"invalid value: {exc}", ev.start_mark, filename) from None
+            if ev.anchor is not None:
+                anchors[ev.anchor] = (value, 1)
+            if not stack:
+                marks.values[()] = (ev.start_mark.line + 1, ev.start_mark.column + 1)
+            place(value, 1, ev.start_mark)
+        elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
+            is_map = cls is yaml.MappingStartEvent
+            if ev.tag not in (_MAP_TAGS if is_map else _SEQ_TAGS):
+                raise _error(f"unsupported tag {quoted(ev.tag)}", ev.start_mark, filename)
+            if len(stack) >= MAX_DEPTH:
+                raise _error(f"nested more than {MAX_DEPTH} levels deep", ev.start_mark,
+                             filename, hint="a spec is a few levels deep: check the brackets "
+                                            "and the indentation")
+            if stack:
+                top = stack[-1]
+                if isinstance(top.value, dict) and top.key is _NO_KEY:
+                    raise _error("a mapping key must be a plain scalar", ev.start_mark,
+                                 filename)
+                if isinstance(top.value, list):
+                    path = top.path + (len(top.value),)
+                elif top.key is _MERGE:
+                    path = top.path
+                else:
+                    key = top.key
+                    path = top.path + (key if isinstance(key, str) else str(key),)
+            else:
+                path = ()
+                marks.values[()] = (ev.start_mark.line + 1, ev.start_mark.column + 1)
+            if ev.anchor is not None:
+                building.add(ev.anchor)
+            stack.append(_Open({} if is_map else [], path, ev.anchor, ev.start_mark))
+        elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+            top = stack.pop()
+            value = top.value
+            if top.merges:  # explicit keys win, then the first merged mapping
+                merged: dict = {}
+                for src in reversed(top.merges):
+                    merged.update(src)
+                merged.update(value)
+                value = merged
+            if top.anchor is not None:
+                building.discard(top.anchor)
+                anchors[top.anchor] = (value, top.size)
+            place(value, top.size, top.mark)
+        elif cls is yaml.AliasEvent:
+            if ev.anchor in building:
+                raise _error(f"recursive alias *{shorten(ev.anchor, 40)}: it refers to the "
+                             f"collection it is in", ev.start_mark, filename)
+            if ev.anchor not in anchors:
+                raise _error(f"undefined alias *{shorten(ev.anchor, 40)}", ev.start_mark,
+                             filename)
+            value, size = anchors[ev.anchor]
+            alias_nodes += size
+            if alias_nodes > MAX_ALIAS_NODES:
+                raise _error(f"aliases expand to more than {MAX_ALIAS_NODES} nodes",
+                             ev.start_mark, filename,
+                             hint="write the values out, or use fewer nested aliases")
+            if not stack:
+                marks.values[()] = (ev.start_mark.line + 1, ev.start_mark.column + 1)
+            place(value, size, ev.start_mark)
+        else:  # pragma: no cover - the parser yields no other event inside a document
+            raise _error("unexpected YAML event", getattr(ev, "start_mark", None), filename)
+    get()  # DocumentEnd
+    ev = get()
+    if not isinstance(ev, yaml.StreamEndEvent):
+        raise _error("expected a single document in the stream, but found another document",
+                     ev.start_mark, filename)
+    del doc_mark
+    return result
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path, marks: Marks,
-             filename: str) -> Any:
-    marks.values[path] = _pos(node)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolve YAML merge keys (<<)
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise SpecError("a mapping key must be a plain scalar", file=filename,
-                                line=_pos(key_node)[0], column=_pos(key_node)[1],
-                                given=str(key))
-            child = path + (key if isinstance(key, str) else str(key),)
-            if key in result:
-                raise SpecError(f"duplicate key {key!r}", file=filename, line=_pos(key_node)[0],
-                                column=_pos(key_node)[1], field=Where(path=child).field,
-                                hint="each key may appear once per mapping")
-            marks.keys[child] = _pos(key_node)
-            result[key] = _convert(loader, value_node, child, marks, filename)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, path + (i,), marks, filename)
-                for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+_MERGE = object()  # a merge key (<<) while its mapping is built

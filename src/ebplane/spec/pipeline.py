@@ -12,7 +12,7 @@ from typing import Any
 
 from ebplane.errors import NotFound, SpecError, UsageError
 from ebplane.spec import check
-from ebplane.spec.located import Where, load_located
+from ebplane.spec.located import Where, load_located, read_source
 from ebplane.spec.protocol_set import (KNOWN_PROTOCOLS, REQUIRED_PROTOCOLS, canonical_order,
                                        is_protocol_file, missing_dependency, parser_graph)
 from ebplane.spec.stages import STAGE_KINDS, Stage
@@ -28,8 +28,8 @@ PARSER_MODES: tuple[str, ...] = ("fused", "separate", "xdp")
 
 PIPELINE_NAME_PATTERN = r"[a-z0-9-]{1,15}"
 # what the kernel's dev_valid_name() accepts
-IFNAME_PATTERN = r"(?!\.{1,2}$)[^/:\s]{1,15}"
-NETNS_PATTERN = r"(?!\.{1,2}$)[^/\s]{1,255}"
+IFNAME_PATTERN = r"(?!\.{1,2}$)[^/:\s\x00]{1,15}"
+NETNS_PATTERN = r"(?!\.{1,2}$)[^/\s\x00]{1,255}"
 
 
 @dataclass(frozen=True)
@@ -74,18 +74,7 @@ class PipelineSpec:
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read and validate the spec file at ``path``."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"spec file not found: {p}",
-                         hint="check the path (relative paths are from the current directory)") \
-            from None
-    except PermissionError as exc:
-        from ebplane.errors import PermissionDenied
-        raise PermissionDenied(f"cannot read spec file {p}: {exc.strerror}", err=exc.errno,
-                               hint="run as a user who may read it (or as root)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read spec file {p}: {exc}") from None
+    text = read_source(p, "spec file")
     return parse_spec(text, str(p))
 
 
@@ -146,7 +135,11 @@ def _protocols(obj: Any, where: Where, base: Path) -> tuple[str, ...]:
     for i, proto in enumerate(names):
         if isinstance(proto, str) and is_protocol_file(proto):
             path = Path(proto) if Path(proto).is_absolute() else base / proto
-            if not path.is_file():
+            try:
+                found = path.is_file()
+            except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+                found = False
+            if not found:
                 raise (where / i).error("protocol file not found", given=proto,
                                         hint="give the path of a .p4 file, relative to the "
                                              "spec file")
@@ -171,9 +164,15 @@ def _protocols(obj: Any, where: Where, base: Path) -> tuple[str, ...]:
     try:
         parser_graph(ordered)  # composes: users' files parse, hooks fit, all reached
     except SpecError as e:
-        if e.file is not None:  # located in a .p4 file: that location is the one to show
+        if e.file is not None and e.line is not None:  # located in a .p4 file: show that
             raise
-        raise where.error(e.reason, given=e.given, allowed=e.allowed, hint=e.hint) from None
+        # about a whole file (named like a library protocol, unreadable): the spec's entry
+        at = where
+        if e.file is not None:
+            with_file = [i for i, n in enumerate(names) if n == str(Path(e.file).resolve())]
+            at = where / with_file[0] if with_file else where
+            raise at.error(f"{e.file}: {e.reason}", hint=e.hint) from None
+        raise at.error(e.reason, given=e.given, allowed=e.allowed, hint=e.hint) from None
     return ordered
 
 

@@ -32,7 +32,8 @@ PORT_PROTOS: tuple[int, ...] = (PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"])
 
 RULE_KEYS: tuple[str, ...] = ("src", "dst", "proto", "sport", "dport", "vlan", "match", "action")
 
-_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+# (at most 10 digits: a port is 0-65535, and a longer number is refused without converting it)
+_RANGE = re.compile(r"\s*(\d{1,10})\s*-\s*(\d{1,10})\s*")
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def _ports(obj: Any, where: Where, listed: frozenset[str], proto: int | None) ->
         m = _RANGE.fullmatch(text)
         if m:
             lo, hi = int(m.group(1)), int(m.group(2))
-        elif text.isdecimal():
+        elif text.isdecimal() and len(text) <= 10:
             lo = hi = int(text)
         else:
             raise where.error("invalid port or port range", given=obj,
