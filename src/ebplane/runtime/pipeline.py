@@ -45,7 +45,7 @@ from ebplane.runtime.build import Built, build, compile_filter
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
-from ebplane.stages.filter.gen import map_names, slots as filter_slots, tree_group
+from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
 from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
@@ -829,7 +829,11 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
             d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
             stages.append({"stage": st.name, "kind": "filter", "rules": rules,
                            "default": {"action": st.default, "packets": d.packets, "bytes": d.bytes},
-                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes}})
+                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes},
+                           "fragments": {"mode": st.fragments, "unseen": st.unseen_fragments,
+                                         **{k: {"packets": c.packets, "bytes": c.bytes}
+                                            for k, c in ((k, cm.lookup_sum(slot)) for k, slot
+                                                         in frag_slots(st).items())}}})
         elif isinstance(st, CountStage):
             cm = maps(f"cnt_{st.name}").with_codecs(U32, COUNT)
             vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
