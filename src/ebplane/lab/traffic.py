@@ -276,6 +276,7 @@ def socket_udp(src_ns: str, dst_ns: str, dst: str, *, port: int = 5000, count: i
     with netns.enter(src_ns):
         tx = socket.socket(fam, socket.SOCK_DGRAM)
     with rx, tx:
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)  # a burst of jumbo datagrams
         rx.bind((dst, port))
         payload = [secrets.token_bytes(size) for _ in range(count)]
         for p in payload:

@@ -29,6 +29,7 @@ from ebplane.kernel.libbpf import num_possible_cpus
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
+from ebplane.runtime.build import jumbo_interfaces
 from ebplane.runtime.stages import StageRuntime, register_runtime
 from ebplane.kernel.codec import COUNT
 from ebplane.spec.forwarding import (BridgeStage, RedirectStage, RouteStage, SteerStage,
@@ -42,10 +43,11 @@ CPUMAP_VAL = Struct("bpf_cpumap_val", [("qsize", "I"), ("prog_fd", "i")])
 
 PASS_THROUGH_NAME = "ebp_passthru"
 PASS_THROUGH_C = """// SPDX-License-Identifier: GPL-2.0
-/* ebplane: lets this veth's peer transmit redirected frames (NAPI runs while XDP is on). */
+/* ebplane: lets this veth's peer transmit redirected frames (NAPI runs while XDP is on).
+ * xdp.frags: it touches no byte, so it takes multi-buffer frames and any MTU. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-SEC("xdp")
+SEC("xdp.frags")
 int ebp_passthru(struct xdp_md *ctx)
 {
 	return XDP_PASS;
@@ -120,11 +122,17 @@ def require_capable(stage, ifnames, spec) -> list[str]:
     return notes
 
 
-def make_capable(ifnames, spec, *, replay: bool) -> list[Egress]:
+def make_capable(ifnames, spec, *, replay: bool, stage=None,
+                 notes: list[str] | None = None) -> list[Egress]:
     """The devices of ``ifnames`` that are (now) redirect targets.  Fixable ones get a
     pass-through program on their peer, attached by netlink so that it stays (it goes with
-    the peer's namespace, or ``ip link set PEER xdp off``); replay only pretends."""
+    the peer's namespace, or ``ip link set PEER xdp off``); replay only pretends.
+
+    When the pipeline takes jumbo frames (multi-buffer XDP), a target must also transmit
+    multi-buffer frames (``ndo_xmit_sg``): without, ``stage`` (bridge, redirect, tx) is
+    refused, or, with ``notes`` given (route), the device is left to the kernel."""
     ready = []
+    jumbo = [] if replay else jumbo_interfaces(spec)
     for name in ifnames:
         e = egress(name, spec)
         if e.fixable and not replay:
@@ -133,8 +141,19 @@ def make_capable(ifnames, spec, *, replay: bool) -> list[Egress]:
                 raise NotSupported(f"{name} is still no redirect target after attaching XDP "
                                    f"to its peer {e.peer[1]} ({e.peer[0]})",
                                    hint="enable GRO on the peer: ethtool -K PEER gro on")
-        if e.capable or e.fixable:
-            ready.append(e)
+        if not (e.capable or e.fixable):
+            continue
+        if jumbo and not netdev.xdp_features(e.ifindex).ndo_xmit_sg:
+            why = (f"{name} lacks the XDP feature ndo_xmit_sg (multi-buffer redirect "
+                   f"target), and {', '.join(n for n, _ in jumbo)} take jumbo frames")
+            if notes is None:
+                raise NotSupported(f"{stage.kind} '{stage.name}': {why}",
+                                   hint="lower the MTU to 3000 or less, or redirect to a "
+                                        "device whose driver transmits multi-buffer frames")
+            notes.append(f"{stage.kind} '{stage.name}': {why}; routes out of {name} are left "
+                         "to the kernel")
+            continue
+        ready.append(e)
     return ready
 
 
@@ -306,7 +325,7 @@ class RouteRuntime(ForwardingRuntime):
     def prepare(self, built, spec, stage: RouteStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
         names = [i.name for i in iface.list_ifaces() if i.name != "lo"]
-        ready = make_capable(names, spec, replay=replay)
+        ready = make_capable(names, spec, replay=replay, stage=stage, notes=notes)
         _set_ports(built.map(map_name(stage, "ports")), [e.ifindex for e in ready])
         return notes + [f"route '{stage.name}': redirects to "
                         f"{', '.join(e.ifname for e in ready) or 'no interface'}"]
@@ -325,7 +344,7 @@ class BridgeRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: BridgeStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        ready = make_capable(stage.ports, spec, replay=replay)
+        ready = make_capable(stage.ports, spec, replay=replay, stage=stage)
         _set_ports(built.map(map_name(stage, "ports")), [e.ifindex for e in ready])
         return notes
 
@@ -375,7 +394,7 @@ class RedirectRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: RedirectStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        (target,) = make_capable([stage.to], spec, replay=replay)
+        (target,) = make_capable([stage.to], spec, replay=replay, stage=stage)
         built.map(map_name(stage, "ports")).with_codecs(U32, U32).update(0, target.ifindex)
         cfg = built.map(map_name(stage, "cfg")).with_codecs(U32, MACS)
         if stage.macs == "peer":
@@ -394,7 +413,7 @@ class TxRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: TxStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        make_capable(spec.interfaces, spec, replay=replay)
+        make_capable(spec.interfaces, spec, replay=replay, stage=stage)
         return notes
 
 
