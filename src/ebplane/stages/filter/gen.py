@@ -211,15 +211,17 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
                      f"\t\tebp_count(&{cnt}, {fs['other']}, pkt->len);",
                      f"\t\tEBP_TRACE_SET({idx}, {fs['other']});", "\t\treturn EBP_V_DROP;"]
         else:
-            body += [f"\t\tif (ebp_frag_read(ctx, pkt, {idx}, &fk, &foff, &more))",
-                     "\t\t\tgoto bad_frag;",
+            body += ["\t\t/* 0: the offsets are unknown (an IPv6 fragment in parser mode separate",
+                     "\t\t * or xdp, whose parse-info has no fragment header offset): untracked */",
+                     f"\t\tint known = !ebp_frag_read(ctx, pkt, {idx}, &fk, &foff, &more);",
+                     "",
                      "\t\tif (pkt->flags & EBP_PKT_LATER_FRAG) {",
                      "\t\t\t/* RFC 1858: a later fragment over the TCP header rewrites it */",
-                     "\t\t\tif (pkt->proto == IPPROTO_TCP && foff < 20)",
+                     "\t\t\tif (known && pkt->proto == IPPROTO_TCP && foff < 20)",
                      "\t\t\t\tgoto bad_frag;"]
             if st.fragments == "track":
-                body += ["\t\t\tstruct ebp_frag_val *fv = "
-                         f"bpf_map_lookup_elem(&{FRAG_TABLE}, &fk);",
+                body += ["\t\t\tstruct ebp_frag_val *fv = known ? "
+                         f"bpf_map_lookup_elem(&{FRAG_TABLE}, &fk) : NULL;",
                          "\t\t\tif (fv) {",
                          "\t\t\t\tslot = fv->slot;",
                          "\t\t\t\tverdict = fv->verdict;",
@@ -239,7 +241,7 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
                        if later != "EBP_NEXT" else []),
                      f"\t\t\treturn {later};",
                      "\t\t}",
-                     "\t\tfrag_first = 1;"]
+                     "\t\tfrag_first = known;"]
         body += ["\t}"]
     body += [f"\tif ({t}_classify(pkt, &r)) {{",
              "\t\tslot = r.rule_id;",
