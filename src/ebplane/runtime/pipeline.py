@@ -41,11 +41,11 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
-from ebplane.runtime.build import Built, build, compile_filter
+from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
-from ebplane.stages.filter.gen import map_names, slots as filter_slots, tree_group
+from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
 from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
@@ -224,10 +224,15 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             except UsageError as e:
                 raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
                               hint=e.hint) from None
+        jumbo = jumbo_interfaces(spec)
         for st in spec.stages:
             rt = runtime_for(st.kind)
             if rt:
                 notes += rt.check(spec, st)
+    if jumbo:
+        notes.append("multi-buffer: " + ", ".join(f"{n} has MTU {m}" for n, m in jumbo)
+                     + ": the XDP program is built as xdp.frags, so native XDP takes jumbo "
+                       "frames (the headers are read in the first buffer)")
     live: dict[str, list[RuleEntry]] = {}
     previous_of: dict[str, list[RuleEntry]] = {}  # what the kernel holds now, per filter
     for st in _filters(spec):
@@ -260,7 +265,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
     maps_dir = pin_dir(spec.name) / "maps"
     built = build(spec, features, reuse_pins=maps_dir if old else None,
-                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups)
+                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
+                  frags=bool(jumbo))
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
@@ -829,7 +835,11 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
             d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
             stages.append({"stage": st.name, "kind": "filter", "rules": rules,
                            "default": {"action": st.default, "packets": d.packets, "bytes": d.bytes},
-                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes}})
+                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes},
+                           "fragments": {"mode": st.fragments, "unseen": st.unseen_fragments,
+                                         **{k: {"packets": c.packets, "bytes": c.bytes}
+                                            for k, c in ((k, cm.lookup_sum(slot)) for k, slot
+                                                         in frag_slots(st).items())}}})
         elif isinstance(st, CountStage):
             cm = maps(f"cnt_{st.name}").with_codecs(U32, COUNT)
             vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
