@@ -242,7 +242,8 @@ class Agent:
         with self.lock(name):
             return rt.RuleTable(name, table).list()
 
-    def _edit(self, name: str, table: str | None, op: Callable[[rt.RuleTable], dict]) -> dict:
+    def _edit(self, name: str, table: str | None, op: Callable[[rt.RuleTable], dict],
+              hint: Callable[[int], tuple[int, int]] | None = None) -> dict:
         with self.lock(name):
             if PipelineState.load(name) is None and self.store.pipeline(name) is not None:
                 why = self.phase.get(name, {}).get("why") or "it is not in the kernel"
@@ -258,8 +259,8 @@ class Agent:
             new = [e.to_state() for e in t.last_entries]
             t0 = time.perf_counter()
             try:
-                self._orders[name][t.name] = self.store.change_rules(name, t.name, old, orders,
-                                                                     new)
+                self._orders[name][t.name] = self.store.change_rules(
+                    name, t.name, old, orders, new, hint(len(old)) if hint else None)
                 self._cache[(name, t.name)] = new
             except BaseException:
                 self._check_rules.add(name)  # the kernel is ahead: compare at next reconcile
@@ -288,10 +289,15 @@ class Agent:
             self._cache.pop(k, None)
 
     def rules_add(self, name: str, table: str | None, rule: dict, at: int | None) -> dict:
-        return self._edit(name, table, lambda t: t.add(t.parse(rule, "rule"), at))
+        def hint(n: int) -> tuple[int, int]:  # unchanged: the rules before and after it
+            pos = n if at is None else at
+            return pos, n - pos
+        return self._edit(name, table, lambda t: t.add(t.parse(rule, "rule"), at), hint)
 
     def rules_delete(self, name: str, table: str | None, indexes: list[int]) -> dict:
-        return self._edit(name, table, lambda t: t.delete(indexes))
+        def hint(n: int) -> tuple[int, int]:
+            return (min(indexes), n - 1 - max(indexes)) if indexes else (n, 0)
+        return self._edit(name, table, lambda t: t.delete(indexes), hint)
 
     def rules_replace(self, name: str, table: str | None, rules: list, source: str = "rules") -> dict:
         return self._edit(name, table, lambda t: t.replace(

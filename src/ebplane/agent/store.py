@@ -193,19 +193,37 @@ class Store:
             db.execute("DELETE FROM rules WHERE pipeline = ?", (name,))
 
     def change_rules(self, name: str, table: str, old: Sequence[Entry], orders: list[float],
-                     new: Sequence[Entry]) -> list[float]:
+                     new: Sequence[Entry], hint: tuple[int, int] | None = None) -> list[float]:
         """Persist the change from ``old`` (with its ``orders``) to ``new``: the rows of the
         common prefix and suffix stay, the middle is replaced, so one rule added or removed is
-        one or two rows whatever the table's size.  Returns the orders of ``new``."""
-        p = 0
+        one or two rows whatever the table's size.  Returns the orders of ``new``.
+
+        ``hint``: (prefix, suffix) lengths the caller knows unchanged (a rule added at an
+        index, rules deleted between two).  They are checked on the rules' ids (a rule keeps
+        its id while it stays; an added rule takes an id no rule had, see
+        ``ebplane.runtime.tables.assign_ids``), so a change to a 100k-rule table compares
+        integers, not rules; without a hint, or when the check fails, rules are compared."""
         n_old, n_new = len(old), len(new)
-        while p < n_old and p < n_new and old[p]["id"] == new[p]["id"] and \
-                old[p]["rule"] == new[p]["rule"]:
-            p += 1
-        s = 0
-        while s < n_old - p and s < n_new - p and old[n_old - 1 - s]["id"] == \
-                new[n_new - 1 - s]["id"] and old[n_old - 1 - s]["rule"] == new[n_new - 1 - s]["rule"]:
-            s += 1
+        p = s = -1
+        if hint is not None:
+            hp, hs = hint
+            if 0 <= hp and 0 <= hs and hp + hs <= min(n_old, n_new):
+                old_ids = [e["id"] for e in old]
+                new_ids = [e["id"] for e in new]
+                if old_ids[:hp] == new_ids[:hp] and old_ids[n_old - hs:] == new_ids[n_new - hs:] \
+                        and not set(new_ids[hp:n_new - hs]) & set(old_ids[:hp]) \
+                        and not set(new_ids[hp:n_new - hs]) & set(old_ids[n_old - hs:]):
+                    p, s = hp, hs
+        if p < 0:
+            p = 0
+            while p < n_old and p < n_new and old[p]["id"] == new[p]["id"] and \
+                    old[p]["rule"] == new[p]["rule"]:
+                p += 1
+            s = 0
+            while s < n_old - p and s < n_new - p and old[n_old - 1 - s]["id"] == \
+                    new[n_new - 1 - s]["id"] and \
+                    old[n_old - 1 - s]["rule"] == new[n_new - 1 - s]["rule"]:
+                s += 1
         gone = old[p:n_old - s]
         added = new[p:n_new - s]
         lo = orders[p - 1] if p > 0 else None
