@@ -332,7 +332,8 @@ print(data.decode())
 
 def _as_nobody(sock: Path) -> str:
     return subprocess.run(["/usr/bin/python3", "-c", RAW_REQUEST, str(sock)], user=NOBODY,
-                          capture_output=True, text=True, timeout=30, cwd="/").stdout
+                          group=NOBODY, extra_groups=[], capture_output=True, text=True,
+                          timeout=30, cwd="/").stdout
 
 
 def test_unauthorised_peer_refused(agent, ebp_env, veth, tmp_path):
@@ -340,12 +341,16 @@ def test_unauthorised_peer_refused(agent, ebp_env, veth, tmp_path):
     cli("apply", str(spec))
     mode = stat.S_IMODE(agent.sock.stat().st_mode)
     assert mode == 0o660
-    os.chmod(tmp_path, 0o755)  # let nobody reach the socket file itself
-    assert _as_nobody(agent.sock).strip() == "EACCES"
-    os.chmod(agent.sock, 0o666)  # even with the socket open to all: SO_PEERCRED refuses
-    out = _as_nobody(agent.sock)
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="ebp-agent-") as d:
+        os.chmod(d, 0o755)  # nobody may reach the socket file (pytest's tmp is root's)
+        reachable = Path(d) / "agent.sock"
+        os.link(agent.sock, reachable)  # the same socket inode, mode 0660
+        assert _as_nobody(reachable).strip() == "EACCES"
+        os.chmod(reachable, 0o666)  # even with the socket open to all: SO_PEERCRED refuses
+        out = _as_nobody(reachable)
     assert out.startswith("HTTP/1.0 403"), out
-    body = json.loads(out.split("\r\n\r\n", 1)[1])
+    body = json.loads(out.split("\n\n", 1)[1])
     assert "refuses requests from uid 65534" in body["error"]["message"]
     assert body["exit_code"] == 4
     assert in_force(veth) == "A"
