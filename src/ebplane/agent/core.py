@@ -206,7 +206,7 @@ class Agent:
         for n in names:
             with self.lock(n):
                 desired = self.store.pipeline(n)
-                if desired is None and name:
+                if desired is None and name and PipelineState.load(n) is None:
                     raise NotFound(f"pipeline '{n}' is not applied (applied pipelines: "
                                    f"{', '.join(self.names()) or 'none'})",
                                    hint="apply it first: ebplane apply SPEC")
