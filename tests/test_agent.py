@@ -139,6 +139,20 @@ def test_cli_goes_through_the_agent_and_falls_back(agent, ebp_env, veth, tmp_pat
     s.close()
     kinds = [e["kind"] for e in agent.events()]
     assert kinds[:2] == ["applied", "rules-changed"]
+    lines = [json.loads(ln) for ln in cli("events", "--json").stdout.splitlines()]
+    assert [e["kind"] for e in lines][:2] == ["applied", "rules-changed"]
+    # --follow prints what happens next
+    follow = subprocess.Popen([*EBPLANE, "events", "--follow", "--json", "--last", "0"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        cli("rules", "delete", "ap", "2")
+        cli("rules", "add", "ap", "--rule", RULE_EXTRA)
+        first = json.loads(follow.stdout.readline())
+        assert first["kind"] == "rules-changed" and first["via"] == "agent"
+    finally:
+        follow.kill()
+        follow.wait(10)
     # a spec the validator refuses: exit 2, nothing desired
     bad = write_spec(tmp_path / "bad.yaml", spec_text(veth, "A").replace("pipeline: ap",
                                                                           "pipeline: b@d"))
@@ -223,6 +237,7 @@ def test_drift_repaired_within_a_second(agent, ebp_env, veth, tmp_path, how):
     ev = agent.wait_event("drift-repaired", after=seq, timeout=10)
     took = time.monotonic() - t0
     assert in_force(veth) == "A"
+    print(f"drift ({how}) repaired after {took:.3f} s")
     assert took < 1.0, f"repaired after {took:.2f} s"
     assert ev["detail"]["problems"]
     st = cli_json("status", "ap")[0]
@@ -244,6 +259,7 @@ def test_pending_interface_attached_when_it_appears(agent, ebp_env, netns, tmp_p
         _netns.run(netns, ["ip", "link", "set", dev, "up"])
     agent.wait_event("attached", after=seq, timeout=10)
     took = time.monotonic() - t0
+    print(f"pending interface attached {took:.3f} s after it appeared")
     assert took < 1.0, f"attached {took:.2f} s after the interface appeared"
     time.sleep(0.3)  # veth carrier
     assert in_force(netns) == "A"
