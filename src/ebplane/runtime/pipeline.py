@@ -26,6 +26,7 @@ import functools
 import ipaddress
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,6 +193,25 @@ def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
     text = Path(spec_path).read_text()
     with _locked(spec.name):
         return _apply(spec, text, str(spec_path), progress=progress)
+
+
+def apply_text(spec_text: str, spec_file: str, *, rules: dict[str, list[dict]] | None = None,
+               progress: Progress = _quiet) -> ApplyResult:
+    """:func:`apply` of a spec given as text (``spec_file`` names it in errors and status);
+    ``rules``: per filter, the rules to install as they are kept (``{"id", "rule"}``, ids
+    kept) instead of the spec's or the live ones (the agent restores its desired state so)."""
+    spec = _parsed_spec(spec_text, spec_file)
+    with _locked(spec.name):
+        live = None
+        if rules is not None:
+            live = {k: _stored_entries(v, spec.protocols) for k, v in rules.items()
+                    if any(f.name == k for f in _filters(spec))}
+        return _apply(spec, spec_text, spec_file, progress=progress, live_override=live)
+
+
+def spec_of_text(spec_text: str, spec_file: str) -> PipelineSpec:
+    """The validated spec of a text (one parse per text and process)."""
+    return _parsed_spec(spec_text, spec_file)
 
 
 def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
@@ -454,22 +474,24 @@ def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
 # the state (every one goes through load_state) compares it with the kernel, under the
 # pipeline's lock, and rolls it forward (finishing the operation) or back.
 
-_held: set[str] = set()  # pipelines whose lock this process holds
+_held_by = threading.local()  # per thread: the pipelines whose lock it holds
 
 
 @contextlib.contextmanager
 def _locked(name: str):
-    """The pipeline's lock, re-entrant within this process (a rule edit that regenerates
-    the program applies under the lock it holds)."""
-    if name in _held:
+    """The pipeline's lock, re-entrant within this thread (a rule edit that regenerates
+    the program applies under the lock it holds).  Per thread, not per process: another
+    thread of the same process (the agent's) waits for the lock like another process."""
+    held = _held_by.__dict__.setdefault("names", set())
+    if name in held:
         yield
         return
     with locked(name):
-        _held.add(name)
+        held.add(name)
         try:
             yield
         finally:
-            _held.discard(name)
+            held.discard(name)
 
 
 def _netns_of(st: PipelineState):
@@ -952,6 +974,7 @@ class RuleTable:
                 # fails before any change when the rules cannot be classified
                 compiled = compile_filter(self.stage, new, user_layout_for(spec.protocols, running),
                                           running_plan)
+            self.last_entries = new  # what the agent persists
             if compiled is None or not compiled.plan.same_code(running_plan):
                 res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
                 plan = PipelineState.require(self.pipeline).filters.get(self.name, {})
