@@ -44,10 +44,11 @@ def test_layouts_and_constants_match_filter_h(tmp_path: Path):
              "_Static_assert(offsetof(struct ebp_flt_node, dim) == 16, \"dim\");"]
     for name, off in box_offsets.items():
         lines.append(f"_Static_assert(offsetof(struct ebp_flt_box, {name}) == {off}, \"{name}\");")
-    consts = {"EBP_FLT_DIMS": model.NDIMS, "EBP_FLT_KEY_SLOTS": model.KEY_SLOTS,
+    consts = {"EBP_FLT_DIMS": model.NDIMS,
               "EBP_FLT_PROTO_NONE": model.PROTO_NONE, "EBP_FLT_VLAN_NONE": model.VLAN_NONE,
               "EBP_FLT_PORT_NONE": model.PORT_NONE, "EBP_FLT_MAX_DEPTH": tree.MAX_DEPTH,
               "EBP_FLT_MAX_LEAF": tree.MAX_LEAF, "EBP_FLT_LEAF": tree.LEAF_DIM,
+              "EBP_FLT_TREE": tree.TREE_DIM, "EBP_FLT_MAX_TREES": tree.MAX_TREES,
               "EBP_FLT_EMPTY": tree.EMPTY, "EBP_ACT_PASS": ACT_PASS, "EBP_ACT_DROP": ACT_DROP}
     consts.update({f"EBP_D_{d.upper()}": i for i, d in enumerate(model.DIMS)})
     for k, v in consts.items():
@@ -165,14 +166,20 @@ def test_boxes_and_tree_equal_first_match_on_random_rules_and_packets():
         rules = [random_rule(rng) for _ in range(rng.randint(1, 120))]
         ids = rng.sample(range(10000), len(rules))
         boxes = compile_boxes(rules, ids)
-        t = tree.build(boxes, binth=rng.choice([1, 4, 8]))
+        binth = rng.choice([1, 4, 8])
+        t = tree.build(boxes, binth=binth)
+        f = tree.build_forest(boxes, binth=binth)
         assert t.depth <= tree.MAX_DEPTH and t.max_leaf <= tree.MAX_LEAF
+        assert len(f.trees) <= tree.MAX_TREES and f.min_prio == sorted(f.min_prio)
         for _ in range(30):
             pkt = random_packet(rng, rules)
             expected = first_match(rules, ids, pkt)
             assert model.match_boxes(boxes, pkt) == expected, (rules, pkt)
             key, user, valid = model.packet_key(pkt)
             found = tree.lookup(t, boxes, key, user, valid)
+            assert (Match(found.prio, found.rule_id, found.action) if found else None) == \
+                expected, (rules, pkt)
+            found = tree.forest_lookup(f, boxes, key, user, valid)
             assert (Match(found.prio, found.rule_id, found.action) if found else None) == \
                 expected, (rules, pkt)
             checked += 1
@@ -331,3 +338,17 @@ def test_tree_build_time_grows_about_linearly():
         assert t.depth <= tree.MAX_DEPTH
     print(f"tree build: 2k rules {times[2000]:.2f} s, 20k rules {times[20000]:.2f} s")
     assert times[20_000] < 30 * times[2_000]
+
+
+def test_partitions_keep_wide_rules_out_of_narrow_trees():
+    """Rules that leave the addresses wide do not share a tree with host rules: without the
+    partition every wide rule is copied into every leaf the host rules split the space into."""
+    rules = [Rule("drop", src=ipaddress.IPv4Network((0xC6120000 + 256 * i, 24)), proto=6,
+                  dport=(80, 80)) for i in range(300)]
+    rules += [Rule("pass", proto=6, dport=(p, p)) for p in range(1000, 1100)]
+    boxes = compile_boxes(rules, range(len(rules)))
+    one = tree.build(boxes)
+    forest = tree.build_forest(boxes)
+    assert len(forest.trees) == 2
+    assert forest.leaf <= len(one.leaf)
+    assert [len(t.leaf) for t in forest.trees][1] == 100  # the wide rules: no copies

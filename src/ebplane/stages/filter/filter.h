@@ -37,14 +37,15 @@ enum ebp_flt_dim {
 	EBP_FLT_DIMS
 };
 
-#define EBP_FLT_KEY_SLOTS  16	/* the key array: a node's dim is masked into it */
 #define EBP_FLT_PROTO_NONE 0x100
 #define EBP_FLT_VLAN_NONE  0x1000
 #define EBP_FLT_PORT_NONE  0x10000
 
 #define EBP_FLT_MAX_DEPTH  48
 #define EBP_FLT_MAX_LEAF   32
+#define EBP_FLT_MAX_TREES  8
 #define EBP_FLT_LEAF       0xff		/* ebp_flt_node.dim of a leaf */
+#define EBP_FLT_TREE       0xfe		/* ebp_flt_node.dim of a tree header */
 #define EBP_FLT_EMPTY      0xffffffff	/* root of an empty rule set */
 
 /* rule actions */
@@ -69,7 +70,8 @@ struct ebp_flt_box {
 	struct ebp_flt_rule rule;
 };
 
-/* a tree node: inner (dim < EBP_FLT_DIMS) or leaf (dim == EBP_FLT_LEAF) */
+/* a tree node: inner (dim < EBP_FLT_DIMS), leaf (dim == EBP_FLT_LEAF) or a tree header
+ * (dim == EBP_FLT_TREE) */
 struct ebp_flt_node {
 	__u64 thresh;	/* inner: key[dim] <= thresh goes left */
 	__u32 left;	/* inner: child node; leaf: first entry in the leaf array */
@@ -108,7 +110,7 @@ static __always_inline int ebp_flt_hit(struct ebp_flt_rule *r, __u32 prio, __u32
 
 /* What the walk and the leaf scan read: the packet's key and user area, the leaf found. */
 struct ebp_flt_scan {
-	__u64 key[EBP_FLT_KEY_SLOTS];
+	__u64 key[EBP_FLT_DIMS];
 	__u32 user32[4];
 	__u32 user_valid;
 	__u32 first;	/* the leaf's first entry */
@@ -126,26 +128,25 @@ static __always_inline int ebp_flt_user_holds(const struct ebp_flt_box *b,
 }
 
 /* Define NAME_classify(pkt, &rule) for a table in the tree form: 1 and the winning rule, or
- * 0.  HOLDS(box, scan) is the table's generated box test: it compares only the dimensions
- * the table's rules use.  NAME_classify is a global function, so the verifier checks it
- * once, whatever the parser paths that lead to it (checked inline, its leaf loop was
- * verified again for every distinct parser state and exceeded the verifier's budget). */
+ * 0.  A table is a forest: the rules are partitioned by which fields they leave wide
+ * (addresses, destination port), so that one tree's splits do not copy the wide rules of
+ * another into every leaf; the config entry names the first tree header
+ * (dim == EBP_FLT_TREE: left = the tree's root, right = the next header, thresh = the best
+ * priority the tree holds; headers in that order, so the walk stops once no later tree can
+ * win).  HOLDS(box, scan) is the table's generated box test: it compares only the dimensions
+ * the table's rules use.  Both functions are global, so the verifier checks each once,
+ * whatever the parser paths that lead to them (checked inline, the leaf loop was verified
+ * again for every distinct parser state and exceeded the verifier's budget). */
 #define EBP_FLT_TREE_DEFINE(NAME, CFG, NODES, LEAF, BOXES, HOLDS)			\
-__attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
-					      struct ebp_flt_rule *rule)		\
+__attribute__((noinline)) int NAME##_tree(const struct ebp_pkt *pkt, __u32 root,	\
+					  struct ebp_flt_rule *rule)			\
 {											\
 	struct ebp_flt_scan s = {};							\
 	const struct ebp_flt_node *n;							\
 	const struct ebp_flt_box *b;							\
-	__u32 zero = 0, *root, idx, *bi, i;						\
+	__u32 idx = root, *bi, i;							\
 											\
 	if (!pkt || !rule)								\
-		return 0;								\
-	root = bpf_map_lookup_elem(&CFG, &zero);					\
-	if (!root)									\
-		return 0;								\
-	idx = *(volatile __u32 *)root;	/* read once: one tree */			\
-	if (idx == EBP_FLT_EMPTY)							\
 		return 0;								\
 	ebp_flt_key(s.key, pkt);							\
 	s.user32[0] = pkt->user32[0];							\
@@ -159,8 +160,9 @@ __attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
 			return 0;							\
 		if (n->dim == EBP_FLT_LEAF)						\
 			break;								\
-		idx = s.key[n->dim & (EBP_FLT_KEY_SLOTS - 1)] <= n->thresh ?		\
-		      n->left : n->right;						\
+		if (n->dim >= EBP_FLT_DIMS)						\
+			return 0;							\
+		idx = s.key[n->dim] <= n->thresh ? n->left : n->right;			\
 	}										\
 	if (i == EBP_FLT_MAX_DEPTH)							\
 		return 0;								\
@@ -180,6 +182,34 @@ __attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
 		}									\
 	}										\
 	return 0;									\
+}											\
+__attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
+					      struct ebp_flt_rule *rule)		\
+{											\
+	const struct ebp_flt_node *h;							\
+	struct ebp_flt_rule r;								\
+	__u32 zero = 0, *root, idx, t;							\
+	int found = 0;									\
+											\
+	if (!pkt || !rule)								\
+		return 0;								\
+	root = bpf_map_lookup_elem(&CFG, &zero);					\
+	if (!root)									\
+		return 0;								\
+	idx = *(volatile __u32 *)root;	/* read once: one forest */			\
+	for (t = 0; t < EBP_FLT_MAX_TREES && idx != EBP_FLT_EMPTY; t++) {		\
+		h = bpf_map_lookup_elem(&NODES, &idx);					\
+		if (!h || h->dim != EBP_FLT_TREE)					\
+			break;								\
+		if (found && h->thresh > rule->prio)					\
+			break;	/* no rule of this tree or a later one can win */	\
+		idx = h->right;								\
+		if (NAME##_tree(pkt, h->left, &r) && (!found || r.prio < rule->prio)) {	\
+			*rule = r;							\
+			found = 1;							\
+		}									\
+	}										\
+	return found;									\
 }
 
 /* -- IP fragments ------------------------------------------------------------------------

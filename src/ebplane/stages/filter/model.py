@@ -44,7 +44,6 @@ DIMS: tuple[str, ...] = ("family", "proto", "vlan", "sport", "dport",
                          "src_hi", "src_lo", "dst_hi", "dst_lo")
 D = {name: i for i, name in enumerate(DIMS)}
 NDIMS = len(DIMS)
-KEY_SLOTS = 16            # EBP_FLT_KEY_SLOTS: the key array on the stack (index masked by 15)
 PROTO_NONE = 0x100        # EBP_FLT_PROTO_NONE
 VLAN_NONE = 0x1000        # EBP_FLT_VLAN_NONE
 PORT_NONE = 0x10000       # EBP_FLT_PORT_NONE

@@ -19,7 +19,7 @@ from ebplane.codegen.p4c import UserLayout
 from ebplane.errors import UsageError
 from ebplane.spec import Rule
 from ebplane.stages.filter.model import DIMS, Box, compile_boxes
-from ebplane.stages.filter.tree import Tree, build
+from ebplane.stages.filter.tree import Forest, build_forest
 
 INLINE_MAX = 32
 MIN_SLOTS = 64  # smallest array half (entries per generation)
@@ -74,11 +74,11 @@ class FilterPlan:
 
 @dataclass
 class CompiledTable:
-    """A table's rules compiled: its plan, its boxes and (tree form) the tree."""
+    """A table's rules compiled: its plan, its boxes and (tree form) the forest of trees."""
 
     plan: FilterPlan
     boxes: list[Box]
-    tree: Tree | None = None
+    tree: Forest | None = None
 
 
 def compile_table(rules: Sequence[Rule], ids: Sequence[int], *, name: str,
@@ -92,20 +92,20 @@ def compile_table(rules: Sequence[Rule], ids: Sequence[int], *, name: str,
         why = (f"{len(rules)} rules <= {inline_max}" if choice == "auto" else "classifier: inline") \
             + ": compiled into the program"
         return CompiledTable(FilterPlan("inline", why, inline=tuple(zip(rules, ids))), boxes)
-    tree = build(boxes)
+    tree = build_forest(boxes)
     used = set().union(*(b.used_dims() for b in boxes)) if boxes else set()
     dims = tuple(DIMS[d] for d in sorted(used))
     user = any(b.user_need for b in boxes)
     why = ("classifier: tree" if choice == "tree" else f"{len(rules)} rules > {inline_max}") + \
-        (f": decision tree, depth {tree.depth}, "
-           f"largest leaf {tree.max_leaf}, {len(tree.nodes)} nodes, {len(boxes)} boxes")
+        (f": {len(tree.trees)} decision tree(s), depth {tree.depth}, "
+           f"largest leaf {tree.max_leaf}, {tree.nodes} nodes, {len(boxes)} boxes")
     if running is not None and running.form == "tree" and set(dims) <= set(running.dims) \
-            and (running.user or not user) and len(tree.nodes) <= running.nodes \
-            and len(tree.leaf) <= running.leaf and len(boxes) <= running.boxes:
+            and (running.user or not user) and tree.nodes <= running.nodes \
+            and tree.leaf <= running.leaf and len(boxes) <= running.boxes:
         plan = FilterPlan("tree", why, running.dims, running.user, running.nodes,
                           running.leaf, running.boxes)
     else:
-        plan = FilterPlan("tree", why, dims, user, _room(len(tree.nodes)), _room(len(tree.leaf)),
+        plan = FilterPlan("tree", why, dims, user, _room(tree.nodes), _room(tree.leaf),
                           _room(len(boxes)))
     return CompiledTable(plan, boxes, tree)
 

@@ -62,18 +62,15 @@ class FilterTable:
         cfg = self._maps(self.names["config"])
         root = struct.unpack("<I", cfg.lookup(U32.encode(0)))[0]
         gen = 1 if root != EMPTY and root < plan.nodes else 0  # the half not in force
-        tree = compiled.tree
+        forest = compiled.tree
+        nb, lb, bb = gen * plan.nodes, gen * plan.leaf, gen * plan.boxes
+        nodes, leaf, new_root = forest.pack(nb, lb, bb)
         if compiled.boxes:
-            nb, lb, bb = gen * plan.nodes, gen * plan.leaf, gen * plan.boxes
-            nodes, leaf = tree.pack(nb, lb, bb)
             boxes = b"".join(b.pack() for b in compiled.boxes)
             self._maps(self.names["boxes"]).update_batch(_indices(bb, len(compiled.boxes)), boxes)
-            self._maps(self.names["leaf"]).update_batch(_indices(lb, len(tree.leaf)), leaf)
-            self._maps(self.names["nodes"]).update_batch(_indices(nb, len(tree.nodes)), nodes)
-            new_root = nb
-        else:
-            new_root = EMPTY
+            self._maps(self.names["leaf"]).update_batch(_indices(lb, forest.leaf), leaf)
+            self._maps(self.names["nodes"]).update_batch(_indices(nb, forest.nodes), nodes)
         cfg.update_raw(U32.encode(0), U32.encode(new_root))
         rcu_barrier()  # no packet walks the previous tree after this
-        return {"form": "tree", "boxes": len(compiled.boxes), "nodes": len(tree.nodes),
-                "depth": tree.depth, "generation": gen}
+        return {"form": "tree", "boxes": len(compiled.boxes), "trees": len(forest.trees),
+                "nodes": forest.nodes, "depth": forest.depth, "generation": gen}

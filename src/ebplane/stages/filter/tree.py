@@ -29,10 +29,18 @@ from ebplane.stages.filter.model import ANY, NDIMS, Box
 MAX_DEPTH = 48          # EBP_FLT_MAX_DEPTH: inner nodes on any path
 MAX_LEAF = 32           # EBP_FLT_MAX_LEAF: boxes in one leaf
 LEAF_DIM = 0xFF         # EBP_FLT_LEAF: ebp_flt_node.dim of a leaf
+TREE_DIM = 0xFE         # EBP_FLT_TREE: ebp_flt_node.dim of a tree header
+MAX_TREES = 8           # EBP_FLT_MAX_TREES
 EMPTY = 0xFFFFFFFF      # EBP_FLT_EMPTY: root of an empty rule set
 NODE = struct.Struct("<QIII4x")  # struct ebp_flt_node: thresh, left, right, dim
 
 BINTH = 8               # a node with this many boxes or fewer becomes a leaf
+# a box is wide in an address when it spans more than a /16 (IPv4) or a /48 (IPv6) (its
+# high 64-bit word spans 2^48 resp. 2^16 values or more), in the destination port when it
+# spans more than 1024 ports; boxes are partitioned by these three bits (EffiCuts' idea)
+_WIDE_V4 = 1 << 48
+_WIDE_V6 = 1 << 16
+_WIDE_PORTS = 1024
 _U64_MAX = np.uint64(ANY[1])
 
 
@@ -173,3 +181,98 @@ def lookup(tree: Tree, boxes: Sequence[Box], key: Sequence[int], user: Sequence[
         if boxes[i].holds(key, user, user_valid):
             return boxes[i]
     return None
+
+
+# -- forests: one tree per partition of the boxes ------------------------------------------------
+
+def _wide(b: Box) -> tuple[bool, bool, bool]:
+    from ebplane.stages.filter.model import D
+    wide_addr = _WIDE_V4 if b.lo[D["family"]] == 4 and b.hi[D["family"]] == 4 else _WIDE_V6
+    return (b.hi[D["src_hi"]] - b.lo[D["src_hi"]] >= wide_addr,
+            b.hi[D["dst_hi"]] - b.lo[D["dst_hi"]] >= wide_addr,
+            b.hi[D["dport"]] - b.lo[D["dport"]] > _WIDE_PORTS)
+
+
+SMALL_GROUP = 0.01      # a partition with fewer boxes than this share joins the mixed one
+
+
+def partition(boxes: Sequence[Box]) -> list[list[int]]:
+    """Box indices grouped by which of source, destination and destination port they leave
+    wide, each group in priority order, groups ordered by the best priority they hold.
+    Groups of fewer than 1% of the boxes go together into one mixed group: a tree more per
+    packet costs more than the few copies of their wide boxes (at most 8 groups)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, b in enumerate(boxes):
+        groups.setdefault(_wide(b), []).append(i)
+    small = max(32, int(SMALL_GROUP * len(boxes)))
+    big = [g for g in groups.values() if len(g) >= small]
+    mixed = sorted(i for g in groups.values() if len(g) < small for i in g)
+    return sorted(big + ([mixed] if mixed else []), key=lambda g: g[0])
+
+
+@dataclass
+class Forest:
+    """The trees of a table (each over the table's box indices) and their best priorities."""
+
+    trees: list[Tree]
+    min_prio: list[int]
+    nboxes: int
+
+    @property
+    def nodes(self) -> int:
+        return sum(len(t.nodes) for t in self.trees) + len(self.trees)
+
+    @property
+    def leaf(self) -> int:
+        return sum(len(t.leaf) for t in self.trees)
+
+    @property
+    def depth(self) -> int:
+        return max((t.depth for t in self.trees), default=0)
+
+    @property
+    def max_leaf(self) -> int:
+        return max((t.max_leaf for t in self.trees), default=0)
+
+    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes, int]:
+        """``(nodes, leaf, root)``: the node array from ``node_base`` (the tree headers
+        first), the leaf array from ``leaf_base``, and the index of the first header."""
+        if not self.trees:
+            return b"", b"", EMPTY
+        k = len(self.trees)
+        headers, bodies, leaves = [], [], []
+        nb, lb = node_base + k, leaf_base
+        for i, t in enumerate(self.trees):
+            nxt = node_base + i + 1 if i + 1 < k else EMPTY
+            headers.append(NODE.pack(self.min_prio[i], nb, nxt, TREE_DIM))
+            nodes, leaf = t.pack(nb, lb, box_base)
+            bodies.append(nodes)
+            leaves.append(leaf)
+            nb += len(t.nodes)
+            lb += len(t.leaf)
+        return b"".join(headers + bodies), b"".join(leaves), node_base
+
+
+def build_forest(boxes: Sequence[Box], *, binth: int = BINTH) -> Forest:
+    """One tree per :func:`partition` of ``boxes``; leaf entries index ``boxes``."""
+    trees, prios = [], []
+    for group in partition(boxes):
+        t = build([boxes[i] for i in group], binth=binth)
+        t.leaf = [group[i] for i in t.leaf]
+        t.nboxes = len(boxes)
+        trees.append(t)
+        prios.append(boxes[group[0]].prio)
+    return Forest(trees, prios, len(boxes))
+
+
+def forest_lookup(forest: Forest, boxes: Sequence[Box], key: Sequence[int],
+                  user: Sequence[int], user_valid: int) -> Box | None:
+    """Walk a forest as the BPF program does: for tests."""
+    best = None
+    for t, prio in zip(forest.trees, forest.min_prio):
+        if best is not None and prio > best.prio:
+            break
+        found = lookup(t, boxes, key, user, user_valid)
+        if found is not None and (best is None or found.prio < best.prio):
+            best = found
+    return best
