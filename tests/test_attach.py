@@ -135,6 +135,7 @@ def test_attach_over_an_attached_program_is_a_clear_error(progs, inside, second)
         e = ei.value
         assert e.errno in (errno.EBUSY, errno.EEXIST) and "veth0" in str(e)
         assert f"id {progs['xdp_swap'].id}" in e.hint and "detach it first" in e.hint
+        assert "name 'xdp_swap'" in e.hint  # whose program is in the way
         assert _xdp("veth0")["prog_id"] == progs["xdp_swap"].id  # untouched
     finally:
         first.link.close()

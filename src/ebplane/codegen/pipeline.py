@@ -35,6 +35,8 @@ XDP_PROLOGUE = ["\tvoid *data = (void *)(long)ctx->data;",
                 "\tvoid *data_end = (void *)(long)ctx->data_end;"]
 # parser mode xdp: slots of map ebp_handoff, counted by the TC program per packet
 HANDOFF_COUNTERS = ("parse_info_from_xdp", "parsed_in_tc")
+# XDP pipelines that set marks: slots of map ebp_marks, counted by ebp_tc_marks
+MARK_COUNTERS = ("set_from_xdp",)
 MAX_VERDICTS = 8
 TRACE_NONE = 0xFF
 
@@ -56,6 +58,7 @@ class Features:
     tcp: bool = False
     udp: bool = False
     fields: tuple[str, ...] = ()
+    marks: bool = False  # a rule sets a mark or class (XDP: a TC program applies them)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(sorted(set(self.fields))))
@@ -69,15 +72,16 @@ class Features:
 
     def merge(self, other: "Features") -> "Features":
         return Features(**{n: getattr(self, n) or getattr(other, n) for n in _FLAGS},
-                        fields=self.fields + other.fields)
+                        fields=self.fields + other.fields, marks=self.marks or other.marks)
 
     def covers(self, other: "Features") -> bool:
         """Whether a program built for ``self`` serves ``other``: same user-area layout too."""
         return (all(getattr(self, n) or not getattr(other, n) for n in _FLAGS)
-                and set(other.fields) <= set(self.fields))
+                and set(other.fields) <= set(self.fields) and (self.marks or not other.marks))
 
     def to_dict(self) -> dict:
-        return {**{n: getattr(self, n) for n in _FLAGS}, "fields": list(self.fields)}
+        return {**{n: getattr(self, n) for n in _FLAGS}, "fields": list(self.fields),
+                "marks": self.marks}
 
 
 def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
@@ -85,7 +89,9 @@ def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
     listed = set(protocols)
     v4 = v6 = tcp = udp = False
     fields: set[str] = set()
+    marks = False
     for r in rules:
+        marks |= r.sets_skb
         fields.update(str(m.field) for m in r.match)
         fam = (r.src or r.dst).version if (r.src or r.dst) else 0
         needs_ip = fam or r.proto is not None or r.sport or r.dport
@@ -98,7 +104,7 @@ def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
     # VLAN tags are always skipped when vlan is listed: IP behind a tag is still IP
     return Features(vlan="vlan" in listed, ipv4=v4 and "ipv4" in listed,
                     ipv6=v6 and "ipv6" in listed, tcp=tcp and "tcp" in listed,
-                    udp=udp and "udp" in listed, fields=tuple(fields))
+                    udp=udp and "udp" in listed, fields=tuple(fields), marks=marks)
 
 
 def spec_features(spec: PipelineSpec, live_rules: dict[str, list[Rule]] | None = None) -> Features:
@@ -142,6 +148,9 @@ class GeneratedProgram:
     # parser mode xdp: the XDP program that parses and leaves the parse-info for the TC
     # program (``name``), which apply attaches next to it
     xdp_parser: str | None = None
+    # an XDP pipeline whose rules set marks: the TC ingress program that copies them from the
+    # metadata area to the skb, which apply attaches next to the XDP program
+    tc_marks: str | None = None
     # where `match:` fields sit in ebp_pkt.user: the control plane packs rule keys the same way
     user_layout: p4c.UserLayout = field(default_factory=p4c.UserLayout)
     graph: ParserGraph | None = None  # the specialised parse graph the parser comes from
@@ -257,6 +266,11 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         prog.xdp_parser = "ebp_xdp_parser"
     prog.filters = dict(filters or {})
     out = Emit(spec, prog)
+    if spec.hook == "xdp" and features.marks:
+        prog.tc_marks = "ebp_tc_marks"
+        out.map("ebp_marks", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+                len(MARK_COUNTERS), "TC program ebp_tc_marks: packets whose mark/class it set "
+                "from the XDP program's metadata", stage=None, role="marks")
     if separate:
         out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
                 "slot 0: the stage program the parser program tail-calls",
@@ -368,6 +382,8 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         parts.append(_parser_program(prog.name, tail_call=True, frags=frags))
     if handoff:
         parts.append(_parser_program(prog.xdp_parser, tail_call=False, frags=parser_frags))
+    if prog.tc_marks:
+        parts.append(_tc_marks_program(prog.tc_marks))
     parts.append('char LICENSE[] SEC("license") = "GPL";')
     prog.source = "\n\n".join(parts) + "\n"
     return prog
@@ -397,6 +413,23 @@ def _parser_program(name: str, *, tail_call: bool, frags: bool = False) -> str:
         "\tpi = (void *)(long)ctx->data_meta;",
         "\tif ((void *)(pi + 1) > (void *)(long)ctx->data)", "\t\treturn XDP_PASS;",
         "\tebp_pinfo_write(pi, &pkt, malformed);", *end, "}"])
+
+
+def _tc_marks_program(name: str) -> str:
+    """The TC ingress program next to an XDP program whose rules set marks: it copies the
+    mark and class the XDP program left in the metadata area (``ebp_xdp_leave_marks``) to
+    the skb, and lets the packet go on to whatever runs after it (TC_ACT_UNSPEC: tcx next)."""
+    return "\n".join([
+        "/* marks from XDP: the mark/class a rule set, copied from the metadata to the skb */",
+        'SEC("tc")', f"int {name}(struct __sk_buff *ctx)", "{",
+        "\tvoid *data = (void *)(long)ctx->data;",
+        "\tstruct ebp_mark_meta *m = (void *)(long)ctx->data_meta;", "",
+        "\tif ((void *)(m + 1) > data || m->magic != (EBP_MARK_MAGIC ^ ctx->len))",
+        "\t\treturn TC_ACT_UNSPEC; /* no record for this frame */",
+        "\tif (m->flags & EBP_ACT_MARK)", "\t\tctx->mark = m->mark;",
+        "\tif (m->flags & EBP_ACT_CLASS)", "\t\tctx->priority = m->klass;",
+        f"\tebp_count(&ebp_marks, {MARK_COUNTERS.index('set_from_xdp')}, ctx->len);",
+        "\treturn TC_ACT_UNSPEC;", "}"])
 
 
 def _load_stage_modules() -> None:

@@ -11,11 +11,12 @@ import ctypes
 import errno
 from dataclasses import dataclass, field
 
-from ebplane.errors import AttachError, KernelError, kernel_error
+from ebplane.errors import AttachError, EbplaneError, KernelError, kernel_error
 from ebplane.kernel.libbpf import (ATTACH_TYPES, XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE,
                                    XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, LinkCreateOpts,
                                    TcHook, TcOpts, XdpAttachOpts, XdpQueryOpts, lib)
 from ebplane.kernel.links import Link
+from ebplane.kernel.programs import Program
 from ebplane.net.iface import ifindex
 
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
@@ -92,12 +93,24 @@ def attach_xdp(prog_fd: int, ifname: str, *, mode: str = "auto", use_link: bool 
     hint = None
     if last_err in (errno.EBUSY, errno.EEXIST):
         q = query_xdp(ifname)
-        hint = (f"{ifname} already has an XDP program (id {q['prog_id']}, {q['mode']}); "
+        hint = (f"{ifname} already has an XDP program (id {q['prog_id']}, "
+                f"name '{_prog_name(q['prog_id'])}', {q['mode']}), left alone; "
                 f"detach it first: `ip link set {ifname} xdp off` if attached by netlink, or "
                 f"close (or unpin) the bpf_link that holds it")
     elif last_err == errno.EOPNOTSUPP:
         hint = "the driver has no native XDP: use mode generic, or hook tc-ingress"
     raise _attach_error(f"attach XDP ({mode}) to {ifname}", last_err, hint)
+
+
+def _prog_name(prog_id: int | None) -> str:
+    """The kernel's name of a program (to tell the user whose program is in the way)."""
+    if not prog_id:
+        return "?"
+    try:
+        with Program.from_id(prog_id) as p:
+            return p.name
+    except EbplaneError:  # gone meanwhile, or not ours to open
+        return "?"
 
 
 def replace_xdp(ifname: str, new_prog_fd: int, old_prog_fd: int, mode: str) -> None:

@@ -39,6 +39,12 @@ class Built:
         """Parser mode xdp: the XDP program attached next to the TC program (``program``)."""
         return self.obj.programs[self.gen.xdp_parser] if self.gen.xdp_parser else None
 
+    @property
+    def tc_marks(self) -> Program | None:
+        """An XDP pipeline whose rules set marks: the TC ingress program that copies them
+        from the metadata area to the skb, attached next to the XDP program."""
+        return self.obj.programs[self.gen.tc_marks] if self.gen.tc_marks else None
+
     def map(self, cname: str) -> Map:
         return self.obj.maps[cname]
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, Features, spec_features,
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MARK_COUNTERS, Features, spec_features,
                                       user_layout_for)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
@@ -360,6 +360,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                      "staged": [[str(t), str(f)] for t, f in staged],
                      "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
                      "xdp_parser": built.xdp_parser is not None,
+                     "tc_marks": built.tc_marks is not None,
                      "installs": {t.name: {"generation": t.generation(), "fresh": fresh}
                                   for t, _, fresh in deferred},
                      "detach": [a for a in (old.attachments if old else adopted)
@@ -456,6 +457,8 @@ def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
                 bpffs.unpin(m)
     if not p["xdp_parser"]:  # parser mode xdp no longer
         bpffs.unpin(root / "xdp-parser")
+    if not p.get("tc_marks"):  # no rule sets a mark from XDP any more
+        bpffs.unpin(root / "tc-marks")
     if p["detach"]:
         with _netns_of(state):
             for a in p["detach"]:
@@ -671,16 +674,20 @@ def _roll_forward(st: PipelineState) -> None:
 
 
 def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
-    """(pin name, program) of every program apply pins: the one at the spec's hook and the
-    XDP parser of parser mode xdp."""
+    """(pin name, program) of every program apply pins: the one at the spec's hook, the
+    XDP parser of parser mode xdp and the TC program that applies an XDP pipeline's marks."""
     return [("prog", built.program)] + ([("xdp-parser", built.xdp_parser)]
-                                        if built.xdp_parser is not None else [])
+                                        if built.xdp_parser is not None else []) + \
+        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else [])
 
 
 def _hook_of(prog: Program, spec: PipelineSpec) -> str:
     """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
-    XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook."""
-    return "xdp" if prog.type_name == "xdp" else spec.hook
+    XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook (an XDP
+    pipeline's marks program: at tc-ingress)."""
+    if prog.type_name == "xdp":
+        return "xdp"
+    return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
 def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link | None]:
@@ -690,7 +697,7 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link 
         if hook == "xdp":
             a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
         else:
-            a = att.attach_tc(prog.fd, ifname, spec.hook.split("-", 1)[1])
+            a = att.attach_tc(prog.fd, ifname, hook.split("-", 1)[1])
     except EbplaneError as e:
         # name the ebplane pipeline in the way, if it is one of ours
         for other in all_names():
@@ -870,6 +877,16 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
         elif (rt := runtime_for(st.kind)) is not None:
             stages.append({"stage": st.name, "kind": st.kind, **rt.stats(maps, spec, st)})
     out = {"verdicts": verdicts, "stages": stages}
+    if spec.hook == "xdp":  # marks set from XDP: how often the TC program applied them
+        try:
+            mm = maps("ebp_marks").with_codecs(U32, COUNT)
+        except NotFound:
+            mm = None  # no rule sets a mark
+        if mm is not None:
+            out["marks"] = {}
+            for i, what in enumerate(MARK_COUNTERS):
+                c = mm.lookup_sum(i)
+                out["marks"][what] = {"packets": c.packets, "bytes": c.bytes}
     if spec.parser_mode == "xdp":  # how often the XDP parser's parse-info reached TC
         hm = maps("ebp_handoff").with_codecs(U32, COUNT)
         out["handoff"] = {}

@@ -30,7 +30,9 @@ PROTO_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 PROTO_NAMES: dict[int, str] = {v: k for k, v in PROTO_NUMBERS.items()}
 PORT_PROTOS: tuple[int, ...] = (PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"])
 
-RULE_KEYS: tuple[str, ...] = ("src", "dst", "proto", "sport", "dport", "vlan", "match", "action")
+RULE_KEYS: tuple[str, ...] = ("src", "dst", "proto", "sport", "dport", "vlan", "match", "action",
+                              "mark", "class")
+MARK_MAX = 0xFFFFFFFF
 
 # (at most 10 digits: a port is 0-65535, and a longer number is refused without converting it)
 _RANGE = re.compile(r"\s*(\d{1,10})\s*-\s*(\d{1,10})\s*")
@@ -49,6 +51,10 @@ class Rule:
     vlan: int | None = None
     # `match:` on any header field of the pipeline's protocols, sorted by field name
     match: tuple[FieldMatch, ...] = ()
+    # with action pass: the skb mark (`mark:`) and skb priority (`class:` "major:minor", the
+    # classid a qdisc reads from skb->priority) the packet leaves with
+    mark: int | None = None
+    klass: int | None = None
     # line in the spec file, for messages; not part of the rule's identity
     line: int | None = field(default=None, compare=False)
 
@@ -84,7 +90,37 @@ class Rule:
         if self.match:
             d["match"] = {str(m.field): match_text(m) for m in self.match}
         d["action"] = self.action
+        if self.mark is not None:
+            d["mark"] = self.mark
+        if self.klass is not None:
+            d["class"] = class_text(self.klass)
         return d
+
+    @property
+    def sets_skb(self) -> bool:
+        """Whether the rule sets a mark or a class on the packets it passes."""
+        return self.mark is not None or self.klass is not None
+
+
+def class_text(klass: int) -> str:
+    """A class as tc writes it: hexadecimal ``major:minor``."""
+    return f"{klass >> 16:x}:{klass & 0xFFFF:x}"
+
+
+def _class(obj: Any, where: Where) -> int:
+    """``class: "major:minor"`` (hexadecimal, as tc writes classids) or a number: the value
+    for skb->priority."""
+    if isinstance(obj, str):
+        major, colon, minor = obj.strip().partition(":")
+        try:
+            if not colon or not 0 < len(major) <= 4 or not 0 < len(minor) <= 4:
+                raise ValueError
+            return (int(major, 16) << 16) | int(minor, 16)
+        except ValueError:
+            raise where.error("invalid class", given=obj,
+                              allowed='"major:minor" in hexadecimal as tc writes it, '
+                                      'e.g. "1:10", or a number 0-4294967295') from None
+    return check.integer(obj, where, 0, MARK_MAX, what="class (skb priority)")
 
 
 def parse_rule(obj: Any, *, protocols: Iterable[str], where: str | Where = "rule") -> Rule:
@@ -119,8 +155,16 @@ def parse_rule(obj: Any, *, protocols: Iterable[str], where: str | Where = "rule
     if "action" not in d:
         raise at.error("missing required key 'action'", allowed=" | ".join(ACTIONS))
     action = check.choice(d["action"], at / "action", ACTIONS)
+    mark = check.integer(d["mark"], at / "mark", 0, MARK_MAX, what="mark") \
+        if "mark" in d else None
+    klass = _class(d["class"], at / "class") if "class" in d else None
+    for key, value in (("mark", mark), ("class", klass)):
+        if value is not None and action != "pass":
+            raise (at / key).error(f"{key}: applies to packets a rule passes, not to action: "
+                                   f"{action}", given=d[key],
+                                   hint=f"set action: pass or remove {key}:")
     return Rule(action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                vlan=vlan, match=match, line=at.line)
+                vlan=vlan, match=match, mark=mark, klass=klass, line=at.line)
 
 
 def _need(where: Where, listed: frozenset[str], any_of: tuple[str, ...], what: str,

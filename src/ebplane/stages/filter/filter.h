@@ -48,15 +48,22 @@ enum ebp_flt_dim {
 #define EBP_FLT_TREE       0xfe		/* ebp_flt_node.dim of a tree header */
 #define EBP_FLT_EMPTY      0xffffffff	/* root of an empty rule set */
 
-/* rule actions */
-#define EBP_ACT_PASS 0
-#define EBP_ACT_DROP 1
+/* rule actions: the low byte is pass or drop, the bits above it say what a passing rule
+ * sets on the packet (skb mark, skb priority: at TC directly, at XDP through the metadata
+ * area, read by the TC program ebplane attaches next to the XDP program) */
+#define EBP_ACT_PASS  0
+#define EBP_ACT_DROP  1
+#define EBP_ACT_KIND  0xff
+#define EBP_ACT_MARK  0x100
+#define EBP_ACT_CLASS 0x200
 
 /* what a classification returns */
 struct ebp_flt_rule {
 	__u32 prio;	/* position in the rule list: lower wins */
 	__u32 rule_id;	/* stable id: index of the rule's counters */
 	__u32 action;	/* EBP_ACT_* */
+	__u32 mark;	/* with EBP_ACT_MARK: the skb mark */
+	__u32 klass;	/* with EBP_ACT_CLASS: the skb priority (a tc classid) */
 };
 
 /* one box: a rule, or one of the boxes a rule expands into (ports without proto: TCP and
@@ -98,12 +105,45 @@ static __always_inline void ebp_flt_key(__u64 *key, const struct ebp_pkt *pkt)
 
 /* inline form: record the winning rule */
 static __always_inline int ebp_flt_hit(struct ebp_flt_rule *r, __u32 prio, __u32 rule_id,
-				       __u32 action)
+				       __u32 action, __u32 mark, __u32 klass)
 {
 	r->prio = prio;
 	r->rule_id = rule_id;
 	r->action = action;
+	r->mark = mark;
+	r->klass = klass;
 	return 1;
+}
+
+/* -- marks from XDP ------------------------------------------------------------------------
+ * An XDP program has no skb to mark: it leaves the mark and class in the metadata area in
+ * front of the packet, and the TC ingress program generated next to it (ebp_tc_marks) sets
+ * them on the skb.  The magic word is xor'ed with the frame length, so a TC program trusts
+ * only a record written for the frame it sees. */
+#define EBP_MARK_MAGIC 0xeb9a4b51
+
+struct ebp_mark_meta {
+	__u32 magic;	/* EBP_MARK_MAGIC ^ frame length */
+	__u32 flags;	/* EBP_ACT_MARK | EBP_ACT_CLASS */
+	__u32 mark;
+	__u32 klass;
+};
+
+/* Leave the rule's mark/class for the TC program; invalidates packet pointers. */
+static __always_inline void ebp_xdp_leave_marks(struct xdp_md *ctx, const struct ebp_flt_rule *r)
+{
+	struct ebp_mark_meta *m;
+	__u32 len = bpf_xdp_get_buff_len(ctx);
+
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*m)))
+		return;	/* the driver leaves no room for metadata */
+	m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return;
+	m->magic = EBP_MARK_MAGIC ^ len;
+	m->flags = r->action & (EBP_ACT_MARK | EBP_ACT_CLASS);
+	m->mark = r->mark;
+	m->klass = r->klass;
 }
 
 #define EBP_FLT_IN(b, s, d) ((s)->key[d] >= (b)->lo[d] && (s)->key[d] <= (b)->hi[d])

@@ -6,7 +6,7 @@ from ebplane.codegen.p4c import UserLayout
 from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator, rule_features
 from ebplane.spec import FilterStage, Rule
 from ebplane.spec.rules import PORT_PROTOS
-from ebplane.stages.filter.model import user_blocks
+from ebplane.stages.filter.model import action_code, user_blocks
 from ebplane.stages.filter.plan import FilterPlan, compile_table
 
 OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
@@ -123,6 +123,18 @@ def _describe(rule: Rule) -> str:
     return text.replace("*/", "* /")
 
 
+def mark_lines(hook: str, features) -> list[str]:
+    """Set the winning rule's mark and class: on the skb at TC, in the metadata area at XDP
+    (the generated TC program ``ebp_tc_marks`` copies them to the skb)."""
+    if not getattr(features, "marks", False):
+        return []
+    if hook == "xdp":
+        return ["\t\tif (r.action & (EBP_ACT_MARK | EBP_ACT_CLASS))",
+                "\t\t\tebp_xdp_leave_marks(ctx, &r); /* for ebp_tc_marks */"]
+    return ["\t\tif (r.action & EBP_ACT_MARK)", "\t\t\tctx->mark = r.mark;",
+            "\t\tif (r.action & EBP_ACT_CLASS)", "\t\t\tctx->priority = r.klass;"]
+
+
 def inline_classifier(t: str, plan: FilterPlan, layout: UserLayout) -> str:
     lines = [f"/* the rules of filter '{t[4:]}' compiled in: the first that holds wins */",
              f"static __always_inline int {t}_classify(const struct ebp_pkt *pkt, "
@@ -130,7 +142,8 @@ def inline_classifier(t: str, plan: FilterPlan, layout: UserLayout) -> str:
     for prio, (rule, rid) in enumerate(plan.inline):
         lines += [f"\t/* {prio}: {{{_describe(rule)}}} */",
                   f"\tif ({rule_condition(rule, layout)})",
-                  f"\t\treturn ebp_flt_hit(r, {prio}, {rid}, {ACT[rule.action]});"]
+                  f"\t\treturn ebp_flt_hit(r, {prio}, {rid}, {action_code(rule):#x}, "
+                  f"{rule.mark or 0}, {rule.klass or 0});"]
     lines += ["\treturn 0;", "}"]
     return "\n".join(lines)
 
@@ -245,7 +258,8 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
         body += ["\t}"]
     body += [f"\tif ({t}_classify(pkt, &r)) {{",
              "\t\tslot = r.rule_id;",
-             "\t\tverdict = r.action == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
+             "\t\tverdict = (r.action & EBP_ACT_KIND) == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
+             *mark_lines(out.hook, out.prog.features),
              "\t} else {",
              f"\t\tslot = {default_slot};",
              f"\t\tverdict = {OUTCOME[st.default]};",

@@ -52,11 +52,21 @@ ANY = (0, (1 << 64) - 1)  # the whole range of a dimension
 ACT_PASS = 0
 ACT_DROP = 1
 ACTION_CODES: dict[str, int] = {"pass": ACT_PASS, "drop": ACT_DROP}
+ACT_KIND = 0xFF           # EBP_ACT_KIND: the low byte is pass or drop; above it, flags:
+ACT_MARK = 0x100          # EBP_ACT_MARK: set the skb mark (rule.mark)
+ACT_CLASS = 0x200         # EBP_ACT_CLASS: set the skb priority (rule.klass)
+
+
+def action_code(rule: Rule) -> int:
+    """``struct ebp_flt_rule.action`` of a rule: pass/drop and the mark/class flags."""
+    return ACTION_CODES[rule.action] | (ACT_MARK if rule.mark is not None else 0) | \
+        (ACT_CLASS if rule.klass is not None else 0)
+
 
 # struct ebp_flt_box: lo[9], hi[9], user_mask[4], user_value[4], user_need, prio, rule_id,
-# action (little-endian; natural alignment holds without padding)
-BOX = struct.Struct(f"<{NDIMS}Q{NDIMS}Q4I4IIIII")
-RULE = struct.Struct("<III")  # struct ebp_flt_rule: prio, rule_id, action
+# action, mark, klass (little-endian; natural alignment holds without padding)
+BOX = struct.Struct(f"<{NDIMS}Q{NDIMS}Q4I4IIIIIII")
+RULE = struct.Struct("<IIIII")  # struct ebp_flt_rule: prio, rule_id, action, mark, klass
 
 _ZERO_USER = (0, 0, 0, 0)
 
@@ -83,10 +93,13 @@ class Box:
     user_need: int = 0
     user_mask: tuple[int, int, int, int] = _ZERO_USER
     user_value: tuple[int, int, int, int] = _ZERO_USER
+    mark: int = 0
+    klass: int = 0
 
     def pack(self) -> bytes:
         return BOX.pack(*self.lo, *self.hi, *self.user_mask, *self.user_value,
-                        self.user_need, self.prio, self.rule_id, self.action)
+                        self.user_need, self.prio, self.rule_id, self.action, self.mark,
+                        self.klass)
 
     def used_dims(self) -> set[int]:
         return {d for d in range(NDIMS) if (self.lo[d], self.hi[d]) != ANY}
@@ -188,13 +201,14 @@ def rule_boxes(rule: Rule, prio: int, rule_id: int,
     else:
         protos = (None,)
     need, users = user_blocks(rule, layout) if rule.match else (0, ((_ZERO_USER, _ZERO_USER),))
-    action = ACTION_CODES[rule.action]
+    action = action_code(rule)
     out = []
     for p in protos:
         if p is not None:
             put("proto", (p, p))
         for mask, value in users:
-            out.append(Box(tuple(lo), tuple(hi), prio, rule_id, action, need, mask, value))
+            out.append(Box(tuple(lo), tuple(hi), prio, rule_id, action, need, mask, value,
+                           rule.mark or 0, rule.klass or 0))
     return out
 
 
