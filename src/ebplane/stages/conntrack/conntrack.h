@@ -320,6 +320,13 @@ static __always_inline int ebp_ct_track(EBP_CTX *ctx, const struct ebp_pkt *pkt,
 		return EBP_CT_NEW;
 	}
 
+	if (pkt->proto == IPPROTO_TCP && dir && !(tcp_flags & EBP_TCP_RST)) {
+		/* the answer to a SYN is a SYN-ACK; a SYN alone never comes back */
+		if (e->state == EBP_CTS_SYN_SENT ?
+		    (tcp_flags & (EBP_TCP_SYN | EBP_TCP_ACK)) != (EBP_TCP_SYN | EBP_TCP_ACK) :
+		    (tcp_flags & (EBP_TCP_SYN | EBP_TCP_ACK)) == EBP_TCP_SYN)
+			return EBP_CT_INVALID; /* (does not refresh the entry) */
+	}
 	e->seen_ns = now;
 	e->packets[dir & 1]++;
 	if (pkt->proto != IPPROTO_TCP) {
@@ -354,13 +361,8 @@ static __always_inline int ebp_ct_track(EBP_CTX *ctx, const struct ebp_pkt *pkt,
 		if (e->state == EBP_CTS_SYN_RECV && (tcp_flags & EBP_TCP_ACK))
 			ebp_ct_set(e, EBP_CTS_ESTABLISHED, to);
 	} else {
-		if (e->state == EBP_CTS_SYN_SENT) {
-			if ((tcp_flags & (EBP_TCP_SYN | EBP_TCP_ACK)) != (EBP_TCP_SYN | EBP_TCP_ACK))
-				return EBP_CT_INVALID;
+		if (e->state == EBP_CTS_SYN_SENT)
 			ebp_ct_set(e, EBP_CTS_SYN_RECV, to);
-		} else if (tcp_flags & EBP_TCP_SYN && !(tcp_flags & EBP_TCP_ACK)) {
-			return EBP_CT_INVALID;
-		}
 		e->replied = 1;
 	}
 	if (tcp_flags & EBP_TCP_FIN) {
