@@ -30,9 +30,15 @@ PROTO_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 PROTO_NAMES: dict[int, str] = {v: k for k, v in PROTO_NUMBERS.items()}
 PORT_PROTOS: tuple[int, ...] = (PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"])
 
-RULE_KEYS: tuple[str, ...] = ("src", "dst", "proto", "sport", "dport", "vlan", "match", "action",
-                              "mark", "class")
+RULE_KEYS: tuple[str, ...] = ("src", "dst", "proto", "sport", "dport", "vlan", "state", "match",
+                              "action", "mark", "class")
 MARK_MAX = 0xFFFFFFFF
+
+# connection states a rule may match (`state:`), set by a conntrack stage before the filter;
+# the value is ebp_pkt.ct_state (conntrack.h)
+STATES: dict[str, int] = {"untracked": 0, "new": 1, "established": 2, "related": 3,
+                          "invalid": 4}
+STATE_NAMES: dict[int, str] = {v: k for k, v in STATES.items()}
 
 # (at most 10 digits: a port is 0-65535, and a longer number is refused without converting it)
 _RANGE = re.compile(r"\s*(\d{1,10})\s*-\s*(\d{1,10})\s*")
@@ -55,6 +61,8 @@ class Rule:
     # classid a qdisc reads from skb->priority) the packet leaves with
     mark: int | None = None
     klass: int | None = None
+    # connection states (STATES values, sorted): the rule holds in any of them; None = any
+    state: tuple[int, ...] | None = None
     # line in the spec file, for messages; not part of the rule's identity
     line: int | None = field(default=None, compare=False)
 
@@ -87,6 +95,9 @@ class Rule:
                 d[key] = ports[0] if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
         if self.vlan is not None:
             d["vlan"] = self.vlan
+        if self.state is not None:
+            names = [STATE_NAMES[v] for v in self.state]
+            d["state"] = names[0] if len(names) == 1 else names
         if self.match:
             d["match"] = {str(m.field): match_text(m) for m in self.match}
         d["action"] = self.action
@@ -151,6 +162,7 @@ def parse_rule(obj: Any, *, protocols: Iterable[str], where: str | Where = "rule
         _need(at / "vlan", listed, ("vlan",), "a vlan match", vlan)
 
     match = _user_fields(d["match"], at / "match", listed) if "match" in d else ()
+    state = _states(d["state"], at / "state") if "state" in d else None
 
     if "action" not in d:
         raise at.error("missing required key 'action'", allowed=" | ".join(ACTIONS))
@@ -164,7 +176,7 @@ def parse_rule(obj: Any, *, protocols: Iterable[str], where: str | Where = "rule
                                    f"{action}", given=d[key],
                                    hint=f"set action: pass or remove {key}:")
     return Rule(action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                vlan=vlan, match=match, mark=mark, klass=klass, line=at.line)
+                vlan=vlan, match=match, state=state, mark=mark, klass=klass, line=at.line)
 
 
 def _need(where: Where, listed: frozenset[str], any_of: tuple[str, ...], what: str,
@@ -219,6 +231,21 @@ def _proto(obj: Any, where: Where, listed: frozenset[str], family: int) -> int:
     else:
         _need(where, listed, ("ipv4", "ipv6"), "a proto match", obj)
     return number
+
+
+def _states(obj: Any, where: Where) -> tuple[int, ...]:
+    """``state: new`` or ``state: [established, related]``."""
+    items = obj if isinstance(obj, list) else [obj]
+    if not items:
+        raise where.error("state: names no state", allowed=" | ".join(STATES),
+                          hint="remove state:, or name a state")
+    out = set()
+    for item in items:
+        if not isinstance(item, str) or item not in STATES:
+            raise where.error("unknown connection state", given=item,
+                              allowed=" | ".join(STATES))
+        out.add(STATES[item])
+    return tuple(sorted(out))
 
 
 def _ports(obj: Any, where: Where, listed: frozenset[str], proto: int | None) -> tuple[int, int]:

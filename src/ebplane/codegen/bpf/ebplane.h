@@ -57,6 +57,7 @@ struct ebp_pkt {
 	union { __u8 user[EBP_USER_BYTES]; __u32 user32[EBP_USER_BYTES / 4]; };
 	__u16 user_valid;          /* bit i: the header of user field i is present */
 	__u16 hdr_off[EBP_NHDR];   /* offset of each header (EBP_HDR_*), 0xffff when absent */
+	__u8  ct_state;  /* connection state a conntrack stage set (EBP_CT_*, 0: untracked) */
 };
 
 struct ebp_vlan_hdr {

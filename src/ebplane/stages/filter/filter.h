@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /* The filter stage's classifier, shared with its control plane (ebplane.stages.filter).
  *
- * A packet is a point in nine dimensions (enum ebp_flt_dim); a rule is a box, one range
+ * A packet is a point in ten dimensions (enum ebp_flt_dim); a rule is a box, one range
  * per dimension, plus an optional condition on the user area (match: fields).  A value a
  * packet cannot carry stands for an absent field (EBP_FLT_*_NONE), so presence is part of
  * the box.  The first rule (lowest prio) whose box holds the packet wins.
@@ -34,6 +34,7 @@ enum ebp_flt_dim {
 	EBP_D_SRC_LO,
 	EBP_D_DST_HI,
 	EBP_D_DST_LO,
+	EBP_D_CT_STATE,	/* ebp_pkt.ct_state: set by a conntrack stage, 0 (untracked) without */
 	EBP_FLT_DIMS
 };
 
@@ -101,6 +102,7 @@ static __always_inline void ebp_flt_key(__u64 *key, const struct ebp_pkt *pkt)
 	key[EBP_D_SRC_LO] = __builtin_bswap64(*(const __u64 *)&pkt->src32[2]);
 	key[EBP_D_DST_HI] = __builtin_bswap64(*(const __u64 *)&pkt->dst32[0]);
 	key[EBP_D_DST_LO] = __builtin_bswap64(*(const __u64 *)&pkt->dst32[2]);
+	key[EBP_D_CT_STATE] = pkt->ct_state;
 }
 
 /* inline form: record the winning rule */

@@ -105,6 +105,9 @@ def rule_condition(rule: Rule, layout: UserLayout) -> str:
             c += _prefix(side, net)
     if rule.vlan is not None:
         c += ["pkt->n_vlan", f"pkt->vlan == {rule.vlan}"]
+    if rule.state is not None:
+        c.append("(" + " || ".join(f"pkt->ct_state == {v}" for v in rule.state) + ")"
+                 if len(rule.state) > 1 else f"pkt->ct_state == {rule.state[0]}")
     if rule.match:
         need, blocks = user_blocks(rule, layout)
         c.append(f"(pkt->user_valid & {need:#x}) == {need:#x}")

@@ -2,7 +2,7 @@
 forms (``inline``: rules as constant branches in the program; ``tree``: a decision tree over
 the boxes in BPF arrays) and by the reference matcher the tests hold them to.
 
-A packet is a point in nine dimensions (``DIMS``); a rule is a box, one closed range per
+A packet is a point in ten dimensions (``DIMS``); a rule is a box, one closed range per
 dimension, plus an optional condition on the user area (``match:`` fields).  Values a
 packet cannot carry in a field stand for its absence, so that presence is part of the box:
 
@@ -18,6 +18,7 @@ src_hi    source address bytes 0-7, big-endian   0 (IPv4 uses bytes 0-3; not IP:
 src_lo    bytes 8-15                             0
 dst_hi    destination address, bytes 0-7         0
 dst_lo    bytes 8-15                             0
+ct_state  connection state (a conntrack stage)   0 (untracked: no conntrack stage)
 ========  =====================================  ================================
 
 A port rule without ``proto`` is two boxes (TCP and UDP); a ``match:`` range is as many
@@ -41,7 +42,7 @@ from ebplane.spec.rules import PORT_PROTOS, Rule
 # -- shared with filter.h (checked by tests/test_filter_forms.py) -------------------------------
 
 DIMS: tuple[str, ...] = ("family", "proto", "vlan", "sport", "dport",
-                         "src_hi", "src_lo", "dst_hi", "dst_lo")
+                         "src_hi", "src_lo", "dst_hi", "dst_lo", "ct_state")
 D = {name: i for i, name in enumerate(DIMS)}
 NDIMS = len(DIMS)
 PROTO_NONE = 0x100        # EBP_FLT_PROTO_NONE
@@ -63,8 +64,8 @@ def action_code(rule: Rule) -> int:
         (ACT_CLASS if rule.klass is not None else 0)
 
 
-# struct ebp_flt_box: lo[9], hi[9], user_mask[4], user_value[4], user_need, prio, rule_id,
-# action, mark, klass (little-endian; natural alignment holds without padding)
+# struct ebp_flt_box: lo[NDIMS], hi[NDIMS], user_mask[4], user_value[4], user_need, prio,
+# rule_id, action, mark, klass (little-endian; natural alignment holds without padding)
 BOX = struct.Struct(f"<{NDIMS}Q{NDIMS}Q4I4IIIIIII")
 RULE = struct.Struct("<IIIII")  # struct ebp_flt_rule: prio, rule_id, action, mark, klass
 
@@ -194,6 +195,7 @@ def rule_boxes(rule: Rule, prio: int, rule_id: int,
         put("sport", rule.sport)
     if rule.dport is not None:
         put("dport", rule.dport)
+    states = _state_runs(rule.state) if rule.state is not None else (None,)
     if rule.proto is not None:
         protos: tuple[int | None, ...] = (rule.proto,)
     elif rule.sport is not None or rule.dport is not None:
@@ -206,10 +208,24 @@ def rule_boxes(rule: Rule, prio: int, rule_id: int,
     for p in protos:
         if p is not None:
             put("proto", (p, p))
-        for mask, value in users:
-            out.append(Box(tuple(lo), tuple(hi), prio, rule_id, action, need, mask, value,
-                           rule.mark or 0, rule.klass or 0))
+        for run in states:
+            if run is not None:
+                put("ct_state", run)
+            for mask, value in users:
+                out.append(Box(tuple(lo), tuple(hi), prio, rule_id, action, need, mask, value,
+                               rule.mark or 0, rule.klass or 0))
     return out
+
+
+def _state_runs(states: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted state values as ranges of consecutive values (one box each)."""
+    runs: list[list[int]] = []
+    for v in states:
+        if runs and runs[-1][1] + 1 == v:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return tuple((a, b) for a, b in runs)
 
 
 def compile_boxes(rules: Sequence[Rule], rule_ids: Sequence[int],
@@ -228,7 +244,7 @@ def compile_boxes(rules: Sequence[Rule], rule_ids: Sequence[int],
 def packet_key(fields: Mapping[str, Any]) -> tuple[list[int], tuple[int, ...], int]:
     """``(key, user words, user_valid)`` of a packet given as a mapping: ``family`` (0 non-IP,
     4, 6), ``src``/``dst`` (address bytes), ``proto``, ``sport``, ``dport``, ``vlan``,
-    ``has_l4``, ``has_vlan``, ``user`` (16 bytes) and ``user_valid``; absent means 0/False."""
+    ``has_l4``, ``has_vlan``, ``user`` (16 bytes), ``user_valid`` and ``ct_state``; absent means 0/False."""
     family = fields.get("family", 0)
     is_ip = family in (4, 6)
     key = [0] * NDIMS
@@ -243,6 +259,7 @@ def packet_key(fields: Mapping[str, Any]) -> tuple[list[int], tuple[int, ...], i
             if is_ip else 0
         key[D[f"{side}_hi"]] = a >> 64
         key[D[f"{side}_lo"]] = a & ANY[1]
+    key[D["ct_state"]] = fields.get("ct_state", 0)
     user = struct.unpack("<4I", bytes(fields.get("user", b"")).ljust(USER_BYTES, b"\0"))
     return key, user, fields.get("user_valid", 0)
 

@@ -1,0 +1,1 @@
+"""The conntrack stage kind: connection tracking for stateful filters (see conntrack.h)."""
