@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 from ebplane.cli.output import emit, table
@@ -86,14 +84,9 @@ def _human_rollout(r: dict) -> str:
 
 
 def _run_rollout(args, fn) -> int:
-    from ebplane.fleet.rollout import RolloutFailed
-    try:
-        emit(args, fn(), _human_rollout)
-    except RolloutFailed as e:
-        if args.json:
-            json.dump({**e.report, "error": e.to_dict()}, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        raise
+    """A failed rollout raises RolloutFailed (exit 3); with --json its report is in the
+    error object (``report``)."""
+    emit(args, fn(), _human_rollout)
     return 0
 
 

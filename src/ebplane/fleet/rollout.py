@@ -21,7 +21,13 @@ from ebplane.fleet.etcd import Etcd
 
 
 class RolloutFailed(EbplaneError):
+    """A node refused the change (verifier, kernel, attach) or did not report it in time;
+    ``report`` says which batches ran and where it stopped."""
     exit_code = 3
+    report: dict = {}
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "report": self.report}
 
 
 def nodes(etcd: Etcd) -> dict[str, dict]:
