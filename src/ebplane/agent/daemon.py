@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from ebplane.agent.core import Agent
@@ -48,7 +49,10 @@ def _log_event(ev: dict) -> None:
              ev["message"], extra={"fields": {"event": ev}})
 
 
-def run(*, interval: float = 0.5, json_logs: bool = False, verbose: bool = False) -> int:
+def run(*, interval: float = 0.5, json_logs: bool = False, verbose: bool = False,
+        extra=None) -> int:
+    """``extra(agent)``, when given, returns an object with ``run()`` and ``stop()`` run in a
+    thread beside the reconcile loop (the fleet node of ``--fleet``)."""
     setup_logging(json_logs, verbose)
     if os.geteuid() != 0:
         raise PermissionDenied("the ebplane agent needs root (it loads BPF programs and "
@@ -76,11 +80,17 @@ def run(*, interval: float = 0.5, json_logs: bool = False, verbose: bool = False
     log.info("agent %d: desired state %s, API %s", os.getpid(), data_dir(), socket_path(),
              extra={"fields": {"pid": os.getpid(), "socket": str(socket_path()),
                                "data_dir": str(data_dir())}})
+    side = None
     try:
         agent.reconcile_all(start=True)
         log.info("start reconcile done in %.3f s", time.monotonic() - t0)
+        if extra is not None:
+            side = extra(agent)
+            threading.Thread(target=side.run, daemon=True, name="agent-extra").start()
         agent.run()
     finally:
+        if side is not None:
+            side.stop()
         srv.shutdown()
         srv.server_close()
         try:

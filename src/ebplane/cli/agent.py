@@ -14,6 +14,16 @@ def register(sub) -> None:
     p.add_argument("--log-json", action="store_true", help="structured JSON logs on stderr")
     p.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
                    help="reconcile period (also on every link event); default 0.5")
+    p.add_argument("--fleet", metavar="ETCD_URLS", nargs="?", const="",
+                   help="also take this node's pipelines from etcd (docs/fleet.md); URLs "
+                   "comma-separated, default $EBPLANE_ETCD")
+    p.add_argument("--node", help="this node's name in the fleet (default: the host name)")
+    p.add_argument("--labels", default="", metavar="k=v,...", help="this node's labels")
+    p.add_argument("--fleet-netns", metavar="NETNS",
+                   help="attach the fleet's pipelines in this network namespace (their "
+                   "spec's netns is replaced)")
+    p.add_argument("--lease-ttl", type=int, default=10, metavar="SECONDS",
+                   help="the node's status expires this long after the agent stops (default 10)")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("events", help="what the agent did and why")
@@ -26,7 +36,23 @@ def register(sub) -> None:
 
 def cmd_agent(args) -> int:
     from ebplane.agent.daemon import run
-    return run(interval=args.interval, json_logs=args.log_json, verbose=args.verbose)
+    extra = None
+    if args.fleet is not None:
+        import socket
+
+        from ebplane.agent.store import data_dir
+        from ebplane.fleet import layout
+        from ebplane.fleet.etcd import Config, Etcd
+        from ebplane.fleet.node import AgentApplier, FleetNode
+        cfg = Config.parse(args.fleet or None)
+        node = layout.check_node(args.node or socket.gethostname().split(".")[0])
+        labels = layout.parse_labels(args.labels)
+
+        def extra(agent):
+            return FleetNode(Etcd(cfg), node, labels, AgentApplier(agent, args.fleet_netns),
+                             data_dir(), ttl=args.lease_ttl)
+    return run(interval=args.interval, json_logs=args.log_json, verbose=args.verbose,
+               extra=extra)
 
 
 def _line(ev: dict) -> str:
