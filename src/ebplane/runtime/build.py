@@ -69,14 +69,15 @@ def compile_filter(stage: FilterStage, entries: list[RuleEntry], layout,
 
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
           reuse_pins: Path | None = None, filters: dict | None = None,
-          keep_groups: set[str] | None = None) -> Built:
+          keep_groups: set[str] | None = None, capture=None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
     carry over; a map whose definition changed (type, sizes, capacity or flags: see
     ``MapSpec.compatible``) is created anew, and said so in ``notes``.  Maps of a group
     (``MapRole.group``) are reused only all together, and only for groups in
-    ``keep_groups``.  ``filters``: table -> FilterPlan (see ``generate``)."""
-    gen = generate(spec, features, trace=trace, filters=filters)
+    ``keep_groups``.  ``filters``: table -> FilterPlan (see ``generate``); ``capture``: the
+    capture hooks of a running trace (a ``CaptureSpec``, see ``generate``)."""
+    gen = generate(spec, features, trace=trace, filters=filters, capture=capture)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)

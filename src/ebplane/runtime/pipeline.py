@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ebplane.codegen.capture import CaptureSpec
 from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, Features, spec_features,
                                       user_layout_for)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
@@ -194,12 +195,38 @@ def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
         return _apply(spec, text, str(spec_path), progress=progress)
 
 
+KEEP = "keep"  # _apply(capture=KEEP): the running trace's capture hooks stay, if it lives
+
+
+def capture_alive(cap: dict | None) -> bool:
+    """Whether the trace that recorded ``cap`` (state ``capture``) still runs: its pid exists
+    and is the same process (its start time, so a reused pid does not count)."""
+    return bool(cap) and _proc_start(cap["pid"]) == cap.get("pid_start")
+
+
+def _proc_start(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
-           live_override: dict[str, list[RuleEntry]] | None = None) -> ApplyResult:
+           live_override: dict[str, list[RuleEntry]] | None = None,
+           capture: dict | None | str = KEEP) -> ApplyResult:
+    """Apply ``spec`` (see the module's docstring).  ``capture``: the record of the capture
+    hooks the program carries (``ebplane trace``), None for none, KEEP (default) for those of
+    the running program if their trace still runs (an orphaned capture is dropped here)."""
     t0 = time.monotonic()
     bpffs.ensure_mounted()
     old = load_state(spec.name)
     notes: list[str] = []
+    if capture == KEEP:
+        capture = old.capture if old and capture_alive(old.capture) else None
+        if old and old.capture and capture is None:
+            notes.append(f"capture of trace pid {old.capture['pid']} removed: the trace "
+                         f"is gone")
     if old and old.netns != spec.netns:
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
                          f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
@@ -260,7 +287,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
     maps_dir = pin_dir(spec.name) / "maps"
     built = build(spec, features, reuse_pins=maps_dir if old else None,
-                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups)
+                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
+                  capture=CaptureSpec.from_dict(capture["spec"]) if capture else None)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
@@ -328,7 +356,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
-            applied_at=time.time(), notes=notes,
+            applied_at=time.time(), notes=notes, capture=capture,
             pending={"op": "apply", "previous": asdict(old) if old else None,
                      "created_dir": created_dir,
                      "staged": [[str(t), str(f)] for t, f in staged],
@@ -402,6 +430,21 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
+
+
+def drop_orphan_capture(name: str) -> bool:
+    """Respecialise the pipeline back to its trace-free program if it carries the capture
+    hooks of a trace that is gone (killed with SIGKILL, say).  Returns whether it did.  Called
+    by ``trace``, ``status`` and ``stats`` (and any apply or regenerating rule edit drops it)."""
+    st = load_state(name)
+    if st is None or not st.capture or capture_alive(st.capture):
+        return False
+    with _locked(name):
+        st = load_state(name)
+        if st is None or not st.capture or capture_alive(st.capture):
+            return False
+        _apply(_spec_of(st), st.spec_text, st.spec_file, capture=None)
+        return True
 
 
 def _running_plan(state: PipelineState | None, table: str,
@@ -759,10 +802,17 @@ def _netns_exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
 
 
+def _reap(name: str) -> None:
+    """Best effort: a read-only user (group ebplane) cannot respecialise; status shows it."""
+    with contextlib.suppress(EbplaneError, PermissionError):
+        drop_orphan_capture(name)
+
+
 def status(name: str | None = None) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
     for n in names:
+        _reap(n)
         st = require_state(n) if name else load_state(n)
         if st is None:  # an interrupted first apply, rolled back just now
             continue
@@ -787,7 +837,7 @@ def status(name: str | None = None) -> list[dict]:
                     "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
-                    "filters": st.filters,
+                    "filters": st.filters, "capture": st.capture,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
     return out
 
@@ -850,6 +900,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
 def stats(name: str | None = None) -> list[dict]:
     out = []
     for n in ([name] if name is not None else all_names()):
+        _reap(n)
         st = require_state(n) if name is not None else load_state(n)
         if st is None:
             continue

@@ -132,6 +132,9 @@ class PipelineState:
     # cleared by its last write): what to compare with the kernel if the command died,
     # see ebplane.runtime.pipeline.load_state
     pending: dict | None = None
+    # while `ebplane trace` runs: {"pid", "pid_start", "started", "spec": CaptureSpec dict};
+    # the program then carries the capture hooks (ebplane.runtime.trace)
+    capture: dict | None = None
 
     @property
     def path(self) -> Path:
