@@ -12,7 +12,7 @@ def register(sub) -> None:
     p = sub.add_parser("trace", help="capture packets with the verdict, stage and rule "
                        "that decided them (text, JSON lines or pcapng)")
     p.add_argument("name", metavar="PIPELINE")
-    p.add_argument("filter", nargs="*", metavar="FILTER",
+    p.add_argument("filter_words", nargs="*", metavar="FILTER",
                    help="tcpdump/pcap-filter expression, run in the kernel")
     p.add_argument("-w", dest="write", metavar="FILE.pcapng",
                    help="write pcapng; each packet's comment says what happened to it")
@@ -70,7 +70,7 @@ def cmd_trace(args) -> int:
     from ebplane.runtime.trace import PcapngSink, Trace, TraceRequest
     req = TraceRequest(stage=args.stage, verdict=args.verdict, rule=args.rule,
                        snaplen=args.snaplen, rate=args.rate,
-                       filter=" ".join(args.filter) or None)
+                       filter=" ".join(args.filter_words) or None)
     sink = PcapngSink(args.write, args.name) if args.write else None
     n = 0
     _stop_on_signals()

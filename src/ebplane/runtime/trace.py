@@ -85,6 +85,8 @@ class Frame:
 
 
 def summary(data: bytes) -> str:
+    import scapy.layers.inet  # noqa: F401  (binds IPv4, TCP, UDP, ICMP under Ether)
+    import scapy.layers.inet6  # noqa: F401
     from scapy.layers.l2 import Ether
     try:
         return Ether(data).summary()
