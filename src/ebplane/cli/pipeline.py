@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="print again every SECONDS until Ctrl-C")
+    p.add_argument("--rate", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                   help="packet and bit rates over SECONDS (default 1), highest first")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
@@ -99,6 +101,18 @@ def cmd_detach(args) -> int:
 
 def cmd_stats(args) -> int:
     from ebplane.runtime.pipeline import stats
+    if args.rate:
+        from ebplane.cli.top import _read, rates, run_once
+        if not args.json:
+            print(run_once(args.name, args.rate))
+            return 0
+        prev, t0 = _read(args.name)
+        time.sleep(args.rate)
+        cur, t1 = _read(args.name)
+        emit(args, [{"pipeline": k[0], "stage": k[1], "what": k[2], "verdict": k[3],
+                     "pps": pps, "bps": bps, "packets": total}
+                    for k, pps, bps, total in rates(prev, cur, t1 - t0)])
+        return 0
     if args.watch and not args.json:
         try:
             while True:

@@ -56,6 +56,16 @@ from ebplane.spec.rules import PROTO_NUMBERS
 
 Progress = Callable[[str], None]
 
+# called as f("apply" | "rules", pipeline, table or None, seconds) after each apply and rule
+# change of this process (ebplane.runtime.metrics observes latencies through it)
+OBSERVERS: list[Callable[[str, str, str | None, float], None]] = []
+
+
+def _observe(what: str, name: str, table: str | None, seconds: float) -> None:
+    for f in OBSERVERS:
+        with contextlib.suppress(Exception):
+            f(what, name, table, seconds)
+
 
 def _quiet(_msg: str) -> None:
     pass
@@ -423,7 +433,9 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     for a, prog in replaced:
         by_key[_attach_key(a)] = {**a, "prog_id": prog.id}
     state.attachments = [by_key[(i, h)] for i, h, _, _ in plan]
+    state.apply_seconds = round(time.monotonic() - t0, 3)
     _finish(state, progress)
+    _observe("apply", spec.name, None, time.monotonic() - t0)
     result = ApplyResult(spec.name, old is None and not adopted, built.program.id,
                          state.attachments, built.cached, sorted(built.reused_maps),
                          {k: len(v) for k, v in live.items()}, notes,
@@ -897,10 +909,13 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
     return out
 
 
-def stats(name: str | None = None) -> list[dict]:
+def stats(name: str | None = None, *, reap: bool = True) -> list[dict]:
+    """Counters of one or every applied pipeline (``reap``: first remove an orphaned
+    capture, see :func:`drop_orphan_capture`)."""
     out = []
     for n in ([name] if name is not None else all_names()):
-        _reap(n)
+        if reap:
+            _reap(n)
         st = require_state(n) if name is not None else load_state(n)
         if st is None:
             continue
@@ -974,6 +989,13 @@ class RuleTable:
         """Read the live rules once, under the pipeline's lock, let ``change`` turn them into
         the new rule list, and install that atomically: a map update when the new rules fit
         the running program's compiled form, else a new program swapped in (respecialised)."""
+        t0 = time.monotonic()
+        try:
+            return self._edit_locked(change)
+        finally:
+            _observe("rules", self.pipeline, self.name, time.monotonic() - t0)
+
+    def _edit_locked(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
         with _locked(self.pipeline):
             st, spec = self._spec()
             if spec.protocols != self._protocols:

@@ -135,6 +135,7 @@ class PipelineState:
     # while `ebplane trace` runs: {"pid", "pid_start", "started", "spec": CaptureSpec dict};
     # the program then carries the capture hooks (ebplane.runtime.trace)
     capture: dict | None = None
+    apply_seconds: float = 0.0  # how long the last apply took
 
     @property
     def path(self) -> Path:
