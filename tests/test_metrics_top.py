@@ -157,3 +157,26 @@ def test_top_shows_rates_of_running_traffic_and_quits_on_q(ebp_env, veth_pair, t
     finally:
         sender.stop()
         pipeline.detach("mx")
+
+
+def test_status_names_every_pinned_object(ebp_env, veth_pair, tmp_path):
+    ns, _v0, _v1 = veth_pair
+    pipeline.apply(write_spec(tmp_path / "mx.yaml", SPEC.format(ns=ns)))
+    try:
+        [d] = json.loads(cli("status", "mx", "-v", "--json").stdout)
+        objs = {o["pin"].rsplit("/", 1)[1]: o for o in d["objects"]}
+        assert objs["prog"]["name"] == "ebp_mx" and objs["prog"]["role"] == "program"
+        assert (objs["flt_acl_cnt"]["stage"], objs["flt_acl_cnt"]["role"]) == ("acl", "counters")
+        assert (objs["cnt_count"]["stage"], objs["cnt_count"]["role"]) == ("count", "counters")
+        assert objs["ebp_verdicts"]["role"] == "verdicts"
+        for o in d["objects"]:
+            assert len(o["name"]) <= 15 and o["role"] != "?"
+            # bpftool shows the same kernel name, and the pin that names the pipeline
+            out = subprocess.run(["bpftool", "-j", "-f", o["kind"], "show", "id", str(o["id"])],
+                                 capture_output=True, text=True, check=True).stdout
+            shown = json.loads(out)
+            assert shown["name"] == o["name"] and o["pin"] in shown.get("pinned", [])
+        human = cli("status", "mx", "-v").stdout
+        assert "kernel objects" in human and "flt_acl_cnt" in human
+    finally:
+        pipeline.detach("mx")

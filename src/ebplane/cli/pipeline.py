@@ -15,6 +15,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("status", help="applied pipelines and their attachments")
     p.add_argument("name", nargs="?")
+    p.add_argument("-v", "--objects", action="store_true",
+                   help="also each pinned program and map: kernel id and name (as bpftool "
+                        "shows them, 15 characters), pin, stage and role")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -65,7 +68,7 @@ def _apply_human(d: dict) -> str:
 
 def cmd_status(args) -> int:
     from ebplane.runtime.pipeline import status
-    emit(args, status(args.name), _status_human)
+    emit(args, status(args.name, objects=args.objects), _status_human)
     return 0
 
 
@@ -84,6 +87,17 @@ def _status_human(items: list[dict]) -> str:
                      " ".join(f"{k}:{v} ({d.get('filters', {}).get(k, {}).get('form', '?')})"
                               for k, v in d["rules"].items()) or "-"])
     out = table(rows, ["name", "hook", "netns", "prog", "insns", "attached", "rules"])
+    for d in items:
+        if d.get("capture"):
+            c = d["capture"]
+            out += (f"\n\n{d['name']}: traced by pid {c['pid']} (capture hooks in the "
+                    f"program until the trace ends)")
+        if d.get("objects"):
+            out += f"\n\n{d['name']}: kernel objects (bpftool prog|map show; -f shows the pin)\n"
+            out += table([[o["kind"], o["id"], o["name"] + (" (cut)" if o["truncated"] else ""),
+                           o["type"], o["stage"] or "-", o["role"], o["pin"]]
+                          for o in d["objects"]],
+                          ["kind", "id", "kernel name", "type", "stage", "role", "pin"])
     for d in items:  # what the kernel no longer agrees with, and the way out
         if d.get("problems"):
             out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])

@@ -820,7 +820,62 @@ def _reap(name: str) -> None:
         drop_orphan_capture(name)
 
 
-def status(name: str | None = None) -> list[dict]:
+BPF_OBJ_NAME_LEN = 16  # the kernel keeps 15 characters of a map's or program's name
+
+
+def kernel_objects(name: str) -> list[dict]:
+    """The pipeline's pinned programs and maps as bpftool shows them: kernel id and name
+    (cut to 15 characters), and what each is for (stage, role) by its pin, which
+    ``bpftool -f prog|map show`` prints (``pinned <bpffs>/<pipeline>/...``)."""
+    out = []
+    root = pin_dir(name)
+    for pin in ("prog", "xdp-parser"):
+        with contextlib.suppress(EbplaneError):
+            p = Program.from_pin(root / pin)
+            with contextlib.closing(p):
+                i = p.info()
+            out.append({"kind": "prog", "id": i["id"], "name": i["name"], "pin": str(root / pin),
+                        "stage": None, "role": "parser" if pin == "xdp-parser" else "program",
+                        "type": i["type"], "truncated": False})
+    st = load_state(name)
+    roles: dict[str, tuple[str | None, str]] = {}
+    if st is not None:
+        with contextlib.suppress(Exception):
+            roles.update(_map_roles(_spec_of(st)))
+        if st.capture:
+            roles.update({"ebp_cap_ring": (None, "capture"),
+                          "ebp_cap_cnt": (None, "capture-counters")})
+    d = root / "maps"
+    for pin in sorted(d.iterdir()) if d.is_dir() else []:
+        with contextlib.suppress(EbplaneError):
+            with Map.from_pin(pin) as m:
+                stage, role = roles.get(pin.name, (None, "?"))
+                out.append({"kind": "map", "id": m.id, "name": m.name, "pin": str(pin),
+                            "stage": stage, "role": role, "type": m.type_name,
+                            "max_entries": m.max_entries,
+                            "truncated": len(pin.name) >= BPF_OBJ_NAME_LEN})
+    return out
+
+
+def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
+    """C (pin) name -> (stage, role) of the maps a pipeline's program may have, from the
+    naming conventions of the generators (no code generation)."""
+    from ebplane.codegen.forwarding import PREFIX, map_name
+    roles: dict[str, tuple[str | None, str]] = {
+        "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
+        "ebp_progs": (None, "progs")}
+    for st in spec.stages:
+        if isinstance(st, FilterStage):
+            roles.update({c: (st.name, r) for r, c in map_names(st.name).items()})
+        elif isinstance(st, CountStage):
+            roles[f"cnt_{st.name}"] = (st.name, "counters")
+        elif st.kind in PREFIX:
+            for r in ("ports", "fdb", "cfg", "cpus", "sel", "socks", "counters"):
+                roles[map_name(st, r)] = (st.name, r)
+    return roles
+
+
+def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
     for n in names:
@@ -851,6 +906,8 @@ def status(name: str | None = None) -> list[dict]:
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters, "capture": st.capture,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
+        if objects:
+            out[-1]["objects"] = kernel_objects(n)
     return out
 
 
