@@ -16,7 +16,7 @@ from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.ringbuf import RingBuffer
 from ebplane.runtime.build import build
 from ebplane.runtime.pcap import read_pcap, write_pcap
-from ebplane.runtime.trace import _REC, decision
+from ebplane.runtime.trace import _REC, decision, malformed_detail
 from ebplane.spec import parse_spec
 from ebplane.toolchain.pcapfilter import compile_filter
 
@@ -132,3 +132,14 @@ def test_trace_free_program_has_no_capture_code():
     assert "ebp_cap" not in plain.source and "EBP_TRACE 1" not in plain.source
     traced = generate(spec, spec_features(spec), capture=CaptureSpec())
     assert "ebp_capture(ctx, &pkt, action)" in traced.source
+
+
+def test_malformed_names_the_header_cut_short():
+    from ebplane.codegen.pipeline import spec_parser
+    spec = parse_spec(SPEC.format(hook="xdp"), "obs.yaml")
+    graph = spec_parser(spec.protocols, spec_features(spec))[0]
+    cut = _frames()[-1]  # IPv4 cut after 6 of its 20 bytes
+    assert malformed_detail(graph, cut, len(cut)) == "PacketTooShort in parser state parse_ipv4"
+    assert malformed_detail(graph, cut, 100).startswith("cut beyond snaplen in parse_ipv4")
+    ok = _frames()[0]
+    assert malformed_detail(graph, ok, len(ok)) == "parses in user space"

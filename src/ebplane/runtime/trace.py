@@ -156,6 +156,20 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
     return st.name, st.kind, None, f"slot {slot}"
 
 
+def malformed_detail(graph, frame: bytes, length: int) -> str:
+    """Why the parse graph rejects ``frame`` (the first bytes of a frame of ``length``), as
+    P4 says it (PacketTooShort, NoMatch, StackOutOfBounds...) with the parser state."""
+    from ebplane.protocols.interp import run
+    r = run(graph, frame)
+    if r["error"] is None:
+        return "parses in user space (a header cut beyond snaplen?)" \
+            if len(frame) < length else "parses in user space"
+    where = r["path"][-1] if r["path"] else "start"
+    if r["error"] == "PacketTooShort" and len(frame) < length:
+        return f"cut beyond snaplen in {where}: raise --snaplen to tell"
+    return f"{r['error']} in parser state {where}"
+
+
 class Trace:
     """A running capture on an applied pipeline (a context manager: the exit respecialises
     the program back)."""
@@ -169,6 +183,7 @@ class Trace:
         self._pending: list[Frame] = []
         self.prog_id_before: int | None = None
         self.prog_id: int | None = None
+        self._graph = None
 
     # -- start / stop -------------------------------------------------------------------------
     def start(self) -> "Trace":
@@ -231,12 +246,24 @@ class Trace:
     def _on_record(self, data: bytes) -> None:
         ts, ifindex, pkt_len, cap_len, stage, slot, action, cpu, _ = _REC.unpack_from(data)
         stage_name, kind, rule, reason = decision(self.spec, self.live, stage, slot)
+        frame = bytes(data[REC_HEADER:REC_HEADER + cap_len])
+        if reason.startswith("malformed"):
+            reason += ": " + self.why_malformed(frame, pkt_len)
         hook = "xdp" if self.spec.hook == "xdp" else "tc"
         self._pending.append(Frame(
             time=self._epoch + ts / 1e9, ifname=self.ifnames.get(ifindex, f"if{ifindex}"),
             hook=self.spec.hook, stage=stage_name, kind=kind, rule=rule, reason=reason,
             verdict=pl.VERDICT_NAMES[hook].get(action, str(action)), length=pkt_len,
-            data=bytes(data[REC_HEADER:REC_HEADER + cap_len]), cpu=cpu))
+            data=frame, cpu=cpu))
+
+    def why_malformed(self, frame: bytes, length: int) -> str:
+        """Which header the parser could not read: the pipeline's parse graph (as the
+        running program was specialised) run by the reference interpreter on the frame."""
+        from ebplane.codegen.pipeline import Features, spec_parser
+        if self._graph is None:
+            st = pl.PipelineState.require(self.name)
+            self._graph = spec_parser(self.spec.protocols, Features(**st.features))[0]
+        return malformed_detail(self._graph, frame, length)
 
     def frames(self, timeout_ms: int = 100) -> list[Frame]:
         """The frames delivered within ``timeout_ms`` (maybe none)."""
