@@ -56,14 +56,15 @@ def test_metrics_scrape_agrees_with_stats(ebp_env, veth_pair, tmp_path):
     ns, _v0, v1 = veth_pair
     pipeline.apply(write_spec(tmp_path / "mx.yaml", SPEC.format(ns=ns)))
     try:
-        send_frames(ns, v1, [_frame(53)], 7)
-        send_frames(ns, v1, [_frame(80)], 5)
-        send_frames(ns, v1, [_frame(9)], 3)
-        proc = subprocess.Popen([*EBPLANE, "metrics", "--listen", "127.0.0.1:0",
+        proc = subprocess.Popen([*EBPLANE, "metrics", "--listen", "127.0.0.1:0", "--bpf-stats",
                                  "--duration", "60"], stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stderr.readline()
             url = re.search(r"http://\S+/metrics", line).group(0)
+            # sent while the BPF run statistics are on
+            send_frames(ns, v1, [_frame(53)], 7)
+            send_frames(ns, v1, [_frame(80)], 5)
+            send_frames(ns, v1, [_frame(9)], 3)
             before = json.loads(cli("stats", "mx", "--json").stdout)[0]
             m = _scrape(url)
         finally:
@@ -97,7 +98,8 @@ def test_metrics_scrape_agrees_with_stats(ebp_env, veth_pair, tmp_path):
         assert m[("ebplane_capture_active", (("pipeline", "mx"),))] == 0
         assert m[("ebplane_apply_last_seconds", (("pipeline", "mx"),))] > 0
         runs = [v for (n, labels), v in m.items() if n == "ebplane_program_runs_total"]
-        assert len(runs) == 1
+        secs = [v for (n, labels), v in m.items() if n == "ebplane_program_run_seconds_total"]
+        assert len(runs) == 1 and runs[0] >= 15 and secs[0] > 0
         count = next(x for x in s["stages"] if x["kind"] == "count")["counts"]
         count0 = next(x for x in before["stages"] if x["kind"] == "count")["counts"]
         assert count0["all"]["packets"] <= m[("ebplane_stage_packets_total", (
@@ -154,6 +156,12 @@ def test_top_shows_rates_of_running_traffic_and_quits_on_q(ebp_env, veth_pair, t
         finally:
             child.close(force=True)
         assert child.exitstatus == 0
+        # the same rates as text and JSON, over one interval
+        rows = json.loads(cli("stats", "mx", "--rate", "0.5", "--json").stdout)
+        drop = next(r for r in rows if r["stage"] == "acl" and r["what"].startswith("#0 "))
+        assert drop["pps"] > 0 and drop["verdict"] == "drop"
+        assert rows[0]["pps"] >= drop["pps"]  # highest rate first
+        assert "#0 dst=198.18.2.2/32" in cli("stats", "mx", "--rate", "0.5").stdout
     finally:
         sender.stop()
         pipeline.detach("mx")

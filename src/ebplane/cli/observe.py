@@ -32,6 +32,9 @@ def register(sub) -> None:
     p = sub.add_parser("metrics", help="serve Prometheus metrics of the applied pipelines")
     p.add_argument("--listen", default="127.0.0.1:9464", metavar="ADDR:PORT")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    p.add_argument("--bpf-stats", action="store_true",
+                   help="keep the kernel's BPF run statistics on while serving (program run "
+                        "count and time; costs some ns per packet)")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("top", help="live rates per pipeline, stage, rule and verdict "
@@ -113,7 +116,7 @@ def cmd_trace(args) -> int:
 def cmd_metrics(args) -> int:
     from ebplane.runtime.metrics import parse_listen, serve
     host, port = parse_listen(args.listen)
-    server, _thread = serve(host, port)
+    server, _thread = serve(host, port, bpf_stats=args.bpf_stats)
     print(f"serving Prometheus metrics on http://{host}:{server.server_port}/metrics",
           file=sys.stderr, flush=True)
     _stop_on_signals()

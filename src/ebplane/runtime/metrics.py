@@ -21,8 +21,9 @@ counters are those of ``ebplane stats`` at that moment.  Metric families:
   learning tables as they arrive); ``ebplane_table_rules`` / ``ebplane_table_capacity``
   {pipeline, table} for the filters;
 - ``ebplane_program_runs_total`` / ``ebplane_program_run_seconds_total`` {pipeline, program}:
-  the kernel's BPF statistics (zero unless ``sysctl kernel.bpf_stats_enabled=1``;
-  ``ebplane_bpf_stats_enabled`` says which), ``ebplane_program_instructions``;
+  the kernel's BPF statistics (counted only while they are on: ``serve(bpf_stats=True)`` /
+  ``ebplane metrics --bpf-stats`` holds them on, or ``sysctl kernel.bpf_stats_enabled=1``;
+  ``ebplane_bpf_stats_enabled`` says whether the sysctl is on), ``ebplane_program_instructions``;
 - ``ebplane_apply_last_seconds`` {pipeline} (from the state), and in the process that applies
   (the agent) ``ebplane_apply_seconds`` / ``ebplane_rule_change_seconds`` histograms and
   ``ebplane_reconcile_events_total`` {pipeline, event} (:func:`reconcile_event`);
@@ -247,13 +248,30 @@ def reconcile_event(pipeline: str, event: str) -> None:
         _inprocess.reconcile.labels(pipeline, event).inc()
 
 
-def serve(addr: str = "127.0.0.1", port: int = 9464, registry=None):
+def serve(addr: str = "127.0.0.1", port: int = 9464, registry=None, *,
+          bpf_stats: bool = False):
     """Serve ``/metrics`` on ADDR:PORT in a daemon thread; returns (server, thread):
-    ``server.shutdown()`` stops it.  Port 0 picks a free port (``server.server_port``)."""
+    ``server.shutdown()`` stops it.  Port 0 picks a free port (``server.server_port``).
+    ``bpf_stats``: keep the kernel's BPF run statistics on while serving (BPF_ENABLE_STATS,
+    off again when the server is shut down or the process exits)."""
     from prometheus_client import start_http_server
+    stats_fd = None
+    if bpf_stats:
+        from ebplane.kernel.programs import enable_run_stats
+        stats_fd = enable_run_stats()
     registry = register(registry)
     try:
-        return start_http_server(port, addr=addr, registry=registry)
+        server, thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as e:
+        if stats_fd is not None:
+            stats_fd.close()
         raise UsageError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e}",
                          hint="choose another --listen ADDR:PORT") from None
+    if stats_fd is not None:
+        shutdown = server.shutdown
+
+        def shutdown_and_stop_stats():
+            shutdown()
+            stats_fd.close()
+        server.shutdown = shutdown_and_stop_stats
+    return server, thread
