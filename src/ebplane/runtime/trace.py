@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -156,6 +158,22 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
     return st.name, st.kind, None, f"slot {slot}"
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """A second Ctrl-C (or SIGTERM) while the trace-free program is put back is ignored: the
+    respecialisation finishes (an apply is all or nothing, but the trace would stay)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = [signal.signal(s, signal.SIG_IGN) for s in sigs]
+    try:
+        yield
+    finally:
+        for s, h in zip(sigs, saved):
+            signal.signal(s, h)
+
+
 def malformed_detail(graph, frame: bytes, length: int) -> str:
     """Why the parse graph rejects ``frame`` (the first bytes of a frame of ``length``), as
     P4 says it (PacketTooShort, NoMatch, StackOutOfBounds...) with the parser state."""
@@ -230,7 +248,7 @@ class Trace:
             if m is not None:
                 m.close()
         self.ring = self.counts = None
-        with pl._locked(self.name):
+        with _signals_held(), pl._locked(self.name):
             st = pl.load_state(self.name)
             if st is not None and st.capture and st.capture["pid"] == os.getpid():
                 res = pl._apply(pl._spec_of(st), st.spec_text, st.spec_file, capture=None)
