@@ -182,37 +182,143 @@ def test_ipv4_options(fields_rp):
     assert decide(fields_rp, other)[0] == "default"
 
 
-# -- fragments: port rules never match a non-first fragment; other rules do ---------------------
+# -- fragments: the later fragments of a datagram take its first fragment's decision ---------
 
-def v4_fragment(src: str, dst: str, *, first: bool, payload_ports=(40000, 53)) -> Ether:
-    l4 = bytes(UDP(sport=payload_ports[0], dport=payload_ports[1])) + b"x" * 16
-    if first:
-        return E / IP(src=src, dst=dst, proto=17, flags="MF", frag=0) / Raw(l4)
-    # a later fragment whose payload *looks* like the ports of rule 0
-    return E / IP(src=src, dst=dst, proto=17, frag=3) / Raw(l4)
-
-
-def v6_fragment(dst: str, *, first: bool) -> Ether:
-    l4 = bytes(TCP(sport=40000, dport=22))
-    frag = IPv6ExtHdrFragment(nh=6, offset=0 if first else 5, m=1 if first else 0, id=9)
-    return E / IPv6(src=V6, dst=dst) / frag / Raw(l4)
+FRAG_RULES = [
+    "{proto: udp, dport: 53, action: drop}",                       # 0
+    '{proto: tcp, dport: "22-23", action: drop}',                  # 1
+    "{proto: udp, dport: 5353, action: pass}",                     # 2
+    "{dst: 198.18.5.5, action: drop}",                             # 3 no ports
+]
 
 
-@pytest.mark.parametrize("frame,want", [
-    (v4_fragment(V4, V4DST, first=True), 0),
-    (v4_fragment(V4, V4DST, first=False), "default"),          # rule 0 needs ports
-    (v4_fragment(V4OUT, V4DST, first=False, payload_ports=(1500, 9)), "default"),  # rule 3
-    (v4_fragment("198.18.7.1", V4DST, first=False), 9),        # src + proto: still matches
-    (v4_fragment(V4OUT, "198.18.5.5", first=False), 4),        # dst only: matches
-    (v6_fragment(V6DST, first=True), 1),
-    (v6_fragment(V6DST, first=False), "default"),              # rule 1 needs ports
-    (v6_fragment("2001:db8:7::1", first=False), 10),           # dst only: matches
-    (E / IPv6(src=V6, dst=V6DST) / hbh() / IPv6ExtHdrFragment(nh=6, offset=5, id=1)
-     / Raw(bytes(TCP(dport=22))), "default"),
-], ids=["v4-first", "v4-later", "v4-later-sport", "v4-later-proto", "v4-later-dst",
-        "v6-first", "v6-later", "v6-later-dst", "v6-hbh-later"])
-def test_fragments(fields_rp, frame, want):
-    assert decide(fields_rp, frame)[0] == want
+def v4_frag(ident: int, *, offset: int = 0, more: bool = True, dport: int = 53,
+            src: str = V4, dst: str = V4DST, proto: int = 17, l4: bytes | None = None) -> Ether:
+    """An IPv4 fragment; offset 0 carries a UDP (or TCP) header with ``dport``, later ones
+    a payload that *looks* like ports (40000 -> 9) to show that it is not read."""
+    if l4 is None:
+        if offset == 0:
+            l4 = bytes((UDP if proto == 17 else TCP)(sport=40000, dport=dport)) + b"a" * 16
+        else:
+            l4 = bytes(UDP(sport=40000, dport=9)) + b"b" * 16
+    return E / IP(src=src, dst=dst, proto=proto, id=ident, flags="MF" if more else 0,
+                  frag=offset // 8) / Raw(l4)
+
+
+def v6_frag(ident: int, *, offset: int = 0, more: bool = True, dport: int = 22) -> Ether:
+    l4 = bytes(TCP(sport=40000, dport=dport)) if offset == 0 else b"c" * 24
+    return E / IPv6(src=V6, dst=V6DST) / IPv6ExtHdrFragment(nh=6, offset=offset // 8,
+                                                           m=int(more), id=ident) / Raw(l4)
+
+
+def frag_replayer(malformed: str = "drop", **opts) -> Replayer:
+    """A filter of FRAG_RULES (default pass) with the filter options ``opts``."""
+    extra = "".join(f"      {k}: {v}\n" for k, v in opts.items())
+    text = spec_text(FRAG_RULES, default="pass", malformed=malformed)
+    return Replayer(parse_spec(text.replace("      rules:", extra + "      rules:")))
+
+
+def run(rp: Replayer, frame) -> tuple:
+    d = rp.run(0, bytes(frame))
+    return (d.rule if d.reason == "rule" else d.reason), d.verdict
+
+
+def test_later_fragments_follow_the_first(ebp_module_env):
+    with frag_replayer() as rp:
+        assert run(rp, v4_frag(100, dport=53)) == (0, "XDP_DROP")      # rule 0 by its port
+        assert run(rp, v4_frag(101, dport=5353)) == (2, "XDP_PASS")    # rule 2 passes
+        assert run(rp, v4_frag(102, dport=80)) == ("default", "XDP_PASS")
+        # the later fragments carry no ports: each takes its datagram's decision
+        assert run(rp, v4_frag(100, offset=24)) == (0, "XDP_DROP")
+        assert run(rp, v4_frag(101, offset=24)) == (2, "XDP_PASS")
+        assert run(rp, v4_frag(101, offset=48, more=False)) == (2, "XDP_PASS")
+        assert run(rp, v4_frag(102, offset=24, more=False)) == ("default", "XDP_PASS")
+        # the key is (src, dst, id, proto): another source's id 100 is another datagram
+        assert run(rp, v4_frag(100, offset=24, src=V4OUT)) == ("fragment_other", "XDP_DROP")
+        # IPv6: the fragment header's id
+        assert run(rp, v6_frag(7, dport=22)) == (1, "XDP_DROP")
+        assert run(rp, v6_frag(8, dport=443)) == ("default", "XDP_PASS")
+        assert run(rp, v6_frag(7, offset=32, more=False)) == (1, "XDP_DROP")
+        assert run(rp, v6_frag(8, offset=32, more=False)) == ("default", "XDP_PASS")
+        # a rule without ports holds for every fragment by itself, first seen or not
+        assert run(rp, v4_frag(103, dst="198.18.5.5", dport=80)) == (3, "XDP_DROP")
+        assert run(rp, v4_frag(103, dst="198.18.5.5", offset=24)) == (3, "XDP_DROP")
+        counts = rp.built.map("flt_acl_cnt")
+        from ebplane.kernel.codec import COUNT, U32
+        from ebplane.stages.filter.gen import frag_slots
+        cm = counts.with_codecs(U32, COUNT)
+        st = rp.spec.stages[0]
+        got = {k: cm.lookup_sum(v).packets for k, v in frag_slots(st).items()}
+        assert got == {"first": 6, "followed": 7, "other": 1, "bad": 0}
+
+
+def test_out_of_order_fragments(ebp_module_env):
+    """A later fragment before its first: unseen_fragments decides (and counts) it; once
+    the first has passed, the rest follow it."""
+    with frag_replayer() as rp:     # default: unseen fragments are dropped
+        assert run(rp, v4_frag(200, offset=24, more=False)) == ("fragment_other", "XDP_DROP")
+        assert run(rp, v4_frag(200, dport=5353)) == (2, "XDP_PASS")
+        assert run(rp, v4_frag(200, offset=24, more=False)) == (2, "XDP_PASS")
+    with frag_replayer(unseen_fragments="stack") as rp:
+        assert run(rp, v4_frag(201, offset=24)) == ("fragment_other", "XDP_PASS")
+        assert run(rp, v6_frag(9, offset=32)) == ("fragment_other", "XDP_PASS")
+    with frag_replayer(unseen_fragments="pass") as rp:   # on to the next stage: the end
+        assert run(rp, v4_frag(202, offset=24)) == ("end", "XDP_PASS")
+
+
+def test_overlapping_fragments(ebp_module_env):
+    with frag_replayer() as rp:
+        # RFC 1858: a later TCP fragment at offset 8 or 16 rewrites the TCP header
+        assert run(rp, v4_frag(300, proto=6, dport=443)) == ("default", "XDP_PASS")
+        assert run(rp, v4_frag(300, proto=6, offset=8, l4=b"\x00\x16" * 8)) == \
+            ("fragment_bad", "XDP_DROP")
+        assert run(rp, v4_frag(300, proto=6, offset=16, l4=b"x" * 8)) == \
+            ("fragment_bad", "XDP_DROP")
+        assert run(rp, v4_frag(300, proto=6, offset=24, more=False)) == ("default", "XDP_PASS")
+        # UDP: a later fragment overlapping the previous one's payload follows the decision
+        assert run(rp, v4_frag(301, dport=53)) == (0, "XDP_DROP")
+        assert run(rp, v4_frag(301, offset=8)) == (0, "XDP_DROP")
+        assert run(rp, v4_frag(301, offset=8)) == (0, "XDP_DROP")      # duplicated
+        # a repeated first fragment is classified itself; its decision replaces the first
+        assert run(rp, v4_frag(302, dport=5353)) == (2, "XDP_PASS")
+        assert run(rp, v4_frag(302, dport=53)) == (0, "XDP_DROP")
+        assert run(rp, v4_frag(302, offset=24)) == (0, "XDP_DROP")
+
+
+def test_tiny_first_fragment_is_dropped_as_malformed(ebp_module_env):
+    """RFC 1858: a first fragment too short to hold the transport header, even with
+    malformed: pass (a short unfragmented packet still follows malformed:)."""
+    tiny_tcp = bytes(TCP(sport=40000, dport=22))[:8]
+    tiny_udp = bytes(UDP(sport=40000, dport=53))[:6]
+    with frag_replayer(malformed="pass") as rp:
+        assert run(rp, v4_frag(400, proto=6, l4=tiny_tcp)) == ("fragment_bad", "XDP_DROP")
+        assert run(rp, v4_frag(401, l4=tiny_udp)) == ("fragment_bad", "XDP_DROP")
+        six = E / IPv6(src=V6, dst=V6DST) / IPv6ExtHdrFragment(nh=6, m=1, id=5) / Raw(tiny_tcp)
+        assert run(rp, six) == ("fragment_bad", "XDP_DROP")
+        short = E / IP(src=V4, dst=V4DST, proto=6) / Raw(tiny_tcp)   # not a fragment
+        assert run(rp, short) == ("malformed", "XDP_PASS")
+        # and the later fragments of that datagram were never recorded
+        assert run(rp, v4_frag(400, proto=6, offset=24)) == ("fragment_other", "XDP_DROP")
+
+
+@pytest.mark.parametrize("mode,later", [("drop", ("fragment_other", "XDP_DROP")),
+                                        ("stack", ("fragment_other", "XDP_PASS")),
+                                        ("pass", ("end", "XDP_PASS"))])
+def test_fragment_modes(ebp_module_env, mode, later):
+    with frag_replayer(fragments=mode) as rp:
+        first = run(rp, v4_frag(500, dport=5353))
+        assert first == (("fragment_other", "XDP_DROP") if mode == "drop" else (2, "XDP_PASS"))
+        assert run(rp, v4_frag(500, offset=24)) == later
+        assert run(rp, v6_frag(11, offset=32)) == later
+        # unfragmented packets are classified as ever
+        assert run(rp, E / IP(src=V4, dst=V4DST) / UDP(dport=53)) == (0, "XDP_DROP")
+
+
+def test_unseen_fragments_needs_track():
+    text = spec_text(FRAG_RULES).replace("      rules:", "      fragments: stack\n"
+                                         "      unseen_fragments: pass\n      rules:")
+    with pytest.raises(UsageError, match="unseen_fragments applies to fragments: track"):
+        parse_spec(text)
 
 
 # -- malformed packets -----------------------------------------------------------------------

@@ -181,6 +181,9 @@ def test_every_corpus_frame_decided_as_fused_replay_decides(ebp_env, veth_pair, 
             for r in st["rules"]:
                 live[(st["stage"], r["index"], "rule")] = r["packets"]
             live[(st["stage"], None, "malformed")] = st["malformed"]["packets"]
+            for what in ("other", "bad"):   # fragments decided without a rule
+                live[(st["stage"], None, f"fragment_{what}")] = \
+                    st["fragments"][what]["packets"]
             if st["default"]["action"] != "next":
                 live[(st["stage"], None, "default")] = st["default"]["packets"]
     live = {k: v for k, v in live.items() if v}

@@ -15,7 +15,8 @@ from ebplane import __version__
 from ebplane.errors import EbplaneError
 
 # command modules, in the order `ebplane --help` lists them
-COMMAND_MODULES = ["probe", "pipeline", "rules", "observe", "parser", "lab", "demo", "bench", "chain"]
+COMMAND_MODULES = ["probe", "pipeline", "rules", "agent", "observe", "parser", "lab", "demo",
+                   "bench", "chain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,3 +46,22 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -
 def progress(msg: str) -> None:
     """A progress line for long work: stderr, so --json stdout stays clean."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def agent():
+    """A client of the running agent (``ebplane.agent.client``), or None: every command that
+    changes or reads pipelines goes through the agent when one answers, else works directly."""
+    from ebplane.agent.client import connect
+    return connect()
+
+
+def via(data: Any, how: str) -> Any:
+    """Mark --json output with who did the work: ``"via": "agent"`` or ``"direct"`` (in each
+    item of a list)."""
+    if isinstance(data, dict):
+        data["via"] = how
+    elif isinstance(data, list):
+        for d in data:
+            if isinstance(d, dict):
+                d["via"] = how
+    return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ebplane.cli.output import emit, progress, table
+from ebplane.cli.output import agent, emit, progress, table, via
 
 
 def register(sub) -> None:
@@ -44,13 +44,21 @@ def register(sub) -> None:
 
 
 def cmd_apply(args) -> int:
+    c = agent()
+    if c is not None:
+        progress(f"applying {args.spec} through the agent")
+        emit(args, via(c.apply(args.spec), "agent"), _apply_human)
+        return 0
     from ebplane.runtime.pipeline import apply
     res = apply(args.spec, progress=progress)
-    emit(args, res.to_dict(), _apply_human)
+    emit(args, via(res.to_dict(), "direct"), _apply_human)
     return 0
 
 
 def _apply_human(d: dict) -> str:
+    if d.get("state") == "pending":
+        return (f"pipeline '{d['name']}' is pending: {d['why']}; the agent attaches it when "
+                f"the interface appears")
     verb = "applied" if d["created"] else "re-applied (program replaced atomically)"
     lines = [f"pipeline '{d['name']}' {verb}: program id {d['prog_id']}"
              f"{' (compiled from cache)' if d['compiled_from_cache'] else ''} in {d['seconds']} s"]
@@ -67,8 +75,12 @@ def _apply_human(d: dict) -> str:
 
 
 def cmd_status(args) -> int:
+    c = agent() if not args.objects else None  # the kernel objects are read here, directly
+    if c is not None:
+        emit(args, via(c.status(args.name), "agent"), _status_human)
+        return 0
     from ebplane.runtime.pipeline import status
-    emit(args, status(args.name, objects=args.objects), _status_human)
+    emit(args, via(status(args.name, objects=args.objects), "direct"), _status_human)
     return 0
 
 
@@ -101,20 +113,29 @@ def _status_human(items: list[dict]) -> str:
     for d in items:  # what the kernel no longer agrees with, and the way out
         if d.get("problems"):
             out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])
-            out += f"\n  repair: {d['repair']}"
+            if d.get("repair"):
+                out += f"\n  repair: {d['repair']}"
+        ag = d.get("agent")
+        if ag and ag["state"] != "ok":
+            out += f"\n\n{d['name']}: agent: {ag['state']}" + (f": {ag['why']}" if ag['why'] else "")
+    if items and items[0].get("via") == "agent":
+        out += "\n\n(through the agent: it repairs drift by itself; ebplane events says what it did)"
     return out
 
 
 def cmd_detach(args) -> int:
-    from ebplane.runtime.pipeline import detach
-    res = detach(args.name, progress=progress)
+    c = agent()
+    if c is not None:
+        res = via(c.detach(args.name), "agent")
+    else:
+        from ebplane.runtime.pipeline import detach
+        res = via(detach(args.name, progress=progress), "direct")
     emit(args, res, lambda d: f"pipeline '{d['name']}' detached from "
          f"{', '.join(d['detached']) or 'no interface'}; state removed")
     return 0
 
 
 def cmd_stats(args) -> int:
-    from ebplane.runtime.pipeline import stats
     if args.rate:
         from ebplane.cli.top import _read, rates, run_once
         if not args.json:
@@ -127,6 +148,15 @@ def cmd_stats(args) -> int:
                      "pps": pps, "bps": bps, "packets": total}
                     for k, pps, bps, total in rates(prev, cur, t1 - t0)])
         return 0
+    c = agent()
+    if c is not None:
+        def stats(name):
+            return via(c.stats(name), "agent")
+    else:
+        from ebplane.runtime.pipeline import stats as direct
+
+        def stats(name):
+            return via(direct(name), "direct")
     if args.watch and not args.json:
         try:
             while True:

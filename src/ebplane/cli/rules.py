@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ebplane.cli.output import emit, table
+from ebplane.cli.output import agent, emit, table, via
 from ebplane.errors import UsageError
 from ebplane.spec.located import load_located
 
@@ -53,8 +53,11 @@ def _table(args):
 
 
 def cmd_list(args) -> int:
-    t = _table(args)
-    rules = t.list()
+    c = agent()
+    if c is not None:
+        rules = via(c.rules_list(args.name, args.table), "agent")
+    else:
+        rules = via(_table(args).list(), "direct")
     emit(args, rules, lambda rs: table(
         [[r["index"], r["id"], r["rule"]["action"],
           " ".join(f"{k}={v}" for k, v in r["rule"].items() if k != "action") or "(any)"] for r in rs],
@@ -86,24 +89,32 @@ def _parse_fields(args):
 
 
 def cmd_add(args) -> int:
-    t = _table(args)
+    c = agent()
     obj, where = _parse_fields(args)
+    if c is not None:  # the agent validates the rule against the pipeline's protocols
+        emit(args, via(c.rules_add(args.name, obj, at=args.at, table=args.table), "agent"),
+             _human)
+        return 0
+    t = _table(args)
     rule = t.parse(obj, where)
-    res = t.add(rule, args.at)
+    res = via(t.add(rule, args.at), "direct")
     emit(args, res, _human)
     return 0
 
 
 def cmd_delete(args) -> int:
-    t = _table(args)
-    res = t.delete(args.indexes)
+    c = agent()
+    if c is not None:
+        res = via(c.rules_delete(args.name, args.indexes, table=args.table), "agent")
+    else:
+        res = via(_table(args).delete(args.indexes), "direct")
     emit(args, res, _human)
     return 0
 
 
 def cmd_replace(args) -> int:
     from pathlib import Path
-    t = _table(args)
+    c = agent()
     from ebplane.spec.located import read_source
     text = read_source(Path(args.file), "rules file")
     items, root = load_located(text, args.file)  # errors name FILE:LINE:COLUMN
@@ -111,8 +122,14 @@ def cmd_replace(args) -> int:
     if not isinstance(items, list):
         raise UsageError(f"{args.file} must hold a YAML list of rules",
                          hint="one '- {dst: 198.18.0.1, action: drop}' per line")
+    if c is not None:
+        res = via(c.rules_replace(args.name, items, table=args.table, source=args.file),
+                  "agent")
+        emit(args, res, _human)
+        return 0
+    t = _table(args)
     rules = [t.parse(it, root / i) for i, it in enumerate(items)]
-    res = t.replace(rules)
+    res = via(t.replace(rules), "direct")
     emit(args, res, _human)
     return 0
 

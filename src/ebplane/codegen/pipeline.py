@@ -27,6 +27,11 @@ HOOKS = {
     "tc-egress": ("tc", "struct __sk_buff *ctx", "TC_ACT_OK", "TC_ACT_SHOT"),
 }
 TC_PULL_LEN = 128  # bytes of headers a TC program makes linear before parsing
+# An interface MTU above this needs an XDP program that accepts multi-buffer frames
+# (``xdp.frags``): drivers keep a frame in one page only up to about 3000-3500 bytes
+# (veth: 4096 - 256 headroom - 320 shared info - 14); native attach of a single-buffer
+# program to a larger MTU fails with ERANGE.
+FRAGS_MTU = 3000
 XDP_PROLOGUE = ["\tvoid *data = (void *)(long)ctx->data;",
                 "\tvoid *data_end = (void *)(long)ctx->data_end;"]
 # parser mode xdp: slots of map ebp_handoff, counted by the TC program per packet
@@ -227,15 +232,22 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
 
 
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
-             filters: dict | None = None, capture: CaptureSpec | None = None) -> GeneratedProgram:
+             filters: dict | None = None, frags: bool = False,
+             capture: CaptureSpec | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program).  ``filters``:
     table -> ``FilterPlan`` of each filter (default: planned from the spec's rules).
+    ``frags``: XDP programs are built as ``xdp.frags`` (they accept multi-buffer frames;
+    the parser reads the headers in the first buffer, counters count the whole frame).
     ``capture``: the capture hooks of a running ``ebplane trace`` (see
     :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
     _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
+    parser_frags = frags  # parser mode xdp: the XDP parser program next to a TC program
+    frags = frags and spec.hook == "xdp"
+    if frags:
+        section = "xdp.frags"
     prog_name = "ebp_" + spec.name.replace("-", "_")
     prog = GeneratedProgram(prog_name[:15], section, "", features)
     prog.graph, prog.user_layout, parser = spec_parser(spec.protocols, features)
@@ -353,6 +365,8 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                  "\tint action;", ""]
     if spec.hook != "xdp":
         main.append("\tpkt.len = ctx->len; /* count the whole frame, not only the linear part */")
+    elif frags:
+        main.append("\tpkt.len = bpf_xdp_get_buff_len(ctx); /* all buffers of the frame */")
     if trace or capture:
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
@@ -373,15 +387,15 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         parts.append(p4c.parse_info_c(prog.graph, prog.user_layout, magic))
     parts.append("\n".join(main))
     if separate:
-        parts.append(_parser_program(prog.name, tail_call=True))
+        parts.append(_parser_program(prog.name, tail_call=True, frags=frags))
     if handoff:
-        parts.append(_parser_program(prog.xdp_parser, tail_call=False))
+        parts.append(_parser_program(prog.xdp_parser, tail_call=False, frags=parser_frags))
     parts.append('char LICENSE[] SEC("license") = "GPL";')
     prog.source = "\n\n".join(parts) + "\n"
     return prog
 
 
-def _parser_program(name: str, *, tail_call: bool) -> str:
+def _parser_program(name: str, *, tail_call: bool, frags: bool = False) -> str:
     """The XDP program that parses and leaves the parse-info in front of the packet, then
     tail-calls the stage program (separate mode) or passes the frame on to the TC program
     that reads it (parser mode xdp)."""
@@ -396,7 +410,8 @@ def _parser_program(name: str, *, tail_call: bool) -> str:
     return "\n".join([
         "/* the parser program: parse, hand the parse-info over in front of the packet,",
         f" * {what} */",
-        'SEC("xdp")', f"int {name}({ctx_decl})", "{", *XDP_PROLOGUE,
+        f'SEC("{"xdp.frags" if frags else "xdp"}")', f"int {name}({ctx_decl})", "{",
+        *XDP_PROLOGUE,
         "\tstruct ebp_pkt pkt = {};", "\tstruct ebp_pinfo *pi;",
         "\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;", "",
         "\tif (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*pi)))",

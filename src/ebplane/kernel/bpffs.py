@@ -45,7 +45,12 @@ def ensure_mounted() -> Path:
             raise BpffsError(f"could not mount bpffs on {BPFFS}: {res.stderr.strip()}",
                              hint="mount it by hand: mount -t bpf bpf /sys/fs/bpf")
     r = root()
-    r.mkdir(parents=True, exist_ok=True)
+    r.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = r.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        # pins are root's: an earlier version left the root 0755, which let every user
+        # list the pipelines and their maps
+        os.chmod(r, 0o700)
     if not _is_bpffs(r):
         raise BpffsError(f"{r} is not on a bpffs mount",
                          hint="point EBPLANE_BPFFS_ROOT below a bpffs mount such as /sys/fs/bpf")

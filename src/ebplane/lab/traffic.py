@@ -251,3 +251,116 @@ def ping(ns: str, addr: str, count: int = 3, *, timeout: float = 1.0) -> int:
                         and struct.unpack_from("!HH", data, 4) == (ident, seq):
                     received.add(seq)
     return len(received)
+
+
+# -- kernel-socket traffic ----------------------------------------------------------------------
+# Ordinary sockets, so that the sending kernel fills in (or leaves to offload) the checksums
+# as it does for any application: frames built by hand always carry full checksums and hide
+# what a veth's CHECKSUM_PARTIAL does to redirected traffic.
+
+def _family(addr: str) -> int:
+    try:
+        return socket.AF_INET if ipaddress.ip_address(addr).version == 4 else socket.AF_INET6
+    except ValueError:
+        raise UsageError(f"{addr!r} is not an IP address") from None
+
+
+def socket_udp(src_ns: str, dst_ns: str, dst: str, *, port: int = 5000, count: int = 20,
+               size: int = 200, timeout: float = 2.0) -> int:
+    """Send ``count`` UDP datagrams of ``size`` bytes from a kernel socket in ``src_ns`` to
+    ``dst``:``port``, received by a socket bound in ``dst_ns``; return how many arrived
+    intact."""
+    fam = _family(dst)
+    with netns.enter(dst_ns):
+        rx = socket.socket(fam, socket.SOCK_DGRAM)
+    with netns.enter(src_ns):
+        tx = socket.socket(fam, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)  # a burst of jumbo datagrams
+        rx.bind((dst, port))
+        payload = [secrets.token_bytes(size) for _ in range(count)]
+        for p in payload:
+            tx.sendto(p, (dst, port))
+        want, got = set(payload), 0
+        deadline = time.monotonic() + timeout
+        while got < count and (left := deadline - time.monotonic()) > 0:
+            if not select.select([rx], [], [], left)[0]:
+                break
+            if rx.recv(65536) in want:
+                got += 1
+        return got
+
+
+def socket_tcp(src_ns: str, dst_ns: str, dst: str, *, port: int = 5001, size: int = 200_000,
+               timeout: float = 5.0) -> int:
+    """Connect from ``src_ns`` to a listener in ``dst_ns`` at ``dst``:``port``, send ``size``
+    random bytes and have them echoed back; return the number of bytes that came back equal
+    (0 when the connection was never established)."""
+    import threading
+
+    fam = _family(dst)
+    with netns.enter(dst_ns):
+        ls = socket.socket(fam, socket.SOCK_STREAM)
+    with netns.enter(src_ns):
+        cs = socket.socket(fam, socket.SOCK_STREAM)
+    data = secrets.token_bytes(size)
+
+    def echo() -> None:
+        ls.settimeout(timeout)
+        try:
+            conn, _ = ls.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(timeout)
+            try:
+                while chunk := conn.recv(65536):
+                    conn.sendall(chunk)
+            except OSError:
+                pass
+
+    with ls, cs:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((dst, port))
+        ls.listen(1)
+        server = threading.Thread(target=echo, daemon=True)
+        server.start()
+        cs.settimeout(timeout)
+        back = bytearray()
+        try:
+            cs.connect((dst, port))
+            sender = threading.Thread(target=lambda: (cs.sendall(data),
+                                                      cs.shutdown(socket.SHUT_WR)), daemon=True)
+            sender.start()
+            while len(back) < size and (chunk := cs.recv(65536)):
+                back += chunk
+        except OSError:
+            pass
+        cs.close()
+        server.join(timeout)
+    n = 0
+    while n < len(back) and back[n] == data[n]:
+        n += 1
+    return n
+
+
+def csum_errors(ns: str) -> dict[str, int]:
+    """The namespace's checksum error counters (``UdpInCsumErrors``, ``TcpInCsumErrors`` and
+    their IPv6 forms), read from /proc/thread-self/net (this thread is in ``ns``)."""
+    with netns.enter(ns):
+        with open("/proc/thread-self/net/snmp") as f:
+            lines = f.read().splitlines()
+        with open("/proc/thread-self/net/snmp6") as f:
+            six = f.read().splitlines()
+    out: dict[str, int] = {}
+    for head, vals in zip(lines[::2], lines[1::2]):
+        names, values = head.split()[1:], vals.split()[1:]
+        proto = head.split(":")[0]
+        for k, v in zip(names, values):
+            if k == "InCsumErrors" and proto in ("Udp", "Tcp"):
+                out[f"{proto}{k}"] = int(v)
+    for line in six:
+        k, v = line.split()
+        if k in ("Udp6InCsumErrors",):
+            out[k] = int(v)
+    return out

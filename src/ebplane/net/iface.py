@@ -190,3 +190,33 @@ def wait_up(name: str, timeout: float = 5.0) -> None:
             raise KernelError(f"interface {name!r} is still {state} after {timeout:g} s",
                               hint="is the other end of the link up? (`ip link`)")
         time.sleep(0.01)
+
+
+# Features with which a device hands the stack CHECKSUM_PARTIAL frames: the sender leaves
+# the TCP/UDP checksum to "hardware" (for a veth: to whoever finally turns the frame into an
+# skb, or to nobody once XDP redirects it as an xdp_frame).
+TX_CHECKSUM_FEATURES = ("tx-checksum-ipv4", "tx-checksum-ip-generic", "tx-checksum-ipv6")
+
+
+def tx_checksum_offload(name: str) -> bool | None:
+    """Whether ``name`` (calling thread's namespace) offloads TX checksums: its frames may
+    leave with an incomplete TCP/UDP checksum.  None when the device does not say."""
+    eth = IoctlEthtool(name)
+    try:
+        feats = eth.get_features()
+        return any(feats.is_active(f) for f in TX_CHECKSUM_FEATURES if f in feats)
+    except EthtoolError:
+        return None
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            return None
+        raise kernel_error(f"ethtool query on {name!r}", e.errno) from e
+    finally:
+        eth.close()
+
+
+def disable_tx_checksum_offload(ns: str, name: str) -> None:
+    """``ethtool -K NAME tx off`` in namespace ``ns``: the stack then completes every
+    checksum in software before the frame leaves (TSO, which needs TX checksums, goes off
+    with it; GSO still segments in software)."""
+    netns.run(ns, ["ethtool", "-K", name, "tx", "off"])

@@ -67,7 +67,7 @@ def load_library() -> ProtocolLibrary:
 
 def load_protocol_file(path: str | Path) -> ProtocolModule:
     """Parse a user's protocol file and check that what it names in the library exists."""
-    from ebplane.spec.located import read_source  # the spec layer's bounded reader
+    from ebplane.protocols.files import read_source
     p = Path(path)
     text = read_source(p, "protocol file")
     lib = load_library()

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
+from ebplane.codegen.pipeline import FRAGS_MTU, Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
+from ebplane.net import iface
 from ebplane.runtime.tables import RuleEntry, assign_ids
 from ebplane.spec import FilterStage, PipelineSpec
 from ebplane.stages.filter.plan import CompiledTable, compile_table
@@ -69,15 +70,17 @@ def compile_filter(stage: FilterStage, entries: list[RuleEntry], layout,
 
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
           reuse_pins: Path | None = None, filters: dict | None = None,
-          keep_groups: set[str] | None = None, capture=None) -> Built:
+          keep_groups: set[str] | None = None, frags: bool = False,
+          capture=None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
     carry over; a map whose definition changed (type, sizes, capacity or flags: see
     ``MapSpec.compatible``) is created anew, and said so in ``notes``.  Maps of a group
     (``MapRole.group``) are reused only all together, and only for groups in
-    ``keep_groups``.  ``filters``: table -> FilterPlan (see ``generate``); ``capture``: the
-    capture hooks of a running trace (a ``CaptureSpec``, see ``generate``)."""
-    gen = generate(spec, features, trace=trace, filters=filters, capture=capture)
+    ``keep_groups``.  ``filters``: table -> FilterPlan, ``frags``: multi-buffer XDP (see
+    ``generate``); ``capture``: the capture hooks of a running trace (a ``CaptureSpec``, see
+    ``generate``)."""
+    gen = generate(spec, features, trace=trace, filters=filters, frags=frags, capture=capture)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)
@@ -126,3 +129,17 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
         obj.close()
         raise
     return built
+
+
+def jumbo_interfaces(spec: PipelineSpec) -> list[tuple[str, int]]:
+    """(name, MTU) of the pipeline's interfaces (calling thread's namespace) whose MTU needs
+    multi-buffer XDP (``xdp.frags``); none for a TC pipeline without an XDP parser."""
+    if spec.hook != "xdp" and spec.parser_mode != "xdp":
+        return []
+    out = []
+    for name in spec.interfaces:
+        mtu = iface.info(name).mtu
+        if mtu > FRAGS_MTU:
+            out.append((name, mtu))
+    return out
+

@@ -29,6 +29,7 @@ from ebplane.kernel.libbpf import num_possible_cpus
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
+from ebplane.runtime.build import jumbo_interfaces
 from ebplane.runtime.stages import StageRuntime, register_runtime
 from ebplane.kernel.codec import COUNT
 from ebplane.spec.forwarding import (BridgeStage, RedirectStage, RouteStage, SteerStage,
@@ -42,10 +43,11 @@ CPUMAP_VAL = Struct("bpf_cpumap_val", [("qsize", "I"), ("prog_fd", "i")])
 
 PASS_THROUGH_NAME = "ebp_passthru"
 PASS_THROUGH_C = """// SPDX-License-Identifier: GPL-2.0
-/* ebplane: lets this veth's peer transmit redirected frames (NAPI runs while XDP is on). */
+/* ebplane: lets this veth's peer transmit redirected frames (NAPI runs while XDP is on).
+ * xdp.frags: it touches no byte, so it takes multi-buffer frames and any MTU. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-SEC("xdp")
+SEC("xdp.frags")
 int ebp_passthru(struct xdp_md *ctx)
 {
 	return XDP_PASS;
@@ -120,11 +122,17 @@ def require_capable(stage, ifnames, spec) -> list[str]:
     return notes
 
 
-def make_capable(ifnames, spec, *, replay: bool) -> list[Egress]:
+def make_capable(ifnames, spec, *, replay: bool, stage=None,
+                 notes: list[str] | None = None) -> list[Egress]:
     """The devices of ``ifnames`` that are (now) redirect targets.  Fixable ones get a
     pass-through program on their peer, attached by netlink so that it stays (it goes with
-    the peer's namespace, or ``ip link set PEER xdp off``); replay only pretends."""
+    the peer's namespace, or ``ip link set PEER xdp off``); replay only pretends.
+
+    When the pipeline takes jumbo frames (multi-buffer XDP), a target must also transmit
+    multi-buffer frames (``ndo_xmit_sg``): without, ``stage`` (bridge, redirect, tx) is
+    refused, or, with ``notes`` given (route), the device is left to the kernel."""
     ready = []
+    jumbo = [] if replay else jumbo_interfaces(spec)
     for name in ifnames:
         e = egress(name, spec)
         if e.fixable and not replay:
@@ -133,8 +141,19 @@ def make_capable(ifnames, spec, *, replay: bool) -> list[Egress]:
                 raise NotSupported(f"{name} is still no redirect target after attaching XDP "
                                    f"to its peer {e.peer[1]} ({e.peer[0]})",
                                    hint="enable GRO on the peer: ethtool -K PEER gro on")
-        if e.capable or e.fixable:
-            ready.append(e)
+        if not (e.capable or e.fixable):
+            continue
+        if jumbo and not netdev.xdp_features(e.ifindex).ndo_xmit_sg:
+            why = (f"{name} lacks the XDP feature ndo_xmit_sg (multi-buffer redirect "
+                   f"target), and {', '.join(n for n, _ in jumbo)} take jumbo frames")
+            if notes is None:
+                raise NotSupported(f"{stage.kind} '{stage.name}': {why}",
+                                   hint="lower the MTU to 3000 or less, or redirect to a "
+                                        "device whose driver transmits multi-buffer frames")
+            notes.append(f"{stage.kind} '{stage.name}': {why}; routes out of {name} are left "
+                         "to the kernel")
+            continue
+        ready.append(e)
     return ready
 
 
@@ -186,12 +205,99 @@ def _mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
+# Stages whose frames leave as an xdp_frame (DEVMAP/CPUMAP redirect, XDP_TX): the skb's
+# checksum state (CHECKSUM_PARTIAL) is lost on the way.  xsk hands frames to user space.
+LOSES_SKB_STATE = ("route", "bridge", "redirect", "tx", "steer")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """The veth peer that sends into one of the pipeline's interfaces, and whether it may
+    hand over frames whose TCP/UDP checksum is left to "hardware" (CHECKSUM_PARTIAL)."""
+
+    ifname: str            # the pipeline's interface
+    peer: str              # the sending device
+    netns: str | None      # its namespace (None: one without a name)
+    offload: bool | None   # TX checksum offload on (None: unknown)
+
+    @property
+    def managed(self) -> bool:
+        return self.netns is not None and self.netns.startswith(netns.PREFIX)
+
+
+def partial_checksum_senders(spec) -> list[Sender]:
+    """Veth peers of the pipeline's interfaces with TX checksum offload on (or unknown).
+
+    Frames from the wire always carry full checksums; a veth's sender (a container, a
+    namespace, a host-side socket) by default leaves them to be completed later, which
+    never happens once XDP redirects the frame without its skb."""
+    found = []
+    for name in spec.interfaces:
+        info = iface.info(name)
+        if info.kind != "veth" or info.peer_ifindex is None:
+            continue
+        if info.peer_netns is None:
+            found.append(Sender(name, f"ifindex {info.peer_ifindex}", None, None))
+            continue
+        with netns.enter(info.peer_netns):
+            peer = socket.if_indextoname(info.peer_ifindex)
+            offload = iface.tx_checksum_offload(peer)
+        if offload is not False:
+            found.append(Sender(name, peer, info.peer_netns, offload))
+    return found
+
+
+def _first_lossy(spec, stage) -> bool:
+    """Whether ``stage`` is the pipeline's first stage that loses skb state (the checksum
+    check runs once per pipeline, there)."""
+    return next((s for s in spec.stages if s.kind in LOSES_SKB_STATE), None) is stage
+
+
+def checksum_notes(spec, stage) -> list[str]:
+    """apply's warnings for senders ebplane does not manage (left as they are)."""
+    if not _first_lossy(spec, stage):
+        return []
+    notes = []
+    for s in partial_checksum_senders(spec):
+        if s.managed:
+            continue
+        where = f"namespace {s.netns}" if s.netns else "a namespace without a name"
+        notes.append(
+            f"checksums: {s.ifname}'s veth peer {s.peer} ({where}) "
+            f"{'may offload' if s.offload is None else 'offloads'} TX checksums: its "
+            f"kernel-socket TCP/UDP leaves with incomplete checksums, and once "
+            f"{stage.kind} '{stage.name}' redirects it the receiver drops it (UdpInCsumErrors); "
+            f"ebplane does not change devices outside ebp- namespaces: run "
+            f"`ethtool -K {s.peer} tx off` there")
+    return notes
+
+
+def fix_checksum_senders(spec, stage, *, replay: bool) -> list[str]:
+    """Turn TX checksum offload off on the managed (``ebp-``) veth peers that have it on."""
+    if replay or not _first_lossy(spec, stage):
+        return []
+    notes = []
+    for s in partial_checksum_senders(spec):
+        if s.managed and s.offload:
+            iface.disable_tx_checksum_offload(s.netns, s.peer)
+            notes.append(f"checksums: {s.ifname}'s veth peer {s.peer} ({s.netns}) had TX "
+                         f"checksum offload on; set `ethtool -K {s.peer} tx off` there, so "
+                         f"that its TCP/UDP checksums are complete before {stage.kind} "
+                         f"'{stage.name}' redirects them (stays until the namespace goes)")
+    return notes
+
+
 class ForwardingRuntime(StageRuntime):
-    """What the forwarding stages share: per-outcome counters, and making room on the
-    pipeline's interfaces (a pass-through program ebplane put there for a neighbour)."""
+    """What the forwarding stages share: per-outcome counters, making room on the
+    pipeline's interfaces (a pass-through program ebplane put there for a neighbour), and
+    complete checksums from the veth peers that send into it."""
+
+    def check(self, spec, stage) -> list[str]:
+        return checksum_notes(spec, stage)
 
     def prepare(self, built, spec, stage, *, replay: bool = False) -> list[str]:
-        return [] if replay else release_pass_through(spec.interfaces)
+        notes = fix_checksum_senders(spec, stage, replay=replay)
+        return notes if replay else notes + release_pass_through(spec.interfaces)
 
     def stats(self, maps: Callable[[str], Map], spec, stage) -> dict:
         cm = maps(map_name(stage, "counters")).with_codecs(U32, COUNT)
@@ -206,7 +312,7 @@ class RouteRuntime(ForwardingRuntime):
     kind = "route"
 
     def check(self, spec, stage: RouteStage) -> list[str]:
-        notes = []
+        notes = super().check(spec, stage)
         for info in iface.list_ifaces():
             if info.name == "lo":
                 continue
@@ -219,7 +325,7 @@ class RouteRuntime(ForwardingRuntime):
     def prepare(self, built, spec, stage: RouteStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
         names = [i.name for i in iface.list_ifaces() if i.name != "lo"]
-        ready = make_capable(names, spec, replay=replay)
+        ready = make_capable(names, spec, replay=replay, stage=stage, notes=notes)
         _set_ports(built.map(map_name(stage, "ports")), [e.ifindex for e in ready])
         return notes + [f"route '{stage.name}': redirects to "
                         f"{', '.join(e.ifname for e in ready) or 'no interface'}"]
@@ -229,7 +335,7 @@ class BridgeRuntime(ForwardingRuntime):
     kind = "bridge"
 
     def check(self, spec, stage: BridgeStage) -> list[str]:
-        notes = require_capable(stage, stage.ports, spec)
+        notes = super().check(spec, stage) + require_capable(stage, stage.ports, spec)
         missing = [p for p in stage.ports if p not in spec.interfaces]
         if missing:
             notes.append(f"bridge '{stage.name}': ports {', '.join(missing)} are not among the "
@@ -238,7 +344,7 @@ class BridgeRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: BridgeStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        ready = make_capable(stage.ports, spec, replay=replay)
+        ready = make_capable(stage.ports, spec, replay=replay, stage=stage)
         _set_ports(built.map(map_name(stage, "ports")), [e.ifindex for e in ready])
         return notes
 
@@ -270,7 +376,7 @@ class RedirectRuntime(ForwardingRuntime):
     kind = "redirect"
 
     def check(self, spec, stage: RedirectStage) -> list[str]:
-        notes = require_capable(stage, [stage.to], spec)
+        notes = super().check(spec, stage) + require_capable(stage, [stage.to], spec)
         if stage.macs == "peer":
             self._peer_mac(stage)
         return notes
@@ -288,7 +394,7 @@ class RedirectRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: RedirectStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        (target,) = make_capable([stage.to], spec, replay=replay)
+        (target,) = make_capable([stage.to], spec, replay=replay, stage=stage)
         built.map(map_name(stage, "ports")).with_codecs(U32, U32).update(0, target.ifindex)
         cfg = built.map(map_name(stage, "cfg")).with_codecs(U32, MACS)
         if stage.macs == "peer":
@@ -303,11 +409,11 @@ class TxRuntime(ForwardingRuntime):
     kind = "tx"
 
     def check(self, spec, stage: TxStage) -> list[str]:
-        return require_capable(stage, spec.interfaces, spec)
+        return super().check(spec, stage) + require_capable(stage, spec.interfaces, spec)
 
     def prepare(self, built, spec, stage: TxStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        make_capable(spec.interfaces, spec, replay=replay)
+        make_capable(spec.interfaces, spec, replay=replay, stage=stage)
         return notes
 
 
@@ -321,7 +427,7 @@ class SteerRuntime(ForwardingRuntime):
             raise UsageError(f"steer '{stage.name}': CPU {bad[0]} does not exist "
                              f"(this machine has CPUs 0-{possible - 1})",
                              hint="list existing CPUs in cpus:")
-        return []
+        return super().check(spec, stage)
 
     def prepare(self, built, spec, stage: SteerStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
@@ -346,7 +452,7 @@ class XskRuntime(ForwardingRuntime):
     kind = "xsk"
 
     def check(self, spec, stage: XskStage) -> list[str]:
-        notes = []
+        notes = []  # frames go to user space as they are: no checksum work here
         for name in spec.interfaces:
             info = iface.info(name)
             if stage.queue >= info.rx_queues:

@@ -26,6 +26,7 @@ import functools
 import ipaddress
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,11 +43,11 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
-from ebplane.runtime.build import Built, build, compile_filter
+from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
-from ebplane.stages.filter.gen import map_names, slots as filter_slots, tree_group
+from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
 from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
@@ -205,6 +206,25 @@ def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
         return _apply(spec, text, str(spec_path), progress=progress)
 
 
+def apply_text(spec_text: str, spec_file: str, *, rules: dict[str, list[dict]] | None = None,
+               progress: Progress = _quiet) -> ApplyResult:
+    """:func:`apply` of a spec given as text (``spec_file`` names it in errors and status);
+    ``rules``: per filter, the rules to install as they are kept (``{"id", "rule"}``, ids
+    kept) instead of the spec's or the live ones (the agent restores its desired state so)."""
+    spec = _parsed_spec(spec_text, spec_file)
+    with _locked(spec.name):
+        live = None
+        if rules is not None:
+            live = {k: _stored_entries(v, spec.protocols) for k, v in rules.items()
+                    if any(f.name == k for f in _filters(spec))}
+        return _apply(spec, spec_text, spec_file, progress=progress, live_override=live)
+
+
+def spec_of_text(spec_text: str, spec_file: str) -> PipelineSpec:
+    """The validated spec of a text (one parse per text and process)."""
+    return _parsed_spec(spec_text, spec_file)
+
+
 KEEP = "keep"  # _apply(capture=KEEP): the running trace's capture hooks stay, if it lives
 
 
@@ -261,10 +281,15 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             except UsageError as e:
                 raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
                               hint=e.hint) from None
+        jumbo = jumbo_interfaces(spec)
         for st in spec.stages:
             rt = runtime_for(st.kind)
             if rt:
                 notes += rt.check(spec, st)
+    if jumbo:
+        notes.append("multi-buffer: " + ", ".join(f"{n} has MTU {m}" for n, m in jumbo)
+                     + ": the XDP program is built as xdp.frags, so native XDP takes jumbo "
+                       "frames (the headers are read in the first buffer)")
     live: dict[str, list[RuleEntry]] = {}
     previous_of: dict[str, list[RuleEntry]] = {}  # what the kernel holds now, per filter
     for st in _filters(spec):
@@ -298,6 +323,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     maps_dir = pin_dir(spec.name) / "maps"
     built = build(spec, features, reuse_pins=maps_dir if old else None,
                   filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
+                  frags=bool(jumbo),
                   capture=CaptureSpec.from_dict(capture["spec"]) if capture else None)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
@@ -503,22 +529,24 @@ def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
 # the state (every one goes through load_state) compares it with the kernel, under the
 # pipeline's lock, and rolls it forward (finishing the operation) or back.
 
-_held: set[str] = set()  # pipelines whose lock this process holds
+_held_by = threading.local()  # per thread: the pipelines whose lock it holds
 
 
 @contextlib.contextmanager
 def _locked(name: str):
-    """The pipeline's lock, re-entrant within this process (a rule edit that regenerates
-    the program applies under the lock it holds)."""
-    if name in _held:
+    """The pipeline's lock, re-entrant within this thread (a rule edit that regenerates
+    the program applies under the lock it holds).  Per thread, not per process: another
+    thread of the same process (the agent's) waits for the lock like another process."""
+    held = _held_by.__dict__.setdefault("names", set())
+    if name in held:
         yield
         return
     with locked(name):
-        _held.add(name)
+        held.add(name)
         try:
             yield
         finally:
-            _held.discard(name)
+            held.discard(name)
 
 
 def _netns_of(st: PipelineState):
@@ -948,7 +976,11 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
             d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
             stages.append({"stage": st.name, "kind": "filter", "rules": rules,
                            "default": {"action": st.default, "packets": d.packets, "bytes": d.bytes},
-                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes}})
+                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes},
+                           "fragments": {"mode": st.fragments, "unseen": st.unseen_fragments,
+                                         **{k: {"packets": c.packets, "bytes": c.bytes}
+                                            for k, c in ((k, cm.lookup_sum(slot)) for k, slot
+                                                         in frag_slots(st).items())}}})
         elif isinstance(st, CountStage):
             cm = maps(f"cnt_{st.name}").with_codecs(U32, COUNT)
             vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
@@ -1072,6 +1104,7 @@ class RuleTable:
                 # fails before any change when the rules cannot be classified
                 compiled = compile_filter(self.stage, new, user_layout_for(spec.protocols, running),
                                           running_plan)
+            self.last_entries = new  # what the agent persists
             if compiled is None or not compiled.plan.same_code(running_plan):
                 res = _apply(spec, st.spec_text, st.spec_file, live_override=all_live)
                 plan = PipelineState.require(self.pipeline).filters.get(self.name, {})

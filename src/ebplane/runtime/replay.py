@@ -18,7 +18,7 @@ from ebplane.kernel.codec import Struct, U32
 from ebplane.runtime.build import Built, build
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.tables import RuleEntry
-from ebplane.stages.filter.gen import slots as filter_slots
+from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
 from ebplane.spec import FilterStage, PipelineSpec
 
 TRACE = Struct("ebp_trace", [("stage", "I"), ("slot", "I")])
@@ -34,7 +34,7 @@ class Decision:
     verdict: str | None   # None: the frame was not run (reason "skipped", see detail)
     stage: str | None
     rule: int | None      # index of the rule in its filter's list
-    reason: str           # rule | default | malformed | end | skipped
+    reason: str           # rule | default | malformed | fragment_other | fragment_bad | end | skipped
     packet: bytes
     detail: str | None = None  # why a frame was skipped
 
@@ -72,6 +72,8 @@ class Replayer:
                 d, mal = filter_slots(st)
                 m[d] = (None, "default")
                 m[mal] = (None, "malformed")
+                for what, slot in frag_slots(st).items():
+                    m[slot] = (None, f"fragment_{what}")
             self._slots.append(m)
 
     def run(self, index: int, frame: bytes) -> Decision:

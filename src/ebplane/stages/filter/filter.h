@@ -182,4 +182,95 @@ __attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
 	return 0;									\
 }
 
+/* -- IP fragments ------------------------------------------------------------------------
+ * A later fragment has no transport header, so a rule on ports cannot hold for it.  The
+ * first fragment's decision is recorded under (family, protocol, stage, IP id, source,
+ * destination) and the later fragments of that datagram take it (the approach Cilium takes
+ * for its policy).  The table is one per pipeline (ebp_frags): the stage byte keeps the
+ * decisions of several stages apart, so other stage kinds can record theirs in it too. */
+struct ebp_frag_key {
+	__u8  family;
+	__u8  proto;
+	__u8  stage;	/* index of the deciding stage in the pipeline */
+	__u8  pad;
+	__u32 id;	/* IPv4: the 16-bit identification; IPv6: the fragment header's id */
+	__u32 src[4];
+	__u32 dst[4];
+};
+
+struct ebp_frag_val {
+	__s32 verdict;	/* what the stage returned for the first fragment (EBP_NEXT too) */
+	__u32 slot;	/* the counter slot that decided it: a rule id, the default slot */
+	__u64 seen_ns;
+};
+
+#define EBP_FRAG_TABLE_SIZE 16384
+
+#ifdef EBP_CTX	/* the helpers below need the program's context type */
+
+/* the hook's load-bytes helper: reads across a multi-buffer frame's fragments as well */
+#define ebp_load_bytes(ctx, off, to, len)						\
+	_Generic((ctx), struct xdp_md *: bpf_xdp_load_bytes,				\
+		 default: bpf_skb_load_bytes)((ctx), (off), (to), (len))
+
+/* The key of an IP fragment, its offset in bytes and whether more fragments follow;
+ * -1 when the headers cannot be read. */
+static __always_inline int ebp_frag_read(EBP_CTX *ctx, const struct ebp_pkt *pkt, __u8 stage,
+					 struct ebp_frag_key *k, __u32 *offset, int *more)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->family = pkt->family;
+	k->proto = pkt->proto;
+	k->stage = stage;
+	if (pkt->family == 4) {
+		struct ebp_ipv4_hdr ip;
+		__u16 fo;
+
+		if (ebp_load_bytes(ctx, pkt->l3_off, &ip, sizeof(ip)))
+			return -1;
+		fo = bpf_ntohs(ip.frag_off);
+		k->id = bpf_ntohs(ip.id);
+		k->src[0] = ip.saddr;
+		k->dst[0] = ip.daddr;
+		*offset = (__u32)(fo & 0x1fff) * 8;
+		*more = !!(fo & 0x2000);
+		return 0;
+	}
+#ifdef EBP_HDR_IPV6_FRAG
+	if (pkt->family == 6) {
+		struct ebp_ipv6_hdr ip6;
+		struct ebp_ipv6_frag_hdr fh;
+		__u16 at = pkt->hdr_off[EBP_HDR_IPV6_FRAG];
+
+		if (at == 0xffff || ebp_load_bytes(ctx, pkt->l3_off, &ip6, sizeof(ip6)) ||
+		    ebp_load_bytes(ctx, at, &fh, sizeof(fh)))
+			return -1;
+		k->id = bpf_ntohl(fh.id);
+		__builtin_memcpy(k->src, ip6.saddr, 16);
+		__builtin_memcpy(k->dst, ip6.daddr, 16);
+		*offset = bpf_ntohs(fh.frag_off) & 0xfff8;
+		*more = bpf_ntohs(fh.frag_off) & 1;
+		return 0;
+	}
+#endif
+	return -1;
+}
+
+/* Record the first fragment's decision.  A repeated first fragment (offset 0 again, its
+ * transport header perhaps rewritten) is classified on its own and its decision replaces
+ * the recorded one: what passes is only ever a first fragment the rules let through, and
+ * the receiver discards overlapping fragments anyway (RFC 5722; Linux for IPv4 too). */
+static __always_inline void ebp_frag_record(void *map, const struct ebp_frag_key *k,
+					    int verdict, __u32 slot)
+{
+	struct ebp_frag_val v = {};
+
+	v.verdict = verdict;
+	v.slot = slot;
+	v.seen_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(map, k, &v, BPF_ANY);
+}
+
+#endif /* EBP_CTX */
+
 #endif

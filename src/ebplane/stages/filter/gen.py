@@ -18,6 +18,30 @@ def slots(stage: FilterStage) -> tuple[int, int]:
     return stage.capacity, stage.capacity + 1
 
 
+# counter slots after default and malformed: IP fragments
+FRAG_COUNTERS = ("first", "followed", "other", "bad")
+FRAG_TABLE = "ebp_frags"
+
+
+def frag_slots(stage: FilterStage) -> dict[str, int]:
+    """Counter slots of IP fragments: ``first`` fragments whose decision was recorded,
+    later fragments that ``followed`` it, ``other`` later fragments (decided by the
+    ``fragments:`` mode or, unseen first, by ``unseen_fragments:``), and ``bad`` ones
+    dropped as malformed (RFC 1858: a first fragment too short for its transport header, a
+    later one that overlaps the TCP header)."""
+    return {n: stage.capacity + 2 + i for i, n in enumerate(FRAG_COUNTERS)}
+
+
+def n_counters(stage: FilterStage) -> int:
+    return stage.capacity + 2 + len(FRAG_COUNTERS)
+
+
+def tracks_fragments(stage: FilterStage, features) -> bool:
+    """Fragment handling is generated when the program reads ports (a later fragment differs
+    from its first only there); without, every fragment is classified like any packet."""
+    return bool(features.tcp or features.udp)
+
+
 def map_names(table: str) -> dict[str, str]:
     """role -> C name of a table's maps (the one place these names are made)."""
     t = f"flt_{table}"
@@ -144,8 +168,8 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
                 2 * plan.boxes, f"filter '{st.name}': rule boxes, two generations",
                 stage=st.name, role="boxes", group=group)
     out.map(names["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-            st.capacity + 2, f"filter '{st.name}': per rule id, then default and malformed",
-            stage=st.name, role="counters")
+            n_counters(st), f"filter '{st.name}': per rule id, then default, malformed and "
+            f"fragments ({', '.join(FRAG_COUNTERS)})", stage=st.name, role="counters")
     default_slot, malformed_slot = slots(st)
     if plan.form == "tree":
         classifier = "\n\n".join([
@@ -154,32 +178,106 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
             f"{names['boxes']}, {t}_holds)"])
     else:
         classifier = inline_classifier(t, plan, layout)
+    frags = tracks_fragments(st, out.prog.features)
+    if frags and not any(m.cname == FRAG_TABLE for m in out.prog.maps):
+        out.map(FRAG_TABLE, "BPF_MAP_TYPE_LRU_HASH", "struct ebp_frag_key",
+                "struct ebp_frag_val", "EBP_FRAG_TABLE_SIZE",
+                "IP fragments: the decision of each datagram's first fragment, per stage",
+                stage=None, role="frags")
+    fs = frag_slots(st)
+    cnt = names["counters"]
+    body = ["\tstruct ebp_flt_rule r;", "\tint verdict;", "\t__u32 slot;"]
+    if frags:
+        body += ["\tstruct ebp_frag_key fk;", "\tint frag_first = 0;"]
+    body += [""]
+    if frags:
+        body += ["\tif (malformed && (pkt->flags & (EBP_PKT_FRAG | EBP_PKT_LATER_FRAG)) == "
+                 "EBP_PKT_FRAG) {",
+                 "\t\t/* a first fragment too short for its transport header (RFC 1858) */",
+                 f"\t\tebp_count(&{cnt}, {fs['bad']}, pkt->len);",
+                 f"\t\tEBP_TRACE_SET({idx}, {fs['bad']});",
+                 "\t\treturn EBP_V_DROP;", "\t}"]
+    body += ["\tif (malformed) {",
+             f"\t\tebp_count(&{cnt}, {malformed_slot}, pkt->len);",
+             f"\t\tEBP_TRACE_SET({idx}, {malformed_slot});",
+             f"\t\treturn {OUTCOME[st.malformed]};", "\t}"]
+    if frags:
+        other = {"drop": "EBP_V_DROP", "pass": "EBP_NEXT", "stack": "EBP_V_PASS"}
+        later = (other[st.unseen_fragments] if st.fragments == "track"
+                 else other[st.fragments])
+        body += ["\tif (pkt->flags & EBP_PKT_FRAG) {", "\t\t__u32 foff;", "\t\tint more;", ""]
+        if st.fragments == "drop":
+            body += ["\t\t/* fragments: drop */",
+                     f"\t\tebp_count(&{cnt}, {fs['other']}, pkt->len);",
+                     f"\t\tEBP_TRACE_SET({idx}, {fs['other']});", "\t\treturn EBP_V_DROP;"]
+        else:
+            body += ["\t\t/* 0: the offsets are unknown (an IPv6 fragment in parser mode separate",
+                     "\t\t * or xdp, whose parse-info has no fragment header offset): untracked */",
+                     f"\t\tint known = !ebp_frag_read(ctx, pkt, {idx}, &fk, &foff, &more);",
+                     "",
+                     "\t\tif (pkt->flags & EBP_PKT_LATER_FRAG) {",
+                     "\t\t\t/* RFC 1858: a later fragment over the TCP header rewrites it */",
+                     "\t\t\tif (known && pkt->proto == IPPROTO_TCP && foff < 20)",
+                     "\t\t\t\tgoto bad_frag;"]
+            if st.fragments == "track":
+                body += ["\t\t\tstruct ebp_frag_val *fv = known ? "
+                         f"bpf_map_lookup_elem(&{FRAG_TABLE}, &fk) : NULL;",
+                         "\t\t\tif (fv) {",
+                         "\t\t\t\tslot = fv->slot;",
+                         "\t\t\t\tverdict = fv->verdict;",
+                         f"\t\t\t\tebp_count(&{cnt}, {fs['followed']}, pkt->len);",
+                         f"\t\t\t\tif (slot < {n_counters(st)})",
+                         f"\t\t\t\t\tebp_count(&{cnt}, slot, pkt->len);",
+                         "\t\t\t\tif (verdict != EBP_NEXT)",
+                         f"\t\t\t\t\tEBP_TRACE_SET({idx}, slot);",
+                         "\t\t\t\treturn verdict;",
+                         "\t\t\t}",
+                         f"\t\t\t/* first fragment not seen: unseen_fragments: "
+                         f"{st.unseen_fragments} */"]
+            else:
+                body += [f"\t\t\t/* fragments: {st.fragments} */"]
+            body += [f"\t\t\tebp_count(&{cnt}, {fs['other']}, pkt->len);",
+                     *([f"\t\t\tEBP_TRACE_SET({idx}, {fs['other']});"]
+                       if later != "EBP_NEXT" else []),
+                     f"\t\t\treturn {later};",
+                     "\t\t}",
+                     "\t\tfrag_first = known;"]
+        body += ["\t}"]
+    body += [f"\tif ({t}_classify(pkt, &r)) {{",
+             "\t\tslot = r.rule_id;",
+             "\t\tverdict = r.action == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
+             "\t} else {",
+             f"\t\tslot = {default_slot};",
+             f"\t\tverdict = {OUTCOME[st.default]};",
+             "\t}"]
+    if frags and st.fragments != "drop":
+        body += ["\tif (frag_first) {",
+                 f"\t\tebp_frag_record(&{FRAG_TABLE}, &fk, verdict, slot);",
+                 f"\t\tebp_count(&{cnt}, {fs['first']}, pkt->len);",
+                 "\t}"]
+    body += [f"\tebp_count(&{cnt}, slot, pkt->len);"]
+    if st.default == "next":  # a packet that goes on is not decided here
+        body += ["\tif (verdict != EBP_NEXT)", f"\t\tEBP_TRACE_SET({idx}, slot);"]
+    else:
+        body += [f"\tEBP_TRACE_SET({idx}, slot);"]
+    body += ["\treturn verdict;"]
+    if frags and st.fragments != "drop":
+        body += ["bad_frag:",
+                 f"\tebp_count(&{cnt}, {fs['bad']}, pkt->len);",
+                 f"\tEBP_TRACE_SET({idx}, {fs['bad']});",
+                 "\treturn EBP_V_DROP;"]
     out.functions.append("\n".join([
         classifier,
         "",
         f"/* filter '{st.name}' ({plan.form}): first matching rule wins; otherwise "
-        f"{st.default}; malformed packets: {st.malformed} */",
+        f"{st.default}; malformed packets: {st.malformed}; IP fragments: "
+        f"{st.fragments if frags else 'classified like any packet (no ports read)'} */",
         f"static __always_inline int stage_{idx}_filter(EBP_CTX *ctx, struct ebp_pkt *pkt, "
         "int malformed)",
         "{",
-        "\tstruct ebp_flt_rule r;",
-        "",
-        "\tif (malformed) {",
-        f"\t\tebp_count(&{names['counters']}, {malformed_slot}, pkt->len);",
-        f"\t\tEBP_TRACE_SET({idx}, {malformed_slot});",
-        f"\t\treturn {OUTCOME[st.malformed]};",
-        "\t}",
-        f"\tif ({t}_classify(pkt, &r)) {{",
-        f"\t\tebp_count(&{names['counters']}, r.rule_id, pkt->len);",
-        f"\t\tEBP_TRACE_SET({idx}, r.rule_id);",
-        "\t\treturn r.action == EBP_ACT_DROP ? EBP_V_DROP : EBP_V_PASS;",
-        "\t}",
-        f"\tebp_count(&{names['counters']}, {default_slot}, pkt->len);",
-        *([f"\tEBP_TRACE_SET({idx}, {default_slot});"] if st.default != "next" else []),
-        f"\treturn {OUTCOME[st.default]};",
+        *body,
         "}",
     ]))
-
 
 
 class FilterGen(StageGen):

@@ -1,0 +1,66 @@
+"""``ebplane agent`` (the agent, in the foreground) and ``ebplane events``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+
+def register(sub) -> None:
+    p = sub.add_parser("agent", help="run the agent in the foreground: keeps the data plane "
+                       "converged to the desired state, serves the API")
+    p.add_argument("--log-json", action="store_true", help="structured JSON logs on stderr")
+    p.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
+                   help="reconcile period (also on every link event); default 0.5")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("events", help="what the agent did and why")
+    p.add_argument("--pipeline", help="only this pipeline's events")
+    p.add_argument("--last", type=int, default=50, metavar="N", help="the last N (default 50)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="one JSON object per event, one per line")
+    p.set_defaults(func=cmd_events)
+
+
+def cmd_agent(args) -> int:
+    from ebplane.agent.daemon import run
+    return run(interval=args.interval, json_logs=args.log_json, verbose=args.verbose)
+
+
+def _line(ev: dict) -> str:
+    ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["ts"]))
+    return f"{ts}  {ev['kind']:<16} {ev.get('pipeline') or '-':<15} {ev['message']}"
+
+
+def cmd_events(args) -> int:
+    from ebplane.agent.client import connect
+    from ebplane.agent.store import Store
+    c = connect()
+
+    def show(evs: list[dict]) -> None:
+        for ev in evs:
+            ev["via"] = "agent" if c is not None else "direct"
+            print(json.dumps(ev) if args.json else _line(ev), flush=True)
+
+    if c is not None:
+        evs = c.events(-args.last, pipeline=args.pipeline) if args.last > 0 else []
+    else:
+        evs = Store(readonly=True).events(0, args.pipeline, limit=10**9)
+        evs = evs[-args.last:] if args.last > 0 else []
+    show(evs)
+    if not args.follow:
+        return 0
+    if c is None:
+        from ebplane.errors import UsageError
+        raise UsageError("--follow needs a running agent", hint="start it: ebplane agent")
+    after = evs[-1]["seq"] if evs else max([e["seq"] for e in c.events(-1)] or [0])
+    try:
+        while True:
+            new = c.events(after, wait=30, pipeline=args.pipeline)
+            show(new)
+            if new:
+                after = new[-1]["seq"]
+    except KeyboardInterrupt:
+        return 0
