@@ -889,9 +889,10 @@ def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     """C (pin) name -> (stage, role) of the maps a pipeline's program may have, from the
     naming conventions of the generators (no code generation)."""
     from ebplane.codegen.forwarding import PREFIX, map_name
+    from ebplane.stages.filter.gen import FRAG_TABLE
     roles: dict[str, tuple[str | None, str]] = {
         "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
-        "ebp_progs": (None, "progs")}
+        "ebp_progs": (None, "progs"), FRAG_TABLE: (None, "fragments")}
     for st in spec.stages:
         if isinstance(st, FilterStage):
             roles.update({c: (st.name, r) for r, c in map_names(st.name).items()})

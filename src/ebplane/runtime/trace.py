@@ -36,7 +36,7 @@ from ebplane.runtime import pipeline as pl
 from ebplane.runtime.pcap import LINKTYPE_ETHERNET
 from ebplane.runtime.state import PipelineState, pin_dir
 from ebplane.spec import FilterStage, PipelineSpec
-from ebplane.stages.filter.gen import slots as filter_slots
+from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
 
 _REC = struct.Struct("<QIIIIIiII")
 assert _REC.size == REC_HEADER
@@ -148,6 +148,9 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
             return st.name, st.kind, None, f"default {st.default}"
         if slot == m_slot:
             return st.name, st.kind, None, f"malformed {st.malformed}"
+        for what, fslot in frag_slots(st).items():
+            if slot == fslot:
+                return st.name, st.kind, None, f"IP fragment ({what})"
         for pos, e in enumerate(live.get(st.name, [])):
             if e["id"] == slot:
                 return st.name, st.kind, pos, f"rule {pos} {e['rule'].get('action', '')}".strip()
