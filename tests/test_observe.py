@@ -143,3 +143,27 @@ def test_malformed_names_the_header_cut_short():
     assert malformed_detail(graph, cut, 100).startswith("cut beyond snaplen in parse_ipv4")
     ok = _frames()[0]
     assert malformed_detail(graph, ok, len(ok)) == "parses in user space"
+
+
+def test_trace_options_become_capture_constants():
+    from types import SimpleNamespace
+
+    from ebplane.errors import NotFound, UsageError
+    from ebplane.runtime.trace import TraceRequest, capture_spec
+    spec = parse_spec(SPEC.format(hook="tc-ingress"), "obs.yaml")
+    # rule ids as run-time edits leave them: index 1 holds id 7
+    st = SimpleNamespace(live_rules={"acl": [{"id": 3, "rule": {}}, {"id": 7, "rule": {}}]})
+    cap = capture_spec(spec, st, TraceRequest(rule=1, verdict="drop", snaplen=64, rate=10))
+    assert (cap.stage, cap.slot, cap.verdict, cap.snaplen) == (0, 7, 2, 64)  # TC_ACT_SHOT
+    assert cap.rate >= 10 // 2 and cap.rate * 2 >= 10  # per CPU, rounded up
+    assert capture_spec(spec, st, TraceRequest(stage="count")).stage == 1
+    with pytest.raises(NotFound):
+        capture_spec(spec, st, TraceRequest(stage="nope"))
+    with pytest.raises(UsageError):
+        capture_spec(spec, st, TraceRequest(rule=2))
+    with pytest.raises(UsageError):
+        capture_spec(spec, st, TraceRequest(verdict="tx"))  # not a TC verdict
+    with pytest.raises(UsageError):
+        capture_spec(spec, st, TraceRequest(filter="udp prot 53"))
+    with pytest.raises(UsageError):
+        capture_spec(spec, st, TraceRequest(snaplen=0))
