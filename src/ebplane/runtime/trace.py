@@ -34,7 +34,7 @@ from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime import pipeline as pl
 from ebplane.runtime.pcap import LINKTYPE_ETHERNET
-from ebplane.runtime.state import PipelineState, pin_dir
+from ebplane.runtime.state import PipelineState, pin_dir, state_dir
 from ebplane.spec import FilterStage, PipelineSpec
 from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
 
@@ -205,6 +205,7 @@ class Trace:
         self.prog_id_before: int | None = None
         self.prog_id: int | None = None
         self._graph = None
+        self._state_mtime = None
 
     # -- start / stop -------------------------------------------------------------------------
     def start(self) -> "Trace":
@@ -289,9 +290,21 @@ class Trace:
     def frames(self, timeout_ms: int = 100) -> list[Frame]:
         """The frames delivered within ``timeout_ms`` (maybe none)."""
         assert self._rb is not None, "trace not started"
+        self._refresh_rules()
         self._rb.poll(timeout_ms)
         out, self._pending = self._pending, []
         return out
+
+    def _refresh_rules(self) -> None:
+        """Rules edited during the trace (ebplane rules add...): frames name them by their
+        index in the rules in force, so re-read the state when its file changed."""
+        with contextlib.suppress(OSError):
+            mtime = os.stat(state_dir() / f"{self.name}.json").st_mtime_ns
+            if mtime != self._state_mtime:
+                self._state_mtime = mtime
+                st = pl.PipelineState.load(self.name)
+                if st is not None:
+                    self.live = st.live_rules
 
     def __iter__(self) -> Iterator[Frame]:
         while True:
