@@ -15,7 +15,8 @@ from ebplane import __version__
 from ebplane.errors import EbplaneError
 
 # command modules, in the order `ebplane --help` lists them
-COMMAND_MODULES = ["probe", "pipeline", "rules", "agent", "parser", "lab", "demo", "bench", "chain", "fleet"]
+COMMAND_MODULES = ["probe", "pipeline", "rules", "agent", "observe", "parser", "lab", "demo",
+                   "bench", "chain", "fleet"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     # KEY=VALUE words after an option (rules add NAME --at 0 dport=53 action=drop)
     if extra and hasattr(args, "fields") and all("=" in w and not w.startswith("-") for w in extra):
         args.fields = list(args.fields or []) + extra
+    # the words of a trace's FILTER after an option (trace fw -w x.pcapng udp port 53)
+    elif extra and hasattr(args, "filter_words") and not any(w.startswith("-") for w in extra):
+        args.filter_words = list(args.filter_words or []) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = os.environ.get("EBPLANE_LOG", "debug" if args.verbose else "warning").upper()

@@ -15,6 +15,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("status", help="applied pipelines and their attachments")
     p.add_argument("name", nargs="?")
+    p.add_argument("-v", "--objects", action="store_true",
+                   help="also each pinned program and map: kernel id and name (as bpftool "
+                        "shows them, 15 characters), pin, stage and role")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -27,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="print again every SECONDS until Ctrl-C")
+    p.add_argument("--rate", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                   help="packet and bit rates over SECONDS (default 1), highest first")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
@@ -70,12 +75,12 @@ def _apply_human(d: dict) -> str:
 
 
 def cmd_status(args) -> int:
-    c = agent()
+    c = agent() if not args.objects else None  # the kernel objects are read here, directly
     if c is not None:
         emit(args, via(c.status(args.name), "agent"), _status_human)
         return 0
     from ebplane.runtime.pipeline import status
-    emit(args, via(status(args.name), "direct"), _status_human)
+    emit(args, via(status(args.name, objects=args.objects), "direct"), _status_human)
     return 0
 
 
@@ -94,6 +99,17 @@ def _status_human(items: list[dict]) -> str:
                      " ".join(f"{k}:{v} ({d.get('filters', {}).get(k, {}).get('form', '?')})"
                               for k, v in d["rules"].items()) or "-"])
     out = table(rows, ["name", "hook", "netns", "prog", "insns", "attached", "rules"])
+    for d in items:
+        if d.get("capture"):
+            c = d["capture"]
+            out += (f"\n\n{d['name']}: traced by pid {c['pid']} (capture hooks in the "
+                    f"program until the trace ends)")
+        if d.get("objects"):
+            out += f"\n\n{d['name']}: kernel objects (bpftool prog|map show; -f shows the pin)\n"
+            out += table([[o["kind"], o["id"], o["name"] + (" (cut)" if o["truncated"] else ""),
+                           o["type"], o["stage"] or "-", o["role"], o["pin"]]
+                          for o in d["objects"]],
+                          ["kind", "id", "kernel name", "type", "stage", "role", "pin"])
     for d in items:  # what the kernel no longer agrees with, and the way out
         if d.get("problems"):
             out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])
@@ -120,6 +136,18 @@ def cmd_detach(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    if args.rate:
+        from ebplane.cli.top import _read, rates, run_once
+        if not args.json:
+            print(run_once(args.name, args.rate))
+            return 0
+        prev, t0 = _read(args.name)
+        time.sleep(args.rate)
+        cur, t1 = _read(args.name)
+        emit(args, [{"pipeline": k[0], "stage": k[1], "what": k[2], "verdict": k[3],
+                     "pps": pps, "bps": bps, "packets": total}
+                    for k, pps, bps, total in rates(prev, cur, t1 - t0)])
+        return 0
     c = agent()
     if c is not None:
         def stats(name):

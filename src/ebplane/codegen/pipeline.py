@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ebplane import __version__
 from ebplane.codegen import p4c
+from ebplane.codegen.capture import CAPTURE_COUNTERS, CaptureSpec, capture_c, record_c
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -240,12 +241,15 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
 
 
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
-             filters: dict | None = None, frags: bool = False) -> GeneratedProgram:
+             filters: dict | None = None, frags: bool = False,
+             capture: CaptureSpec | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program).  ``filters``:
     table -> ``FilterPlan`` of each filter (default: planned from the spec's rules).
     ``frags``: XDP programs are built as ``xdp.frags`` (they accept multi-buffer frames;
-    the parser reads the headers in the first buffer, counters count the whole frame)."""
+    the parser reads the headers in the first buffer, counters count the whole frame).
+    ``capture``: the capture hooks of a running ``ebplane trace`` (see
+    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
     _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
@@ -281,10 +285,22 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 "parsed here (no valid parse-info)", stage=None, role="handoff")
     out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts")
-    if trace:
+    if trace or capture:
         out.map("ebp_trace", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
-                "which stage and counter slot decided the last packet (replay only)",
+                "which stage and counter slot decided the last packet (replay, trace)",
                 stage=None, role="trace", pinned=False)
+    if capture:
+        out.maps.append("\n".join([
+            f"/* frames captured by a running trace ({capture.ring_bytes} bytes) */",
+            "struct {", "\t__uint(type, BPF_MAP_TYPE_RINGBUF);",
+            f"\t__uint(max_entries, {capture.ring_bytes});", "} ebp_cap_ring SEC(\".maps\");"]))
+        prog.maps.append(MapRole("ebp_cap_ring", None, "capture", reusable=False))
+        out.map("ebp_cap_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+                len(CAPTURE_COUNTERS), "capture: " + ", ".join(CAPTURE_COUNTERS),
+                stage=None, role="capture-counters", reusable=False)
+        out.map("ebp_cap_rate", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_cap_rate", 1,
+                "capture: frames of the current second, per CPU (rate limit)",
+                stage=None, role="capture-rate", pinned=False)
     for idx, st in enumerate(spec.stages):
         prog.stage_names.append(st.name)
         gen = STAGE_GENERATORS.get(st.kind)
@@ -318,8 +334,10 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         " */",
     ]
     head += [f"#define {d} 1" for d in features.defines()]
-    if trace:
+    if trace or capture:
         head.append("#define EBP_TRACE 1")
+    if capture:
+        head.append(f"#define EBP_CAP_SNAPLEN {capture.snaplen}")
     head += [f"#define EBP_CTX {ctx_decl.rsplit(' ', 1)[0].rstrip(' *')}",
              f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
              parser.defines, '#include "ebplane.h"']
@@ -328,7 +346,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         "/* replay only: which stage and counter slot decided the last packet */",
         "struct ebp_trace {", "\t__u32 stage; /* 0xff: no stage decided */",
         "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */", "};", "",
-    ]
+    ] + ([record_c(), ""] if capture else [])
     trace_macro = ("#ifdef EBP_TRACE\n#define EBP_TRACE_SET(st, sl) do { __u32 z_ = 0; "
                    "struct ebp_trace *t_ = bpf_map_lookup_elem(&ebp_trace, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"
@@ -363,13 +381,17 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         main.append("\tpkt.len = ctx->len; /* count the whole frame, not only the linear part */")
     elif frags:
         main.append("\tpkt.len = bpf_xdp_get_buff_len(ctx); /* all buffers of the frame */")
-    if trace:
+    if trace or capture:
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
-             "out:", "\tebp_count(&ebp_verdicts, action, pkt.len);", "\treturn action;", "}"]
+             "out:", "\tebp_count(&ebp_verdicts, action, pkt.len);",
+             *(["\tebp_capture(ctx, &pkt, action);"] if capture else []),
+             "\treturn action;", "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
              parser.source, *out.functions]
+    if capture:
+        parts.append(capture_c(capture, spec.hook))
     if separate:
         parts.append(p4c.parse_info_c(prog.graph, prog.user_layout))
     if handoff:

@@ -270,6 +270,7 @@ _PROTOS = {
     "bpf_map_get_fd_by_id": (c_int, [c_uint32]),
     "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_char_p, c_size_t, c_void_p]),
     "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(TestRunOpts)]),
+    "bpf_enable_stats": (c_int, [c_int]),
     "bpf_prog_query": (c_int, [c_int, c_int, c_uint32, POINTER(c_uint32), POINTER(c_uint32),
                                POINTER(c_uint32)]),
     # attach

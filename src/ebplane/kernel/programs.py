@@ -520,3 +520,14 @@ class BpfObject:
             self.close()
         except Exception:
             pass
+
+
+BPF_STATS_RUN_TIME = 0
+
+
+def enable_run_stats() -> FD:
+    """Turn on the kernel's BPF run statistics (run_cnt, run_time_ns of every program) for as
+    long as the returned FD stays open (BPF_ENABLE_STATS): unlike ``sysctl
+    kernel.bpf_stats_enabled=1`` nothing is left switched on when the holder exits."""
+    return FD(check(lib.bpf_enable_stats(BPF_STATS_RUN_TIME), "enable BPF run statistics",
+                    hint="needs CAP_SYS_ADMIN (run as root)"))

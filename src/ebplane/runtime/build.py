@@ -76,15 +76,17 @@ def compile_filter(stage: FilterStage, entries: list[RuleEntry], layout,
 
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
           reuse_pins: Path | None = None, filters: dict | None = None,
-          keep_groups: set[str] | None = None, frags: bool = False) -> Built:
+          keep_groups: set[str] | None = None, frags: bool = False,
+          capture=None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
     carry over; a map whose definition changed (type, sizes, capacity or flags: see
     ``MapSpec.compatible``) is created anew, and said so in ``notes``.  Maps of a group
     (``MapRole.group``) are reused only all together, and only for groups in
     ``keep_groups``.  ``filters``: table -> FilterPlan, ``frags``: multi-buffer XDP (see
+    ``generate``); ``capture``: the capture hooks of a running trace (a ``CaptureSpec``, see
     ``generate``)."""
-    gen = generate(spec, features, trace=trace, filters=filters, frags=frags)
+    gen = generate(spec, features, trace=trace, filters=filters, frags=frags, capture=capture)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ebplane.codegen.capture import CaptureSpec
 from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MARK_COUNTERS, Features, spec_features,
                                       user_layout_for)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
@@ -55,6 +56,16 @@ from ebplane.kernel.codec import COUNT, U32
 from ebplane.spec.rules import PROTO_NUMBERS
 
 Progress = Callable[[str], None]
+
+# called as f("apply" | "rules", pipeline, table or None, seconds) after each apply and rule
+# change of this process (ebplane.runtime.metrics observes latencies through it)
+OBSERVERS: list[Callable[[str, str, str | None, float], None]] = []
+
+
+def _observe(what: str, name: str, table: str | None, seconds: float) -> None:
+    for f in OBSERVERS:
+        with contextlib.suppress(Exception):
+            f(what, name, table, seconds)
 
 
 def _quiet(_msg: str) -> None:
@@ -214,12 +225,38 @@ def spec_of_text(spec_text: str, spec_file: str) -> PipelineSpec:
     return _parsed_spec(spec_text, spec_file)
 
 
+KEEP = "keep"  # _apply(capture=KEEP): the running trace's capture hooks stay, if it lives
+
+
+def capture_alive(cap: dict | None) -> bool:
+    """Whether the trace that recorded ``cap`` (state ``capture``) still runs: its pid exists
+    and is the same process (its start time, so a reused pid does not count)."""
+    return bool(cap) and _proc_start(cap["pid"]) == cap.get("pid_start")
+
+
+def _proc_start(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
-           live_override: dict[str, list[RuleEntry]] | None = None) -> ApplyResult:
+           live_override: dict[str, list[RuleEntry]] | None = None,
+           capture: dict | None | str = KEEP) -> ApplyResult:
+    """Apply ``spec`` (see the module's docstring).  ``capture``: the record of the capture
+    hooks the program carries (``ebplane trace``), None for none, KEEP (default) for those of
+    the running program if their trace still runs (an orphaned capture is dropped here)."""
     t0 = time.monotonic()
     bpffs.ensure_mounted()
     old = load_state(spec.name)
     notes: list[str] = []
+    if capture == KEEP:
+        capture = old.capture if old and capture_alive(old.capture) else None
+        if old and old.capture and capture is None:
+            notes.append(f"capture of trace pid {old.capture['pid']} removed: the trace "
+                         f"is gone")
     if old and old.netns != spec.netns:
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
                          f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
@@ -286,7 +323,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     maps_dir = pin_dir(spec.name) / "maps"
     built = build(spec, features, reuse_pins=maps_dir if old else None,
                   filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
-                  frags=bool(jumbo))
+                  frags=bool(jumbo),
+                  capture=CaptureSpec.from_dict(capture["spec"]) if capture else None)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
@@ -354,7 +392,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
-            applied_at=time.time(), notes=notes,
+            applied_at=time.time(), notes=notes, capture=capture,
             pending={"op": "apply", "previous": asdict(old) if old else None,
                      "created_dir": created_dir,
                      "staged": [[str(t), str(f)] for t, f in staged],
@@ -422,13 +460,30 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     for a, prog in replaced:
         by_key[_attach_key(a)] = {**a, "prog_id": prog.id}
     state.attachments = [by_key[(i, h)] for i, h, _, _ in plan]
+    state.apply_seconds = round(time.monotonic() - t0, 3)
     _finish(state, progress)
+    _observe("apply", spec.name, None, time.monotonic() - t0)
     result = ApplyResult(spec.name, old is None and not adopted, built.program.id,
                          state.attachments, built.cached, sorted(built.reused_maps),
                          {k: len(v) for k, v in live.items()}, notes,
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
+
+
+def drop_orphan_capture(name: str) -> bool:
+    """Respecialise the pipeline back to its trace-free program if it carries the capture
+    hooks of a trace that is gone (killed with SIGKILL, say).  Returns whether it did.  Called
+    by ``trace``, ``status`` and ``stats`` (and any apply or regenerating rule edit drops it)."""
+    st = load_state(name)
+    if st is None or not st.capture or capture_alive(st.capture):
+        return False
+    with _locked(name):
+        st = load_state(name)
+        if st is None or not st.capture or capture_alive(st.capture):
+            return False
+        _apply(_spec_of(st), st.spec_text, st.spec_file, capture=None)
+        return True
 
 
 def _running_plan(state: PipelineState | None, table: str,
@@ -794,10 +849,73 @@ def _netns_exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
 
 
-def status(name: str | None = None) -> list[dict]:
+def _reap(name: str) -> None:
+    """Best effort: a read-only user (group ebplane) cannot respecialise; status shows it."""
+    with contextlib.suppress(EbplaneError, PermissionError):
+        drop_orphan_capture(name)
+
+
+BPF_OBJ_NAME_LEN = 16  # the kernel keeps 15 characters of a map's or program's name
+
+
+def kernel_objects(name: str) -> list[dict]:
+    """The pipeline's pinned programs and maps as bpftool shows them: kernel id and name
+    (cut to 15 characters), and what each is for (stage, role) by its pin, which
+    ``bpftool -f prog|map show`` prints (``pinned <bpffs>/<pipeline>/...``)."""
+    out = []
+    root = pin_dir(name)
+    for pin in ("prog", "xdp-parser"):
+        with contextlib.suppress(EbplaneError):
+            p = Program.from_pin(root / pin)
+            with contextlib.closing(p):
+                i = p.info()
+            out.append({"kind": "prog", "id": i["id"], "name": i["name"], "pin": str(root / pin),
+                        "stage": None, "role": "parser" if pin == "xdp-parser" else "program",
+                        "type": i["type"], "truncated": False})
+    st = load_state(name)
+    roles: dict[str, tuple[str | None, str]] = {}
+    if st is not None:
+        with contextlib.suppress(Exception):
+            roles.update(_map_roles(_spec_of(st)))
+        if st.capture:
+            roles.update({"ebp_cap_ring": (None, "capture"),
+                          "ebp_cap_cnt": (None, "capture-counters")})
+    d = root / "maps"
+    for pin in sorted(d.iterdir()) if d.is_dir() else []:
+        with contextlib.suppress(EbplaneError):
+            with Map.from_pin(pin) as m:
+                stage, role = roles.get(pin.name, (None, "?"))
+                out.append({"kind": "map", "id": m.id, "name": m.name, "pin": str(pin),
+                            "stage": stage, "role": role, "type": m.type_name,
+                            "max_entries": m.max_entries,
+                            "truncated": len(pin.name) >= BPF_OBJ_NAME_LEN})
+    return out
+
+
+def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
+    """C (pin) name -> (stage, role) of the maps a pipeline's program may have, from the
+    naming conventions of the generators (no code generation)."""
+    from ebplane.codegen.forwarding import PREFIX, map_name
+    from ebplane.stages.filter.gen import FRAG_TABLE
+    roles: dict[str, tuple[str | None, str]] = {
+        "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
+        "ebp_progs": (None, "progs"), FRAG_TABLE: (None, "fragments")}
+    for st in spec.stages:
+        if isinstance(st, FilterStage):
+            roles.update({c: (st.name, r) for r, c in map_names(st.name).items()})
+        elif isinstance(st, CountStage):
+            roles[f"cnt_{st.name}"] = (st.name, "counters")
+        elif st.kind in PREFIX:
+            for r in ("ports", "fdb", "cfg", "cpus", "sel", "socks", "counters"):
+                roles[map_name(st, r)] = (st.name, r)
+    return roles
+
+
+def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
     for n in names:
+        _reap(n)
         st = require_state(n) if name else load_state(n)
         if st is None:  # an interrupted first apply, rolled back just now
             continue
@@ -822,8 +940,10 @@ def status(name: str | None = None) -> list[dict]:
                     "hook": st.hook, "netns": st.netns, "prog_id": st.prog_id,
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
-                    "filters": st.filters,
+                    "filters": st.filters, "capture": st.capture,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
+        if objects:
+            out[-1]["objects"] = kernel_objects(n)
     return out
 
 
@@ -896,9 +1016,13 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
     return out
 
 
-def stats(name: str | None = None) -> list[dict]:
+def stats(name: str | None = None, *, reap: bool = True) -> list[dict]:
+    """Counters of one or every applied pipeline (``reap``: first remove an orphaned
+    capture, see :func:`drop_orphan_capture`)."""
     out = []
     for n in ([name] if name is not None else all_names()):
+        if reap:
+            _reap(n)
         st = require_state(n) if name is not None else load_state(n)
         if st is None:
             continue
@@ -972,6 +1096,13 @@ class RuleTable:
         """Read the live rules once, under the pipeline's lock, let ``change`` turn them into
         the new rule list, and install that atomically: a map update when the new rules fit
         the running program's compiled form, else a new program swapped in (respecialised)."""
+        t0 = time.monotonic()
+        try:
+            return self._edit_locked(change)
+        finally:
+            _observe("rules", self.pipeline, self.name, time.monotonic() - t0)
+
+    def _edit_locked(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
         with _locked(self.pipeline):
             st, spec = self._spec()
             if spec.protocols != self._protocols:

@@ -132,6 +132,10 @@ class PipelineState:
     # cleared by its last write): what to compare with the kernel if the command died,
     # see ebplane.runtime.pipeline.load_state
     pending: dict | None = None
+    # while `ebplane trace` runs: {"pid", "pid_start", "started", "spec": CaptureSpec dict};
+    # the program then carries the capture hooks (ebplane.runtime.trace)
+    capture: dict | None = None
+    apply_seconds: float = 0.0  # how long the last apply took
 
     @property
     def path(self) -> Path:
