@@ -47,6 +47,8 @@ def setup_logging(json_logs: bool, verbose: bool) -> None:
 def _log_event(ev: dict) -> None:
     log.info("%s%s: %s", ev["kind"], f" {ev['pipeline']}" if ev.get("pipeline") else "",
              ev["message"], extra={"fields": {"event": ev}})
+    from ebplane.runtime import metrics  # counted when `--metrics` serves them (else no-op)
+    metrics.reconcile_event(ev.get("pipeline") or "", ev["kind"])
 
 
 def run(*, interval: float = 0.5, json_logs: bool = False, verbose: bool = False,

@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--fleet", metavar="ETCD_URLS", nargs="?", const="",
                    help="also take this node's pipelines from etcd (docs/fleet.md); URLs "
                    "comma-separated, default $EBPLANE_ETCD")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on /metrics there (default: off)")
     p.add_argument("--node", help="this node's name in the fleet (default: the host name)")
     p.add_argument("--labels", default="", metavar="k=v,...", help="this node's labels")
     p.add_argument("--fleet-netns", metavar="NETNS",
@@ -36,6 +38,9 @@ def register(sub) -> None:
 
 def cmd_agent(args) -> int:
     from ebplane.agent.daemon import run
+    if args.metrics:
+        from ebplane.runtime.metrics import parse_listen, serve
+        serve(*parse_listen(args.metrics))
     extra = None
     if args.fleet is not None:
         import socket
