@@ -10,6 +10,8 @@ bounded by a timeout.
 
 from __future__ import annotations
 
+import contextlib
+
 import ipaddress
 import secrets
 import select
@@ -327,15 +329,26 @@ def socket_tcp(src_ns: str, dst_ns: str, dst: str, *, port: int = 5001, size: in
         server.start()
         cs.settimeout(timeout)
         back = bytearray()
+        def send() -> None:
+            try:
+                cs.sendall(data)
+                cs.shutdown(socket.SHUT_WR)
+            except OSError:  # the connection failed or was closed: the count says so
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
         try:
             cs.connect((dst, port))
-            sender = threading.Thread(target=lambda: (cs.sendall(data),
-                                                      cs.shutdown(socket.SHUT_WR)), daemon=True)
             sender.start()
             while len(back) < size and (chunk := cs.recv(65536)):
                 back += chunk
         except OSError:
             pass
+        if sender.is_alive():  # unblock a sendall still running before the socket goes
+            with contextlib.suppress(OSError):
+                cs.shutdown(socket.SHUT_RDWR)
+        if sender.ident is not None:
+            sender.join(timeout)
         cs.close()
         server.join(timeout)
     n = 0
