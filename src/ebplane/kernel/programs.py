@@ -203,7 +203,26 @@ class ProgramSpec:
         return PROG_TYPE_NAMES.get(self.type, str(self.type))
 
 
-class ObjectSpec:
+class _Closing:
+    """Closed as a context manager, or when garbage-collected (close() is idempotent)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ObjectSpec(_Closing):
     """An opened BPF ELF object: what it will create (``maps``, ``programs``) and the
     adjustments made before loading it.
 
@@ -399,20 +418,8 @@ class ObjectSpec:
             fd.close()
         self._reuse.clear()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class BpfObject:
+class BpfObject(_Closing):
     """A BPF ELF object: opened (its :class:`ObjectSpec` can still be adjusted), then loaded.
 
     The loaded object's ``programs`` and ``maps`` own dups of libbpf's fds and are closed
@@ -508,18 +515,6 @@ class BpfObject:
             lib.bpf_object__close(self._ptr)
             self._ptr, self._buf = 0, None
         self.spec.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 BPF_STATS_RUN_TIME = 0

@@ -81,12 +81,15 @@ def _driver(name: str) -> str | None:
     return drv.raw[4:36].split(b"\0", 1)[0].decode() or None
 
 
-def _gro(name: str) -> bool | None:
-    """Whether generic receive offload is on (the ``rx-gro`` feature, as ``ethtool -k``
-    shows it); None when the device does not report features."""
+def _features_active(name: str, features) -> bool | None:
+    """Whether any of ``features`` (names as ``ethtool -k`` shows them, those the device
+    lists) is on for ``name`` in the calling thread's namespace; None when the device does
+    not report features."""
     eth = IoctlEthtool(name)
     try:
-        return bool(eth.get_features().is_active("rx-gro"))
+        feats = eth.get_features()
+        listed = [f for f in features if f in feats]
+        return any(feats.is_active(f) for f in listed) if listed else None
     except (EthtoolError, KeyError):
         return None
     except OSError as e:
@@ -95,6 +98,12 @@ def _gro(name: str) -> bool | None:
         raise kernel_error(f"ethtool query on {name!r}", e.errno) from e
     finally:
         eth.close()
+
+
+def _gro(name: str) -> bool | None:
+    """Whether generic receive offload is on (the ``rx-gro`` feature); None when the device
+    does not report features."""
+    return _features_active(name, ("rx-gro",))
 
 
 def _driver_and_gro(name: str) -> tuple[str | None, bool | None]:
@@ -201,18 +210,7 @@ TX_CHECKSUM_FEATURES = ("tx-checksum-ipv4", "tx-checksum-ip-generic", "tx-checks
 def tx_checksum_offload(name: str) -> bool | None:
     """Whether ``name`` (calling thread's namespace) offloads TX checksums: its frames may
     leave with an incomplete TCP/UDP checksum.  None when the device does not say."""
-    eth = IoctlEthtool(name)
-    try:
-        feats = eth.get_features()
-        return any(feats.is_active(f) for f in TX_CHECKSUM_FEATURES if f in feats)
-    except EthtoolError:
-        return None
-    except OSError as e:
-        if e.errno in _UNSUPPORTED:
-            return None
-        raise kernel_error(f"ethtool query on {name!r}", e.errno) from e
-    finally:
-        eth.close()
+    return _features_active(name, TX_CHECKSUM_FEATURES)
 
 
 def disable_tx_checksum_offload(ns: str, name: str) -> None:
