@@ -20,6 +20,7 @@ import pytest
 from fleet_fixtures import EtcdCluster, Forwarder, stop
 from pipeline_fixtures import TEST_BPFFS, write_spec
 from test_crash import EBPLANE, RULE_EXTRA, in_force, spec_text
+from ebplane.bench import classbench as cb
 from ebplane.fleet import layout, rollout
 from ebplane.fleet.etcd import Config, Etcd
 from ebplane.net import iface
@@ -62,6 +63,17 @@ class Node:
                        timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+
+def verifier_refuses(text: str) -> str:
+    """``text`` (a spec of test_crash) with 1,200 ClassBench-style ACL rules compiled inline:
+    a program the verifier refuses (too large), so a rollout fails on the canary's load."""
+    rules = "".join(f"        - {json.dumps(r)}\n"
+                    for r in cb.generate(1200, kind="acl", family=4, seed=1))
+    return (text.replace("classifier: tree\n", "classifier: inline\n      capacity: 2000\n")
+            .replace("protocols: [ethernet, ipv4, ipv6, tcp, udp]",
+                     "protocols: [ethernet, ipv4, ipv6, tcp, udp, icmp]")
+            .replace("  - count: {}\n", rules + "  - count: {}\n"))
 
 def node_ns(stack: contextlib.ExitStack) -> str:
     ns = stack.enter_context(_netns.temporary("ebp-fl"))
@@ -168,15 +180,16 @@ def test_fleet_end_to_end(tmp_path):
         assert in_force(n1.ns) == "A+extra"
         assert "compacted" in n1.log() and "unreachable" in n1.log()
 
-        # a rollout that fails on the canary (native XDP on a bridge device, which has none) stops there
-        bad = write_spec(tmp_path / "bad.yaml", spec_text("ebp-placeholder", "B").replace(
-            "interfaces: [veth0]", "interfaces: [veth0, dum0]"))
+        # a rollout that the verifier refuses on the canary stops there: 1,200 realistic ACL
+        # rules forced into the inline form exceed the verifier's one-million-instruction budget
+        bad = write_spec(tmp_path / "bad.yaml", verifier_refuses(spec_text("ebp-placeholder", "B")))
         proc = fleet(urls, "apply", str(bad), "--canary", "n1", check=False)
         assert proc.returncode == 3, proc.stdout + proc.stderr
         err = json.loads(proc.stdout)
         rep = err["report"]
         assert list(rep["stopped"]) == ["n1"] and rep["done"] == []
         assert err["error"] == "RolloutFailed" and "stopped at batch 1/" in err["message"]
+        assert "verifier" in json.dumps(rep), rep
         for n in (n0, n2):  # never saw the bad version
             assert json.loads(etcd.get(layout.desired(n.name, "ap")).value)["version"] == v_back
             assert state(n)["version"] == v_back
