@@ -23,6 +23,25 @@ from ebplane.stages.balancer.gen import map_names
 class BalancerRuntime(StageRuntime):
     kind = "balancer"
 
+    def check(self, spec, stage: BalancerStage) -> list[str]:
+        """A note per interface whose forwarding is off (runs in the pipeline's netns):
+        bpf_fib_lookup then fails and every encapsulated packet goes to the stack."""
+        notes = []
+        for ifname in spec.interfaces:
+            for fam, path in ((4, f"/proc/sys/net/ipv4/conf/{ifname}/forwarding"),
+                              (6, f"/proc/sys/net/ipv6/conf/{ifname}/forwarding")):
+                if fam == 6 and stage.source6 is None or fam == 4 and stage.source4 is None:
+                    continue
+                try:
+                    on = open(path).read().strip() != "0"
+                except OSError:
+                    continue
+                if not on:
+                    notes.append(f"balancer '{stage.name}': IPv{fam} forwarding is off on "
+                                 f"{ifname}: the FIB lookup of encapsulated packets fails and "
+                                 f"they go through the stack (sysctl -w {path[10:].replace('/', '.')}=1)")
+        return notes
+
     def prepare(self, built, spec, stage: BalancerStage, *, replay: bool = False) -> list[str]:
         lb = Balancer(built.map, stage)
         names = set(map_names(stage.name).values())

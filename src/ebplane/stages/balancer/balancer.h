@@ -29,7 +29,9 @@
  * "packet too big" that a router sends to a VIP (about a backend's direct reply) is sent to
  * the backend of the flow it quotes, so the backend's socket learns the path MTU.
  *
- * Transmit: the outer destination is looked up in the kernel's FIB; on success the frame
+ * Transmit: the outer destination is looked up in the kernel's FIB (as a packet forwarded
+ * from the ingress interface: forwarding must be enabled on it, else the lookup fails and
+ * the frame goes to the stack); on success the frame
  * leaves by XDP_TX (same interface) or bpf_redirect; otherwise (no neighbour yet, no route)
  * the encapsulated frame goes to the kernel's stack, which resolves and forwards it.
  *
@@ -400,6 +402,8 @@ static __always_inline int ebp_lb_xmit(struct xdp_md *ctx, const struct ebp_lb_p
 		__builtin_memcpy(fib.ipv6_src, p->src6, 16);
 		__builtin_memcpy(fib.ipv6_dst, be->addr, 16);
 	}
+	/* as forwarded from the ingress interface (BPF_FIB_LOOKUP_OUTPUT would bind the lookup
+	 * to that interface as the output): forwarding must be enabled on it */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		ebp_count(counters, EBP_LB_ROUTE_STACK, len);
