@@ -10,7 +10,9 @@ are installed afresh.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+import ipaddress
+import socket
+from typing import Callable, Iterable, Iterator
 
 from ebplane.errors import NotFound, UsageError
 from ebplane.kernel.maps import Map
@@ -18,6 +20,18 @@ from ebplane.runtime.stages import StageRuntime, register_runtime
 from ebplane.spec.balancer import BalancerStage
 from ebplane.stages.balancer.control import Balancer
 from ebplane.stages.balancer.gen import map_names
+
+
+def prime_neighbours(addresses: Iterable[str]) -> None:
+    """Have the kernel resolve the next hops toward ``addresses`` (in the calling thread's
+    namespace): one empty UDP datagram to the discard port each.  The XDP program's FIB
+    lookup succeeds only with a neighbour entry; until then encapsulated frames go to the
+    stack, which forwards them only if the interface accepts packets with a local source
+    address (accept_local)."""
+    for a in addresses:
+        fam = socket.AF_INET6 if ipaddress.ip_address(a).version == 6 else socket.AF_INET
+        with contextlib.suppress(OSError), socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.sendto(b"", (a, 9))
 
 
 class BalancerRuntime(StageRuntime):
@@ -46,9 +60,13 @@ class BalancerRuntime(StageRuntime):
         lb = Balancer(built.map, stage)
         names = set(map_names(stage.name).values())
         if not replay and names <= built.reused_maps and lb.installed():
-            return [f"balancer '{stage.name}': kept the live backends of its reused maps"]
-        lb.install()
-        return []
+            notes = [f"balancer '{stage.name}': kept the live backends of its reused maps"]
+        else:
+            lb.install()
+            notes = []
+        if not replay:  # (prepare runs inside the pipeline's namespace)
+            prime_neighbours(b["address"] for v in lb.list() for b in v["backends"])
+        return notes
 
     def stats(self, maps: Callable[[str], Map], spec, stage: BalancerStage) -> dict:
         return Balancer(maps, stage).stats()
@@ -110,7 +128,10 @@ class Backends:
 
     def add(self, address: str, *, weight: int = 1, vip: str | None = None) -> dict:
         with self._open() as lb:
-            return lb.add(self.stage.vip(vip), address, weight)
+            res = lb.add(self.stage.vip(vip), address, weight)
+        with self._pl._netns_of(self._pl.require_state(self.pipeline)):
+            prime_neighbours([res["backend"]])
+        return res
 
     def remove(self, address: str, *, vip: str | None = None) -> dict:
         with self._open() as lb:
