@@ -524,7 +524,7 @@ static __always_inline int ebp_lb_run(struct xdp_md *ctx, struct ebp_pkt *pkt, i
 	struct ebp_lb_vip *vip;
 	struct ebp_lb_backend *be;
 	struct ebp_frag_key fk;
-	__u32 inner_len, hash, b = 0, len = pkt->len, ovh, foff;
+	__u32 inner_len, hash, b = 0, len = pkt->len, ovh, foff, frame_len;
 	__u8 tos, df = 0;
 	int more;
 
@@ -587,23 +587,32 @@ encap:
 		ebp_count(counters, EBP_LB_UNSUPPORTED, len);
 		return XDP_PASS;
 	}
-	if (pkt->family == 4) {
-		struct ebp_ipv4_hdr ip;
+	{
+		/* the IP header right after Ethernet (checked above), read in place */
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
 
-		if (bpf_xdp_load_bytes(ctx, pkt->l3_off, &ip, sizeof(ip)))
-			return XDP_DROP;
-		inner_len = bpf_ntohs(ip.tot_len);
-		tos = ip.tos;
-		df = !!(ip.frag_off & bpf_htons(0x4000));
-	} else {
-		struct ebp_ipv6_hdr ip6;
+		if (pkt->family == 4) {
+			struct ebp_ipv4_hdr *ip = data + sizeof(struct ethhdr);
 
-		if (bpf_xdp_load_bytes(ctx, pkt->l3_off, &ip6, sizeof(ip6)))
-			return XDP_DROP;
-		inner_len = bpf_ntohs(ip6.payload_len) + sizeof(ip6);
-		tos = bpf_ntohl(ip6.ver_tc_flow) >> 20;
+			if ((void *)(ip + 1) > data_end)
+				return XDP_DROP;
+			inner_len = bpf_ntohs(ip->tot_len);
+			tos = ip->tos;
+			df = !!(ip->frag_off & bpf_htons(0x4000));
+		} else {
+			struct ebp_ipv6_hdr *ip6 = data + sizeof(struct ethhdr);
+
+			if ((void *)(ip6 + 1) > data_end)
+				return XDP_DROP;
+			inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+			tos = bpf_ntohl(ip6->ver_tc_flow) >> 20;
+		}
+		frame_len = data_end - data;
 	}
-	if (inner_len + sizeof(struct ethhdr) > bpf_xdp_get_buff_len(ctx) ||
+	/* (a multi-buffer frame: its other buffers count too) */
+	if ((inner_len + sizeof(struct ethhdr) > frame_len &&
+	     inner_len + sizeof(struct ethhdr) > bpf_xdp_get_buff_len(ctx)) ||
 	    inner_len < (pkt->family == 4 ? 20 : 40)) {
 		ebp_count(counters, EBP_LB_TRUNCATED, len);
 		return XDP_DROP;
