@@ -16,7 +16,9 @@ from scapy.layers.inet6 import (ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment,
                                 fragment6)
 from scapy.layers.l2 import Ether
 
-from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
+from pipeline_fixtures import (cli, cli_json, ebp_env, ebp_module_env,  # noqa: F401
+                               write_spec)
+from ebplane.runtime import pipeline
 from ebplane.errors import SpecError, UsageError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.programs import XdpMd
@@ -465,3 +467,58 @@ def test_icmp_too_big_to_a_vip_goes_to_the_flows_backend(make):
 def test_counter_names_come_from_the_header():
     assert COUNTERS[:3] == ("new", "known", "rehashed")
     assert "too_big_answered" in COUNTERS and len(set(COUNTERS)) == len(COUNTERS)
+
+
+# -- run-time changes through the CLI on an applied pipeline -----------------------------------
+
+def test_backends_cli_on_an_applied_pipeline(ebp_env, veth_pair, tmp_path):
+    ns, dev, _ = veth_pair
+    text = spec_text([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1, 198.18.20.2]}}",
+                      f"{{vip: \"{VIP6}\", port: 53, proto: udp, backends: [\"2001:db8:20::1\"]}}"],
+                     size=4099).replace("hook: xdp\n", f"hook: xdp\nnetns: {ns}\n"
+                                                       f"interfaces: [{dev}]\n")
+    pipeline.apply(write_spec(tmp_path / "lb.yaml", text))
+    try:
+        vip = f"{VIP4}:80/tcp"
+        lst = cli_json("backends", "lbt", "list")
+        assert [v["vip"] for v in lst] == [vip, f"[{VIP6}]:53/udp"]
+        assert {b["address"]: b["entries"] for b in lst[0]["backends"]} == \
+            {"198.18.20.1": pytest.approx(2050, abs=60), "198.18.20.2": pytest.approx(2050, abs=60)}
+        # several VIPs: the command must name one
+        proc = cli("backends", "lbt", "add", "198.18.20.3", check=False)
+        assert proc.returncode == 2 and "--vip" in proc.stderr
+        res = cli_json("backends", "lbt", "add", "198.18.20.3", "--weight", "2", "--vip", vip)
+        assert 0 < res["moved"] <= 4099 // 2 + 100 and res["written"] == res["moved"]
+        share = {b["address"]: b["entries"] for b in cli_json("backends", "lbt", "list")[0]["backends"]}
+        assert share["198.18.20.3"] == pytest.approx(4099 / 2, rel=0.03)
+        # no change, nothing written
+        res = cli_json("backends", "lbt", "set-weight", "198.18.20.3", "2", "--vip", vip)
+        assert (res["moved"], res["written"]) == (0, 0)
+        res = cli_json("backends", "lbt", "down", "198.18.20.1", "--vip", vip)
+        # its entries, plus the few Maglev moves between the others (the table is a function
+        # of the backend set, the same on every balancer)
+        assert share["198.18.20.1"] <= res["moved"] <= share["198.18.20.1"] + 4099 * 0.02
+        states = {b["address"]: (b["state"], b["entries"])
+                  for b in cli_json("backends", "lbt", "list")[0]["backends"]}
+        assert states["198.18.20.1"] == ("down", 0)
+        cli_json("backends", "lbt", "up", "198.18.20.1", "--vip", vip)
+        res = cli_json("backends", "lbt", "remove", "198.18.20.2", "--vip", vip)
+        assert res["moved"] > 0
+        assert "198.18.20.2" not in {b["address"] for b in
+                                     cli_json("backends", "lbt", "list")[0]["backends"]}
+        # bad input leaves everything as it was
+        for args in (("remove", "198.18.20.99"), ("add", "not-an-address"),
+                     ("set-weight", "198.18.20.1", "5000")):
+            proc = cli("backends", "lbt", *args, "--vip", vip, check=False)
+            assert proc.returncode == 2 and "error:" in proc.stderr, args
+        proc = cli("backends", "lbt", "add", "2001:db8:20::7", "--vip", "198.18.99.1:80/tcp",
+                   check=False)
+        assert proc.returncode == 2 and "no VIP" in proc.stderr
+        st = next(s for s in pipeline.stats("lbt")[0]["stages"] if s["kind"] == "balancer")
+        assert st["connections"]["capacity"] == 65536 and "new" in st["counts"]
+        # a re-apply keeps the live backends (its maps are reused)
+        res = pipeline.apply(tmp_path / "lb.yaml")
+        assert {b["address"] for b in cli_json("backends", "lbt", "list")[0]["backends"]} == \
+            {"198.18.20.1", "198.18.20.3"}
+    finally:
+        pipeline.detach("lbt")

@@ -59,8 +59,14 @@ class Balancer:
         return have == want
 
     def install(self) -> None:
-        """Write the spec's VIPs and backends into fresh maps (both table halves)."""
+        """Write the spec's VIPs and backends (both table halves), replacing whatever the
+        maps held: VIPs, backend slots and connections of an earlier version included."""
         M = self.stage.table_size
+        self.vips.clear()
+        self.conns.clear()
+        n = self.stage.max_backends
+        self.backends.update_batch(list(range(n)),
+                                   [BACKEND.type(b"\0" * 16, 0, 0, 0, STATE_UNUSED, 0)] * n)
         slot = 0
         for i, v in enumerate(self.stage.vips):
             self.vips.update(VIP_KEY.type(packed(v.address), v.port, PROTO_NUMBERS[v.proto],

@@ -71,24 +71,25 @@ class BalancerGen(StageGen):
     def emit(self, idx: int, st: BalancerStage, out: Emit) -> None:
         out.include("balancer.h")
         n = map_names(st.name)
-        group = f"lb_{st.name}"  # reused together or not at all: they index each other
+        # a re-apply reuses each map whose definition is unchanged; the control plane keeps
+        # their contents only when all of the stage's maps were reused (runtime/balancer.py)
         out.map(n["vips"], "BPF_MAP_TYPE_HASH", "struct ebp_lb_vip_key", "struct ebp_lb_vip",
                 len(st.vips), f"balancer '{st.name}': VIP (address, port, protocol) -> its index",
-                stage=st.name, role="vips", group=group)
+                stage=st.name, role="vips")
         out.map(n["halves"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u32", len(st.vips),
                 f"balancer '{st.name}': per VIP, the half of its Maglev table in use",
-                stage=st.name, role="halves", group=group)
+                stage=st.name, role="halves")
         out.map(n["table"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u32",
                 len(st.vips) * 2 * st.table_size,
                 f"balancer '{st.name}': Maglev tables, (VIP * 2 + half) * {st.table_size} + "
-                "hash mod M -> backend slot", stage=st.name, role="table", group=group)
+                "hash mod M -> backend slot", stage=st.name, role="table")
         out.map(n["backends"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_lb_backend",
                 st.max_backends, f"balancer '{st.name}': backend slots",
-                stage=st.name, role="backends", group=group)
+                stage=st.name, role="backends")
         out.map(n["connections"], "BPF_MAP_TYPE_LRU_HASH", "struct ebp_lb_flow",
                 "struct ebp_lb_conn", st.connections,
                 f"balancer '{st.name}': flow -> backend (LRU)",
-                stage=st.name, role="connections", group=group)
+                stage=st.name, role="connections")
         out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(COUNTERS), f"balancer '{st.name}': {', '.join(COUNTERS)}",
                 stage=st.name, role="counters")
