@@ -249,6 +249,18 @@ def test_balancer_with_real_tcp_connections(ebp_env, tmp_path, encap):
                 assert d, "connection closed"
                 got += len(d)
             assert rx_bytes(ns["dut"]) - before < 200_000
+            # full-size segments do not fit once encapsulated: the balancer answers ICMP
+            # "fragmentation needed" from the VIP and the client's path-MTU discovery copes
+            big = bytes(range(256)) * 200
+            s0.sendall(big)
+            echo = b""
+            while len(echo) < len(big):
+                d = s0.recv(65536)
+                assert d, "connection closed"
+                echo += d
+            assert echo == big
+            st = next(s for s in pipeline.stats("lblab")[0]["stages"] if s["kind"] == "balancer")
+            assert st["counts"]["too_big_answered"]["packets"] >= 1
             # adding a backend: established connections survive
             res = be.add(BACKENDS[3])
             assert 0 < res["moved"] < M * 0.3
