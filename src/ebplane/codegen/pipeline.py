@@ -9,6 +9,7 @@ skipped by offset, a stage kind the pipeline lacks has no code.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -17,8 +18,9 @@ from ebplane import __version__
 from ebplane.codegen import p4c
 from ebplane.codegen.capture import CAPTURE_COUNTERS, CaptureSpec, capture_c, record_c
 from ebplane.protocols import ParserGraph, build_parser
-from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule
+from ebplane.spec import PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
+from ebplane.stages import kind_part
 
 # hook -> (section, context type, pass verdict, drop verdict)
 HOOKS = {
@@ -109,15 +111,13 @@ def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
 
 
 def spec_features(spec: PipelineSpec, live_rules: dict[str, list[Rule]] | None = None) -> Features:
-    """What the parser must read for all stages (filters: their live rules when given)."""
-    _load_stage_modules()
+    """What the parser must read for all stages (stages with rules: their live rules when
+    given)."""
     total = Features(vlan="vlan" in spec.protocols)
     for st in spec.stages:
-        if isinstance(st, FilterStage):
-            f = rule_features((live_rules or {}).get(st.name, list(st.rules)), spec.protocols)
-        else:
-            f = STAGE_GENERATORS[st.kind].features(st, spec.protocols)
-        total = total.merge(f)
+        if st.has_rules and live_rules and st.name in live_rules:
+            st = dataclasses.replace(st, rules=tuple(live_rules[st.name]))
+        total = total.merge(generator(st.kind).features(st, spec.protocols))
     return total
 
 
@@ -216,11 +216,21 @@ class StageGen:
         return Features()
 
 
+# generators added at run time (register_generator); a kind of ebplane exports GENERATORS
+# from its package's gen.py, found through ebplane.stages.KINDS
 STAGE_GENERATORS: dict[str, StageGen] = {}
 
 
 def register_generator(gen: StageGen) -> StageGen:
     STAGE_GENERATORS[gen.kind] = gen
+    return gen
+
+
+def generator(kind: str) -> StageGen:
+    """The code generator of a stage kind."""
+    gen = STAGE_GENERATORS.get(kind) or kind_part(kind, "gen")
+    if gen is None:  # the spec layer only accepts kinds that are registered
+        raise NotImplementedError(f"no code generator for stage kind '{kind}'")
     return gen
 
 
@@ -250,7 +260,6 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     the parser reads the headers in the first buffer, counters count the whole frame).
     ``capture``: the capture hooks of a running ``ebplane trace`` (see
     :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
-    _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
     parser_frags = frags  # parser mode xdp: the XDP parser program next to a TC program
@@ -303,10 +312,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 stage=None, role="capture-rate", pinned=False)
     for idx, st in enumerate(spec.stages):
         prog.stage_names.append(st.name)
-        gen = STAGE_GENERATORS.get(st.kind)
-        if gen is None:  # the spec layer only registers kinds that have a generator
-            raise NotImplementedError(f"no code generator for stage kind '{st.kind}'")
-        gen.emit(idx, st, out)
+        generator(st.kind).emit(idx, st, out)
         out.calls.append(f"\t/* stage {idx}: {st.kind} '{st.name}' */\n"
                          f"\taction = stage_{idx}_{st.kind}(ctx, &pkt, malformed);\n"
                          f"\tif (action != EBP_NEXT)\n\t\tgoto out;")
@@ -452,37 +458,3 @@ def _tc_marks_program(name: str) -> str:
         "\tif (m->flags & EBP_ACT_CLASS)", "\t\tctx->priority = m->klass;",
         f"\tebp_count(&ebp_marks, {MARK_COUNTERS.index('set_from_xdp')}, ctx->len);",
         "\treturn TC_ACT_UNSPEC;", "}"])
-
-
-def _load_stage_modules() -> None:
-    """Stage kinds beyond filter and count register their generators on import."""
-    import importlib
-    for mod in STAGE_MODULES:
-        importlib.import_module(mod)
-
-
-# the filter stage kind lives in its own package (spec model, generator, C header, control
-# plane) and registers itself; forwarding kinds register from their module
-STAGE_MODULES: list[str] = ["ebplane.stages.filter.gen", "ebplane.codegen.forwarding",
-                             "ebplane.stages.conntrack.gen"]
-
-
-class CountGen(StageGen):
-    kind = "count"
-
-    def emit(self, idx: int, st: CountStage, out: Emit) -> None:
-        cname = f"cnt_{st.name}"
-        out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", 4,
-                f"count '{st.name}': all, IPv4, IPv6, other", stage=st.name, role="counters")
-        out.functions.append("\n".join([
-            f"/* count '{st.name}': every packet reaching it, and by family */",
-            f"static __always_inline int stage_{idx}_count(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",
-            "{",
-            f"\tebp_count(&{cname}, 0, pkt->len);",
-            f"\tebp_count(&{cname}, pkt->eth_proto == ETH_P_IP ? 1 : pkt->eth_proto == ETH_P_IPV6 ? 2 : 3, pkt->len);",
-            "\treturn EBP_NEXT;",
-            "}",
-        ]))
-
-
-register_generator(CountGen())

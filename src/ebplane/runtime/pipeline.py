@@ -44,14 +44,14 @@ from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
-from ebplane.runtime.stages import runtime_for
+from ebplane.stages.control import control_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
-from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
+from ebplane.stages.filter.gen import map_names, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
 from ebplane.stages.filter.table import FilterTable
 from ebplane.spec.located import Where
-from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
+from ebplane.spec import FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.spec.rules import PROTO_NUMBERS
 
@@ -100,7 +100,8 @@ def _crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 def _filters(spec: PipelineSpec) -> list[FilterStage]:
-    return [s for s in spec.stages if isinstance(s, FilterStage)]
+    """The stages with rule tables (filter)."""
+    return [s for s in spec.stages if s.has_rules]
 
 
 def _entries_from_state(items: list[dict], protocols: Sequence[str]) -> list[RuleEntry]:
@@ -283,9 +284,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                               hint=e.hint) from None
         jumbo = jumbo_interfaces(spec)
         for st in spec.stages:
-            rt = runtime_for(st.kind)
-            if rt:
-                notes += rt.check(spec, st)
+            notes += control_for(st.kind).check(spec, st)
     if jumbo:
         notes.append("multi-buffer: " + ", ".join(f"{n} has MTU {m}" for n, m in jumbo)
                      + ": the XDP program is built as xdp.frags, so native XDP takes jumbo "
@@ -367,9 +366,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
             for st in spec.stages:
-                rt = runtime_for(st.kind)
-                if rt:
-                    notes += rt.prepare(built, spec, st)
+                notes += control_for(st.kind).prepare(built, spec, st)
             old_atts = {}
             for a in (old.attachments if old else adopted):
                 health, why = _health(a, spec.netns)
@@ -895,19 +892,12 @@ def kernel_objects(name: str) -> list[dict]:
 def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     """C (pin) name -> (stage, role) of the maps a pipeline's program may have, from the
     naming conventions of the generators (no code generation)."""
-    from ebplane.codegen.forwarding import PREFIX, map_name
     from ebplane.stages.filter.gen import FRAG_TABLE
     roles: dict[str, tuple[str | None, str]] = {
         "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
         "ebp_progs": (None, "progs"), FRAG_TABLE: (None, "fragments")}
     for st in spec.stages:
-        if isinstance(st, FilterStage):
-            roles.update({c: (st.name, r) for r, c in map_names(st.name).items()})
-        elif isinstance(st, CountStage):
-            roles[f"cnt_{st.name}"] = (st.name, "counters")
-        elif st.kind in PREFIX:
-            for r in ("ports", "fdb", "cfg", "cpus", "sel", "socks", "counters"):
-                roles[map_name(st, r)] = (st.name, r)
+        roles.update({c: (st.name, r) for c, r in control_for(st.kind).map_roles(st).items()})
     return roles
 
 
@@ -973,29 +963,9 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
         verdicts[vname] = {"packets": c.packets, "bytes": c.bytes}
     stages = []
     for st in spec.stages:
-        if isinstance(st, FilterStage):
-            cm = maps(map_names(st.name)["counters"]).with_codecs(U32, COUNT)
-            rules = []
-            for pos, e in enumerate(live.get(st.name, [])):
-                c = cm.lookup_sum(e["id"])
-                rules.append({"index": pos, "id": e["id"], "rule": e["rule"],
-                              "packets": c.packets, "bytes": c.bytes})
-            d_slot, m_slot = filter_slots(st)
-            d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
-            stages.append({"stage": st.name, "kind": "filter", "rules": rules,
-                           "default": {"action": st.default, "packets": d.packets, "bytes": d.bytes},
-                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes},
-                           "fragments": {"mode": st.fragments, "unseen": st.unseen_fragments,
-                                         **{k: {"packets": c.packets, "bytes": c.bytes}
-                                            for k, c in ((k, cm.lookup_sum(slot)) for k, slot
-                                                         in frag_slots(st).items())}}})
-        elif isinstance(st, CountStage):
-            cm = maps(f"cnt_{st.name}").with_codecs(U32, COUNT)
-            vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
-            stages.append({"stage": st.name, "kind": "count",
-                           "counts": {k: {"packets": v.packets, "bytes": v.bytes} for k, v in vals.items()}})
-        elif (rt := runtime_for(st.kind)) is not None:
-            stages.append({"stage": st.name, "kind": st.kind, **rt.stats(maps, spec, st)})
+        ctl = control_for(st.kind)
+        extra = {"live": live.get(st.name, [])} if st.has_rules else {}
+        stages.append({"stage": st.name, "kind": st.kind, **ctl.stats(maps, spec, st, **extra)})
     out = {"verdicts": verdicts, "stages": stages}
     if spec.hook == "xdp":  # marks set from XDP: how often the TC program applied them
         try:

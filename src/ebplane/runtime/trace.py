@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ebplane.codegen.capture import CAPTURE_COUNTERS, REC_HEADER, CaptureSpec
-from ebplane.codegen.forwarding import OUTCOMES, outcomes
 from ebplane.codegen.pipeline import TRACE_NONE
 from ebplane.errors import Busy, EbplaneError, NotFound, UsageError
 from ebplane.kernel.codec import COUNT, U32
@@ -35,8 +34,8 @@ from ebplane.net.probe import netns_enter
 from ebplane.runtime import pipeline as pl
 from ebplane.runtime.pcap import LINKTYPE_ETHERNET
 from ebplane.runtime.state import PipelineState, pin_dir, state_dir
-from ebplane.spec import FilterStage, PipelineSpec
-from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
+from ebplane.spec import PipelineSpec
+from ebplane.stages.control import control_for
 
 _REC = struct.Struct("<QIIIIIiII")
 assert _REC.size == REC_HEADER
@@ -107,7 +106,7 @@ def capture_spec(spec: PipelineSpec, st: PipelineState, req: TraceRequest) -> Ca
                            hint=f"stages: {', '.join(names)}")
         stage_idx = names.index(req.stage)
     if req.rule is not None:
-        filters = [(i, s) for i, s in enumerate(spec.stages) if isinstance(s, FilterStage)]
+        filters = [(i, s) for i, s in enumerate(spec.stages) if s.has_rules]
         if stage_idx is not None:
             filters = [(i, s) for i, s in filters if i == stage_idx]
         if len(filters) != 1:
@@ -142,23 +141,8 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
     if stage == TRACE_NONE or stage >= len(spec.stages):
         return None, None, None, "end of pipeline"
     st = spec.stages[stage]
-    if isinstance(st, FilterStage):
-        d_slot, m_slot = filter_slots(st)
-        if slot == d_slot:
-            return st.name, st.kind, None, f"default {st.default}"
-        if slot == m_slot:
-            return st.name, st.kind, None, f"malformed {st.malformed}"
-        for what, fslot in frag_slots(st).items():
-            if slot == fslot:
-                return st.name, st.kind, None, f"IP fragment ({what})"
-        for pos, e in enumerate(live.get(st.name, [])):
-            if e["id"] == slot:
-                return st.name, st.kind, pos, f"rule {pos} {e['rule'].get('action', '')}".strip()
-        return st.name, st.kind, None, f"rule id {slot} (edited since)"
-    if st.kind in OUTCOMES or st.kind == "steer":
-        names = outcomes(st)
-        return st.name, st.kind, None, names[slot] if slot < len(names) else f"slot {slot}"
-    return st.name, st.kind, None, f"slot {slot}"
+    rule, reason = control_for(st.kind).describe_slot(st, slot, live.get(st.name, []))
+    return st.name, st.kind, rule, reason
 
 
 @contextlib.contextmanager

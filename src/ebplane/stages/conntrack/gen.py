@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator
-from ebplane.spec.l4 import ConntrackStage
+from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.stages.conntrack.spec import ConntrackStage
 
 # counter slots (conntrack.h: one per packet state, then EBP_CT_CNT_*)
 COUNTERS: tuple[str, ...] = ("untracked", "new", "established", "related", "invalid",
@@ -68,4 +68,4 @@ class ConntrackGen(StageGen):
                         udp="udp" in listed)
 
 
-register_generator(ConntrackGen())
+GENERATORS = {"conntrack": ConntrackGen()}
