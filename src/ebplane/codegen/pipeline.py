@@ -42,6 +42,18 @@ HANDOFF_COUNTERS = ("parse_info_from_xdp", "parsed_in_tc")
 MARK_COUNTERS = ("set_from_xdp",)
 MAX_VERDICTS = 8
 TRACE_NONE = 0xFF
+# the verdicts a program returns (slots of map ebp_verdicts), per hook family: the kernel's
+# constant name -> value.  The one place they are written (stats, trace, the manifest)
+VERDICTS: dict[str, dict[str, int]] = {
+    "xdp": {"XDP_ABORTED": 0, "XDP_DROP": 1, "XDP_PASS": 2, "XDP_TX": 3, "XDP_REDIRECT": 4},
+    "tc": {"TC_ACT_OK": 0, "TC_ACT_SHOT": 2, "TC_ACT_REDIRECT": 7},
+}
+MANIFEST_VERSION = 1
+
+
+def verdict_family(hook: str) -> str:
+    """``xdp`` or ``tc``: whose return codes a program at ``hook`` uses."""
+    return "xdp" if hook == "xdp" else "tc"
 
 
 _FLAGS = ("vlan", "ipv4", "ipv6", "tcp", "udp")
@@ -134,6 +146,23 @@ class MapRole:
     # maps of one group are reused together or not at all (a filter's tree arrays and the
     # root that indexes them must come from one version)
     group: str | None = None
+    # the layout, as declared in the C (BPF_MAP_TYPE_*, key and value types, entries, flags)
+    mtype: str = ""
+    key: str = ""
+    value: str = ""
+    max_entries: int | str = 0
+    flags: str | None = None
+    # names of the counter slots of a map with fixed slots (index = slot)
+    slots: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        d = {"cname": self.cname, "stage": self.stage, "role": self.role, "pinned": self.pinned,
+             "reusable": self.reusable, "group": self.group, "type": self.mtype,
+             "key": self.key, "value": self.value, "max_entries": self.max_entries,
+             "flags": self.flags}
+        if self.slots is not None:
+            d["slots"] = list(self.slots)
+        return d
 
 
 @dataclass
@@ -159,6 +188,7 @@ class GeneratedProgram:
     # tables the generator compiled itself from the spec's rules (no plan given): table ->
     # CompiledTable, so a loader installs them without compiling twice
     compiled_filters: dict = field(default_factory=dict)
+    hook: str = "xdp"      # the spec's hook (xdp, tc-ingress, tc-egress)
 
     def map_for(self, stage: str | None, role: str) -> str:
         for m in self.maps:
@@ -166,9 +196,57 @@ class GeneratedProgram:
                 return m.cname
         raise KeyError((stage, role))
 
+    def manifest(self) -> dict:
+        """What the control plane needs to know of this program, made by generation and
+        stored with the pipeline's state: every map by (stage, role) with its C name,
+        layout and counter slot names, the features, the parse-info (user area) layout,
+        the hook, the programs and the verdict names.  See :class:`Manifest`."""
+        return {"version": MANIFEST_VERSION, "hook": self.hook, "section": self.section,
+                "programs": {"main": self.name, "stages": self.stage_prog,
+                             "xdp_parser": self.xdp_parser, "tc_marks": self.tc_marks},
+                "stages": list(self.stage_names),
+                "features": self.features.to_dict(),
+                "user_layout": self.user_layout.to_dict(),
+                "verdicts": VERDICTS[verdict_family(self.hook)],
+                "maps": [m.to_dict() for m in self.maps]}
+
+
+class Manifest:
+    """A generation manifest read back (from :meth:`GeneratedProgram.manifest`, as a state
+    file keeps it): the names the control plane resolves instead of spelling them."""
+
+    def __init__(self, data: dict):
+        if data.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"manifest version {data.get('version')!r}, this ebplane reads "
+                             f"{MANIFEST_VERSION}")
+        self.data = data
+        self.maps = data["maps"]
+
+    def map(self, stage: str | None, role: str) -> dict:
+        """The map of ``stage`` (None: the pipeline's own) in ``role``."""
+        for m in self.maps:
+            if m["stage"] == stage and m["role"] == role:
+                return m
+        raise KeyError((stage, role))
+
+    def cname(self, stage: str | None, role: str) -> str:
+        return self.map(stage, role)["cname"]
+
+    def maps_in_role(self, role: str) -> list[dict]:
+        return [m for m in self.maps if m["role"] == role]
+
+    def roles(self) -> dict[str, tuple[str | None, str]]:
+        """C name -> (stage, role) of every map."""
+        return {m["cname"]: (m["stage"], m["role"]) for m in self.maps}
+
+    def verdicts(self) -> dict[int, str]:
+        """Slot of ebp_verdicts -> the verdict's name."""
+        return {v: k for k, v in self.data["verdicts"].items()}
+
 
 def _map(cname: str, mtype: str, key: str, value: str, entries, comment: str,
          flags: str | None = None) -> str:
+    """The C declaration of a map (the layout the manifest records beside it)."""
     lines = [f"/* {comment} */", "struct {", f"\t__uint(type, {mtype});",
              f"\t__uint(max_entries, {entries});", f"\t__type(key, {key});",
              f"\t__type(value, {value});"]
@@ -194,9 +272,14 @@ class Emit:
 
     def map(self, cname: str, mtype: str, key: str, value: str, entries, comment: str, *,
             stage: str | None, role: str, flags: str | None = None, pinned: bool = True,
-            reusable: bool = True, group: str | None = None) -> None:
+            reusable: bool = True, group: str | None = None,
+            slots: tuple[str, ...] | None = None) -> None:
+        """Declare a map in the C and in the manifest (``slots``: names of its counter
+        slots, when they are fixed)."""
         self.maps.append(_map(cname, mtype, key, value, entries, comment, flags))
-        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable, group))
+        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable, group, mtype, key,
+                                      value, entries, flags,
+                                      tuple(slots) if slots is not None else None))
 
     def include(self, header: str) -> None:
         if header not in self.includes:
@@ -268,6 +351,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         section = "xdp.frags"
     prog_name = "ebp_" + spec.name.replace("-", "_")
     prog = GeneratedProgram(prog_name[:15], section, "", features)
+    prog.hook = spec.hook
     prog.graph, prog.user_layout, parser = spec_parser(spec.protocols, features)
     separate = spec.parser_mode == "separate"
     handoff = spec.parser_mode == "xdp"
@@ -283,7 +367,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         prog.tc_marks = "ebp_tc_marks"
         out.map("ebp_marks", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(MARK_COUNTERS), "TC program ebp_tc_marks: packets whose mark/class it set "
-                "from the XDP program's metadata", stage=None, role="marks")
+                "from the XDP program's metadata", stage=None, role="marks", slots=MARK_COUNTERS)
     if separate:
         out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
                 "slot 0: the stage program the parser program tail-calls",
@@ -291,9 +375,11 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     if handoff:
         out.map("ebp_handoff", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(HANDOFF_COUNTERS), "packets whose parse the XDP parser left, packets "
-                "parsed here (no valid parse-info)", stage=None, role="handoff")
+                "parsed here (no valid parse-info)", stage=None, role="handoff",
+                slots=HANDOFF_COUNTERS)
     out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
-            "packets and bytes per returned verdict", stage=None, role="verdicts")
+            "packets and bytes per returned verdict", stage=None, role="verdicts",
+            slots=_verdict_slots(spec.hook))
     if trace or capture:
         out.map("ebp_trace", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
                 "which stage and counter slot decided the last packet (replay, trace)",
@@ -303,10 +389,11 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
             f"/* frames captured by a running trace ({capture.ring_bytes} bytes) */",
             "struct {", "\t__uint(type, BPF_MAP_TYPE_RINGBUF);",
             f"\t__uint(max_entries, {capture.ring_bytes});", "} ebp_cap_ring SEC(\".maps\");"]))
-        prog.maps.append(MapRole("ebp_cap_ring", None, "capture", reusable=False))
+        prog.maps.append(MapRole("ebp_cap_ring", None, "capture", reusable=False,
+                                 mtype="BPF_MAP_TYPE_RINGBUF", max_entries=capture.ring_bytes))
         out.map("ebp_cap_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(CAPTURE_COUNTERS), "capture: " + ", ".join(CAPTURE_COUNTERS),
-                stage=None, role="capture-counters", reusable=False)
+                stage=None, role="capture-counters", reusable=False, slots=CAPTURE_COUNTERS)
         out.map("ebp_cap_rate", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_cap_rate", 1,
                 "capture: frames of the current second, per CPU (rate limit)",
                 stage=None, role="capture-rate", pinned=False)
@@ -415,6 +502,12 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     parts.append('char LICENSE[] SEC("license") = "GPL";')
     prog.source = "\n\n".join(parts) + "\n"
     return prog
+
+
+def _verdict_slots(hook: str) -> tuple[str, ...]:
+    """Names of the slots of ebp_verdicts (``""``: a value no verdict has)."""
+    names = {v: k for k, v in VERDICTS[verdict_family(hook)].items()}
+    return tuple(names.get(i, "") for i in range(MAX_VERDICTS))
 
 
 def _parser_program(name: str, *, tail_call: bool, frags: bool = False) -> str:

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ebplane.codegen.capture import CaptureSpec
-from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MARK_COUNTERS, Features, spec_features,
-                                      user_layout_for)
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, VERDICTS,
+                                      Features, Manifest, spec_features, user_layout_for,
+                                      verdict_family)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
 from ebplane.kernel.links import Link
@@ -390,6 +391,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
             applied_at=time.time(), notes=notes, capture=capture,
+            manifest=built.gen.manifest(),
             pending={"op": "apply", "previous": asdict(old) if old else None,
                      "created_dir": created_dir,
                      "staged": [[str(t), str(f)] for t, f in staged],
@@ -873,7 +875,7 @@ def kernel_objects(name: str) -> list[dict]:
     roles: dict[str, tuple[str | None, str]] = {}
     if st is not None:
         with contextlib.suppress(Exception):
-            roles.update(_map_roles(_spec_of(st)))
+            roles.update(manifest_of(st).roles())
         if st.capture:
             roles.update({"ebp_cap_ring": (None, "capture"),
                           "ebp_cap_cnt": (None, "capture-counters")})
@@ -889,13 +891,25 @@ def kernel_objects(name: str) -> list[dict]:
     return out
 
 
+def manifest_of(st: PipelineState) -> Manifest:
+    """The generation manifest of an applied pipeline: as apply stored it, or (a state
+    written before manifests were kept) the maps by the generators' naming conventions."""
+    if st.manifest is not None:
+        return Manifest(st.manifest)
+    spec = _spec_of(st)
+    return Manifest({"version": MANIFEST_VERSION, "hook": spec.hook,
+                     "verdicts": VERDICTS[verdict_family(spec.hook)], "features": st.features,
+                     "maps": [{"cname": c, "stage": stage, "role": role}
+                              for c, (stage, role) in _map_roles(spec).items()]})
+
+
 def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     """C (pin) name -> (stage, role) of the maps a pipeline's program may have, from the
     naming conventions of the generators (no code generation)."""
     from ebplane.stages.filter.gen import FRAG_TABLE
     roles: dict[str, tuple[str | None, str]] = {
         "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
-        "ebp_progs": (None, "progs"), FRAG_TABLE: (None, "fragments")}
+        "ebp_progs": (None, "progs"), "ebp_marks": (None, "marks"), FRAG_TABLE: (None, "frags")}
     for st in spec.stages:
         roles.update({c: (st.name, r) for c, r in control_for(st.kind).map_roles(st).items()})
     return roles
@@ -939,8 +953,8 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
 
 # -- stats ------------------------------------------------------------------------------------
 
-VERDICT_NAMES = {"xdp": {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"},
-                 "tc": {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}}
+# slot of ebp_verdicts -> name, per hook family (from codegen's VERDICTS)
+VERDICT_NAMES = {fam: {v: k for k, v in names.items()} for fam, names in VERDICTS.items()}
 
 
 def _pinned_map(name: str, cname: str) -> Map:
@@ -956,7 +970,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
     """Counters of a pipeline from its maps (``maps(cname)``): per verdict, per rule, per stage.
     ``live``: per filter, its rules as the state file keeps them (``{"id", "rule"}``)."""
     vmap = maps("ebp_verdicts").with_codecs(U32, COUNT)
-    names = VERDICT_NAMES["xdp" if spec.hook == "xdp" else "tc"]
+    names = VERDICT_NAMES[verdict_family(spec.hook)]
     verdicts = {}
     for i, vname in names.items():
         c = vmap.lookup_sum(i)

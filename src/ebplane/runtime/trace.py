@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ebplane.codegen.capture import CAPTURE_COUNTERS, REC_HEADER, CaptureSpec
-from ebplane.codegen.pipeline import TRACE_NONE
+from ebplane.codegen.pipeline import TRACE_NONE, VERDICTS as CODEGEN_VERDICTS
 from ebplane.errors import Busy, EbplaneError, NotFound, UsageError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.maps import Map
@@ -41,8 +41,12 @@ _REC = struct.Struct("<QIIIIIiII")
 assert _REC.size == REC_HEADER
 
 # --verdict words -> the hook's action value
-VERDICTS = {"xdp": {"aborted": 0, "drop": 1, "pass": 2, "tx": 3, "redirect": 4},
-            "tc": {"pass": 0, "ok": 0, "drop": 2, "shot": 2, "redirect": 7}}
+# a verdict as --verdict names it (drop, pass, XDP_TX, tc_act_shot, ...) -> its value, from
+# codegen's VERDICTS; at tc, pass and drop are aliases of ok and shot
+VERDICTS = {fam: {k.lower().removeprefix("xdp_").removeprefix("tc_act_"): v
+                  for k, v in names.items()} for fam, names in CODEGEN_VERDICTS.items()}
+VERDICTS["tc"] = {"pass": VERDICTS["tc"]["ok"], **VERDICTS["tc"],
+                  "drop": VERDICTS["tc"]["shot"]}
 
 
 @dataclass

@@ -33,7 +33,7 @@ class ConntrackGen(StageGen):
                 stage=st.name, role="config")
         out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(COUNTERS), f"conntrack '{st.name}': {', '.join(COUNTERS)}",
-                stage=st.name, role="counters")
+                stage=st.name, role="counters", slots=COUNTERS)
         to = ", ".join(f".{TIMEOUT_FIELDS[k]} = {v}" for k, v in st.timeouts)
         full = "EBP_V_DROP" if st.when_full == "drop" else "EBP_NEXT"
         out.functions.append("\n".join([

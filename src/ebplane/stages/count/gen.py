@@ -21,7 +21,8 @@ class CountGen(StageGen):
         cname = map_names(st.name)["counters"]
         slot = {name: i for i, name in enumerate(COUNTERS)}
         out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", len(COUNTERS),
-                f"count '{st.name}': {', '.join(COUNTERS)}", stage=st.name, role="counters")
+                f"count '{st.name}': {', '.join(COUNTERS)}", stage=st.name, role="counters",
+                slots=COUNTERS)
         out.functions.append("\n".join([
             f"/* count '{st.name}': every packet reaching it, and by family */",
             f"static __always_inline int stage_{idx}_count(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",

@@ -64,7 +64,7 @@ def _counters(stage, out: Emit) -> str:
     cname = map_name(stage, "counters")
     out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", len(outcomes(stage)),
             f"{stage.kind} '{stage.name}': packets and bytes per outcome ({', '.join(outcomes(stage))})",
-            stage=stage.name, role="counters")
+            stage=stage.name, role="counters", slots=outcomes(stage))
     return cname
 
 
