@@ -137,7 +137,7 @@ class PipelineCollector:
                                 [name, stg["stage"], stg["kind"], outcome], c["bytes"])
             spec = pl._spec_of(st)
             for stage in spec.stages:
-                if stage.kind == "filter":
+                if stage.has_rules:
                     fam("g", "ebplane_table_capacity", "Rule capacity of a filter",
                         ["pipeline", "table"]).add_metric([name, stage.name], stage.capacity)
             self._maps(name, fam)

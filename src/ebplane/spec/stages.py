@@ -31,6 +31,8 @@ class Stage:
     # whether the stage has a rule table edited at run time (ebplane rules, RuleTable), kept
     # in the state file per stage name (filter)
     has_rules: ClassVar[bool] = False
+    # what the stage gives the stages after it (conntrack: "ct_state", which state: rules read)
+    provides: ClassVar[tuple[str, ...]] = ()
     name: str
 
     def body(self) -> dict[str, Any]:

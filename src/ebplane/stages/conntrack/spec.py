@@ -46,6 +46,7 @@ class ConntrackStage(Stage):
     """
 
     kind: ClassVar[str] = "conntrack"
+    provides: ClassVar[tuple[str, ...]] = ("ct_state",)
     size: int = CT_SIZE_DEFAULT
     when_full: str = "drop"
     timeouts: tuple[tuple[str, int], ...] = field(
