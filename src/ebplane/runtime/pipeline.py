@@ -22,6 +22,7 @@ Pins found without any state are adopted by apply (:func:`_adopt`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import functools
 import ipaddress
 import os
@@ -57,6 +58,7 @@ from ebplane.kernel.codec import COUNT, U32
 from ebplane.spec.rules import PROTO_NUMBERS
 
 Progress = Callable[[str], None]
+log = logging.getLogger("ebplane.apply")
 
 # called as f("apply" | "rules", pipeline, table or None, seconds) after each apply and rule
 # change of this process (ebplane.runtime.metrics observes latencies through it)
@@ -428,14 +430,18 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         for table, ct, fresh in deferred:
             table.install(ct, fresh)
             _crash_point("apply-installed")
-    except BaseException:
+    except BaseException as exc:
+        failed_undo: list[str] = []
         with netns_enter(spec.netns):
             for rec, link in new_links:
-                with contextlib.suppress(Exception):
-                    _detach_one(rec, link)
+                _undo(failed_undo, f"detach the new attachment on {rec['ifname']} "
+                      f"({rec['hook']})", lambda: _detach_one(rec, link))
             for rec, prog in replaced:  # put the previous program back
-                with contextlib.suppress(Exception):
-                    _replace(rec, Program.from_id(rec["prog_id"]), prog.id)
+                _undo(failed_undo, f"put program {rec['prog_id']} back on {rec['ifname']} "
+                      f"({rec['hook']})",
+                      lambda: _replace(rec, Program.from_id(rec["prog_id"]), prog.id))
+        for what in failed_undo:  # reported with the error that made the apply fail
+            exc.add_note(f"rollback: could not {what}")
         # remove only what this apply made: pins found here (a running pipeline without
         # state, say) are not this apply's to remove
         for path in created:
@@ -577,24 +583,9 @@ def _kernel_prog(a: dict) -> int | None:
     """The program the kernel runs for attachment record ``a`` (in the pipeline's netns), or
     None when nothing runs there (link gone or detached, filter gone)."""
     try:
-        if a.get("link_pin"):
-            try:
-                link = Link.from_pin(a["link_pin"])
-            except NotFound:
-                link = None
-            if link is not None:
-                with link:
-                    return link.prog_id() if link.ifindex() else None
-            if not a.get("planned"):
-                return None
-        if a.get("method") == "clsact" or (a.get("planned") and a["hook"].startswith("tc-")):
-            return att.query_clsact(a["ifname"], a["hook"].split("-", 1)[1],
-                                    a.get("tc_priority") or 1, a.get("tc_handle") or 1)
-        if a.get("method") == "netlink":
-            return att.query_xdp(a["ifname"])["prog_id"]
+        return att.attached(a).running()
     except EbplaneError:
         return None
-    return None
 
 
 def _health(a: dict, netns: str | None) -> tuple[str, str]:
@@ -766,24 +757,18 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link 
     return rec, a.link
 
 
+def _undo(failed: list[str], what: str, step: Callable[[], None]) -> None:
+    """Run one rollback step; a failure is logged and kept in ``failed`` (the caller reports
+    it with the error that made it roll back), never swallowed."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001 - every failure of an undo is reported
+        log.warning("rollback: could not %s: %s", what, e)
+        failed.append(f"{what}: {e}")
+
+
 def _replace(rec: dict, prog: Program, old_prog_id: int) -> None:
-    if rec.get("link_pin"):
-        link = Link.from_pin(rec["link_pin"])
-        try:
-            link.update(prog.fd)
-        finally:
-            link.close()
-    elif rec["method"] == "netlink":
-        old = Program.from_id(old_prog_id)
-        try:
-            att.replace_xdp(rec["ifname"], prog.fd, old.fd, rec["mode"])
-        finally:
-            old.close()
-    elif rec["method"] == "clsact":
-        att.replace_clsact(prog.fd, rec["ifname"], rec["hook"].split("-", 1)[1],
-                           rec["tc_priority"], rec["tc_handle"])
-    else:
-        raise EbplaneError(f"cannot replace attachment {rec}")
+    att.attached(rec).replace(prog.fd, old_prog_id)
 
 
 def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> None:
@@ -791,22 +776,7 @@ def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> 
         link.detach()
         link.close()
         return
-    if rec.get("link_pin"):
-        with contextlib.suppress(NotFound):
-            l2 = Link.from_pin(rec["link_pin"])
-            with contextlib.suppress(EbplaneError):
-                l2.detach()
-            l2.close()
-        bpffs.unpin(rec["link_pin"])
-    elif rec["method"] == "netlink":
-        with contextlib.suppress(EbplaneError):
-            q = att.query_xdp(rec["ifname"])
-            if prog_id is None or q["prog_id"] == prog_id:
-                att.detach_xdp(rec["ifname"], rec["mode"])
-    elif rec["method"] == "clsact":
-        with contextlib.suppress(EbplaneError):
-            att.detach_clsact(rec["ifname"], rec["hook"].split("-", 1)[1], rec["tc_priority"],
-                              rec["tc_handle"])
+    att.attached(rec).detach(prog_id=prog_id)
 
 
 # -- detach / status --------------------------------------------------------------------------
