@@ -246,13 +246,32 @@ def _proc_start(pid: int) -> int | None:
         return None
 
 
-def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
-           live_override: dict[str, list[RuleEntry]] | None = None,
-           capture: dict | None | str = KEEP) -> ApplyResult:
-    """Apply ``spec`` (see the module's docstring).  ``capture``: the record of the capture
-    hooks the program carries (``ebplane trace``), None for none, KEEP (default) for those of
-    the running program if their trace still runs (an orphaned capture is dropped here)."""
-    t0 = time.monotonic()
+@dataclass
+class ApplyPlan:
+    """Everything an apply decides before it changes anything (:func:`plan_apply`), computed
+    once: the rules of each table, the features and user-area layout the program is built
+    for, each table compiled for that layout, the tree arrays it shares with the running
+    program, the notes."""
+    spec: PipelineSpec
+    old: PipelineState | None
+    adopted: list[dict]           # attachments pinned without a state file (taken over)
+    created_dir: bool             # the pin directory is new: a failure removes it whole
+    capture: dict | None          # the capture hooks the program carries (ebplane trace)
+    jumbo: list[tuple[str, int]]  # interfaces whose MTU needs xdp.frags
+    live: dict[str, list[RuleEntry]]         # table -> the rules the kernel will hold
+    previous_of: dict[str, list[RuleEntry]]  # table -> the rules it holds now
+    features: Features
+    compiled: dict[str, CompiledTable]
+    keep_groups: set[str]         # tree arrays the new program shares with the running one
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] | None = None,
+               capture: dict | None | str = KEEP) -> ApplyPlan:
+    """Decide an apply of ``spec`` against the current state: read the state, check the
+    interfaces and each stage kind against the system, decide each table's rules and
+    compile them.  Changes nothing; bad input and rule sets that cannot be classified fail
+    here."""
     bpffs.ensure_mounted()
     old = load_state(spec.name)
     notes: list[str] = []
@@ -273,7 +292,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                      f"state file (an interrupted apply or a lost state directory): their "
                      f"program is replaced through the pinned link")
 
-    # 1. interfaces exist; decide each table's rules and check they classify
+    # interfaces exist; decide each table's rules and check they classify
     if spec.netns and not _netns_exists(spec.netns):  # errors name the spec's field
         raise NotFound(f"{spec.source}: netns: network namespace '{spec.netns}' does not exist",
                        hint="see `ip netns list`; the lab's namespaces are created by "
@@ -313,27 +332,88 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     same_layout = old is not None and \
         user_layout_for(spec.protocols, Features(**old.features)) == layout
     compiled: dict[str, CompiledTable] = {}
-    keep_groups: set[str] = set()  # tree arrays the new program shares with the running one
+    keep_groups: set[str] = set()
     for st in _filters(spec):
         running = _running_plan(old, st.name, previous_of[st.name]) if same_layout else None
         compiled[st.name] = compile_filter(st, live[st.name], layout, running)
         if compiled[st.name].plan.form == "tree" and compiled[st.name].plan.same_code(running):
             keep_groups.add(tree_group(st.name))
+    return ApplyPlan(spec, old, adopted, created_dir, capture, jumbo, live, previous_of,
+                     features, compiled, keep_groups, notes)
 
-    # 2. build, reusing compatible pinned maps
+
+class Rollback:
+    """The undo of each step a commit has taken, registered as it takes it; :meth:`run`
+    undoes them newest first.  A failed undo is logged and returned (the caller reports
+    it with the error that made it roll back), never swallowed."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], None]]] = []
+
+    def add(self, what: str, undo: Callable[[], None]) -> None:
+        self.steps.append((what, undo))
+
+    def run(self) -> list[str]:
+        failed: list[str] = []
+        for what, undo in reversed(self.steps):
+            _undo(failed, what, undo)
+        self.steps.clear()
+        return failed
+
+
+def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
+           live_override: dict[str, list[RuleEntry]] | None = None,
+           capture: dict | None | str = KEEP) -> ApplyResult:
+    """Apply ``spec`` (see the module's docstring): plan (:func:`plan_apply`), then commit
+    (:func:`_commit`).  ``capture``: the record of the capture hooks the program carries
+    (``ebplane trace``), None for none, KEEP (default) for those of the running program if
+    their trace still runs (an orphaned capture is dropped here)."""
+    t0 = time.monotonic()
+    plan = plan_apply(spec, live_override=live_override, capture=capture)
+    return _commit(plan, spec_text, spec_file, progress=progress, t0=t0)
+
+
+def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progress,
+            t0: float) -> ApplyResult:
+    """Carry out an apply plan: build (reusing compatible pinned maps), fill the tables,
+    stage the pins, prepare the stage kinds, write the intent record, attach or replace,
+    then rename the pins (:func:`_finish`).  Each step registers its undo; a failure rolls
+    back what this apply did, and only that."""
+    spec, old, adopted = plan.spec, plan.old, plan.adopted
+    live, previous_of, compiled = plan.live, plan.previous_of, plan.compiled
+    notes = plan.notes
+    root = pin_dir(spec.name)
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
-    maps_dir = pin_dir(spec.name) / "maps"
-    built = build(spec, features, reuse_pins=maps_dir if old else None,
-                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
-                  frags=bool(jumbo),
-                  capture=CaptureSpec.from_dict(capture["spec"]) if capture else None)
+    maps_dir = root / "maps"
+    built = build(spec, plan.features, reuse_pins=maps_dir if old else None,
+                  filters={k: c.plan for k, c in compiled.items()},
+                  keep_groups=plan.keep_groups, frags=bool(plan.jumbo),
+                  capture=CaptureSpec.from_dict(plan.capture["spec"]) if plan.capture else None)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
-    created: list[Path] = []  # pins this apply made: the only ones a failure removes
+    undo = Rollback()
     state: PipelineState | None = None  # the intent record, once written
+
+    def restore_record() -> None:  # the record says what is in force again
+        if state is not None:
+            if old is not None:
+                old.save()
+            else:
+                state.delete()
+
+    # registered first, so run last: the record, then the directory, once the rest is undone
+    undo.add("restore the previous state record", restore_record)
+    if plan.created_dir:
+        undo.add(f"remove {root}", lambda: bpffs.unpin(root))
+
+    def created(path: Path) -> None:
+        """A pin this apply made: the only kind a failure removes (pins found here, of a
+        running pipeline without state say, are not this apply's to remove)."""
+        undo.add(f"remove pin {path}", lambda: bpffs.unpin(path))
+
     try:
-        # 3a. tables the program does not share with the running version get their rules
+        # tables the program does not share with the running version get their rules
         # now; shared tree arrays get a changed rule set after the swap (same plan, so
         # both versions read them alike)
         deferred: list[tuple[FilterTable, CompiledTable, list[int]]] = []
@@ -343,12 +423,12 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             counters_kept = names["counters"] in built.reused_maps
             fresh = fresh_ids(live[st.name], previous_of[st.name]) if counters_kept \
                 else [e.id for e in live[st.name]]
-            if tree_group(st.name) in keep_groups and names["config"] in built.reused_maps:
+            if tree_group(st.name) in plan.keep_groups and names["config"] in built.reused_maps:
                 if live[st.name] != previous_of[st.name]:
                     deferred.append((table, compiled[st.name], fresh))
             else:
                 table.install(compiled[st.name], fresh)
-        # 3b. pin the new objects under temporary names (renamed over the old pins at the end),
+        # pin the new objects under temporary names (renamed over the old pins at the end),
         # so that a command that finds this apply interrupted can finish it; the programs too:
         # a link's reference is all an XDP parser has, and a failed re-apply must find the
         # previous one to put it back
@@ -358,15 +438,15 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 tmp = maps_dir / f"{role.cname}-new"
                 bpffs.unpin(tmp)
                 built.map(role.cname).pin(tmp)
-                created.append(tmp)
+                created(tmp)
                 staged.append((tmp, maps_dir / role.cname))
         for pin, prog in _pinned_progs(built):
             bpffs.unpin(root / f"{pin}-new")
             prog.pin(root / f"{pin}-new")
-            created.append(root / f"{pin}-new")
+            created(root / f"{pin}-new")
             staged.append((root / f"{pin}-new", root / pin))
-        # 3c. stage kinds with their own control plane fill their maps; plan the attachments
-        plan: list[tuple[str, str, Program, dict | None]] = []
+        # stage kinds with their own control plane fill their maps; plan the attachments
+        attach_plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
             for st in spec.stages:
                 notes += control_for(st.kind).prepare(built, spec, st)
@@ -380,22 +460,23 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
-                    plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
-        planned_keys = {(i, h) for i, h, _, _ in plan}
-        # 3d. the intent record, before the first kernel commit (see load_state)
+                    attach_plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
+        planned_keys = {(i, h) for i, h, _, _ in attach_plan}
+        # the intent record, before the first kernel commit (see load_state)
         state = PipelineState(
             name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
-            netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
+            netns=spec.netns, prog_id=built.program.id, features=plan.features.to_dict(),
             attachments=[{**o, "prog_id": p.id} if o else
                          {"ifname": i, "hook": h, "prog_id": p.id, "planned": True,
-                          "link_pin": str(_link_pin(spec.name, i, h))} for i, h, p, o in plan],
+                          "link_pin": str(_link_pin(spec.name, i, h))}
+                         for i, h, p, o in attach_plan],
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
-            applied_at=time.time(), notes=notes, capture=capture,
+            applied_at=time.time(), notes=notes, capture=plan.capture,
             manifest=built.gen.manifest(),
             pending={"op": "apply", "previous": asdict(old) if old else None,
-                     "created_dir": created_dir,
+                     "created_dir": plan.created_dir,
                      "staged": [[str(t), str(f)] for t, f in staged],
                      "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
                      "xdp_parser": built.xdp_parser is not None,
@@ -406,57 +487,41 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                                 if _attach_key(a) not in planned_keys]})
         state.save()
         _crash_point("apply-intent")
-        # 3e. attach / replace: the kernel commit points
+        # attach / replace: the kernel commit points
         with netns_enter(spec.netns):
-            for ifname, hook, prog, old_a in plan:
+            for ifname, hook, prog, old_a in attach_plan:
                 if old_a is not None:
                     progress(f"replacing program on {ifname} ({hook})")
                     _replace(old_a, prog, old_a["prog_id"])
                     replaced.append((old_a, prog))
+                    undo.add(f"put program {old_a['prog_id']} back on {ifname} ({hook})",
+                             functools.partial(_in_netns, spec.netns, _put_back, old_a, prog))
                     _crash_point("apply-replaced")
                 else:
                     progress(f"attaching to {ifname} ({hook})")
                     rec, link = _attach(prog, ifname, spec)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
+                    undo.add(f"detach the new attachment on {ifname} ({hook})",
+                             functools.partial(_in_netns, spec.netns, _detach_one, rec, link))
                     if link is not None:  # pinned at once: the pin is what a crash leaves
                         path = _link_pin(spec.name, rec["ifname"], rec["hook"])
                         bpffs.unpin(path)
                         link.pin(path)
-                        created.append(path)
+                        created(path)
                         rec["link_pin"] = str(path)
                         _crash_point("apply-link-pinned")
-        # 4. changed rules into shared tables, now that the new program is in place
+        # changed rules into shared tables, now that the new program is in place
         for table, ct, fresh in deferred:
             table.install(ct, fresh)
             _crash_point("apply-installed")
     except BaseException as exc:
-        failed_undo: list[str] = []
-        with netns_enter(spec.netns):
-            for rec, link in new_links:
-                _undo(failed_undo, f"detach the new attachment on {rec['ifname']} "
-                      f"({rec['hook']})", lambda: _detach_one(rec, link))
-            for rec, prog in replaced:  # put the previous program back
-                _undo(failed_undo, f"put program {rec['prog_id']} back on {rec['ifname']} "
-                      f"({rec['hook']})",
-                      lambda: _replace(rec, Program.from_id(rec["prog_id"]), prog.id))
-        for what in failed_undo:  # reported with the error that made the apply fail
+        for what in undo.run():  # reported with the error that made the apply fail
             exc.add_note(f"rollback: could not {what}")
-        # remove only what this apply made: pins found here (a running pipeline without
-        # state, say) are not this apply's to remove
-        for path in created:
-            bpffs.unpin(path)
-        if created_dir:
-            bpffs.unpin(root)
-        if state is not None:  # the record says what is in force again
-            if old is not None:
-                old.save()
-            else:
-                state.delete()
         built.close()
         raise
 
-    # 5. commit: rename the staged pins over the old ones, drop what is no longer used, record
+    # commit: rename the staged pins over the old ones, drop what is no longer used, record
     by_key = {}
     for rec, link in new_links:
         if link is not None:
@@ -464,7 +529,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         by_key[_attach_key(rec)] = rec
     for a, prog in replaced:
         by_key[_attach_key(a)] = {**a, "prog_id": prog.id}
-    state.attachments = [by_key[(i, h)] for i, h, _, _ in plan]
+    state.attachments = [by_key[(i, h)] for i, h, _, _ in attach_plan]
     state.apply_seconds = round(time.monotonic() - t0, 3)
     _finish(state, progress)
     _observe("apply", spec.name, None, time.monotonic() - t0)
@@ -474,6 +539,20 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
+
+
+def _in_netns(netns: str | None, fn: Callable, *args) -> None:
+    with netns_enter(netns):
+        fn(*args)
+
+
+def _put_back(rec: dict, new_prog: Program) -> None:
+    """Undo a replace: the attachment runs its previous program (``rec["prog_id"]``) again."""
+    prev = Program.from_id(rec["prog_id"])
+    try:
+        _replace(rec, prev, new_prog.id)
+    finally:
+        prev.close()
 
 
 def drop_orphan_capture(name: str) -> bool:
