@@ -16,7 +16,7 @@ from typing import Iterable
 
 from ebplane import __version__
 from ebplane.codegen import p4c
-from ebplane.codegen.capture import CAPTURE_COUNTERS, CaptureSpec, capture_c, record_c
+from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, CaptureSpec, capture_c, record_c
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -41,6 +41,12 @@ HANDOFF_COUNTERS = ("parse_info_from_xdp", "parsed_in_tc")
 # XDP pipelines that set marks: slots of map ebp_marks, counted by ebp_tc_marks
 MARK_COUNTERS = ("set_from_xdp",)
 MAX_VERDICTS = 8
+# role -> C name of the pipeline's own maps (stage == None in the manifest); the one place
+# these names are made (stage kinds make theirs in their gen.py)
+PIPELINE_MAPS: dict[str, str] = {"verdicts": "ebp_verdicts", "marks": "ebp_marks",
+                                 "handoff": "ebp_handoff", "progs": "ebp_progs",
+                                 "trace": "ebp_trace", **CAPTURE_MAPS}
+M = PIPELINE_MAPS
 TRACE_NONE = 0xFF
 # the verdicts a program returns (slots of map ebp_verdicts), per hook family: the kernel's
 # constant name -> value.  The one place they are written (stats, trace, the manifest)
@@ -365,36 +371,36 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     out = Emit(spec, prog)
     if spec.hook == "xdp" and features.marks:
         prog.tc_marks = "ebp_tc_marks"
-        out.map("ebp_marks", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+        out.map(M["marks"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(MARK_COUNTERS), "TC program ebp_tc_marks: packets whose mark/class it set "
                 "from the XDP program's metadata", stage=None, role="marks", slots=MARK_COUNTERS)
     if separate:
-        out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
+        out.map(M["progs"], "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
                 "slot 0: the stage program the parser program tail-calls",
                 stage=None, role="progs", reusable=False)
     if handoff:
-        out.map("ebp_handoff", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+        out.map(M["handoff"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(HANDOFF_COUNTERS), "packets whose parse the XDP parser left, packets "
                 "parsed here (no valid parse-info)", stage=None, role="handoff",
                 slots=HANDOFF_COUNTERS)
-    out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
+    out.map(M["verdicts"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts",
             slots=_verdict_slots(spec.hook))
     if trace or capture:
-        out.map("ebp_trace", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
+        out.map(M["trace"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
                 "which stage and counter slot decided the last packet (replay, trace)",
                 stage=None, role="trace", pinned=False)
     if capture:
         out.maps.append("\n".join([
             f"/* frames captured by a running trace ({capture.ring_bytes} bytes) */",
             "struct {", "\t__uint(type, BPF_MAP_TYPE_RINGBUF);",
-            f"\t__uint(max_entries, {capture.ring_bytes});", "} ebp_cap_ring SEC(\".maps\");"]))
-        prog.maps.append(MapRole("ebp_cap_ring", None, "capture", reusable=False,
+            f"\t__uint(max_entries, {capture.ring_bytes});", f"}} {M['capture']} SEC(\".maps\");"]))
+        prog.maps.append(MapRole(M["capture"], None, "capture", reusable=False,
                                  mtype="BPF_MAP_TYPE_RINGBUF", max_entries=capture.ring_bytes))
-        out.map("ebp_cap_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+        out.map(M["capture-counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(CAPTURE_COUNTERS), "capture: " + ", ".join(CAPTURE_COUNTERS),
                 stage=None, role="capture-counters", reusable=False, slots=CAPTURE_COUNTERS)
-        out.map("ebp_cap_rate", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_cap_rate", 1,
+        out.map(M["capture-rate"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_cap_rate", 1,
                 "capture: frames of the current second, per CPU (rate limit)",
                 stage=None, role="capture-rate", pinned=False)
     for idx, st in enumerate(spec.stages):
@@ -441,7 +447,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */", "};", "",
     ] + ([record_c(), ""] if capture else [])
     trace_macro = ("#ifdef EBP_TRACE\n#define EBP_TRACE_SET(st, sl) do { __u32 z_ = 0; "
-                   "struct ebp_trace *t_ = bpf_map_lookup_elem(&ebp_trace, &z_); "
+                   f"struct ebp_trace *t_ = bpf_map_lookup_elem(&{M['trace']}, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"
                    "#else\n#define EBP_TRACE_SET(st, sl) do { } while (0)\n#endif")
     main = [f'SEC("{section}")', f"int {prog.stage_prog or prog.name}({ctx_decl})", "{",
@@ -460,11 +466,11 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                  "\tint malformed, action;", "",
                  "\tif ((void *)(pi + 1) <= data && pi->magic == (EBP_PINFO_MAGIC ^ ctx->len)) {",
                  "\t\tmalformed = ebp_pinfo_read(pi, data, data_end, &pkt);",
-                 f"\t\tebp_count(&ebp_handoff, {HANDOFF_COUNTERS.index('parse_info_from_xdp')}, "
+                 f"\t\tebp_count(&{M['handoff']}, {HANDOFF_COUNTERS.index('parse_info_from_xdp')}, "
                  "ctx->len);",
                  "\t} else {",
                  "\t\tmalformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
-                 f"\t\tebp_count(&ebp_handoff, {HANDOFF_COUNTERS.index('parsed_in_tc')}, "
+                 f"\t\tebp_count(&{M['handoff']}, {HANDOFF_COUNTERS.index('parsed_in_tc')}, "
                  "ctx->len);",
                  "\t}"]
     else:
@@ -478,7 +484,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
-             "out:", "\tebp_count(&ebp_verdicts, action, pkt.len);",
+             "out:", f"\tebp_count(&{M['verdicts']}, action, pkt.len);",
              *(["\tebp_capture(ctx, &pkt, action);"] if capture else []),
              "\treturn action;", "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
@@ -517,8 +523,8 @@ def _parser_program(name: str, *, tail_call: bool, frags: bool = False) -> str:
     _, ctx_decl, _, _ = HOOKS["xdp"]
     if tail_call:
         what = "continue in the stage program"
-        end = ["\tbpf_tail_call(ctx, &ebp_progs, 0);",
-               "\treturn XDP_PASS; /* no stage program in ebp_progs */"]
+        end = [f"\tbpf_tail_call(ctx, &{M['progs']}, 0);",
+               f"\treturn XDP_PASS; /* no stage program in {M['progs']} */"]
     else:
         what = "the TC program reads it (or parses itself when it is missing)"
         end = ["\treturn XDP_PASS;"]
@@ -549,5 +555,5 @@ def _tc_marks_program(name: str) -> str:
         "\t\treturn TC_ACT_UNSPEC; /* no record for this frame */",
         "\tif (m->flags & EBP_ACT_MARK)", "\t\tctx->mark = m->mark;",
         "\tif (m->flags & EBP_ACT_CLASS)", "\t\tctx->priority = m->klass;",
-        f"\tebp_count(&ebp_marks, {MARK_COUNTERS.index('set_from_xdp')}, ctx->len);",
+        f"\tebp_count(&{M['marks']}, {MARK_COUNTERS.index('set_from_xdp')}, ctx->len);",
         "\treturn TC_ACT_UNSPEC;", "}"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebplane.codegen.pipeline import Features, GeneratedProgram, generate
+from ebplane.codegen.pipeline import PIPELINE_MAPS, Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
@@ -129,7 +129,7 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                 m.close()
         obj.load()
         if gen.stage_prog is not None:  # separate parser: it tail-calls the stage program
-            obj.maps["ebp_progs"].update_raw(U32.encode(0),
+            obj.maps[PIPELINE_MAPS["progs"]].update_raw(U32.encode(0),
                                              U32.encode(obj.programs[gen.stage_prog].fd))
     except BaseException:
         obj.close()

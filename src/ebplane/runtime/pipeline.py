@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ebplane.codegen.capture import CaptureSpec
-from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, VERDICTS,
+from ebplane.codegen.capture import CAPTURE_MAPS, CaptureSpec
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, PIPELINE_MAPS,
+                                      VERDICTS,
                                       Features, Manifest, spec_features, user_layout_for,
                                       verdict_family)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
@@ -926,8 +927,7 @@ def kernel_objects(name: str) -> list[dict]:
         with contextlib.suppress(Exception):
             roles.update(manifest_of(st).roles())
         if st.capture:
-            roles.update({"ebp_cap_ring": (None, "capture"),
-                          "ebp_cap_cnt": (None, "capture-counters")})
+            roles.update({CAPTURE_MAPS[r]: (None, r) for r in ("capture", "capture-counters")})
     d = root / "maps"
     for pin in sorted(d.iterdir()) if d.is_dir() else []:
         with contextlib.suppress(EbplaneError):
@@ -957,8 +957,8 @@ def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     naming conventions of the generators (no code generation)."""
     from ebplane.stages.filter.gen import FRAG_TABLE
     roles: dict[str, tuple[str | None, str]] = {
-        "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
-        "ebp_progs": (None, "progs"), "ebp_marks": (None, "marks"), FRAG_TABLE: (None, "frags")}
+        **{PIPELINE_MAPS[r]: (None, r) for r in ("verdicts", "handoff", "progs", "marks")},
+        FRAG_TABLE: (None, "frags")}
     for st in spec.stages:
         roles.update({c: (st.name, r) for c, r in control_for(st.kind).map_roles(st).items()})
     return roles
@@ -1018,7 +1018,7 @@ def _pinned_map(name: str, cname: str) -> Map:
 def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[dict]]) -> dict:
     """Counters of a pipeline from its maps (``maps(cname)``): per verdict, per rule, per stage.
     ``live``: per filter, its rules as the state file keeps them (``{"id", "rule"}``)."""
-    vmap = maps("ebp_verdicts").with_codecs(U32, COUNT)
+    vmap = maps(PIPELINE_MAPS["verdicts"]).with_codecs(U32, COUNT)
     names = VERDICT_NAMES[verdict_family(spec.hook)]
     verdicts = {}
     for i, vname in names.items():
@@ -1032,7 +1032,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
     out = {"verdicts": verdicts, "stages": stages}
     if spec.hook == "xdp":  # marks set from XDP: how often the TC program applied them
         try:
-            mm = maps("ebp_marks").with_codecs(U32, COUNT)
+            mm = maps(PIPELINE_MAPS["marks"]).with_codecs(U32, COUNT)
         except NotFound:
             mm = None  # no rule sets a mark
         if mm is not None:
@@ -1041,7 +1041,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
                 c = mm.lookup_sum(i)
                 out["marks"][what] = {"packets": c.packets, "bytes": c.bytes}
     if spec.parser_mode == "xdp":  # how often the XDP parser's parse-info reached TC
-        hm = maps("ebp_handoff").with_codecs(U32, COUNT)
+        hm = maps(PIPELINE_MAPS["handoff"]).with_codecs(U32, COUNT)
         out["handoff"] = {}
         for i, what in enumerate(HANDOFF_COUNTERS):
             c = hm.lookup_sum(i)

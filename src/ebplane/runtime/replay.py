@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ebplane.codegen.pipeline import TRACE_NONE, spec_features
+from ebplane.codegen.pipeline import PIPELINE_MAPS, TRACE_NONE, spec_features
 from ebplane.kernel.codec import Struct, U32
 from ebplane.runtime.build import Built, build
 from ebplane.stages.control import control_for
@@ -55,7 +55,7 @@ class Replayer:
             self.entries: dict[str, list[RuleEntry]] = self.built.install_spec_rules()
             for st in spec.stages:
                 control_for(st.kind).prepare(self.built, spec, st, replay=True)
-            self.trace = self.built.map("ebp_trace").with_codecs(U32, TRACE)
+            self.trace = self.built.map(PIPELINE_MAPS["trace"]).with_codecs(U32, TRACE)
             self.program = self.built.program
         except BaseException:
             self.built.close()

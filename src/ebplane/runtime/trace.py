@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from ebplane.codegen.capture import CAPTURE_COUNTERS, REC_HEADER, CaptureSpec
+from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, REC_HEADER, CaptureSpec
 from ebplane.codegen.pipeline import TRACE_NONE, VERDICTS as CODEGEN_VERDICTS
 from ebplane.errors import Busy, EbplaneError, NotFound, UsageError
 from ebplane.kernel.codec import COUNT, U32
@@ -214,8 +214,8 @@ class Trace:
             self.live = pl.PipelineState.require(self.name).live_rules
         try:
             maps = pin_dir(self.name) / "maps"
-            self.ring = Map.from_pin(maps / "ebp_cap_ring")
-            self.counts = Map.from_pin(maps / "ebp_cap_cnt").with_codecs(U32, COUNT)
+            self.ring = Map.from_pin(maps / CAPTURE_MAPS["capture"])
+            self.counts = Map.from_pin(maps / CAPTURE_MAPS["capture-counters"]).with_codecs(U32, COUNT)
             self._rb = RingBuffer(self.ring, self._on_record)
             with netns_enter(self.spec.netns):
                 self.ifnames = {}
