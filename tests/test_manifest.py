@@ -72,6 +72,11 @@ def test_counter_slots_come_from_the_kinds_tuples(tmp_path):
     body = prog.source.split("stage_1_count", 1)[1].split("}", 1)[0]
     assert f"? {COUNTERS.index('ipv4')} :" in body and f": {COUNTERS.index('other')}, " in body
     assert set(man.roles()) == {m["cname"] for m in man.maps}
+    # conntrack.h's numbers are generated from the Python tables, ahead of the header
+    head = prog.source.split('#include "conntrack.h"', 1)[0]
+    assert f"#define EBP_CT_CNT_FULL {CT_COUNTERS.index('full')}\n" in head
+    assert f"#define EBP_CT_NCOUNTERS {len(CT_COUNTERS)}\n" in head
+    assert "#define EBP_CT_ESTABLISHED 2\n" in head  # the value `state: established` matches
 
 
 def test_a_state_without_manifest_resolves_maps_by_naming(tmp_path):

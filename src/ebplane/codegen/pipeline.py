@@ -271,6 +271,9 @@ class Emit:
     functions: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     includes: list[str] = field(default_factory=list)
+    # name -> value of the #defines a stage's reviewed header reads, generated from the
+    # Python tables that are their one definition (before the headers are included)
+    defines: dict[str, str] = field(default_factory=dict)
 
     @property
     def hook(self) -> str:
@@ -290,6 +293,12 @@ class Emit:
     def include(self, header: str) -> None:
         if header not in self.includes:
             self.includes.append(header)
+
+    def define(self, name: str, value) -> None:
+        """``#define name value`` ahead of the stage headers (the same name twice must have
+        the same value: two stages of one kind share their header)."""
+        if self.defines.setdefault(name, str(value)) != str(value):
+            raise ValueError(f"#define {name}: {self.defines[name]} and {value}")
 
 
 class StageGen:
@@ -440,6 +449,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     head += [f"#define EBP_CTX {ctx_decl.rsplit(' ', 1)[0].rstrip(' *')}",
              f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
              parser.defines, '#include "ebplane.h"']
+    head += [f"#define {k} {v}" for k, v in out.defines.items()]
     head += [f'#include "{h}"' for h in out.includes]
     trace_part = [
         "/* replay only: which stage and counter slot decided the last packet */",

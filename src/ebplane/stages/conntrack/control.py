@@ -11,17 +11,19 @@ from ebplane.kernel.codec import COUNT, U32, Struct
 from ebplane.kernel.maps import Map
 from ebplane.stages.conntrack.spec import ConntrackStage
 from ebplane.stages.control import StageControl
-from ebplane.stages.conntrack.gen import COUNTERS, map_names
+from ebplane.stages.conntrack.gen import COUNTERS, ENTRY_STATES, map_names
 
 CT_KEY = Struct("ebp_ct_key", [("src", "16s"), ("dst", "16s"), ("sport", "H"), ("dport", "H"),
                                ("family", "B"), ("proto", "B"), ("pad", "H")])
 CT_ENTRY = Struct("ebp_ct_entry", [("seen_ns", "Q"), ("created_ns", "Q"), ("orig", "Q"),
                                    ("reply", "Q"), ("timeout_ns", "Q"), ("state", "B"), ("replied", "B"),
                                    ("fin", "B"), ("pad", "5s")])
-ENTRY_STATES = {1: "syn_sent", 2: "syn_recv", 3: "established", 4: "fin_wait", 5: "close",
-                6: "udp", 7: "icmp"}
-_TIMEOUT_OF = {1: "tcp_syn", 2: "tcp_syn", 3: "tcp_established", 4: "tcp_fin", 5: "tcp_close",
-               7: "icmp"}
+# entry state (its value) -> name, and -> the timeout that applies to it
+ENTRY_NAMES = {i: n for i, n in enumerate(ENTRY_STATES) if i}
+_TIMEOUT_OF = {ENTRY_STATES.index(n): t for n, t in (
+    ("syn_sent", "tcp_syn"), ("syn_recv", "tcp_syn"), ("established", "tcp_established"),
+    ("fin_wait", "tcp_fin"), ("close", "tcp_close"), ("icmp", "icmp"))}
+_UDP = ENTRY_STATES.index("udp")
 
 
 def _addr(raw: bytes, family: int) -> str:
@@ -29,7 +31,7 @@ def _addr(raw: bytes, family: int) -> str:
 
 
 def entry_timeout(stage: ConntrackStage, e) -> int:
-    if e.state == 6:
+    if e.state == _UDP:
         return stage.timeout("udp_replied" if e.replied else "udp")
     return stage.timeout(_TIMEOUT_OF.get(e.state, "icmp"))
 
@@ -43,7 +45,7 @@ def connections(table: Map, stage: ConntrackStage) -> list[dict]:
         out.append({"family": k.family, "proto": k.proto,
                     "src": _addr(k.src, k.family), "dst": _addr(k.dst, k.family),
                     "sport": k.sport, "dport": k.dport,
-                    "state": ENTRY_STATES.get(e.state, str(e.state)), "replied": bool(e.replied),
+                    "state": ENTRY_NAMES.get(e.state, str(e.state)), "replied": bool(e.replied),
                     "packets": {"original": e.orig, "reply": e.reply},
                     "idle": round(idle, 1), "expired": idle > entry_timeout(stage, e)})
     return out
