@@ -186,8 +186,9 @@ def test_stage_kind_modules_have_documented_roles():
 
 
 def test_every_stage_kind_is_one_registered_package():
-    """The registry lists every kind package and nothing else; each kind's package exports
-    its parser, its generator and (when it has a control.py) its control under the kind."""
+    """Every kind package declares its kinds (so the registry finds it) and the registry
+    lists nothing else; each kind's package exports its parser, its generator and (when it
+    has a control.py) its control under the kind."""
     from ebplane.stages import KINDS, ROLES, kind_module
     on_disk = {p.name for p in (SRC / KINDS_PACKAGE).iterdir()
                if (p / "__init__.py").exists()}

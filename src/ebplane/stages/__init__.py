@@ -19,30 +19,45 @@ module's layer):
     loaded program, stats, replay/trace slot names, the map roles of status;
     exports ``CONTROLS: dict[kind, StageControl]``.
 
-:data:`KINDS` lists every kind (its spec keyword) and the package that implements it; the
-spec, codegen and runtime layers each load only their own side of a kind through
-:func:`kind_module`.  This module imports nothing of ebplane (it sits at the description
-layer, below the modules it names).
+A kind package's ``__init__.py`` declares the keywords it implements, ``KINDS = ("count",)``;
+:data:`KINDS` (keyword -> package) is made from those declarations, so adding a kind touches
+its package only.  The spec, codegen and runtime layers each load only their own side of a
+kind through :func:`kind_module`.  This module imports nothing of ebplane but the kind
+packages' ``__init__`` (docstring and ``KINDS``: it sits at the description layer, below
+the modules it names).
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
-# spec keyword -> package under ebplane.stages.  The order is the order in which errors
-# list the kinds.  A package may implement several kinds that share C (``forward``).
-KINDS: dict[str, str] = {
-    "filter": "filter",
-    "count": "count",
-    "route": "forward",
-    "bridge": "forward",
-    "redirect": "forward",
-    "tx": "forward",
-    "steer": "forward",
-    "xsk": "forward",
-    "conntrack": "conntrack",
-}
+# kind packages whose kinds come first when kinds are listed (errors name them in this
+# order); any other package follows in alphabetical order.  A new kind need not be added
+# here: its package is found by itself.
+FIRST = ("filter", "count", "forward", "conntrack")
+
+
+def _discover() -> dict[str, str]:
+    """spec keyword -> package: every package under ``ebplane/stages/`` whose
+    ``__init__.py`` declares ``KINDS = (...)``, the keywords it implements."""
+    here = Path(__file__).resolve().parent
+    pkgs = sorted((p.name for p in here.iterdir() if (p / "__init__.py").is_file()),
+                  key=lambda n: (FIRST.index(n) if n in FIRST else len(FIRST), n))
+    kinds: dict[str, str] = {}
+    for pkg in pkgs:
+        for kind in getattr(importlib.import_module(f"ebplane.stages.{pkg}"), "KINDS", ()):
+            if kind in kinds:
+                raise ImportError(f"stage kind '{kind}' is declared by ebplane.stages."
+                                  f"{kinds[kind]} and by ebplane.stages.{pkg}")
+            kinds[kind] = pkg
+    return kinds
+
+
+# spec keyword -> package under ebplane.stages (a package may implement several kinds that
+# share C, as ``forward`` does)
+KINDS: dict[str, str] = _discover()
 
 # module of a kind package -> the name of the table it exports, keyed by kind
 ROLES: dict[str, str] = {"spec": "PARSERS", "gen": "GENERATORS", "control": "CONTROLS"}
