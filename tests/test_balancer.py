@@ -27,7 +27,8 @@ from ebplane.runtime.replay import Replayer
 from ebplane.spec import parse_spec
 from ebplane.stages.balancer import maglev
 from ebplane.stages.balancer.control import Balancer
-from ebplane.stages.balancer.gen import COUNTERS, LAYOUTS, map_names
+from ebplane.stages.balancer.control import LAYOUTS
+from ebplane.stages.balancer.gen import COUNTERS, map_names
 
 NEXT_HOP_MAC = "02:00:00:00:00:02"
 CLIENT_MAC = "02:00:00:00:00:09"

@@ -35,7 +35,6 @@
  * leaves by XDP_TX (same interface) or bpf_redirect; otherwise (no neighbour yet, no route)
  * the encapsulated frame goes to the kernel's stack, which resolves and forwards it.
  *
- * Counter slots: enum ebp_lb_counter (the control plane reads the names from this file).
  */
 #ifndef EBPLANE_BALANCER_H
 #define EBPLANE_BALANCER_H
@@ -53,33 +52,13 @@
 #define IPPROTO_ICMPV6 58
 #endif
 
-enum ebp_lb_counter {
-	EBP_LB_NEW,		/* a flow's first packet: Maglev chose its backend */
-	EBP_LB_KNOWN,		/* a packet of a flow in the connection table */
-	EBP_LB_REHASHED,	/* a flow whose backend was removed: chosen anew */
-	EBP_LB_FRAG_FIRST,	/* a first fragment: its backend recorded */
-	EBP_LB_FRAG_FOLLOWED,	/* a later fragment sent after its first */
-	EBP_LB_ICMP_TOO_BIG,	/* an ICMP too-big to a VIP, sent to its flow's backend */
-	EBP_LB_TOO_BIG_ANSWERED,/* too big once encapsulated: answered with ICMP */
-	EBP_LB_TOO_BIG_STACK,	/* too big once encapsulated, IPv4 without DF: to the stack */
-	EBP_LB_NO_BACKEND,	/* a VIP without backend up: dropped */
-	EBP_LB_TRUNCATED,	/* a VIP packet shorter than its IP length: dropped */
-	EBP_LB_UNSUPPORTED,	/* a VIP packet behind a VLAN tag or with IPv4 options: stack */
-	EBP_LB_TX,		/* encapsulated, out of the ingress interface (XDP_TX) */
-	EBP_LB_REDIRECT,	/* encapsulated, redirected to the FIB's egress interface */
-	EBP_LB_ROUTE_STACK,	/* encapsulated, the FIB had no answer: to the stack */
-	EBP_LB_NCOUNTERS
-};
+/* Counter slots (EBP_LB_NEW, EBP_LB_KNOWN, ... EBP_LB_NCOUNTERS), backend states
+ * (EBP_LB_UNUSED, _UP, _DOWN), encapsulations (EBP_LB_ENCAP_IPIP, _GUE) and the Maglev
+ * entry of a VIP without backends up (EBP_LB_EMPTY) are #defines the
+ * generator writes into the program from ebplane.stages.balancer.gen. */
 
-#define EBP_LB_EMPTY 0xffffffff	/* Maglev entry of a VIP without backends */
-#define EBP_LB_ENCAP_IPIP 0
-#define EBP_LB_ENCAP_GUE  1
-/* ebp_lb_backend.state */
-#define EBP_LB_UNUSED 0
-#define EBP_LB_UP     1
-#define EBP_LB_DOWN   2
 
-/* map layouts: ebplane.stages.balancer.gen (LAYOUTS) has the same, a test compares them */
+/* map layouts: ebplane.stages.balancer.control (LAYOUTS) has the same, a test compares them */
 struct ebp_lb_vip_key {
 	__u32 addr[4];	/* IPv4: word 0 */
 	__u16 port;	/* host order */

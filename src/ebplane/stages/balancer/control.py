@@ -15,18 +15,33 @@ Every change keeps the data path consistent at each step (see balancer.h):
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
 import struct
-from typing import Callable
+from typing import Callable, Iterable
 
 from ebplane.errors import NotFound, UsageError
-from ebplane.kernel.codec import COUNT, U32
+from ebplane.kernel.codec import COUNT, U32, Struct
 from ebplane.kernel.maps import Map, rcu_barrier
-from ebplane.spec.balancer import LB_WEIGHT_MAX, BalancerStage, Vip
 from ebplane.stages.balancer import maglev
-from ebplane.stages.balancer.gen import (BACKEND, COUNTERS, CONN, FLOW, STATE_DOWN,
-                                         STATE_NAMES, STATE_UNUSED, STATE_UP, VIP, VIP_KEY,
-                                         map_names, packed)
+from ebplane.stages.balancer.gen import (COUNTERS, STATE_DOWN, STATE_NAMES, STATE_UNUSED,
+                                         STATE_UP, map_names, packed)
+from ebplane.stages.balancer.spec import LB_WEIGHT_MAX, BalancerStage, Vip
+from ebplane.stages.control import StageControl
+
+# key/value layouts of the stage's maps (struct ebp_lb_* in balancer.h; the tests compare
+# their sizes with the loaded maps')
+VIP_KEY = Struct("ebp_lb_vip_key", [("addr", "16s"), ("port", "H"), ("proto", "B"),
+                                    ("family", "B")])
+VIP = Struct("ebp_lb_vip", [("index", "I"), ("pad", "I")])
+BACKEND = Struct("ebp_lb_backend", [("addr", "16s"), ("gen", "I"), ("weight", "H"),
+                                    ("family", "B"), ("state", "B"), ("vip", "I")])
+FLOW = Struct("ebp_lb_flow", [("src", "16s"), ("dst", "16s"), ("sport", "H"), ("dport", "H"),
+                              ("family", "B"), ("proto", "B"), ("pad", "H")])
+CONN = Struct("ebp_lb_conn", [("backend", "I"), ("gen", "I")])
+LAYOUTS = {"ebp_lb_vip_key": VIP_KEY, "ebp_lb_vip": VIP, "ebp_lb_backend": BACKEND,
+           "ebp_lb_flow": FLOW, "ebp_lb_conn": CONN}
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
@@ -246,3 +261,67 @@ class Balancer:
         return {"counts": counts, "vips": self.list(),
                 "connections": {"entries": sum(1 for _ in self.conns.raw_keys_batch()),
                                 "capacity": self.stage.connections}}
+
+
+def prime_neighbours(addresses: Iterable[str]) -> None:
+    """Have the kernel resolve the next hops toward ``addresses`` (in the calling thread's
+    namespace): one empty UDP datagram to the discard port each.  The XDP program's FIB
+    lookup succeeds only with a neighbour entry; until then encapsulated frames go to the
+    stack, which forwards them only if the interface accepts packets with a local source
+    address (accept_local)."""
+    for a in addresses:
+        fam = socket.AF_INET6 if ipaddress.ip_address(a).version == 6 else socket.AF_INET
+        with contextlib.suppress(OSError), socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.sendto(b"", (a, 9))
+
+
+class BalancerControl(StageControl):
+    """Fill the maps at apply/replay (keeping the live backends of reused maps), note an
+    interface whose forwarding is off, read the counters for ``ebplane stats``."""
+
+    kind = "balancer"
+
+    def check(self, spec, stage: BalancerStage) -> list[str]:
+        """A note per interface whose forwarding is off (runs in the pipeline's netns):
+        bpf_fib_lookup then fails and every encapsulated packet goes to the stack."""
+        notes = []
+        for ifname in spec.interfaces:
+            for fam, src in ((4, stage.source4), (6, stage.source6)):
+                path = f"/proc/sys/net/ipv{fam}/conf/{ifname}/forwarding"
+                if src is None:
+                    continue
+                try:
+                    with open(path) as f:
+                        on = f.read().strip() != "0"
+                except OSError:
+                    continue
+                if not on:
+                    notes.append(f"balancer '{stage.name}': IPv{fam} forwarding is off on "
+                                 f"{ifname}: the FIB lookup of encapsulated packets fails and "
+                                 f"they go to the stack (sysctl -w "
+                                 f"{path[len('/proc/sys/'):].replace('/', '.')}=1)")
+        return notes
+
+    def prepare(self, built, spec, stage: BalancerStage, *, replay: bool = False) -> list[str]:
+        lb = Balancer(built.map, stage)
+        names = set(map_names(stage.name).values())
+        if not replay and names <= built.reused_maps and lb.installed():
+            notes = [f"balancer '{stage.name}': kept the live backends of its reused maps"]
+        else:
+            lb.install()
+            notes = []
+        if not replay:  # (prepare runs inside the pipeline's namespace)
+            prime_neighbours(b["address"] for v in lb.list() for b in v["backends"])
+        return notes
+
+    def stats(self, maps: Callable[[str], Map], spec, stage: BalancerStage) -> dict:
+        return Balancer(maps, stage).stats()
+
+    def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
+        return None, COUNTERS[slot] if slot < len(COUNTERS) else f"slot {slot}"
+
+    def map_roles(self, stage) -> dict[str, str]:
+        return {c: r for r, c in map_names(stage.name).items()}
+
+
+CONTROLS = {"balancer": BalancerControl()}

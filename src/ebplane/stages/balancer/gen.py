@@ -1,50 +1,52 @@
-"""C for one balancer stage (``balancer.h`` holds the reviewed part), and the layouts the
-control plane shares with it: map names (:func:`map_names`), counter slots
-(:data:`COUNTERS`, read from balancer.h's enum) and map key/value codecs (:data:`LAYOUTS`,
-checked against the loaded maps' sizes by the tests)."""
+"""C for one balancer stage (``balancer.h`` holds the reviewed part), and the numbers and
+names the control plane shares with it: map names (:func:`map_names`), counter slots
+(:data:`COUNTERS`) and backend states, defined here once and written into each program as
+#defines (:func:`c_defines`; the header has none of its own)."""
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import struct
-from pathlib import Path
 
-from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator
-from ebplane.kernel.codec import Struct
-from ebplane.spec.balancer import BalancerStage
+from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.stages.balancer.spec import BalancerStage
 from ebplane.stages.filter.gen import FRAG_TABLE
 
-HEADER = Path(__file__).with_name("balancer.h")
-
-
-def _counters() -> tuple[str, ...]:
-    """The slots of enum ebp_lb_counter, in order, lower-case without the prefix."""
-    text = HEADER.read_text()
-    body = re.search(r"enum ebp_lb_counter \{(.*?)\};", text, re.S).group(1)
-    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
-    names = [n.strip() for n in body.split(",") if n.strip()]
-    assert names[-1] == "EBP_LB_NCOUNTERS"
-    return tuple(n.removeprefix("EBP_LB_").lower() for n in names[:-1])
-
-
-COUNTERS: tuple[str, ...] = _counters()
-
-# key/value layouts of the stage's maps (struct ebp_lb_* in balancer.h)
-VIP_KEY = Struct("ebp_lb_vip_key", [("addr", "16s"), ("port", "H"), ("proto", "B"),
-                                    ("family", "B")])
-VIP = Struct("ebp_lb_vip", [("index", "I"), ("pad", "I")])
-BACKEND = Struct("ebp_lb_backend", [("addr", "16s"), ("gen", "I"), ("weight", "H"),
-                                    ("family", "B"), ("state", "B"), ("vip", "I")])
-FLOW = Struct("ebp_lb_flow", [("src", "16s"), ("dst", "16s"), ("sport", "H"), ("dport", "H"),
-                              ("family", "B"), ("proto", "B"), ("pad", "H")])
-CONN = Struct("ebp_lb_conn", [("backend", "I"), ("gen", "I")])
-LAYOUTS = {"ebp_lb_vip_key": VIP_KEY, "ebp_lb_vip": VIP, "ebp_lb_backend": BACKEND,
-           "ebp_lb_flow": FLOW, "ebp_lb_conn": CONN}
-
-STATE_UNUSED, STATE_UP, STATE_DOWN = 0, 1, 2
+# counter slots of a balancer stage (EBP_LB_<NAME>, EBP_LB_NCOUNTERS)
+COUNTERS: tuple[str, ...] = (
+    "new",               # a flow's first packet: Maglev chose its backend
+    "known",             # a packet of a flow in the connection table
+    "rehashed",          # a flow whose backend was removed: chosen anew
+    "frag_first",        # a first fragment: its backend recorded
+    "frag_followed",     # a later fragment sent after its first
+    "icmp_too_big",      # an ICMP too-big to a VIP, sent to its flow's backend
+    "too_big_answered",  # too big once encapsulated: answered with ICMP
+    "too_big_stack",     # too big once encapsulated, IPv4 without DF: to the stack
+    "no_backend",        # a VIP without backend up: dropped
+    "truncated",         # a VIP packet shorter than its IP length: dropped
+    "unsupported",       # a VIP packet behind a VLAN tag or so: to the stack
+    "tx",                # encapsulated, out of the ingress interface (XDP_TX)
+    "redirect",          # encapsulated, redirected to the FIB's egress interface
+    "route_stack",       # encapsulated, the FIB had no answer: to the stack
+)
+# ebp_lb_backend.state (EBP_LB_<STATE>); a slot is free when unused
+STATES: tuple[str, ...] = ("unused", "up", "down")
+STATE_UNUSED, STATE_UP, STATE_DOWN = range(3)
 STATE_NAMES = {STATE_UP: "up", STATE_DOWN: "down"}
-ENCAPS = {"ipip": 0, "gue": 1}
+# a Maglev entry of a VIP without backends up (EBP_LB_EMPTY)
+EMPTY = 0xFFFFFFFF
+# encapsulations (EBP_LB_ENCAP_<NAME>)
+ENCAPS: dict[str, int] = {"ipip": 0, "gue": 1}
+
+
+def c_defines() -> dict[str, int]:
+    """The #defines balancer.h reads, from the tables above."""
+    d = {f"EBP_LB_{n.upper()}": i for i, n in enumerate(COUNTERS)}
+    d["EBP_LB_NCOUNTERS"] = len(COUNTERS)
+    d["EBP_LB_EMPTY"] = EMPTY
+    d.update({f"EBP_LB_{n.upper()}": i for i, n in enumerate(STATES)})
+    d.update({f"EBP_LB_ENCAP_{n.upper()}": v for n, v in ENCAPS.items()})
+    return d
 
 
 def map_names(stage: str) -> dict[str, str]:
@@ -69,6 +71,8 @@ class BalancerGen(StageGen):
     kind = "balancer"
 
     def emit(self, idx: int, st: BalancerStage, out: Emit) -> None:
+        for name, value in c_defines().items():
+            out.define(name, value)
         out.include("balancer.h")
         n = map_names(st.name)
         # a re-apply reuses each map whose definition is unchanged; the control plane keeps
@@ -92,7 +96,7 @@ class BalancerGen(StageGen):
                 stage=st.name, role="connections")
         out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(COUNTERS), f"balancer '{st.name}': {', '.join(COUNTERS)}",
-                stage=st.name, role="counters")
+                stage=st.name, role="counters", slots=COUNTERS)
         out.map(n["flows"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 st.max_backends, f"balancer '{st.name}': new flows per backend slot",
                 stage=st.name, role="flows")
@@ -129,4 +133,4 @@ class BalancerGen(StageGen):
                         udp="udp" in protos and "udp" in listed)
 
 
-register_generator(BalancerGen())
+GENERATORS = {"balancer": BalancerGen()}

@@ -18,7 +18,9 @@ import struct
 import zlib
 from typing import Sequence
 
-EMPTY = 0xFFFFFFFF
+from ebplane.stages.balancer.gen import EMPTY  # (balancer.h gets the same as a #define)
+
+__all__ = ["EMPTY", "flow_hash", "permutation", "populate"]
 _M32 = 0xFFFFFFFF
 
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from ebplane.spec import check
 from ebplane.spec.located import Where
-from ebplane.spec.stages import Stage, _stage_name, register_stage
+from ebplane.spec.stages import Stage, stage_name
 
 LB_ENCAPS: tuple[str, ...] = ("ipip", "gue")
 LB_PROTOS: dict[str, int] = {"tcp": 6, "udp": 17}
@@ -174,13 +174,12 @@ def parse_backend(obj: Any, where: Where) -> Backend:
                    state=check.choice(body.get("state", "up"), where / "state", LB_STATES))
 
 
-@register_stage("balancer")
 def parse_balancer(obj: Any, where: Where, protocols: tuple[str, ...]) -> BalancerStage:
     body = check.mapping({} if obj is None else obj, where,
                          allowed=("name", "vips", "encap", "gue_port", "source", "mtu",
                                   "table_size", "connections", "max_backends"),
                          required=("vips",))
-    name = _stage_name(body, where, "balancer")
+    name = stage_name(body, where, "balancer")
     encap = check.choice(body.get("encap", "ipip"), where / "encap", LB_ENCAPS)
     gue_port = check.integer(body.get("gue_port", LB_GUE_PORT_DEFAULT), where / "gue_port",
                              1, 65535, what="UDP port")
@@ -252,3 +251,6 @@ def parse_balancer(obj: Any, where: Where, protocols: tuple[str, ...]) -> Balanc
     return BalancerStage(name=name, vips=tuple(vips), encap=encap, gue_port=gue_port,
                          source4=source4, source6=source6, mtu=mtu, table_size=size,
                          connections=conns, max_backends=max_be)
+
+
+PARSERS = {"balancer": parse_balancer}
