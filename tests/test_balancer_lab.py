@@ -7,9 +7,9 @@ has them; this test machine's kernel has neither (CONFIG_NET_IPIP and CONFIG_NET
 not set, no modules), so there a TC program (tests/bpf/lb_decap.bpf.c) strips the outer
 headers with bpf_skb_adjust_room and the kernel's stack takes the inner packet.
 
-  client 198.18.2.2 --+
-  dut    198.18.2.1 --+-- br0 (namespace of its own)
-  b1..b4 198.18.2.11-14 (VIP 198.18.10.1 on lo) --+
+  client 198.18.2.2   2001:db8:2::2 --+
+  dut    198.18.2.1   2001:db8:2::1 --+-- br0 (namespace of its own)
+  b1..b4 198.18.2.11-14, 2001:db8:2::11-14 (VIPs 198.18.10.1, 2001:db8:10::1 on lo) --+
 """
 
 from __future__ import annotations
@@ -29,26 +29,29 @@ from ebplane.runtime import pipeline
 from ebplane.runtime.balancer import Backends
 from ebplane.stages.balancer import maglev
 
-VIP = "198.18.10.1"
-CLIENT = "198.18.2.2"
-DUT = "198.18.2.1"
-BACKENDS = [f"198.18.2.{11 + i}" for i in range(4)]
 PORT = 80
+# the segment is dual-stack; a test uses one family's VIP and backends
+NETS = {
+    4: {"vip": "198.18.10.1", "client": "198.18.2.2", "dut": "198.18.2.1",
+        "backends": [f"198.18.2.{11 + i}" for i in range(4)], "plen": 24, "host": 32},
+    6: {"vip": "2001:db8:10::1", "client": "2001:db8:2::2", "dut": "2001:db8:2::1",
+        "backends": [f"2001:db8:2::{11 + i}" for i in range(4)], "plen": 64, "host": 128},
+}
 
 SPEC = """\
 pipeline: lblab
 hook: xdp
 netns: {dut}
 interfaces: [eth0]
-protocols: [ethernet, ipv4, tcp, udp, icmp]
+protocols: [ethernet, ipv4, ipv6, tcp, udp, icmp, icmpv6]
 stages:
   - balancer:
       name: lb
       encap: {encap}
-      source: {{ipv4: {src}}}
+      source: {{ipv4: {src4}, ipv6: "{src6}"}}
       table_size: 65537
       vips:
-        - vip: {vip}
+        - vip: "{vip}"
           port: {port}
           proto: tcp
           backends: [{backends}]
@@ -88,11 +91,14 @@ def segment(encap: str):
         for i in range(4):
             names[f"b{i}"] = stack.enter_context(netns.temporary("ebp-lbb")).name
         sh(sw, "ip link add br0 type bridge", "ip link set br0 up")
-        addrs = {"client": CLIENT, "dut": DUT, **{f"b{i}": a for i, a in enumerate(BACKENDS)}}
+        addrs = {f: {"client": n["client"], "dut": n["dut"],
+                     **{f"b{i}": a for i, a in enumerate(n["backends"])}}
+                 for f, n in NETS.items()}
         for j, (node, ns) in enumerate(names.items()):
             sh(sw, f"ip link add p{j} type veth peer name eth0 netns {ns}",
                f"ip link set p{j} master br0", f"ip link set p{j} up")
-            sh(ns, f"ip addr add {addrs[node]}/24 dev eth0", "ip link set eth0 up")
+            sh(ns, f"ip addr add {addrs[4][node]}/24 dev eth0",
+               f"ip addr add {addrs[6][node]}/64 dev eth0 nodad", "ip link set eth0 up")
         # the dut's XDP_TX frames reach the bridge only if its port runs NAPI for them: an
         # XDP program there (GRO on is not enough on this kernel: the frames vanish)
         from ebplane.toolchain.clang import compile_c
@@ -102,21 +108,27 @@ def segment(encap: str):
         with netns.enter(sw):
             link = attach.attach_xdp(xpass.programs["port_pass"].fd, "p1", mode="native").link
         stack.callback(link.close)
-        sh(names["client"], f"ip route add {VIP}/32 via {DUT}")
+        for n in NETS.values():
+            sh(names["client"], f"ip route add {n['vip']}/{n['host']} via {n['dut']}")
         sh(names["dut"], "sysctl -qw net.ipv4.conf.all.forwarding=1",
-           "sysctl -qw net.ipv4.conf.eth0.forwarding=1")
+           "sysctl -qw net.ipv4.conf.eth0.forwarding=1",
+           "sysctl -qw net.ipv6.conf.all.forwarding=1")
         # frames on a wire carry whole checksums (veth would hand the dut partial ones)
         sh(names["client"], "ethtool -K eth0 tx off")
         objs = []
         for i in range(4):
             b = names[f"b{i}"]
-            sh(b, f"ip addr add {VIP}/32 dev lo", "sysctl -qw net.ipv4.conf.all.rp_filter=0",
+            sh(b, f"ip addr add {NETS[4]['vip']}/32 dev lo",
+               f"ip addr add {NETS[6]['vip']}/128 dev lo nodad",
+               "sysctl -qw net.ipv4.conf.all.rp_filter=0",
                "sysctl -qw net.ipv4.conf.eth0.rp_filter=0")
             if kernel_tunnels():
-                sh(b, f"ip link add lbt0 type ipip local {BACKENDS[i]} remote any",
-                   "ip link set lbt0 up", "sysctl -qw net.ipv4.conf.lbt0.rp_filter=0")
+                sh(b, f"ip link add lbt0 type ipip local {NETS[4]['backends'][i]} remote any",
+                   "ip link set lbt0 up", "sysctl -qw net.ipv4.conf.lbt0.rp_filter=0",
+                   f"ip link add lbt6 type ip6tnl mode any local {NETS[6]['backends'][i]} "
+                   "remote any", "ip link set lbt6 up")
                 if encap == "gue":
-                    sh(b, "ip fou add port 6080 gue")
+                    sh(b, "ip fou add port 6080 gue", "ip fou add port 6080 gue -6")
             else:
                 from ebplane.toolchain.clang import compile_file
                 obj = BpfObject.open_bytes(compile_file(DECAP).elf, "lb_decap").load()
@@ -133,8 +145,9 @@ class Backend:
     """A TCP server on VIP:80 inside a backend's namespace: greets with its name, then
     echoes; ``big`` bytes sent on request (``B``)."""
 
-    def __init__(self, ns: str, name: str):
+    def __init__(self, ns: str, name: str, vip: str):
         self.name = name
+        self.vip = vip
         self.ready = threading.Event()
         self.stop = False
         self.conns = 0
@@ -144,9 +157,9 @@ class Backend:
 
     def _serve(self, ns: str) -> None:
         with netns.enter(ns):
-            srv = socket.socket()
+            srv = socket.socket(socket.AF_INET6 if ":" in self.vip else socket.AF_INET)
             srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            srv.bind((VIP, PORT))
+            srv.bind((self.vip, PORT))
             srv.listen(512)
             srv.settimeout(0.2)
         self.ready.set()
@@ -175,12 +188,13 @@ class Backend:
                 return
 
 
-def connect(client_ns: str, n: int, timeout: float = 5.0) -> list[tuple[socket.socket, int, str]]:
+def connect(client_ns: str, n: int, vip: str,
+            timeout: float = 5.0) -> list[tuple[socket.socket, int, str]]:
     """``n`` connections from the client to the VIP: (socket, source port, backend)."""
     out = []
     with netns.enter(client_ns):
         for _ in range(n):
-            s = socket.create_connection((VIP, PORT), timeout=timeout)
+            s = socket.create_connection((vip, PORT), timeout=timeout)
             out.append(s)
     res = []
     for s in out:
@@ -218,19 +232,22 @@ def rx_bytes(ns: str, dev: str = "eth0") -> int:
 
 @pytest.mark.lab
 @pytest.mark.slow
-@pytest.mark.parametrize("encap", ["ipip", "gue"])
-def test_balancer_with_real_tcp_connections(ebp_env, tmp_path, encap):
+@pytest.mark.parametrize("encap,family", [("ipip", 4), ("gue", 4), ("ipip", 6), ("gue", 6)])
+def test_balancer_with_real_tcp_connections(ebp_env, tmp_path, encap, family):
+    net = NETS[family]
+    VIP, CLIENT, BACKENDS = net["vip"], net["client"], net["backends"]
     with segment(encap) as ns:
-        servers = [Backend(ns[f"b{i}"], BACKENDS[i]) for i in range(4)]
+        servers = [Backend(ns[f"b{i}"], BACKENDS[i], VIP) for i in range(4)]
         # three backends at first; the fourth is added under traffic
         spec = write_spec(tmp_path / "lb.yaml", SPEC.format(
-            dut=ns["dut"], encap=encap, src=DUT, vip=VIP, port=PORT,
+            dut=ns["dut"], encap=encap, src4=NETS[4]["dut"], src6=NETS[6]["dut"], vip=VIP,
+            port=PORT,
             backends=", ".join(BACKENDS[:3])))
         pipeline.apply(spec)
         conns: list = []
         try:
             be = Backends("lblab")
-            conns = connect(ns["client"], 60)
+            conns = connect(ns["client"], 60, VIP)
             # each connection reached the backend Maglev gives its flow
             M = 65537
             table = maglev.populate([(i, a, 1) for i, a in enumerate(BACKENDS[:3])], M)
@@ -265,7 +282,7 @@ def test_balancer_with_real_tcp_connections(ebp_env, tmp_path, encap):
             res = be.add(BACKENDS[3])
             assert 0 < res["moved"] < M * 0.3
             assert all(still_there(s, b) for s, _, b in conns)
-            fresh = connect(ns["client"], 60)
+            fresh = connect(ns["client"], 60, VIP)
             assert BACKENDS[3] in {b for _, _, b in fresh}
             conns += fresh
             # removing a backend moves exactly its connections (they break: another
@@ -278,7 +295,7 @@ def test_balancer_with_real_tcp_connections(ebp_env, tmp_path, encap):
             assert on_victim and broken == on_victim
             # new connections never reach it; a backend marked down gets none either
             be.down(BACKENDS[2])
-            later = connect(ns["client"], 40)
+            later = connect(ns["client"], 40, VIP)
             assert {b for _, _, b in later} <= {BACKENDS[0], BACKENDS[3]}
             st = next(s for s in pipeline.stats("lblab")[0]["stages"] if s["kind"] == "balancer")
             assert st["counts"]["new"]["packets"] >= 160
