@@ -517,6 +517,11 @@ def test_backends_cli_on_an_applied_pipeline(ebp_env, veth_pair, tmp_path):
         assert proc.returncode == 2 and "no VIP" in proc.stderr
         st = next(s for s in pipeline.stats("lbt")[0]["stages"] if s["kind"] == "balancer")
         assert st["connections"]["capacity"] == 65536 and "new" in st["counts"]
+        # the human forms of stats, status and the connection list work with a balancer
+        assert "lb" in cli("stats", "lbt").stdout
+        assert cli("status", "lbt").returncode == 0
+        assert cli("backends", "lbt", "connections").stdout.strip() == "no connections"
+        assert "198.18.20.3" in cli("backends", "lbt", "list").stdout
         # a re-apply keeps the live backends (its maps are reused)
         res = pipeline.apply(tmp_path / "lb.yaml")
         assert {b["address"] for b in cli_json("backends", "lbt", "list")[0]["backends"]} == \
