@@ -278,6 +278,11 @@ def test_transmit_redirect_and_stack(make):
     assert verdict == "XDP_PASS" and out == bytes(_client4(dport=83))
     c = lb.counts()
     assert (c["redirect"], c["route_stack"], c["no_backend"]) == (1, 1, 1)
+    # replay names the stage and the outcome that decided
+    with netns.enter(lb.ns):
+        assert [(d.stage, d.reason) for d in lb.rp.run_all(
+            [bytes(_client4(dport=p)) for p in (80, 82, 83)])] == \
+            [("lb", "redirect"), ("lb", "no_backend"), (None, "end")]
 
 
 # -- spread, backend changes, health -----------------------------------------------------------

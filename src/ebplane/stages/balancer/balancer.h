@@ -106,6 +106,14 @@ struct ebp_lb_params {
 	__u8  stage;		/* the stage's index (fragment table key) */
 };
 
+/* count the outcome of a packet the stage decides, and say which it was (trace, replay) */
+static __always_inline void ebp_lb_outcome(void *counters, __u32 slot, __u32 len,
+					   __u32 *outcome)
+{
+	ebp_count(counters, slot, len);
+	*outcome = slot;
+}
+
 /* -- the flow hash: murmur3's 32-bit mixing, over the source address, the ports and the
  * protocol (ebplane.stages.balancer.maglev.flow_hash computes the same in Python) */
 static __always_inline __u32 ebp_lb_mix(__u32 h, __u32 k)
@@ -360,7 +368,7 @@ static __always_inline int ebp_lb_encap(struct xdp_md *ctx, const struct ebp_lb_
 /* send the encapsulated frame toward the outer destination */
 static __always_inline int ebp_lb_xmit(struct xdp_md *ctx, const struct ebp_lb_params *p,
 				       const struct ebp_lb_backend *be, __u32 outer_len,
-				       void *counters, __u32 len)
+				       void *counters, __u32 len, __u32 *outcome)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -385,16 +393,16 @@ static __always_inline int ebp_lb_xmit(struct xdp_md *ctx, const struct ebp_lb_p
 	 * to that interface as the output): forwarding must be enabled on it */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
-		ebp_count(counters, EBP_LB_ROUTE_STACK, len);
+		ebp_lb_outcome(counters, EBP_LB_ROUTE_STACK, len, outcome);
 		return XDP_PASS;
 	}
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	if (fib.ifindex == ctx->ingress_ifindex) {
-		ebp_count(counters, EBP_LB_TX, len);
+		ebp_lb_outcome(counters, EBP_LB_TX, len, outcome);
 		return XDP_TX;
 	}
-	ebp_count(counters, EBP_LB_REDIRECT, len);
+	ebp_lb_outcome(counters, EBP_LB_REDIRECT, len, outcome);
 	return bpf_redirect(fib.ifindex, 0);
 }
 
@@ -492,11 +500,12 @@ static __always_inline int ebp_lb_icmp_flow(struct xdp_md *ctx, const struct ebp
 	return 0;
 }
 
-/* One packet: the action, or EBP_NEXT for a packet to no VIP. */
+/* One packet: the action, or EBP_NEXT for a packet to no VIP; *outcome: the counter slot
+ * of what was done (left as it was when no counter says it: a failed helper). */
 static __always_inline int ebp_lb_run(struct xdp_md *ctx, struct ebp_pkt *pkt, int malformed,
 				      const struct ebp_lb_params *p, void *vips, void *halves,
 				      void *table, void *backends, void *conns, void *frags,
-				      void *counters, void *per_backend)
+				      void *counters, void *per_backend, __u32 *outcome)
 {
 	struct ebp_lb_vip_key vk = {};
 	struct ebp_lb_flow f = {};
@@ -552,7 +561,7 @@ static __always_inline int ebp_lb_run(struct xdp_md *ctx, struct ebp_pkt *pkt, i
 	be = ebp_lb_pick(p, vip, &f, hash, conns, table, halves, backends, counters,
 			 per_backend, len, &b);
 	if (!be) {
-		ebp_count(counters, EBP_LB_NO_BACKEND, len);
+		ebp_lb_outcome(counters, EBP_LB_NO_BACKEND, len, outcome);
 		return XDP_DROP;
 	}
 	if (pkt->flags & EBP_PKT_FRAG) {
@@ -563,7 +572,7 @@ static __always_inline int ebp_lb_run(struct xdp_md *ctx, struct ebp_pkt *pkt, i
 	}
 encap:
 	if (pkt->n_vlan || pkt->l3_off != sizeof(struct ethhdr)) {
-		ebp_count(counters, EBP_LB_UNSUPPORTED, len);
+		ebp_lb_outcome(counters, EBP_LB_UNSUPPORTED, len, outcome);
 		return XDP_PASS;
 	}
 	{
@@ -593,7 +602,7 @@ encap:
 	if ((inner_len + sizeof(struct ethhdr) > frame_len &&
 	     inner_len + sizeof(struct ethhdr) > bpf_xdp_get_buff_len(ctx)) ||
 	    inner_len < (pkt->family == 4 ? 20 : 40)) {
-		ebp_count(counters, EBP_LB_TRUNCATED, len);
+		ebp_lb_outcome(counters, EBP_LB_TRUNCATED, len, outcome);
 		return XDP_DROP;
 	}
 	ovh = (be->family == 4 ? 20 : 40) + (p->encap == EBP_LB_ENCAP_GUE ? 8 : 0);
@@ -601,17 +610,17 @@ encap:
 		__u32 room = p->mtu - ovh;
 
 		if (pkt->family == 4 && !df) {
-			ebp_count(counters, EBP_LB_TOO_BIG_STACK, len);
+			ebp_lb_outcome(counters, EBP_LB_TOO_BIG_STACK, len, outcome);
 			return XDP_PASS;
 		}
-		ebp_count(counters, EBP_LB_TOO_BIG_ANSWERED, len);
+		ebp_lb_outcome(counters, EBP_LB_TOO_BIG_ANSWERED, len, outcome);
 		if (pkt->family == 4)
 			return ebp_lb_answer_too_big4(ctx, room < 68 ? 68 : room);
 		return ebp_lb_answer_too_big6(ctx, room < 1280 ? 1280 : room);
 	}
 	if (ebp_lb_encap(ctx, p, be, pkt->family, inner_len, tos, hash))
 		return XDP_DROP;
-	return ebp_lb_xmit(ctx, p, be, inner_len + ovh, counters, len);
+	return ebp_lb_xmit(ctx, p, be, inner_len + ovh, counters, len, outcome);
 }
 
 #endif /* EBPLANE_BALANCER_H */

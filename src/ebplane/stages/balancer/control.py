@@ -317,8 +317,13 @@ class BalancerControl(StageControl):
     def stats(self, maps: Callable[[str], Map], spec, stage: BalancerStage) -> dict:
         return Balancer(maps, stage).stats()
 
+    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
+        """The outcome a trace record names (replay's reason): tx, redirect, no_backend, ...;
+        ``other`` for a packet dropped because a helper failed."""
+        return {**{i: (None, n) for i, n in enumerate(COUNTERS)}, len(COUNTERS): (None, "other")}
+
     def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
-        return None, COUNTERS[slot] if slot < len(COUNTERS) else f"slot {slot}"
+        return None, COUNTERS[slot] if slot < len(COUNTERS) else "other"
 
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in map_names(stage.name).items()}

@@ -118,9 +118,14 @@ class BalancerGen(StageGen):
             f"\t\t.src6 = {{ {src6} }}, .gue_port = {st.gue_port}, "
             f".encap = {ENCAPS[st.encap]}, .stage = {idx},",
             "\t};",
-            f"\treturn ebp_lb_run(ctx, pkt, malformed, &p, &{n['vips']}, &{n['halves']}, "
+            "\t__u32 outcome = EBP_LB_NCOUNTERS;",
+            f"\tint action = ebp_lb_run(ctx, pkt, malformed, &p, &{n['vips']}, &{n['halves']}, "
             f"&{n['table']}, &{n['backends']}, &{n['connections']}, &{FRAG_TABLE}, "
-            f"&{n['counters']}, &{n['flows']});",
+            f"&{n['counters']}, &{n['flows']}, &outcome);",
+            "",
+            "\tif (action != EBP_NEXT)",
+            f"\t\tEBP_TRACE_SET({idx}, outcome);",
+            "\treturn action;",
             "}",
         ]))
 
