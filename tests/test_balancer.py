@@ -342,6 +342,42 @@ def test_changes_move_only_the_flows_that_must_move(make):
     assert res["moved"] < 65537 * 0.22
 
 
+def test_changes_under_traffic_drop_no_packet(make):
+    """Backends removed, added, marked down and up while new flows arrive: every packet is
+    sent to a backend (the table a packet reads is the old or the new one, and a backend is
+    taken out of the table before its record goes)."""
+    import threading
+    lb = make([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1, 198.18.20.2, 198.18.20.3, "
+               "198.18.20.4]}"])
+    vip = lb.stage.vips[0]
+    stop = threading.Event()
+    seen: collections.Counter = collections.Counter()
+    frames = [f for _, f in _flows(20_000, sport0=2000)]
+
+    def traffic():
+        i = 0
+        while not stop.is_set() and i < len(frames):
+            verdict, out = lb(frames[i])
+            seen[verdict if verdict != "XDP_TX" else outer_dst(out)] += 1
+            i += 1
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        for _ in range(5):
+            lb.lb.remove(vip, "198.18.20.4")
+            lb.lb.down(vip, "198.18.20.3")
+            lb.lb.add(vip, "198.18.20.4")
+            lb.lb.up(vip, "198.18.20.3")
+            lb.lb.set_weight(vip, "198.18.20.1", 3)
+            lb.lb.set_weight(vip, "198.18.20.1", 1)
+    finally:
+        stop.set()
+        t.join()
+    assert sum(seen.values()) > 200
+    assert set(seen) <= {f"198.18.20.{i}" for i in range(1, 5)}, seen  # no drop, no pass
+    assert lb.counts()["no_backend"] == 0
+
+
 def flows_keys(flows):
     return [k for k, _ in flows]
 
