@@ -291,7 +291,7 @@ static __always_inline int ebp_lb_answer_too_big6(struct xdp_md *ctx, __u32 mtu)
  * headers: IPv4 (DF set, TTL 64, the inner TOS) or IPv6 (hop limit 64, the inner traffic
  * class, the flow hash as flow label), then for GUE a UDP header (source port from the flow
  * hash, 49152-65535; destination the GUE port; checksum 0: IPv4 allows it and RFC 6935 lets
- * tunnels over IPv6 do so, Linux's fou sockets accept it) directly followed by the inner IP
+ * tunnels over IPv6 do so, see docs/l4.md) directly followed by the inner IP
  * packet (GUE variant 1, what `ip fou add PORT gue` and `ipproto 4|41` both decapsulate). */
 static __always_inline int ebp_lb_encap(struct xdp_md *ctx, const struct ebp_lb_params *p,
 					const struct ebp_lb_backend *be, __u8 inner_family,
