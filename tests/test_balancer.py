@@ -299,6 +299,7 @@ def _flows(n, sport0=1024):
         yield (src, sport), bytes(f)
 
 
+@pytest.mark.slow
 def test_10k_flows_spread_by_weight_within_5_percent(make):
     lb = make([f"{{vip: {VIP4}, port: 80, backends: [{{address: 198.18.20.1, weight: 1}}, "
                "{address: 198.18.20.2, weight: 2}, {address: 198.18.20.3, weight: 3}, "
@@ -316,6 +317,7 @@ def test_10k_flows_spread_by_weight_within_5_percent(make):
     assert {b["address"]: b["new_flows"] for b in lst} == dict(per)
 
 
+@pytest.mark.slow
 def test_changes_move_only_the_flows_that_must_move(make):
     lb = make([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1, 198.18.20.2, 198.18.20.3, "
                "198.18.20.4]}"], size=65537)
@@ -342,6 +344,7 @@ def test_changes_move_only_the_flows_that_must_move(make):
     assert res["moved"] < 65537 * 0.22
 
 
+@pytest.mark.slow
 def test_changes_under_traffic_drop_no_packet(make):
     """Backends removed, added, marked down and up while new flows arrive: every packet is
     sent to a backend (the table a packet reads is the old or the new one, and a backend is
@@ -513,6 +516,7 @@ def test_counter_names_come_from_the_header():
 
 # -- run-time changes through the CLI on an applied pipeline -----------------------------------
 
+@pytest.mark.slow
 def test_backends_cli_on_an_applied_pipeline(ebp_env, veth_pair, tmp_path):
     ns, dev, _ = veth_pair
     text = spec_text([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1, 198.18.20.2]}}",
