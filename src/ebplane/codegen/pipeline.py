@@ -215,6 +215,11 @@ class StageGen:
     def features(self, stage, protocols) -> Features:
         return Features()
 
+    def call(self, idx: int, stage) -> str:
+        """The call of the stage's function in ``main`` (a kind whose stages change the packet
+        and parse it again passes ``&malformed`` instead)."""
+        return f"stage_{idx}_{stage.kind}(ctx, &pkt, malformed)"
+
 
 STAGE_GENERATORS: dict[str, StageGen] = {}
 
@@ -308,7 +313,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
             raise NotImplementedError(f"no code generator for stage kind '{st.kind}'")
         gen.emit(idx, st, out)
         out.calls.append(f"\t/* stage {idx}: {st.kind} '{st.name}' */\n"
-                         f"\taction = stage_{idx}_{st.kind}(ctx, &pkt, malformed);\n"
+                         f"\taction = {gen.call(idx, st)};\n"
                          f"\tif (action != EBP_NEXT)\n\t\tgoto out;")
 
     if spec.hook == "xdp":
@@ -464,7 +469,7 @@ def _load_stage_modules() -> None:
 # the filter stage kind lives in its own package (spec model, generator, C header, control
 # plane) and registers itself; forwarding kinds register from their module
 STAGE_MODULES: list[str] = ["ebplane.stages.filter.gen", "ebplane.codegen.forwarding",
-                             "ebplane.stages.conntrack.gen"]
+                             "ebplane.stages.conntrack.gen", "ebplane.stages.encap.gen"]
 
 
 class CountGen(StageGen):
