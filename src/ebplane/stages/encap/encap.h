@@ -37,6 +37,16 @@ struct ebp_encap {
 	__u8  set_mac;  /* outer Ethernet addresses from mac[] (else the frame's own) */
 };
 
+/* data + n for n = 14, 18 or 22: a constant offset on each path, which the verifier tracks */
+static __always_inline void *ebp_at_l3(void *data, __u32 n)
+{
+	if (n == 22)
+		return data + 22;
+	if (n == 18)
+		return data + 18;
+	return data + 14;
+}
+
 /* copy n bytes (a constant at every call once inlined: 4, 12, 14, 18 or 22) */
 #define EBP_COPY_VAR(dst, src, n) do {                                  \
 		if ((n) == 22) __builtin_memcpy(dst, src, 22);          \
@@ -146,7 +156,7 @@ static __always_inline int ebp_xdp_decap(struct xdp_md *ctx, __u32 from, __u32 t
 	if (data + 22 > data_end)
 		return -1;
 	EBP_COPY_VAR(data, eth, from);
-	*(__be16 *)(data + from - 2) = bpf_htons(inner_proto);
+	*(__be16 *)(ebp_at_l3(data, from) - 2) = bpf_htons(inner_proto);
 	return 0;
 }
 
@@ -185,8 +195,8 @@ static __always_inline int ebp_xdp_encap(struct xdp_md *ctx, const struct ebp_en
 		EBP_COPY_VAR(data, eth, keep);
 		if (e->set_mac)
 			__builtin_memcpy(data, e->mac, 12);
-		*(__be16 *)(data + keep - 2) = bpf_htons(ETH_P_IP);
-		p = data + keep;
+		p = ebp_at_l3(data, keep);
+		*(__be16 *)(p - 2) = bpf_htons(ETH_P_IP);
 	}
 	return ebp_outer_put(p, data_end, o, e->len);
 }
