@@ -15,6 +15,7 @@ from scapy.packet import Packet, Raw, bind_layers
 from scapy.fields import BitField, ShortField, XBitField
 
 from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
+from ebplane.codegen.p4c import parse_info_size
 from ebplane.errors import SpecError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.runtime.replay import Replayer
@@ -353,3 +354,32 @@ def test_spec_errors(protocols, stage, words):
     with pytest.raises(SpecError) as e:
         parse_spec(spec("xdp", stage, protocols=protocols))
     assert words in str(e.value)
+
+
+def test_replay_names_the_outcome_that_decided(ebp_module_env):
+    r = Run(spec("xdp", "encap: {name: tun, tunnel: ipip, src: 198.18.0.1, dst: 198.18.0.2, "
+                        "mtu: 100}"))
+    try:
+        d = r.rp.run(0, bytes(inner_frame(payload=b"p" * 200)))
+        assert (d.verdict, d.stage, d.reason) == ("XDP_DROP", "tun", "too_big")
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("hook, mode", [("xdp", "separate"), ("tc-ingress", "xdp")])
+def test_decap_with_a_parser_of_its_own(ebp_module_env, hook, mode):
+    """The parse-info of a separate or XDP parser has no header offsets: decap parses."""
+    r = Run(spec(hook, "decap: {name: untun, tunnels: [vxlan]}",
+                 "filter: {default: pass, rules: [{dst: 198.18.9.9/32, action: drop}]}")
+            .replace("stages:", f"parser: {{mode: {mode}}}\nstages:"))
+    try:
+        assert r(outer4(UDP(dport=4789) / VXLAN()) / inner_frame("198.18.9.9"))[0] == DROP[hook]
+        inner = bytes(inner_frame())
+        verdict, out = r(outer4(UDP(dport=4789) / VXLAN()) / inner_frame())
+        # test_run's output of an XDP program starts at its metadata: the separate parser's
+        # parse-info (moved along by bpf_xdp_adjust_head), then the frame
+        meta = len(out) - len(inner)
+        assert verdict == PASS[hook] and out.endswith(inner)
+        assert meta == (0 if mode == "xdp" else parse_info_size(r.rp.built.gen.user_layout))
+    finally:
+        r.close()

@@ -18,6 +18,7 @@ from ebplane.kernel.codec import Struct, U32
 from ebplane.runtime.build import Built, build
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.tables import RuleEntry
+from ebplane.stages.encap.gen import OUTCOMES as HEADER_OUTCOMES
 from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
 from ebplane.spec import FilterStage, PipelineSpec
 
@@ -35,6 +36,7 @@ class Decision:
     stage: str | None
     rule: int | None      # index of the rule in its filter's list
     reason: str           # rule | default | malformed | fragment_other | fragment_bad | end | skipped
+    #                       | an encap/decap outcome that decided (too_big, failed)
     packet: bytes
     detail: str | None = None  # why a frame was skipped
 
@@ -74,6 +76,8 @@ class Replayer:
                 m[mal] = (None, "malformed")
                 for what, slot in frag_slots(st).items():
                     m[slot] = (None, f"fragment_{what}")
+            elif st.kind in HEADER_OUTCOMES:   # encap/decap: too_big, failed
+                m.update({i: (None, name) for i, name in enumerate(HEADER_OUTCOMES[st.kind])})
             self._slots.append(m)
 
     def run(self, index: int, frame: bytes) -> Decision:

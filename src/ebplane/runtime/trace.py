@@ -36,6 +36,7 @@ from ebplane.runtime import pipeline as pl
 from ebplane.runtime.pcap import LINKTYPE_ETHERNET
 from ebplane.runtime.state import PipelineState, pin_dir, state_dir
 from ebplane.spec import FilterStage, PipelineSpec
+from ebplane.stages.encap.gen import OUTCOMES as HEADER_OUTCOMES
 from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
 
 _REC = struct.Struct("<QIIIIIiII")
@@ -157,6 +158,9 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
         return st.name, st.kind, None, f"rule id {slot} (edited since)"
     if st.kind in OUTCOMES or st.kind == "steer":
         names = outcomes(st)
+        return st.name, st.kind, None, names[slot] if slot < len(names) else f"slot {slot}"
+    if st.kind in HEADER_OUTCOMES:
+        names = HEADER_OUTCOMES[st.kind]
         return st.name, st.kind, None, names[slot] if slot < len(names) else f"slot {slot}"
     return st.name, st.kind, None, f"slot {slot}"
 
