@@ -383,3 +383,20 @@ def test_decap_with_a_parser_of_its_own(ebp_module_env, hook, mode):
         assert meta == (0 if mode == "xdp" else parse_info_size(r.rp.built.gen.user_layout))
     finally:
         r.close()
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_encap_only_to_inner_prefixes(ebp_module_env, hook):
+    r = Run(spec(hook, "encap: {name: tun, tunnel: vxlan, src: 198.18.0.1, dst: 198.18.0.2, "
+                       "inner_dst: [198.18.9.0/24, '2001:db8:9::/48']}"))
+    try:
+        v6 = (Ether(src=M2, dst=M1) / IPv6(src="2001:db8:5::1", dst="2001:db8:9:1::8")
+              / UDP(sport=5, dport=6))
+        for frame in (inner_frame("198.18.9.200"), v6):
+            assert VXLAN in Ether(r(frame)[1])
+        for frame in (inner_frame("198.18.10.1"), Ether(src=M2, dst=M1)
+                      / IPv6(src="2001:db8:5::1", dst="2001:db8:8::1") / UDP()):
+            assert r(frame) == (PASS[hook], bytes(frame))
+        assert r.counts("tun")["encapsulated"] == 2 and r.counts("tun")["skipped"] == 2
+    finally:
+        r.close()

@@ -32,6 +32,7 @@ VLAN_TAGGED: tuple[str, ...] = ("rewrite", "push")
 UDP_DPORT_DEFAULT: dict[str, int] = {"vxlan": 4789, "geneve": 6081}
 ENCAP_MTU_DEFAULT = 1500
 ENCAP_TTL_DEFAULT = 64
+INNER_DST_MAX = 16
 MAC_PATTERN = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
 
 
@@ -64,6 +65,8 @@ class EncapStage(Stage):
     outer IPv4 header from ``src`` to ``dst`` (``ttl``), with the outer Ethernet addresses
     ``src_mac``/``dst_mac`` (default: the frame's own).  A packet whose outer IP packet would
     exceed ``mtu`` bytes gets ``too_big`` (``drop``, or ``pass``: on unchanged), counted.
+    ``inner_dst`` (IP tunnels): only packets to one of these prefixes are put in the tunnel;
+    the others go on unchanged (counted ``skipped``).
     ``vlan`` pushes a tag ``vid``/``pcp``; a frame already tagged gets its outer tag
     rewritten (``tagged: rewrite``) or a second tag (``tagged: push``).
     """
@@ -83,6 +86,7 @@ class EncapStage(Stage):
     vid: int = 0
     pcp: int = 0
     tagged: str = "rewrite"
+    inner_dst: tuple[str, ...] = ()  # only packets to these prefixes (empty: every packet)
 
     @property
     def l2(self) -> bool:
@@ -99,6 +103,8 @@ class EncapStage(Stage):
             d.update(vni=self.vni, dport=self.dport)
         if self.key is not None:
             d["key"] = self.key
+        if self.inner_dst:
+            d["inner_dst"] = list(self.inner_dst)
         if self.src_mac:
             d["src_mac"] = self.src_mac
         if self.dst_mac:
@@ -178,11 +184,11 @@ def parse_encap(obj: Any, where: Where, protocols: tuple[str, ...]) -> EncapStag
     body = check.mapping({} if obj is None else obj, where, required=("tunnel",),
                          allowed=("name", "tunnel", "src", "dst", "vni", "key", "dport", "ttl",
                                   "src_mac", "dst_mac", "mtu", "too_big", "vid", "pcp",
-                                  "tagged"))
+                                  "tagged", "inner_dst"))
     name = _stage_name(body, where, "encap")
     tunnel = check.choice(body["tunnel"], where / "tunnel", ENCAP_TUNNELS)
     ip_keys = ("src", "dst", "ttl", "src_mac", "dst_mac", "mtu", "too_big", "vni", "key",
-               "dport")
+               "dport", "inner_dst")
     vlan_keys = ("vid", "pcp", "tagged")
     wrong = [k for k in (ip_keys if tunnel == "vlan" else vlan_keys) if k in body]
     if not wrong and tunnel != "vlan":
@@ -222,8 +228,27 @@ def parse_encap(obj: Any, where: Where, protocols: tuple[str, ...]) -> EncapStag
     key = None
     if "key" in body:
         key = check.integer(body["key"], where / "key", 0, (1 << 32) - 1, what="GRE key")
+    raw_dst = body.get("inner_dst", [])
+    if isinstance(raw_dst, str):
+        raw_dst = [raw_dst]
+    raw_dst = check.sequence(raw_dst, where / "inner_dst", what="a list of prefixes")
+    if len(raw_dst) > INNER_DST_MAX:
+        raise (where / "inner_dst").error(f"at most {INNER_DST_MAX} prefixes", given=len(raw_dst),
+                                          hint="put the others in a second encap stage")
+    inner_dst = []
+    for i, text in enumerate(raw_dst):
+        text = check.string(text, where / "inner_dst" / i, what="an IP prefix")
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise (where / "inner_dst" / i).error("not an IP prefix", given=text) from None
+        if f"ipv{net.version}" not in protocols:
+            raise (where / "inner_dst" / i).error(
+                f"an IPv{net.version} prefix needs protocol ipv{net.version} in protocols:",
+                given=text, hint=f"add ipv{net.version} to protocols:")
+        inner_dst.append(str(net))
     return EncapStage(
-        name=name, tunnel=tunnel, src=_ipv4(body["src"], where / "src"),
+        name=name, tunnel=tunnel, inner_dst=tuple(inner_dst), src=_ipv4(body["src"], where / "src"),
         dst=_ipv4(body["dst"], where / "dst"), vni=vni, key=key,
         dport=check.integer(body.get("dport", UDP_DPORT_DEFAULT.get(tunnel, 0)),
                             where / "dport", 0 if tunnel not in UDP_DPORT_DEFAULT else 1,

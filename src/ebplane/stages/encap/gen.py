@@ -114,6 +114,20 @@ def _head(idx: int, st, comment: str) -> list[str]:
             "struct ebp_pkt *pkt, int *malformed)", "{"]
 
 
+def _prefixes(prefixes) -> str:
+    """C condition: the packet's (parsed) destination is in one of ``prefixes``."""
+    conds = []
+    for text in prefixes:
+        net = ipaddress.ip_network(text)
+        words = struct.unpack("!4I", net.network_address.packed.ljust(16, bytes(1)))
+        masks = struct.unpack("!4I", net.netmask.packed.ljust(16, bytes(1)))
+        parts = [f"pkt->family == {net.version}"]
+        parts += [f"(bpf_ntohl(pkt->dst32[{i}]) & {m:#x}) == {w:#x}"
+                  for i, (w, m) in enumerate(zip(words, masks)) if m]
+        conds.append("(" + " && ".join(parts) + ")")
+    return " || ".join(conds)
+
+
 class _HeaderGen(StageGen):
     def call(self, idx: int, stage) -> str:
         # the stage parses the changed packet again: the stages after read its verdict
@@ -287,6 +301,8 @@ class EncapGen(_HeaderGen):
         body += [cfg, "\t__u32 slot, keep, push = e.len + (e.l2 ? 14 : 0);",
                  "\t__u16 inner = pkt->eth_proto, sport;", ""]
         ip_only = "inner != ETH_P_IP && inner != ETH_P_IPV6"
+        if st.inner_dst:
+            body.append(f"\tif (!({_prefixes(st.inner_dst)})) {{ slot = {s('skipped')}; goto done; }}")
         if tc:
             if st.l2:  # bpf_skb_adjust_room takes IPv4/IPv6 skbs only
                 body.append(f"\tif (ctx->protocol != bpf_htons(ETH_P_IP) && ctx->protocol != "
