@@ -400,3 +400,16 @@ def test_encap_only_to_inner_prefixes(ebp_module_env, hook):
         assert r.counts("tun")["encapsulated"] == 2 and r.counts("tun")["skipped"] == 2
     finally:
         r.close()
+
+
+def test_spec_round_trips():
+    import yaml
+    text = spec("tc-egress", "decap: {name: a, tunnels: [vlan, gre, ipip]}",
+                f"decap: {{name: b, header: tenant, inner: ethernet}}",
+                ENCAP["vxlan"].replace("name: tun", "name: c")[:-1] + ", inner_dst: [198.18.9.0/24]}",
+                ENCAP["gre"].replace("name: tun", "name: d"),
+                "encap: {name: e, tunnel: vlan, vid: 7, pcp: 1, tagged: push}",
+                protocols="ethernet, vlan, ipv4, ipv6, udp, gre, " + str(EXAMPLES / "tenant.p4"))
+    s = parse_spec(text)
+    again = parse_spec(yaml.safe_dump(s.to_dict()))
+    assert again.stages == s.stages

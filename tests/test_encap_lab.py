@@ -201,3 +201,4 @@ def test_encap_reaches_the_kernel_vxlan_device(pair, ebp_env, tmp_path, where):
         assert _counts(name, "tun")["encapsulated"] == 1   # only the one for vx0's address
     finally:
         sock.close()
+
