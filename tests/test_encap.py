@@ -413,3 +413,31 @@ def test_spec_round_trips():
     s = parse_spec(text)
     again = parse_spec(yaml.safe_dump(s.to_dict()))
     assert again.stages == s.stages
+
+
+def test_vlan_tagged_outer_keeps_its_tag(decap):
+    """An IP packet inside: the outer Ethernet header and its VLAN tag stay (XDP); at TC a tag
+    in the packet data (the kernel normally holds it in the skb) is refused, unchanged."""
+    ip = IP(src="198.18.5.1", dst="198.18.9.8") / UDP(sport=1, dport=2) / (b"q" * 9)
+    frame = bytes(Ether(src=M2, dst=M1) / Dot1Q(vlan=12) / IP(src="198.18.0.2", dst="198.18.0.1")
+                  / GRE(proto=0x0800) / ip)
+    before = decap.counts("untun")
+    verdict, out = decap(frame)
+    assert verdict == PASS[decap.hook]
+    if decap.hook == "xdp":
+        assert out == bytes(Ether(src=M2, dst=M1) / Dot1Q(vlan=12, type=0x0800)) + bytes(ip)
+    else:
+        assert out == frame and decap.counts("untun")["refused"] == before["refused"] + 1
+
+
+def test_encap_ip_tunnel_behind_a_vlan_tag(ebp_module_env):
+    r = Run(spec("xdp", ENCAP["ipip"]))
+    try:
+        inner = IP(src="198.18.5.1", dst="198.18.9.8") / UDP(sport=1, dport=2) / b"tagged"
+        verdict, out = r(Ether(src=M2, dst=M1) / Dot1Q(vlan=12) / inner)
+        o = Ether(out)
+        assert verdict == "XDP_PASS" and o[Dot1Q].vlan == 12 and o[Dot1Q].type == 0x0800
+        assert o[IP].proto == 4 and out[18 + 20:] == bytes(inner)
+        assert _ipv4_checksum_ok(out[18:38])
+    finally:
+        r.close()

@@ -25,7 +25,10 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     # parser refused the packet; truncated: the inner packet is cut short; not_ip: inner
     # packet of a kind the hook cannot take (TC: not IPv4/IPv6); failed: a kernel helper
     # refused (dropped)
-    "decap": ("decapsulated", "not_tunnel", "malformed", "truncated", "not_ip", "failed"),
+    # refused (TC): a VLAN tag in the packet data in front of an inner IP packet (the kernel
+    # normally holds the tag in the skb; adjust_room cuts after a 14-byte MAC header only)
+    "decap": ("decapsulated", "not_tunnel", "malformed", "truncated", "not_ip", "refused",
+              "failed"),
     # encapsulated / rewritten (a VLAN tag's id changed); too_big: the outer packet would
     # exceed mtu; skipped: not IP (IP tunnels), or not taken at TC; failed: dropped
     "encap": ("encapsulated", "rewritten", "too_big", "skipped", "failed"),
@@ -224,6 +227,7 @@ class DecapGen(_HeaderGen):
                 f"\t\tif (!inner) {{ slot = {s('truncated')}; goto done; }}",
                 f"\t\tif (inner != ETH_P_IP && inner != ETH_P_IPV6) {{ slot = {s('not_ip')}; goto done; }}",
                 "\t}",
+                f"\tif (from && from != 14) {{ slot = {s('refused')}; goto done; }}",
                 f"\tif (to + (from ? 20 : 34) > ctx->len) {{ slot = {s('truncated')}; goto done; }}",
                 "\tremoved = from ? to - from : to;",
                 f"\tif (ebp_tc_decap(ctx, from, to, inner)) {{ slot = {s('failed')}; goto done; }}"]
