@@ -341,7 +341,7 @@ def test_encap_then_decap_round_trip(ebp_module_env, hook):
     ("ethernet, ipv4, udp", "decap: {}", "needs tunnels: or header:"),
     ("ethernet, ipv4, udp", "decap: {tunnels: [ipip], inner: ip}", "inner: applies to header"),
     ("ethernet, ipv4, udp", "encap: {tunnel: vxlan, src: '2001:db8::1', dst: 198.18.0.2}",
-     "outer addresses are IPv4"),
+     "must be of one family"),
     ("ethernet, ipv4, udp", "encap: {tunnel: vxlan, src: 198.18.0.1}", "needs dst:"),
     ("ethernet, ipv4, udp", "encap: {tunnel: gre, src: 198.18.0.1, dst: 198.18.0.2, vni: 3}",
      "vni: does not apply"),
@@ -439,5 +439,31 @@ def test_encap_ip_tunnel_behind_a_vlan_tag(ebp_module_env):
         assert verdict == "XDP_PASS" and o[Dot1Q].vlan == 12 and o[Dot1Q].type == 0x0800
         assert o[IP].proto == 4 and out[18 + 20:] == bytes(inner)
         assert _ipv4_checksum_ok(out[18:38])
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("tunnel", ["vxlan", "gre", "ipip"])
+def test_encap_ipv6_outer(ebp_module_env, hook, tunnel):
+    extra = {"vxlan": ", vni: 5", "gre": "", "ipip": ""}[tunnel]
+    r = Run(spec(hook, f"encap: {{name: tun, tunnel: {tunnel}, src: '2001:db8::1', "
+                       f"dst: '2001:db8::2', ttl: 33{extra}}}"))
+    try:
+        inner = inner_frame()
+        verdict, out = r(inner)
+        o = Ether(out)
+        ip6 = o[IPv6]
+        assert verdict == PASS[hook] and o.type == 0x86DD
+        assert (ip6.src, ip6.dst, ip6.hlim) == ("2001:db8::1", "2001:db8::2", 33)
+        assert ip6.plen == len(out) - 14 - 40
+        if tunnel == "vxlan":
+            assert ip6.nh == 17 and o[UDP].len == ip6.plen and o[VXLAN].vni == 5
+            assert 49152 <= o[UDP].sport and out[14 + 40 + 16:] == bytes(inner)
+            assert ip6.fl != 0 or o[UDP].sport & 0x3fff == 0   # flow label from the hash
+        elif tunnel == "gre":
+            assert ip6.nh == 47 and o[GRE].proto == 0x0800 and out[14 + 44:] == bytes(inner[IP])
+        else:
+            assert ip6.nh == 4 and out[14 + 40:] == bytes(inner[IP])
     finally:
         r.close()

@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 A_IP, B_IP, B_VX_IP = "198.18.200.1", "198.18.200.2", "198.18.210.2"
+A_IP6, B_IP6, B_VX6_IP = "2001:db8:200::1", "2001:db8:200::2", "198.18.211.2"
 
 
 class Pair:
@@ -47,13 +48,19 @@ def pair():
     with netns.temporary("ebp-ea") as a, netns.temporary("ebp-eb") as b:
         netns.run(a.name, ["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb",
                            "netns", b.name])
-        for cmd in (f"ip addr add {A_IP}/24 dev va", "ip link set va up",
-                    f"ip route add 198.18.210.0/24 dev va"):
+        for cmd in (f"ip addr add {A_IP}/24 dev va", f"ip addr add {A_IP6}/64 dev va nodad",
+                    "ip link set va up", "ip route add 198.18.210.0/24 dev va",
+                    "ip route add 198.18.211.0/24 dev va"):
             netns.run(a.name, cmd.split())
-        for cmd in (f"ip addr add {B_IP}/24 dev vb", "ip link set vb up",
-                    # the kernel VXLAN endpoint encap traffic is sent to
+        for cmd in (f"ip addr add {B_IP}/24 dev vb", f"ip addr add {B_IP6}/64 dev vb nodad",
+                    "ip link set vb up",
+                    # the kernel VXLAN endpoints encap traffic is sent to: over IPv4, and
+                    # over IPv6 taking a zero UDP checksum (RFC 6935; what encap sends)
                     f"ip link add vx0 type vxlan id 42 local {B_IP} dstport 4789 nolearning",
-                    f"ip addr add {B_VX_IP}/24 dev vx0", "ip link set vx0 up"):
+                    f"ip addr add {B_VX_IP}/24 dev vx0", "ip link set vx0 up",
+                    f"ip link add vx6 type vxlan id 43 local {B_IP6} dstport 4790 nolearning "
+                    "udp6zerocsumrx",
+                    f"ip addr add {B_VX6_IP}/24 dev vx6", "ip link set vx6 up"):
             netns.run(b.name, cmd.split())
         with netns.enter(a.name):
             iface.wait_up("va")
@@ -63,9 +70,11 @@ def pair():
         # vx0 shares vb's MAC: a frame that b's XDP encapsulates must be addressed to vb
         # already, since veth keeps the packet type the kernel gave the frame before XDP
         # (another host's MAC: IP drops it after XDP_PASS, whatever the program wrote)
-        netns.run(b.name, ["ip", "link", "set", "vx0", "address", vb_mac])
+        for vx in ("vx0", "vx6"):
+            netns.run(b.name, ["ip", "link", "set", vx, "address", vb_mac])
         p = Pair(a.name, b.name)
-        for ip, mac in ((B_IP, p.b_mac), (B_VX_IP, p.vx_mac)):
+        for ip, mac in ((B_IP, p.b_mac), (B_VX_IP, p.vx_mac), (B_VX6_IP, p.vx_mac),
+                        (B_IP6, p.b_mac)):
             netns.run(a.name, ["ip", "neigh", "replace", ip, "lladdr", mac, "dev", "va",
                                "nud", "permanent"])
         netns.run(b.name, ["ip", "neigh", "replace", A_IP, "lladdr", p.a_mac, "dev", "vb",
@@ -202,3 +211,19 @@ def test_encap_reaches_the_kernel_vxlan_device(pair, ebp_env, tmp_path, where):
     finally:
         sock.close()
 
+
+
+def test_encap_over_ipv6_reaches_the_kernel_vxlan_device(pair, ebp_env, tmp_path):
+    encap = (f"encap: {{name: tun6, tunnel: vxlan, vni: 43, dport: 4790, src: '{A_IP6}', "
+             f"dst: '{B_IP6}', inner_dst: [{B_VX6_IP}/32], "
+             f"src_mac: '{pair.a_mac}', dst_mac: '{pair.b_mac}'}}")
+    sock = _listen(pair.b, B_VX6_IP, 6007)
+    try:
+        name = _apply(tmp_path, pair.a, "va", "tc-egress", "ethernet, ipv4, ipv6, udp", encap)
+        with netns.enter(pair.a):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"into vx6", (B_VX6_IP, 6007))
+        assert _recv(sock) == b"into vx6"
+        assert _counts(name, "tun6")["encapsulated"] == 1
+    finally:
+        sock.close()

@@ -62,7 +62,7 @@ class EncapStage(Stage):
     """Put every packet that reaches it into ``tunnel``.
 
     IP tunnels (vxlan, geneve: the whole Ethernet frame; gre, ipip: the IP packet) get an
-    outer IPv4 header from ``src`` to ``dst`` (``ttl``), with the outer Ethernet addresses
+    outer IPv4 or IPv6 header from ``src`` to ``dst`` (``ttl``), with the outer Ethernet addresses
     ``src_mac``/``dst_mac`` (default: the frame's own).  A packet whose outer IP packet would
     exceed ``mtu`` bytes gets ``too_big`` (``drop``, or ``pass``: on unchanged), counted.
     ``inner_dst`` (IP tunnels): only packets to one of these prefixes are put in the tunnel;
@@ -160,16 +160,12 @@ def _library_headers() -> set[str]:
     return {i for m in load_library().modules.values() for i in m.instances}
 
 
-def _ipv4(obj: Any, where: Where) -> str:
-    text = check.string(obj, where, what="an IPv4 address")
+def _address(obj: Any, where: Where) -> str:
+    text = check.string(obj, where, what="an IP address")
     try:
-        addr = ipaddress.ip_address(text)
+        return str(ipaddress.ip_address(text))
     except ValueError:
         raise where.error("not an IP address", given=text) from None
-    if addr.version != 4:
-        raise where.error("outer addresses are IPv4 (an IPv6 outer header is not supported)",
-                          given=text, hint="give an IPv4 address")
-    return str(addr)
 
 
 def _mac(obj: Any, where: Where) -> str:
@@ -213,7 +209,7 @@ def parse_encap(obj: Any, where: Where, protocols: tuple[str, ...]) -> EncapStag
                                               VLAN_TAGGED))
     for k in ("src", "dst"):
         if k not in body:
-            raise where.error(f"encap {tunnel} needs {k}: (the outer IPv4 address)",
+            raise where.error(f"encap {tunnel} needs {k}: (an outer IP address)",
                               hint=f"e.g. {k}: 198.18.0.1")
     if "ipv4" not in protocols and "ipv6" not in protocols:
         raise (where / "tunnel").error(f"encap {tunnel} needs protocol ipv4 or ipv6 in "
@@ -247,9 +243,12 @@ def parse_encap(obj: Any, where: Where, protocols: tuple[str, ...]) -> EncapStag
                 f"an IPv{net.version} prefix needs protocol ipv{net.version} in protocols:",
                 given=text, hint=f"add ipv{net.version} to protocols:")
         inner_dst.append(str(net))
+    src, dst = _address(body["src"], where / "src"), _address(body["dst"], where / "dst")
+    if (":" in src) != (":" in dst):
+        raise (where / "dst").error("the outer addresses must be of one family", given=dst,
+                                    hint=f"src is {src}: give dst of the same IP version")
     return EncapStage(
-        name=name, tunnel=tunnel, inner_dst=tuple(inner_dst), src=_ipv4(body["src"], where / "src"),
-        dst=_ipv4(body["dst"], where / "dst"), vni=vni, key=key,
+        name=name, tunnel=tunnel, inner_dst=tuple(inner_dst), src=src, dst=dst, vni=vni, key=key,
         dport=check.integer(body.get("dport", UDP_DPORT_DEFAULT.get(tunnel, 0)),
                             where / "dport", 0 if tunnel not in UDP_DPORT_DEFAULT else 1,
                             65535, what="UDP port"),

@@ -11,6 +11,7 @@
  *     of the Ethernet header and VLAN tags, whose last EtherType becomes the inner one's
  *   encap, Ethernet tunnels: outer Ethernet + outer[] in front of the frame
  *   encap, IP tunnels: outer[] inserted after the Ethernet header and VLAN tags
+ *   (outer[]: an IPv4 or IPv6 header, then UDP + VXLAN/GENEVE, or GRE, or nothing)
  *
  * XDP moves the frame's start with bpf_xdp_adjust_head; TC uses bpf_skb_adjust_room at the
  * MAC layer with the ENCAP/DECAP flags, so GSO packets are segmented right afterwards and
@@ -23,16 +24,18 @@
 #define EBP_ADJ_DECAP_L3_IPV4 (1ULL << 7)
 #define EBP_ADJ_DECAP_L3_IPV6 (1ULL << 8)
 
-#define EBP_ENCAP_OUTER_MAX 36 /* IPv4 20 + UDP 8 + VXLAN/GENEVE 8 */
+#define EBP_ENCAP_OUTER_MAX 56 /* IPv6 40 + UDP 8 + VXLAN/GENEVE 8 */
 
 /* An encap stage's outer headers, made by the code generator (constant per stage) */
 struct ebp_encap {
-	__u8  outer[EBP_ENCAP_OUTER_MAX]; /* outer IPv4 header (checksum 0) and what follows */
+	__u8  outer[EBP_ENCAP_OUTER_MAX]; /* outer IP header (checksum 0) and what follows */
 	__u8  mac[12];  /* outer Ethernet destination, source (set_mac) */
-	__u8  len;      /* bytes of outer[]: 20 (ipip), 24/28 (gre, with key), 36 (udp) */
+	__u8  len;      /* bytes of outer[]: IP header (20, v6: 40) + 0 (ipip), 4/8 (gre, with
+			 * key), 16 (udp + vxlan/geneve) */
+	__u8  v6;       /* the outer header is IPv6 */
 	__u8  l2;       /* carries the Ethernet frame (vxlan, geneve): pushes an outer Ethernet */
-	__u8  udp;      /* outer[20..27] is UDP: source port and length set per packet */
-	__u8  gre;      /* outer[20..23] is GRE: protocol set per packet */
+	__u8  udp;      /* UDP after the IP header: source port and length set per packet */
+	__u8  gre;      /* GRE after the IP header: protocol set per packet */
 	__u8  ipip;     /* outer protocol set per packet: 4 (IPv4 inside) or 41 (IPv6) */
 	__u8  set_mac;  /* outer Ethernet addresses from mac[] (else the frame's own) */
 };
@@ -94,41 +97,56 @@ static __always_inline __u16 ebp_entropy_port(__u32 hash)
 	return 49152 | (hash & 0x3fff);
 }
 
-/* the per-packet fields of outer[] (a copy on the stack): lengths, checksum, port, protocol */
+/* the per-packet fields of outer[] (a copy on the stack): lengths, IPv4 checksum, UDP source
+ * port and IPv6 flow label from the inner flow's hash, GRE / IPIP protocol */
 static __always_inline void ebp_outer_fill(__u8 *o, const struct ebp_encap *e, __u32 inner_len,
-					   __u16 sport, __u16 inner_proto)
+					   __u32 hash, __u16 inner_proto)
 {
-	struct ebp_ipv4_hdr *ip = (void *)o;
+	__u32 ip_len = e->v6 ? 40 : 20;
+	__u8 ipip = inner_proto == ETH_P_IPV6 ? 41 : 4;
 
-	ip->tot_len = bpf_htons(e->len + inner_len);
-	if (e->ipip)
-		ip->protocol = inner_proto == ETH_P_IPV6 ? 41 : 4;
+	if (e->v6) {
+		struct ebp_ipv6_hdr *ip6 = (void *)o;
+
+		(void)ip6;
+		/* version 6, traffic class 0, flow label from the hash (RFC 6438); two 16-bit
+		 * stores: at TC outer[] sits 2 bytes off a 4-byte boundary on the stack */
+		*(__be16 *)o = bpf_htons(0x6000 | ((hash >> 16) & 0xf));
+		*(__be16 *)(o + 2) = bpf_htons(hash & 0xffff);
+		ip6->payload_len = bpf_htons(e->len - 40 + inner_len);
+		if (e->ipip)
+			ip6->nexthdr = ipip;
+	} else {
+		struct ebp_ipv4_hdr *ip = (void *)o;
+
+		ip->tot_len = bpf_htons(e->len + inner_len);
+		if (e->ipip)
+			ip->protocol = ipip;
+	}
 	if (e->udp) {
-		*(__be16 *)(o + 20) = bpf_htons(sport);
-		*(__be16 *)(o + 24) = bpf_htons(e->len - 20 + inner_len);
+		*(__be16 *)(o + ip_len) = bpf_htons(ebp_entropy_port(hash));
+		*(__be16 *)(o + ip_len + 4) = bpf_htons(e->len - ip_len + inner_len);
 	}
 	if (e->gre)
-		*(__be16 *)(o + 22) = bpf_htons(inner_proto);
-	ip->check = 0;
-	ip->check = ebp_ipv4_csum(ip);
+		*(__be16 *)(o + ip_len + 2) = bpf_htons(inner_proto);
+	if (!e->v6) {
+		struct ebp_ipv4_hdr *ip = (void *)o;
+
+		ip->check = 0;
+		ip->check = ebp_ipv4_csum(ip);
+	}
 }
 
 /* write outer[] (n = e->len bytes) at p, checked against data_end */
+#define EBP_OUTER_CASE(N) else if (n == N) { \
+		if (p + N > data_end) return -1; \
+		__builtin_memcpy(p, o, N); }
 static __always_inline int ebp_outer_put(void *p, void *data_end, const __u8 *o, __u32 n)
 {
-	if (n == 36) {
-		if (p + 36 > data_end) return -1;
-		__builtin_memcpy(p, o, 36);
-	} else if (n == 28) {
-		if (p + 28 > data_end) return -1;
-		__builtin_memcpy(p, o, 28);
-	} else if (n == 24) {
-		if (p + 24 > data_end) return -1;
-		__builtin_memcpy(p, o, 24);
-	} else {
-		if (p + 20 > data_end) return -1;
-		__builtin_memcpy(p, o, 20);
-	}
+	if (0) { }
+	EBP_OUTER_CASE(20) EBP_OUTER_CASE(24) EBP_OUTER_CASE(28) EBP_OUTER_CASE(36)
+	EBP_OUTER_CASE(40) EBP_OUTER_CASE(44) EBP_OUTER_CASE(48) EBP_OUTER_CASE(56)
+	else return -1;
 	return 0;
 }
 
@@ -162,7 +180,7 @@ static __always_inline int ebp_xdp_decap(struct xdp_md *ctx, __u32 from, __u32 t
 
 /* encap: l3_off = end of the Ethernet header and tags; frame_len = the whole frame */
 static __always_inline int ebp_xdp_encap(struct xdp_md *ctx, const struct ebp_encap *e,
-					 __u32 l3_off, __u32 frame_len, __u16 sport,
+					 __u32 l3_off, __u32 frame_len, __u32 hash,
 					 __u16 inner_proto)
 {
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
@@ -177,7 +195,7 @@ static __always_inline int ebp_xdp_encap(struct xdp_md *ctx, const struct ebp_en
 		return -1;
 	__builtin_memcpy(eth, data, 22);
 	__builtin_memcpy(o, e->outer, EBP_ENCAP_OUTER_MAX);
-	ebp_outer_fill(o, e, frame_len - keep, sport, inner_proto);
+	ebp_outer_fill(o, e, frame_len - keep, hash, inner_proto);
 	if (bpf_xdp_adjust_head(ctx, -(int)push))
 		return -1;
 	data = (void *)(long)ctx->data;
@@ -189,14 +207,14 @@ static __always_inline int ebp_xdp_encap(struct xdp_md *ctx, const struct ebp_en
 			__builtin_memcpy(data, e->mac, 12);
 		else
 			__builtin_memcpy(data, eth, 12);   /* the frame's own addresses */
-		*(__be16 *)(data + 12) = bpf_htons(ETH_P_IP);
+		*(__be16 *)(data + 12) = bpf_htons(e->v6 ? ETH_P_IPV6 : ETH_P_IP);
 		p = data + 14;
 	} else {
 		EBP_COPY_VAR(data, eth, keep);
 		if (e->set_mac)
 			__builtin_memcpy(data, e->mac, 12);
 		p = ebp_at_l3(data, keep);
-		*(__be16 *)(p - 2) = bpf_htons(ETH_P_IP);
+		*(__be16 *)(p - 2) = bpf_htons(e->v6 ? ETH_P_IPV6 : ETH_P_IP);
 	}
 	return ebp_outer_put(p, data_end, o, e->len);
 }
@@ -278,52 +296,53 @@ static __always_inline __u16 ebp_tc_inner_ethertype(struct __sk_buff *ctx, __u32
 	return bpf_ntohs(et);
 }
 
+#define EBP_TC_GROW(N) else if (n == N) { \
+		if (bpf_skb_adjust_room(ctx, N, BPF_ADJ_ROOM_MAC, flags)) return -1; \
+		return bpf_skb_store_bytes(ctx, 0, buf, 14 + N, 0) ? -1 : 0; }
+
 static __always_inline int ebp_tc_encap(struct __sk_buff *ctx, const struct ebp_encap *e,
-					__u16 sport, __u16 inner_proto)
+					__u32 hash, __u16 inner_proto)
 {
 	__u8 buf[14 + EBP_ENCAP_OUTER_MAX + 14];   /* outer Ethernet, outer[], inner Ethernet */
-	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
+	__u64 flags = e->v6 ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 : BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
 	__u32 inner_len = ctx->len - (e->l2 ? 0 : 14);
 	__u32 n = e->len;
-	__be16 ip = bpf_htons(ETH_P_IP);
+	__be16 et = bpf_htons(e->v6 ? ETH_P_IPV6 : ETH_P_IP);
 
 	if (bpf_skb_load_bytes(ctx, 0, buf, 14))
 		return -1;
 	__builtin_memcpy(buf + 14, e->outer, EBP_ENCAP_OUTER_MAX);
-	ebp_outer_fill(buf + 14, e, inner_len, sport, inner_proto);
+	ebp_outer_fill(buf + 14, e, inner_len, hash, inner_proto);
 	if (e->udp)
 		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
 	if (e->gre)
 		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_GRE;
 	if (e->l2) {
+		/* [outer eth][outer[]][inner eth]: the room goes after the MAC header; every
+		 * Ethernet tunnel is UDP: 36 bytes over IPv4, 56 over IPv6 */
 		flags |= BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(14);
-		/* [outer eth][outer 36][inner eth]: the room goes after the MAC header */
-		__builtin_memcpy(buf + 14 + EBP_ENCAP_OUTER_MAX, buf, 14);
+		if (n == 36)
+			__builtin_memcpy(buf + 14 + 36, buf, 14);
+		else if (n == 56)
+			__builtin_memcpy(buf + 14 + 56, buf, 14);
+		else
+			return -1;
 		if (e->set_mac)
 			__builtin_memcpy(buf, e->mac, 12);
-		__builtin_memcpy(buf + 12, &ip, 2);
-		if (n != EBP_ENCAP_OUTER_MAX)
-			return -1;   /* every Ethernet tunnel is UDP: 36 bytes */
-		if (bpf_skb_adjust_room(ctx, EBP_ENCAP_OUTER_MAX + 14, BPF_ADJ_ROOM_MAC, flags))
+		__builtin_memcpy(buf + 12, &et, 2);
+		if (bpf_skb_adjust_room(ctx, n + 14, BPF_ADJ_ROOM_MAC, flags))
 			return -1;
-		return bpf_skb_store_bytes(ctx, 0, buf, sizeof(buf), 0) ? -1 : 0;
+		if (n == 36)
+			return bpf_skb_store_bytes(ctx, 0, buf, 14 + 36 + 14, 0) ? -1 : 0;
+		return bpf_skb_store_bytes(ctx, 0, buf, 14 + 56 + 14, 0) ? -1 : 0;
 	}
 	if (e->set_mac)
 		__builtin_memcpy(buf, e->mac, 12);
-	__builtin_memcpy(buf + 12, &ip, 2);
-	if (n == 28) {
-		if (bpf_skb_adjust_room(ctx, 28, BPF_ADJ_ROOM_MAC, flags))
-			return -1;
-		return bpf_skb_store_bytes(ctx, 0, buf, 14 + 28, 0) ? -1 : 0;
-	}
-	if (n == 24) {
-		if (bpf_skb_adjust_room(ctx, 24, BPF_ADJ_ROOM_MAC, flags))
-			return -1;
-		return bpf_skb_store_bytes(ctx, 0, buf, 14 + 24, 0) ? -1 : 0;
-	}
-	if (bpf_skb_adjust_room(ctx, 20, BPF_ADJ_ROOM_MAC, flags))
-		return -1;
-	return bpf_skb_store_bytes(ctx, 0, buf, 14 + 20, 0) ? -1 : 0;
+	__builtin_memcpy(buf + 12, &et, 2);
+	if (0) { }
+	EBP_TC_GROW(20) EBP_TC_GROW(24) EBP_TC_GROW(28)
+	EBP_TC_GROW(40) EBP_TC_GROW(44) EBP_TC_GROW(48)
+	return -1;
 }
 
 #endif /* EBPLANE_ENCAP_H */

@@ -36,7 +36,7 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
 PREFIX = {"decap": "dc", "encap": "ec"}
 IPPROTO = {"vxlan": 17, "geneve": 17, "gre": 47, "ipip": 4}
 ETH_P_TEB = 0x6558  # transparent Ethernet bridging: GENEVE/GRE carrying a frame
-OUTER_MAX = 36      # EBP_ENCAP_OUTER_MAX
+OUTER_MAX = 56      # EBP_ENCAP_OUTER_MAX
 IPV4_DF = 0x4000
 
 
@@ -51,9 +51,15 @@ def slot(kind: str, outcome: str) -> int:
 
 def outer_headers(st: EncapStage) -> bytes:
     """The outer headers of an IP tunnel as sent, with the per-packet fields zero (IPv4
-    total length and checksum, UDP source port and length, GRE protocol)."""
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, IPV4_DF, st.ttl, IPPROTO[st.tunnel], 0,
-                     ipaddress.IPv4Address(st.src).packed, ipaddress.IPv4Address(st.dst).packed)
+    total length and checksum, IPv6 payload length and flow label, UDP source port and
+    length, GRE protocol)."""
+    src, dst = ipaddress.ip_address(st.src), ipaddress.ip_address(st.dst)
+    if src.version == 6:
+        ip = struct.pack("!IHBB16s16s", 0x60000000, 0, IPPROTO[st.tunnel], st.ttl,
+                         src.packed, dst.packed)
+    else:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, IPV4_DF, st.ttl, IPPROTO[st.tunnel],
+                         0, src.packed, dst.packed)
     if st.tunnel == "vxlan":
         return ip + struct.pack("!HHHH", 0, st.dport, 0, 0) + struct.pack("!II", 0x08 << 24,
                                                                          st.vni << 8)
@@ -297,13 +303,13 @@ class EncapGen(_HeaderGen):
         set_mac = st.dst_mac is not None  # the spec gives both or neither
         cfg = (f"\tconst struct ebp_encap e = {{\n\t\t.outer = {_bytes(outer.ljust(OUTER_MAX, bytes(1)))},\n"
                f"\t\t.mac = {_bytes(macs)},\n"
-               f"\t\t.len = {len(outer)}, .l2 = {int(st.l2)}, .udp = {int(st.tunnel in ('vxlan', 'geneve'))},"
+               f"\t\t.len = {len(outer)}, .v6 = {int(':' in st.src)}, .l2 = {int(st.l2)}, .udp = {int(st.tunnel in ('vxlan', 'geneve'))},"
                f" .gre = {int(st.tunnel == 'gre')}, .ipip = {int(st.tunnel == 'ipip')},"
                f" .set_mac = {int(set_mac)},\n\t}};")
         body = _head(idx, st, f"{st.tunnel} from {st.src} to {st.dst}; outer packets above "
                               f"{st.mtu} bytes: {st.too_big}; then parse again")
         body += [cfg, "\t__u32 slot, keep, push = e.len + (e.l2 ? 14 : 0);",
-                 "\t__u16 inner = pkt->eth_proto, sport;", ""]
+                 "\t__u16 inner = pkt->eth_proto;", ""]
         ip_only = "inner != ETH_P_IP && inner != ETH_P_IPV6"
         if st.inner_dst:
             body.append(f"\tif (!({_prefixes(st.inner_dst)})) {{ slot = {s('skipped')}; goto done; }}")
@@ -319,17 +325,16 @@ class EncapGen(_HeaderGen):
                      "them by the overhead */",
                      f"\tif (!ctx->gso_size && e.len + ctx->len - keep > {st.mtu}) "
                      f"{{ slot = {s('too_big')}; goto done; }}",
-                     "\tsport = ebp_entropy_port(bpf_get_hash_recalc(ctx));",
-                     f"\tif (ebp_tc_encap(ctx, &e, sport, inner)) {{ slot = {s('failed')}; goto done; }}"]
+                     f"\tif (ebp_tc_encap(ctx, &e, bpf_get_hash_recalc(ctx), inner)) "
+                     f"{{ slot = {s('failed')}; goto done; }}"]
         else:
             if not st.l2:
                 body.append(f"\tif ({ip_only}) {{ slot = {s('skipped')}; goto done; }}")
             body += ["\tkeep = e.l2 ? 0 : pkt->l3_off;",
                      f"\tif (e.len + pkt->len - keep > {st.mtu}) {{ slot = {s('too_big')}; goto done; }}",
-                     "\tsport = ebp_entropy_port(ebp_flow_hash(pkt));",
-                     "\tif (ebp_xdp_encap(ctx, &e, pkt->l3_off, pkt->len, sport, inner))",
+                     "\tif (ebp_xdp_encap(ctx, &e, pkt->l3_off, pkt->len, ebp_flow_hash(pkt), inner))",
                      f"\t\t{{ slot = {s('failed')}; goto done; }}"]
-        body += ["\t(void)sport; (void)keep; (void)push;",
+        body += ["\t(void)keep; (void)push;",
                  f"\tebp_count(&{cnt}, {s('encapsulated')}, pkt->len);",
                  *_reparse(out.hook, "pkt->len + push"), "\treturn EBP_NEXT;"]
         return body
