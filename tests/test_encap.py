@@ -467,3 +467,16 @@ def test_encap_ipv6_outer(ebp_module_env, hook, tunnel):
             assert ip6.nh == 4 and out[14 + 40:] == bytes(inner[IP])
     finally:
         r.close()
+
+
+def test_example_tunnel_spec(ebp_module_env):
+    """examples/tunnel.yaml: decap, a filter on the inner headers, encap for one prefix."""
+    from ebplane.spec import load_spec
+    s = load_spec(EXAMPLES / "tunnel.yaml")
+    with Replayer(s) as r:
+        ssh = (Ether(src=M2, dst=M1) / IP(src="198.18.5.1", dst="198.18.9.9")
+               / TCP(sport=4000, dport=22))
+        d = r.run(0, bytes(outer4(UDP(dport=4789) / VXLAN(vni=3)) / ssh))
+        assert (d.verdict, d.stage) == ("XDP_DROP", "inner")
+        d = r.run(1, bytes(inner_frame("198.18.210.7")))
+        assert d.verdict == "XDP_PASS" and Ether(d.packet)[VXLAN].vni == 42
