@@ -480,3 +480,15 @@ def test_example_tunnel_spec(ebp_module_env):
         assert (d.verdict, d.stage) == ("XDP_DROP", "inner")
         d = r.run(1, bytes(inner_frame("198.18.210.7")))
         assert d.verdict == "XDP_PASS" and Ether(d.packet)[VXLAN].vni == 42
+
+
+def test_encap_bare_ethernet_frame(enc):
+    """A 14-byte frame: Ethernet tunnels carry it (XDP; TC takes IP skbs only), IP tunnels
+    leave it alone; never dropped."""
+    bare = bytes(Ether(src=M2, dst=M1, type=0x88B5))
+    verdict, out = enc(bare)
+    assert verdict == PASS[enc.hook]
+    if enc.tunnel in ("vxlan", "geneve") and enc.hook == "xdp":
+        assert len(out) == 14 + 36 + 14 and out.endswith(bare)
+    else:
+        assert out == bare

@@ -191,9 +191,15 @@ static __always_inline int ebp_xdp_encap(struct xdp_md *ctx, const struct ebp_en
 
 	if (keep && keep != 14 && keep != 18 && keep != 22)
 		return -1;
-	if (data + 22 > data_end)
-		return -1;
-	__builtin_memcpy(eth, data, 22);
+	if (e->l2) {     /* any frame, down to a bare Ethernet header */
+		if (data + 14 > data_end)
+			return -1;
+		__builtin_memcpy(eth, data, 14);
+	} else {         /* an IP packet follows: at least 22 bytes */
+		if (data + 22 > data_end)
+			return -1;
+		__builtin_memcpy(eth, data, 22);
+	}
 	__builtin_memcpy(o, e->outer, EBP_ENCAP_OUTER_MAX);
 	ebp_outer_fill(o, e, frame_len - keep, hash, inner_proto);
 	if (bpf_xdp_adjust_head(ctx, -(int)push))
