@@ -44,13 +44,16 @@ VXLAN_FRAME = bytes(Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:04")
 PLAIN = bytes(PLAIN)
 ENCAP = {"vxlan": "encap: {tunnel: vxlan, src: 198.18.0.1, dst: 198.18.0.2, vni: 42}",
          "ipip": "encap: {tunnel: ipip, src: 198.18.0.1, dst: 198.18.0.2}",
-         "gre": "encap: {tunnel: gre, src: 198.18.0.1, dst: 198.18.0.2}"}
+         "gre": "encap: {tunnel: gre, src: 198.18.0.1, dst: 198.18.0.2}",
+         "vxlan6": "encap: {tunnel: vxlan, src: '2001:db8::1', dst: '2001:db8::2', vni: 42}"}
 CASES = {  # label -> (stages, frame)
     "count only (floor)": (["count: {}"], PLAIN),
     "decap, no tunnel": (["decap: {tunnels: [vxlan, gre, ipip]}", "count: {}"], PLAIN),
     "encap vxlan + decap": ([ENCAP["vxlan"], "decap: {tunnels: [vxlan]}", "count: {}"], PLAIN),
     "decap vxlan + encap": (["decap: {tunnels: [vxlan]}", ENCAP["vxlan"], "count: {}"],
                             VXLAN_FRAME),
+    "encap vxlan/v6 + decap": ([ENCAP["vxlan6"], "decap: {tunnels: [vxlan]}", "count: {}"],
+                               PLAIN),
     "encap ipip + decap": ([ENCAP["ipip"], "decap: {tunnels: [ipip]}", "count: {}"], PLAIN),
     "encap gre + decap": ([ENCAP["gre"], "decap: {tunnels: [gre]}", "count: {}"], PLAIN),
 }
@@ -109,7 +112,7 @@ def main() -> None:
         return
     print(f"{'hook':<11} {'case':<24} {'ns/pkt':>7} {'+ns':>6}")
     for r in rows:
-        print(f"{r['hook']:<11} {r['case']:<24} {r['ns']:>7} {r['over_floor']:>6}")
+        print(f"{r['hook']:<11} {r['case']:<24} {r['ns']:>7.0f} {r['over_floor']:>6.0f}")
 
 
 if __name__ == "__main__":
