@@ -227,3 +227,49 @@ def test_encap_over_ipv6_reaches_the_kernel_vxlan_device(pair, ebp_env, tmp_path
         assert _counts(name, "tun6")["encapsulated"] == 1
     finally:
         sock.close()
+
+
+def test_tcp_stream_through_tc_encap_gso(pair, ebp_env, tmp_path):
+    """A TCP stream from a (TSO on: the stack hands tc-egress GSO packets of up to 64 KiB) to
+    vx0's address: bpf_skb_adjust_room marks them as UDP tunnel GSO and shrinks their segment
+    size, so they arrive as valid VXLAN packets; the bytes arrive intact."""
+    import hashlib
+    import threading
+    netns.run(pair.a, ["ip", "route", "replace", "198.18.210.0/24", "dev", "va", "mtu", "1450"])
+    encap = (f"encap: {{name: tun, tunnel: vxlan, vni: 42, src: {A_IP}, dst: {B_IP}, "
+             f"inner_dst: [{B_VX_IP}/32], src_mac: '{pair.a_mac}', dst_mac: '{pair.b_mac}'}}")
+    name = _apply(tmp_path, pair.a, "va", "tc-egress", "ethernet, ipv4, udp, tcp", encap)
+    data = bytes(range(256)) * 8192       # 2 MiB
+    with netns.enter(pair.b):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((B_VX_IP, 6010))
+    srv.listen(1)
+    srv.settimeout(10)
+    got = hashlib.sha256()
+    size = [0]
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        with conn:
+            while chunk := conn.recv(65536):
+                got.update(chunk)
+                size[0] += len(chunk)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with netns.enter(pair.a):
+            cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        cli.settimeout(10)
+        cli.connect((B_VX_IP, 6010))
+        cli.sendall(data)
+        cli.close()
+        t.join(15)
+    finally:
+        srv.close()
+    assert size[0] == len(data) and got.hexdigest() == hashlib.sha256(data).hexdigest()
+    c = _counts(name, "tun")
+    assert c["failed"] == 0 and c["too_big"] == 0
+    # fewer encapsulated packets than 1398-byte segments: GSO packets were encapsulated whole
+    assert 0 < c["encapsulated"] < len(data) // 1398
