@@ -492,3 +492,35 @@ def test_encap_bare_ethernet_frame(enc):
         assert len(out) == 14 + 36 + 14 and out.endswith(bare)
     else:
         assert out == bare
+
+
+def test_route_after_encap_and_after_decap(ebp_module_env):
+    """The stages after an encap see the outer packet, after a decap the inner one: a route
+    stage forwards each by the address it now carries (bpf_fib_lookup in a namespace with a
+    neighbour for each)."""
+    from ebplane.net import iface, netns
+    hop_out, hop_in = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+    with netns.temporary("ebp-er") as ns:
+        for cmd in ("sysctl -qw net.ipv4.ip_forward=1",
+                    "ip link add up0 type veth peer name up1", "ip link set up0 up",
+                    "ip link set up1 up", "ip addr add 198.18.30.1/24 dev up0",
+                    f"ip neigh add 198.18.30.2 lladdr {hop_out} dev up0 nud permanent",
+                    f"ip neigh add 198.18.30.3 lladdr {hop_in} dev up0 nud permanent",
+                    "ip route add 198.18.0.2/32 via 198.18.30.2",      # the tunnel's far end
+                    "ip route add 198.18.9.0/24 via 198.18.30.3"):     # inner destinations
+            netns.run(ns.name, cmd.split())
+        with netns.enter(ns.name):
+            iface.wait_up("up0")
+            r = Run(spec("xdp", "decap: {name: untun, tunnels: [vxlan]}",
+                         "encap: {name: tun, tunnel: vxlan, src: 198.18.0.1, dst: 198.18.0.2, "
+                         "vni: 42, inner_dst: [198.18.20.0/24]}", "route: {}"))
+            try:
+                verdict, out = r(inner_frame("198.18.20.5"))     # encapsulated, routed outer
+                assert verdict == "XDP_REDIRECT" and Ether(out).dst == hop_out
+                assert Ether(out)[IP].dst == "198.18.0.2" and Ether(out)[VXLAN].vni == 42
+                verdict, out = r(outer4(UDP(dport=4789) / VXLAN(vni=1))
+                                 / inner_frame("198.18.9.7"))    # decapsulated, routed inner
+                assert verdict == "XDP_REDIRECT" and Ether(out).dst == hop_in
+                assert Ether(out)[IP].dst == "198.18.9.7" and Ether(out)[IP].ttl == 63
+            finally:
+                r.close()

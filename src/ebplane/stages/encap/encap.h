@@ -41,7 +41,7 @@ struct ebp_encap {
 };
 
 /* data + n for n = 14, 18 or 22: a constant offset on each path, which the verifier tracks */
-static __always_inline void *ebp_at_l3(void *data, __u32 n)
+static __always_inline void *ebp_encap_at_l3(void *data, __u32 n)
 {
 	if (n == 22)
 		return data + 22;
@@ -51,13 +51,13 @@ static __always_inline void *ebp_at_l3(void *data, __u32 n)
 }
 
 /* copy n bytes (a constant at every call once inlined: 4, 12, 14, 18 or 22) */
-#define EBP_COPY_VAR(dst, src, n) do {                                  \
+#define EBP_ENCAP_COPY(dst, src, n) do {                                  \
 		if ((n) == 22) __builtin_memcpy(dst, src, 22);          \
 		else if ((n) == 18) __builtin_memcpy(dst, src, 18);     \
 		else __builtin_memcpy(dst, src, 14);                    \
 	} while (0)
 
-static __always_inline __u16 ebp_ipv4_csum(const void *iph)
+static __always_inline __u16 ebp_encap_ipv4_csum(const void *iph)
 {
 	const __u16 *w = iph;
 	__u32 s = 0;
@@ -71,7 +71,7 @@ static __always_inline __u16 ebp_ipv4_csum(const void *iph)
 }
 
 /* the inner flow's hash (addresses, protocol, ports), for the outer UDP source port */
-static __always_inline __u32 ebp_flow_hash(const struct ebp_pkt *pkt)
+static __always_inline __u32 ebp_tunnel_hash(const struct ebp_pkt *pkt)
 {
 	__u32 h = 0x9e3779b9u ^ pkt->eth_proto ^ ((__u32)pkt->proto << 16);
 
@@ -92,7 +92,7 @@ static __always_inline __u32 ebp_flow_hash(const struct ebp_pkt *pkt)
 }
 
 /* UDP source port from a flow hash: 49152-65535, like RFC 6335's dynamic range */
-static __always_inline __u16 ebp_entropy_port(__u32 hash)
+static __always_inline __u16 ebp_encap_sport(__u32 hash)
 {
 	return 49152 | (hash & 0x3fff);
 }
@@ -124,7 +124,7 @@ static __always_inline void ebp_outer_fill(__u8 *o, const struct ebp_encap *e, _
 			ip->protocol = ipip;
 	}
 	if (e->udp) {
-		*(__be16 *)(o + ip_len) = bpf_htons(ebp_entropy_port(hash));
+		*(__be16 *)(o + ip_len) = bpf_htons(ebp_encap_sport(hash));
 		*(__be16 *)(o + ip_len + 4) = bpf_htons(e->len - ip_len + inner_len);
 	}
 	if (e->gre)
@@ -133,7 +133,7 @@ static __always_inline void ebp_outer_fill(__u8 *o, const struct ebp_encap *e, _
 		struct ebp_ipv4_hdr *ip = (void *)o;
 
 		ip->check = 0;
-		ip->check = ebp_ipv4_csum(ip);
+		ip->check = ebp_encap_ipv4_csum(ip);
 	}
 }
 
@@ -173,8 +173,8 @@ static __always_inline int ebp_xdp_decap(struct xdp_md *ctx, __u32 from, __u32 t
 	data_end = (void *)(long)ctx->data_end;
 	if (data + 22 > data_end)
 		return -1;
-	EBP_COPY_VAR(data, eth, from);
-	*(__be16 *)(ebp_at_l3(data, from) - 2) = bpf_htons(inner_proto);
+	EBP_ENCAP_COPY(data, eth, from);
+	*(__be16 *)(ebp_encap_at_l3(data, from) - 2) = bpf_htons(inner_proto);
 	return 0;
 }
 
@@ -216,10 +216,10 @@ static __always_inline int ebp_xdp_encap(struct xdp_md *ctx, const struct ebp_en
 		*(__be16 *)(data + 12) = bpf_htons(e->v6 ? ETH_P_IPV6 : ETH_P_IP);
 		p = data + 14;
 	} else {
-		EBP_COPY_VAR(data, eth, keep);
+		EBP_ENCAP_COPY(data, eth, keep);
 		if (e->set_mac)
 			__builtin_memcpy(data, e->mac, 12);
-		p = ebp_at_l3(data, keep);
+		p = ebp_encap_at_l3(data, keep);
 		*(__be16 *)(p - 2) = bpf_htons(e->v6 ? ETH_P_IPV6 : ETH_P_IP);
 	}
 	return ebp_outer_put(p, data_end, o, e->len);

@@ -332,7 +332,7 @@ class EncapGen(_HeaderGen):
                 body.append(f"\tif ({ip_only}) {{ slot = {s('skipped')}; goto done; }}")
             body += ["\tkeep = e.l2 ? 0 : pkt->l3_off;",
                      f"\tif (e.len + pkt->len - keep > {st.mtu}) {{ slot = {s('too_big')}; goto done; }}",
-                     "\tif (ebp_xdp_encap(ctx, &e, pkt->l3_off, pkt->len, ebp_flow_hash(pkt), inner))",
+                     "\tif (ebp_xdp_encap(ctx, &e, pkt->l3_off, pkt->len, ebp_tunnel_hash(pkt), inner))",
                      f"\t\t{{ slot = {s('failed')}; goto done; }}"]
         body += ["\t(void)keep; (void)push;",
                  f"\tebp_count(&{cnt}, {s('encapsulated')}, pkt->len);",
