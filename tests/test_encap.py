@@ -524,3 +524,16 @@ def test_route_after_encap_and_after_decap(ebp_module_env):
                 assert Ether(out)[IP].dst == "198.18.9.7" and Ether(out)[IP].ttl == 63
             finally:
                 r.close()
+
+
+def test_vlan_rewrite_of_a_tag_in_the_data_at_tc(ebp_module_env):
+    base = inner_frame()
+    r = Run(spec("tc-ingress", "encap: {name: rew, tunnel: vlan, vid: 300, pcp: 1}"))
+    try:
+        tagged = Ether(src=base.src, dst=base.dst) / Dot1Q(vlan=5, dei=1) / base[IP]
+        v, out = r(tagged)
+        assert out == bytes(Ether(src=base.src, dst=base.dst) / Dot1Q(vlan=300, prio=1, dei=1)
+                            / base[IP])
+        assert r.counts("rew")["rewritten"] == 1
+    finally:
+        r.close()

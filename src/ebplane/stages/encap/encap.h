@@ -15,7 +15,8 @@
  *
  * XDP moves the frame's start with bpf_xdp_adjust_head; TC uses bpf_skb_adjust_room at the
  * MAC layer with the ENCAP/DECAP flags, so GSO packets are segmented right afterwards and
- * skb->protocol follows the outer (encap) or inner (decap) family.
+ * skb->protocol follows the outer (encap) or inner (decap) family.  Every store at TC passes
+ * BPF_F_RECOMPUTE_CSUM: a CHECKSUM_COMPLETE skb's sum covers the MAC header while tc runs.
  */
 #ifndef EBPLANE_ENCAP_H
 #define EBPLANE_ENCAP_H
@@ -283,13 +284,13 @@ static __always_inline int ebp_tc_decap(struct __sk_buff *ctx, __u32 from, __u32
 			return -1;
 		if (bpf_skb_adjust_room(ctx, -(__s32)to, BPF_ADJ_ROOM_MAC, flags))
 			return -1;
-		return bpf_skb_store_bytes(ctx, 0, eth, 14, 0) ? -1 : 0;
+		return bpf_skb_store_bytes(ctx, 0, eth, 14, BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
 	}
 	if (from != 14)
 		return -1;
 	if (bpf_skb_adjust_room(ctx, -(__s32)(to - from), BPF_ADJ_ROOM_MAC, flags))
 		return -1;
-	return bpf_skb_store_bytes(ctx, 12, &proto, 2, 0) ? -1 : 0;
+	return bpf_skb_store_bytes(ctx, 12, &proto, 2, BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
 }
 
 /* the EtherType of an inner Ethernet frame at offset to (0: cut short) */
@@ -304,7 +305,7 @@ static __always_inline __u16 ebp_tc_inner_ethertype(struct __sk_buff *ctx, __u32
 
 #define EBP_TC_GROW(N) else if (n == N) { \
 		if (bpf_skb_adjust_room(ctx, N, BPF_ADJ_ROOM_MAC, flags)) return -1; \
-		return bpf_skb_store_bytes(ctx, 0, buf, 14 + N, 0) ? -1 : 0; }
+		return bpf_skb_store_bytes(ctx, 0, buf, 14 + N, BPF_F_RECOMPUTE_CSUM) ? -1 : 0; }
 
 static __always_inline int ebp_tc_encap(struct __sk_buff *ctx, const struct ebp_encap *e,
 					__u32 hash, __u16 inner_proto)
@@ -339,8 +340,8 @@ static __always_inline int ebp_tc_encap(struct __sk_buff *ctx, const struct ebp_
 		if (bpf_skb_adjust_room(ctx, n + 14, BPF_ADJ_ROOM_MAC, flags))
 			return -1;
 		if (n == 36)
-			return bpf_skb_store_bytes(ctx, 0, buf, 14 + 36 + 14, 0) ? -1 : 0;
-		return bpf_skb_store_bytes(ctx, 0, buf, 14 + 56 + 14, 0) ? -1 : 0;
+			return bpf_skb_store_bytes(ctx, 0, buf, 14 + 36 + 14, BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
+		return bpf_skb_store_bytes(ctx, 0, buf, 14 + 56 + 14, BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
 	}
 	if (e->set_mac)
 		__builtin_memcpy(buf, e->mac, 12);

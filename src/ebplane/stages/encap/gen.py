@@ -282,10 +282,16 @@ class EncapGen(_HeaderGen):
                          f"bpf_htons(pkt->n_vlan ? ETH_P_8021AD : 0x8100), {tci:#x}))",
                          f"\t\t\t{{ slot = {s('failed')}; goto done; }}",
                          f"\t\tslot = {s('rewritten')}; goto done;", "\t}"]
+            write = ("\t\t{ __be16 v_ = bpf_htons((bpf_ntohs(*tci) & 0x1000) | "
+                     f"{tci:#x}); /* keep DEI */\n"
+                     "\t\t  if (bpf_skb_store_bytes(ctx, 14, &v_, 2, BPF_F_RECOMPUTE_CSUM))\n"
+                     f"\t\t\t{{ slot = {s('failed')}; goto done; }} }}"
+                     if tc else
+                     f"\t\t*tci = bpf_htons((bpf_ntohs(*tci) & 0x1000) | {tci:#x}); /* keep DEI */")
             body += ["\tif (pkt->n_vlan) {",
                      "\t\tif (!(tci = ebp_hdr(data, data_end, 14, 2)))",
                      f"\t\t\t{{ slot = {s('failed')}; goto done; }}",
-                     f"\t\t*tci = bpf_htons((bpf_ntohs(*tci) & 0x1000) | {tci:#x}); /* keep DEI */",
+                     write,
                      "\t\tpkt->vlan = " + str(st.vid) + ";",
                      f"\t\tslot = {s('rewritten')}; goto done;", "\t}"]
         tagged = "ctx->vlan_present || pkt->n_vlan" if tc else "pkt->n_vlan"
