@@ -405,11 +405,12 @@ def test_encap_only_to_inner_prefixes(ebp_module_env, hook):
 def test_spec_round_trips():
     import yaml
     text = spec("tc-egress", "decap: {name: a, tunnels: [vlan, gre, ipip]}",
+                "decap: {name: v, tunnels: [geneve], vni: [5, 6]}",
                 f"decap: {{name: b, header: tenant, inner: ethernet}}",
                 ENCAP["vxlan"].replace("name: tun", "name: c")[:-1] + ", inner_dst: [198.18.9.0/24]}",
                 ENCAP["gre"].replace("name: tun", "name: d"),
                 "encap: {name: e, tunnel: vlan, vid: 7, pcp: 1, tagged: push}",
-                protocols="ethernet, vlan, ipv4, ipv6, udp, gre, " + str(EXAMPLES / "tenant.p4"))
+                protocols="ethernet, vlan, ipv4, ipv6, udp, gre, geneve, " + str(EXAMPLES / "tenant.p4"))
     s = parse_spec(text)
     again = parse_spec(yaml.safe_dump(s.to_dict()))
     assert again.stages == s.stages
@@ -535,5 +536,21 @@ def test_vlan_rewrite_of_a_tag_in_the_data_at_tc(ebp_module_env):
         assert out == bytes(Ether(src=base.src, dst=base.dst) / Dot1Q(vlan=300, prio=1, dei=1)
                             / base[IP])
         assert r.counts("rew")["rewritten"] == 1
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_decap_only_some_vnis(ebp_module_env, hook):
+    r = Run(spec(hook, "decap: {name: untun, tunnels: [vxlan, geneve], vni: [42, 0x123456]}"))
+    try:
+        inner = inner_frame()
+        for frame in (outer4(UDP(dport=4789) / VXLAN(vni=42)) / inner,
+                      outer4(UDP(dport=6081) / GENEVE(vni=0x123456, proto=0x6558)) / inner):
+            assert r(frame) == (PASS[hook], bytes(inner))
+        for frame in (outer4(UDP(dport=4789) / VXLAN(vni=43)) / inner,
+                      outer4(UDP(dport=6081) / GENEVE(vni=0x123457, proto=0x6558)) / inner):
+            assert r(frame) == (PASS[hook], bytes(frame))
+        assert r.counts("untun")["decapsulated"] == 2 and r.counts("untun")["not_tunnel"] == 2
     finally:
         r.close()

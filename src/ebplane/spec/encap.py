@@ -33,6 +33,7 @@ UDP_DPORT_DEFAULT: dict[str, int] = {"vxlan": 4789, "geneve": 6081}
 ENCAP_MTU_DEFAULT = 1500
 ENCAP_TTL_DEFAULT = 64
 INNER_DST_MAX = 16
+DECAP_VNI_MAX = 16
 MAC_PATTERN = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
 
 
@@ -40,12 +41,14 @@ MAC_PATTERN = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
 class DecapStage(Stage):
     """Remove the outermost of ``tunnels`` the packet carries, or the outer headers up to
     and including the user header ``header`` (followed by ``inner``: an IP packet or an
-    Ethernet frame).  Other packets go on unchanged."""
+    Ethernet frame).  ``vni``: VXLAN and GENEVE packets of these VNIs only.  Other packets go
+    on unchanged."""
 
     kind: ClassVar[str] = "decap"
     tunnels: tuple[str, ...] = ()
     header: str | None = None
     inner: str = "ip"
+    vni: tuple[int, ...] = ()  # vxlan, geneve: only these VNIs (empty: any)
 
     def body(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name}
@@ -54,6 +57,8 @@ class DecapStage(Stage):
         if self.header is not None:
             d["header"] = self.header
             d["inner"] = self.inner
+        if self.vni:
+            d["vni"] = list(self.vni)
         return d
 
 
@@ -115,7 +120,7 @@ class EncapStage(Stage):
 @register_stage("decap")
 def parse_decap(obj: Any, where: Where, protocols: tuple[str, ...]) -> DecapStage:
     body = check.mapping({} if obj is None else obj, where,
-                         allowed=("name", "tunnels", "header", "inner"))
+                         allowed=("name", "tunnels", "header", "inner", "vni"))
     name = _stage_name(body, where, "decap")
     raw = check.sequence(body.get("tunnels", []), where / "tunnels", what="a list of tunnels")
     tunnels: list[str] = []
@@ -149,10 +154,22 @@ def parse_decap(obj: Any, where: Where, protocols: tuple[str, ...]) -> DecapStag
     if "inner" in body and header is None:
         raise (where / "inner").error("inner: applies to header: only (the tunnels say what "
                                       "they carry)", key=True, hint="remove inner:")
+    vnis: list[int] = []
+    if "vni" in body:
+        raw_vni = body["vni"] if isinstance(body["vni"], list) else [body["vni"]]
+        if not {"vxlan", "geneve"} & set(tunnels):
+            raise (where / "vni").error("vni: applies to tunnels vxlan and geneve", key=True,
+                                        hint="add vxlan or geneve to tunnels:, or remove vni:")
+        if not 1 <= len(raw_vni) <= DECAP_VNI_MAX:
+            raise (where / "vni").error(f"give 1 to {DECAP_VNI_MAX} VNIs", given=len(raw_vni),
+                                        hint="use a second decap stage for more")
+        for i, v in enumerate(raw_vni):
+            vnis.append(check.integer(v, where / "vni" / i, 0, (1 << 24) - 1, what="VNI"))
     if not tunnels and header is None:
         raise where.error("decap needs tunnels: or header:",
                           hint="e.g. tunnels: [vxlan], or header: tenant")
-    return DecapStage(name=name, tunnels=tuple(tunnels), header=header, inner=inner)
+    return DecapStage(name=name, tunnels=tuple(tunnels), header=header, inner=inner,
+                      vni=tuple(vnis))
 
 
 def _library_headers() -> set[str]:

@@ -190,8 +190,15 @@ class DecapGen(_HeaderGen):
                          "ETH_P_IPV6 : 0;",
                          f"\t\tif (!inner) {{ slot = {s('not_ip')}; goto done; }}"]
             body.append("\t}")
+        # vni: only these VNIs (bytes 4-6 of the VXLAN and GENEVE headers)
+        vni = ""
+        if st.vni:
+            vni = " && (" + " || ".join(
+                f"(p[4] == {v >> 16:#x} && p[5] == {(v >> 8) & 0xff:#x} && p[6] == {v & 0xff:#x})"
+                for v in st.vni) + ")"
         if "vxlan" in st.tunnels and has("vxlan"):
-            body += ["\tif (!to && (off = pkt->hdr_off[EBP_HDR_VXLAN]) != 0xffff)",
+            body += ["\tif (!to && (off = pkt->hdr_off[EBP_HDR_VXLAN]) != 0xffff &&",
+                     f"\t    (p = ebp_hdr(data, data_end, off, 8)){vni})",
                      "\t\tto = off + 8; /* vxlan: an Ethernet frame follows */"]
         payload = [  # gp: the EtherType a GENEVE or GRE header says follows
             f"\t\tif (gp == {ETH_P_TEB:#x}) from = 0;",
@@ -199,7 +206,7 @@ class DecapGen(_HeaderGen):
             "\t\telse to = 0; /* something else: not decapsulated */"]
         if "geneve" in st.tunnels and has("geneve"):
             body += ["\tif (!to && (off = pkt->hdr_off[EBP_HDR_GENEVE]) != 0xffff &&",
-                     "\t    (p = ebp_hdr(data, data_end, off, 8))) { /* geneve, options */",
+                     f"\t    (p = ebp_hdr(data, data_end, off, 8)){vni}) {{ /* geneve, options */",
                      "\t\tgp = (__u16)p[2] << 8 | p[3];",
                      "\t\tto = off + 8 + (p[0] & 0x3f) * 4;", *payload, "\t}"]
         if "gre" in st.tunnels and has("gre"):
