@@ -26,7 +26,8 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     # packet of a kind the hook cannot take (TC: not IPv4/IPv6); failed: a kernel helper
     # refused (dropped)
     # refused (TC): a VLAN tag in the packet data in front of an inner IP packet (the kernel
-    # normally holds the tag in the skb; adjust_room cuts after a 14-byte MAC header only)
+    # normally holds the tag in the skb; adjust_room cuts after a 14-byte MAC header only),
+    # or a GRO-merged (GSO) tunnel packet
     "decap": ("decapsulated", "not_tunnel", "malformed", "truncated", "not_ip", "refused",
               "failed"),
     # encapsulated / rewritten (a VLAN tag's id changed); too_big: the outer packet would
@@ -241,6 +242,10 @@ class DecapGen(_HeaderGen):
                 f"\t\tif (inner != ETH_P_IP && inner != ETH_P_IPV6) {{ slot = {s('not_ip')}; goto done; }}",
                 "\t}",
                 f"\tif (from && from != 14) {{ slot = {s('refused')}; goto done; }}",
+                "\t/* a GRO-merged tunnel packet: this kernel's adjust_room cannot clear its tunnel",
+                "\t * GSO type (no BPF_F_ADJ_ROOM_DECAP_L4_UDP/GRE), which would break its",
+                "\t * segmentation later: left to the kernel's tunnel device */",
+                f"\tif (ctx->gso_size) {{ slot = {s('refused')}; goto done; }}",
                 f"\tif (to + (from ? 20 : 34) > ctx->len) {{ slot = {s('truncated')}; goto done; }}",
                 "\tremoved = from ? to - from : to;",
                 f"\tif (ebp_tc_decap(ctx, from, to, inner)) {{ slot = {s('failed')}; goto done; }}"]
