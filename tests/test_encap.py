@@ -554,3 +554,15 @@ def test_decap_only_some_vnis(ebp_module_env, hook):
         assert r.counts("untun")["decapsulated"] == 2 and r.counts("untun")["not_tunnel"] == 2
     finally:
         r.close()
+
+
+def test_tc_decap_refuses_gro_merged_tunnel_packets(ebp_module_env):
+    from ebplane.kernel.programs import SkBuff
+    r = Run(spec("tc-ingress", "decap: {name: untun, tunnels: [vxlan]}"))
+    try:
+        frame = bytes(outer4(UDP(dport=4789) / VXLAN(vni=1)) / inner_frame())
+        res = r.rp.program.test_run(frame, ctx=SkBuff(len=0, gso_size=1400, gso_segs=2))
+        assert (res.verdict, res.data) == ("TC_ACT_OK", frame)
+        assert r.counts("untun")["refused"] == 1
+    finally:
+        r.close()
