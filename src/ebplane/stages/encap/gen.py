@@ -8,7 +8,7 @@ the spec (addresses, TTL, ports, VNI, key), fills the per-packet fields (lengths
 checksum, UDP source port from the inner flow's hash, GRE protocol) and parses again.
 
 Counter slots (:data:`OUTCOMES`) and map names (:func:`map_names`) are defined here only;
-the C and the control plane both take them from here.
+the C and the control side (``control.py``) both take them from here.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from ebplane.codegen.pipeline import TC_PULL_LEN, Emit, Features, StageGen, register_generator
-from ebplane.spec.encap import DecapStage, EncapStage
+from ebplane.codegen.pipeline import TC_PULL_LEN, Emit, Features, StageGen
+from ebplane.stages.encap.spec import DecapStage, EncapStage
 
 # counter slots per kind, in this order
 OUTCOMES: dict[str, tuple[str, ...]] = {
@@ -366,5 +366,4 @@ class EncapGen(_HeaderGen):
                         tcp="tcp" in listed, udp="udp" in listed)
 
 
-register_generator(DecapGen())
-register_generator(EncapGen())
+GENERATORS = {"decap": DecapGen(), "encap": EncapGen()}

@@ -1,4 +1,4 @@
-"""Header stages: the specs of ``encap`` and ``decap`` (docs/forwarding.md, "Encap and decap").
+"""The specs of ``encap`` and ``decap`` (docs/forwarding.md, "Encap and decap").
 
 ``decap`` removes the outermost tunnel a packet carries (VLAN tag, VXLAN, GENEVE, GRE, IPIP /
 IP6IP6, or a user's P4 header) and ``encap`` adds one (VLAN tag, VXLAN, GENEVE, GRE, IPIP with
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ebplane.spec import check
 from ebplane.spec.located import Where
 from ebplane.spec.protocol_set import parser_graph
-from ebplane.spec.stages import Stage, _stage_name, register_stage
+from ebplane.spec.stages import Stage, stage_name
 
 # tunnel -> library protocols of which one must be listed for decap to find it
 DECAP_TUNNELS: dict[str, tuple[str, ...]] = {
@@ -117,11 +117,10 @@ class EncapStage(Stage):
         return d
 
 
-@register_stage("decap")
 def parse_decap(obj: Any, where: Where, protocols: tuple[str, ...]) -> DecapStage:
     body = check.mapping({} if obj is None else obj, where,
                          allowed=("name", "tunnels", "header", "inner", "vni"))
-    name = _stage_name(body, where, "decap")
+    name = stage_name(body, where, "decap")
     raw = check.sequence(body.get("tunnels", []), where / "tunnels", what="a list of tunnels")
     tunnels: list[str] = []
     for i, t in enumerate(raw):
@@ -192,13 +191,12 @@ def _mac(obj: Any, where: Where) -> str:
     return text.lower()
 
 
-@register_stage("encap")
 def parse_encap(obj: Any, where: Where, protocols: tuple[str, ...]) -> EncapStage:
     body = check.mapping({} if obj is None else obj, where, required=("tunnel",),
                          allowed=("name", "tunnel", "src", "dst", "vni", "key", "dport", "ttl",
                                   "src_mac", "dst_mac", "mtu", "too_big", "vid", "pcp",
                                   "tagged", "inner_dst"))
-    name = _stage_name(body, where, "encap")
+    name = stage_name(body, where, "encap")
     tunnel = check.choice(body["tunnel"], where / "tunnel", ENCAP_TUNNELS)
     ip_keys = ("src", "dst", "ttl", "src_mac", "dst_mac", "mtu", "too_big", "vni", "key",
                "dport", "inner_dst")
@@ -276,3 +274,6 @@ def parse_encap(obj: Any, where: Where, protocols: tuple[str, ...]) -> EncapStag
         mtu=check.integer(body.get("mtu", ENCAP_MTU_DEFAULT), where / "mtu", 68, 65535,
                           what="MTU"),
         too_big=check.choice(body.get("too_big", "drop"), where / "too_big", TOO_BIG))
+
+
+PARSERS = {"decap": parse_decap, "encap": parse_encap}
