@@ -152,11 +152,11 @@ class DecapGen(_HeaderGen):
         cnt = _counters(st, out)
         graph = out.prog.graph
         tc = out.hook != "xdp"
-        s = lambda o: str(slot("decap", o))  # noqa: E731
+        s = lambda o: f"{slot('decap', o)} /* {o} */"  # noqa: E731
         what = ", ".join(list(st.tunnels) + ([f"header {st.header}"] if st.header else []))
         body = _head(idx, st, f"remove the outermost of {what}; then parse again")
         body += ["\tvoid *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;",
-                 "\t__u32 from = 0, to = 0, off, slot, removed;",
+                 "\t__u32 from = 0, to = 0, off, slot;",
                  "\t__u16 inner = 0, gp;", "\t__u8 *p;", ""]
         if out.spec.parser_mode != "fused":
             # the parse-info of a separate/XDP parser has no header offsets: parse here
@@ -247,12 +247,11 @@ class DecapGen(_HeaderGen):
                 "\t * segmentation later: left to the kernel's tunnel device */",
                 f"\tif (ctx->gso_size) {{ slot = {s('refused')}; goto done; }}",
                 f"\tif (to + (from ? 20 : 34) > ctx->len) {{ slot = {s('truncated')}; goto done; }}",
-                "\tremoved = from ? to - from : to;",
                 f"\tif (ebp_tc_decap(ctx, from, to, inner)) {{ slot = {s('failed')}; goto done; }}"]
         else:
             body += [
                 f"\tif (to + (from ? 20 : 14) > pkt->len) {{ slot = {s('truncated')}; goto done; }}",
-                "\tremoved = to - from;",
+                "\t__u32 removed = to - from;",
                 f"\tif (ebp_xdp_decap(ctx, from, to, inner)) {{ slot = {s('failed')}; goto done; }}"]
         body += [f"\tebp_count(&{cnt}, {s('decapsulated')}, pkt->len);",
                  *_reparse(out.hook, "pkt->len - removed"), "\treturn EBP_NEXT;"]
@@ -270,7 +269,7 @@ class EncapGen(_HeaderGen):
     def emit(self, idx: int, st: EncapStage, out: Emit) -> None:
         out.include("encap.h")
         cnt = _counters(st, out)
-        s = lambda o: str(slot("encap", o))  # noqa: E731
+        s = lambda o: f"{slot('encap', o)} /* {o} */"  # noqa: E731
         tc = out.hook != "xdp"
         if st.tunnel == "vlan":
             body = self._vlan(idx, st, out, cnt, s, tc)
