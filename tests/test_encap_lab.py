@@ -1,11 +1,12 @@
-"""encap / decap with real traffic between two namespaces (a -- b over one veth pair).
+"""encap / decap with real traffic between two namespaces (a -- b over one veth pair; b holds
+the kernel VXLAN devices encap traffic goes to, a has none).
 
-- VXLAN decap at b's XDP delivers the inner packet to a socket of b, which has no VXLAN device;
-- a tenant header (examples/tenant.p4) removed at XDP: b's kernel gets plain IP;
+- VXLAN decap at a's XDP or tc-ingress delivers the inner packet to a socket of a;
+- a tenant header (examples/tenant.p4) removed at a's XDP: a's kernel gets plain IP;
 - VLAN: tagged frames popped at XDP reach b's socket; a tag pushed at a's tc-egress is seen
   by scapy listening on b;
 - encap: a's tc-egress (and b's own XDP) put packets in VXLAN that b's kernel VXLAN device
-  decapsulates and delivers.
+  decapsulates and delivers (over IPv4 and IPv6), a TCP stream (GSO) among them.
 """
 
 from __future__ import annotations
@@ -115,17 +116,24 @@ def _outer(p: Pair) -> Ether:
     return Ether(src=p.a_mac, dst=p.b_mac) / IP(src=A_IP, dst=B_IP)
 
 
-def test_vxlan_decap_delivers_inner_packet_without_a_vxlan_device(pair, ebp_env, tmp_path):
-    inner = (Ether(src=pair.a_mac, dst=pair.b_mac) / IP(src=A_IP, dst=B_IP)
-             / UDP(sport=1234, dport=6000) / b"via vxlan")
-    frame = bytes(_outer(pair) / UDP(sport=50000, dport=4789) / VXLAN(vni=9) / inner)
-    sock = _listen(pair.b, B_IP, 6000)
+@pytest.mark.parametrize("hook", ["xdp", "tc-ingress"])
+def test_vxlan_decap_delivers_inner_packet_without_a_vxlan_device(pair, ebp_env, tmp_path,
+                                                                    hook):
+    """b sends VXLAN to a, which has no VXLAN device: a's decap hands its kernel the inner
+    packet, which a socket of a receives."""
+    assert netns.run(pair.a, ["ip", "-d", "link", "show", "type", "vxlan"]).stdout.strip() == ""
+    port = 6000 if hook == "xdp" else 6001
+    inner = (Ether(src=pair.b_mac, dst=pair.a_mac) / IP(src=B_IP, dst=A_IP)
+             / UDP(sport=1234, dport=port) / b"via vxlan")
+    frame = bytes(Ether(src=pair.b_mac, dst=pair.a_mac) / IP(src=B_IP, dst=A_IP)
+                  / UDP(sport=50000, dport=4789) / VXLAN(vni=9) / inner)
+    sock = _listen(pair.a, A_IP, port)
     try:
-        send_frames(pair.a, "va", [frame])      # no decap yet: the kernel drops it
+        send_frames(pair.b, "vb", [frame])      # no decap yet: the kernel drops it
         assert _recv(sock) is None
-        name = _apply(tmp_path, pair.b, "vb", "xdp", "ethernet, ipv4, udp, vxlan",
+        name = _apply(tmp_path, pair.a, "va", hook, "ethernet, ipv4, udp, vxlan",
                       "decap: {name: untun, tunnels: [vxlan]}")
-        send_frames(pair.a, "va", [frame])
+        send_frames(pair.b, "vb", [frame])
         assert _recv(sock) == b"via vxlan"
         assert _counts(name, "untun")["decapsulated"] == 1
     finally:
@@ -133,16 +141,19 @@ def test_vxlan_decap_delivers_inner_packet_without_a_vxlan_device(pair, ebp_env,
 
 
 def test_tenant_header_removed_before_the_kernel(pair, ebp_env, tmp_path):
+    """b sends tenant-tagged packets (UDP 4789, examples/tenant.p4) to a, whose kernel knows
+    no such header and has no tunnel device: a's XDP removes the outer headers up to the tag."""
     bind_layers(UDP, Tenant, dport=4789)
-    ip = IP(src=A_IP, dst=B_IP) / UDP(sport=1, dport=6002) / b"tenant 5"
-    frame = bytes(_outer(pair) / UDP(sport=999, dport=4789) / Tenant(id=5, app=3) / ip)
-    sock = _listen(pair.b, B_IP, 6002)
+    ip = IP(src=B_IP, dst=A_IP) / UDP(sport=1, dport=6002) / b"tenant 5"
+    frame = bytes(Ether(src=pair.b_mac, dst=pair.a_mac) / IP(src=B_IP, dst=A_IP)
+                  / UDP(sport=999, dport=4789) / Tenant(id=5, app=3) / ip)
+    sock = _listen(pair.a, A_IP, 6002)
     try:
-        name = _apply(tmp_path, pair.b, "vb", "xdp",
+        name = _apply(tmp_path, pair.a, "va", "xdp",
                       f"ethernet, ipv4, udp, {EXAMPLES / 'tenant.p4'}",
                       "decap: {name: untenant, header: tenant}",
                       "filter: {default: pass, rules: [{match: {tenant.id: 7}, action: drop}]}")
-        send_frames(pair.a, "va", [frame])
+        send_frames(pair.b, "vb", [frame])
         assert _recv(sock) == b"tenant 5"
         assert _counts(name, "untenant")["decapsulated"] == 1
     finally:
