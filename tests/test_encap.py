@@ -566,3 +566,10 @@ def test_tc_decap_refuses_gro_merged_tunnel_packets(ebp_module_env):
         assert r.counts("untun")["refused"] == 1
     finally:
         r.close()
+
+
+def test_vxlan_over_ipv6_decap(decap):
+    inner = inner_frame()
+    frame = (Ether(src=M2, dst=M1) / IPv6(src="2001:db8::2", dst="2001:db8::1")
+             / UDP(sport=4242, dport=4789) / VXLAN(vni=42) / inner)
+    assert decap(frame) == (PASS[decap.hook], bytes(inner))
