@@ -21,8 +21,9 @@
  *   TC_ACT_OK                   whatever the kernel must handle (local delivery, ICMP errors,
  *                               fragmentation, blackholes): the packet goes on untouched.
  *
- * bpf_fib_lookup() gets tot_len 0: the kernel then checks the MTU against the skb itself
- * (is_skb_forwardable, which knows GSO), so a GRO/TSO super-packet is forwarded whole.
+ * bpf_fib_lookup() gets the IP length, so that a route's MTU counts as at XDP, except for a
+ * GSO skb (GRO, TSO): tot_len 0 makes the kernel check the skb against the egress device
+ * (is_skb_forwardable), so a super-packet is forwarded whole and segmented on the way out.
  *
  * The slot enums are listed in the same order in ebplane/codegen/forwarding.py (OUTCOMES_TC).
  */
@@ -98,30 +99,38 @@ static __always_inline int ebp_tc_redirect_neigh(struct bpf_fib_lookup *fib)
 	return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
 }
 
-/* A FIB result other than success: hand it to the kernel, except a missing neighbour,
- * which bpf_redirect_neigh resolves. */
-static __always_inline int ebp_tc_fib_other(struct bpf_fib_lookup *fib, int rc,
-					    int may_fragment, __u32 *slot)
+/* The slot of a FIB result the kernel must handle (anything but success and no neighbour). */
+static __always_inline __u32 ebp_tc_fib_slot(int rc, int may_fragment)
 {
 	switch (rc) {
-	case BPF_FIB_LKUP_RET_NO_NEIGH:
-		*slot = EBP_TRT_NEIGH;
-		return ebp_tc_redirect_neigh(fib);
 	case BPF_FIB_LKUP_RET_NOT_FWDED:
-		*slot = EBP_TRT_LOCAL;
-		break;
+		return EBP_TRT_LOCAL;
 	case BPF_FIB_LKUP_RET_BLACKHOLE:
 	case BPF_FIB_LKUP_RET_UNREACHABLE:
 	case BPF_FIB_LKUP_RET_PROHIBIT:
-		*slot = EBP_TRT_BLACKHOLE;
-		break;
+		return EBP_TRT_BLACKHOLE;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		*slot = may_fragment ? EBP_TRT_FRAG : EBP_TRT_MTU;
-		break;
+		return may_fragment ? EBP_TRT_FRAG : EBP_TRT_MTU;
 	default:
-		*slot = EBP_TRT_OTHER;
+		return EBP_TRT_OTHER;
 	}
-	return TC_ACT_OK;
+}
+
+/* Send a routed packet on: into the peer's namespace (MACs of the FIB result written
+ * first), else through the neighbour layer, which also resolves a missing neighbour. */
+static __always_inline int ebp_tc_route_send(struct bpf_fib_lookup *fib, int rc, int peer,
+					     __u32 *slot)
+{
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		*slot = EBP_TRT_NEIGH;
+		return ebp_tc_redirect_neigh(fib);
+	}
+	if (peer) {
+		*slot = EBP_TRT_PEER;
+		return bpf_redirect_peer(fib->ifindex, 0);
+	}
+	*slot = EBP_TRT_FORWARDED;
+	return ebp_tc_redirect_neigh(fib);
 }
 
 /* Route by the kernel's FIB.  @ports: HASH ifindex -> struct ebp_tc_port of the interfaces
@@ -134,7 +143,10 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct bpf_fib_lookup fib = {};
-	int rc;
+	/* a GSO skb (GRO, TSO) is larger than the MTU it will be cut to: tot_len 0 lets the
+	 * kernel check the skb itself against the egress device (is_skb_forwardable) */
+	int gso = skb->gso_size != 0;
+	int rc, peer;
 
 	if (malformed) {
 		*slot = EBP_TRT_MALFORMED;
@@ -149,7 +161,6 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 		return TC_ACT_OK;
 	}
 	fib.ifindex = here;
-	/* fib.tot_len stays 0: the kernel checks the skb (GSO-aware) against the egress MTU */
 #ifdef EBP_PARSE_IPV4
 	if (pkt->family == 4) {
 		struct ebp_ipv4_hdr *ip = data + sizeof(*eth);
@@ -165,20 +176,21 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 		fib.family = AF_INET;
 		fib.tos = ip->tos;
 		fib.l4_protocol = ip->protocol;
+		if (!gso)
+			fib.tot_len = bpf_ntohs(ip->tot_len);
 		fib.ipv4_src = ip->saddr;
 		fib.ipv4_dst = ip->daddr;
 		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-			return ebp_tc_fib_other(&fib, rc, !(ip->frag_off & bpf_htons(EBP_IP_DF)), slot);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+			*slot = ebp_tc_fib_slot(rc, !(ip->frag_off & bpf_htons(EBP_IP_DF)));
+			return TC_ACT_OK;
+		}
+		peer = rc == BPF_FIB_LKUP_RET_SUCCESS && ebp_tc_is_peer(ports, fib.ifindex, peer_ok);
 		/* TTL and checksum change together: the header's sum stays, so does skb->csum */
 		ebp_ipv4_dec_ttl(ip);
-		if (ebp_tc_is_peer(ports, fib.ifindex, peer_ok)) {
+		if (peer)
 			ebp_set_macs(eth, fib.dmac, fib.smac);
-			*slot = EBP_TRT_PEER;
-			return bpf_redirect_peer(fib.ifindex, 0);
-		}
-		*slot = EBP_TRT_FORWARDED;
-		return ebp_tc_redirect_neigh(&fib);
+		return ebp_tc_route_send(&fib, rc, peer, slot);
 	}
 #endif
 #ifdef EBP_PARSE_IPV6
@@ -203,28 +215,27 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 		fib.family = AF_INET6;
 		fib.flowinfo = ip6->ver_tc_flow & bpf_htonl(0x0fffffff);
 		fib.l4_protocol = ip6->nexthdr;
+		if (!gso)
+			fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		__builtin_memcpy(fib.ipv6_src, ip6->saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, ip6->daddr, 16);
 		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-			return ebp_tc_fib_other(&fib, rc, 0, slot);
-		hlim = ip6->hop_limit - 1;
-		if (ebp_tc_is_peer(ports, fib.ifindex, peer_ok)) {
-			ebp_set_macs(eth, fib.dmac, fib.smac);
-			*slot = EBP_TRT_PEER;
-		} else {
-			*slot = EBP_TRT_FORWARDED;
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+			*slot = ebp_tc_fib_slot(rc, 0);	/* IPv6 routers never fragment */
+			return TC_ACT_OK;
 		}
+		peer = rc == BPF_FIB_LKUP_RET_SUCCESS && ebp_tc_is_peer(ports, fib.ifindex, peer_ok);
+		hlim = ip6->hop_limit - 1;
+		if (peer)
+			ebp_set_macs(eth, fib.dmac, fib.smac);
 		/* no header checksum in IPv6, but a CHECKSUM_COMPLETE skb->csum covers the byte:
 		 * the helper keeps it right (packet pointers are invalid afterwards) */
 		if (bpf_skb_store_bytes(skb, sizeof(*eth) + offsetof(struct ebp_ipv6_hdr, hop_limit),
 					&hlim, 1, BPF_F_RECOMPUTE_CSUM)) {
 			*slot = EBP_TRT_OTHER;
-			return TC_ACT_OK;
+			return TC_ACT_SHOT;	/* the MACs may be written already */
 		}
-		if (*slot == EBP_TRT_PEER)
-			return bpf_redirect_peer(fib.ifindex, 0);
-		return ebp_tc_redirect_neigh(&fib);
+		return ebp_tc_route_send(&fib, rc, peer, slot);
 	}
 #endif
 	*slot = EBP_TRT_NOT_IP;
