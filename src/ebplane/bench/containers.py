@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from ebplane.bench.harness import BENCH_BPF_DIR, FRAME_SIZE, Progress, Spread, load_c, only_program
-from ebplane.bench.live import CHUNK, XDP_TX, pinned
-from ebplane.errors import EbplaneError
+from ebplane.bench.live import CHUNK, XDP_TX, _alive, _record_pid, pinned
+from ebplane.errors import EbplaneError, UsageError
 from ebplane.kernel.programs import BPF_F_TEST_XDP_LIVE_FRAMES, XdpMd
 from ebplane.lab.topology import Lab, Topology
 from ebplane.lab import traffic
@@ -59,6 +59,11 @@ class ContainerLab:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> ContainerLab:
+        owner = _record_pid(self.lab.record_path)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            raise UsageError(f"another benchmark (pid {owner}) is using the lab {self.lab.name}",
+                             hint="wait for it to finish: two benchmarks on one machine "
+                                  "would measure each other")
         if self.lab.record_path.exists() or any(netns.exists(n) for n in self.lab.namespaces()):
             self.lab.down()  # left over by an interrupted benchmark: the names are ours
         self.lab.up()
