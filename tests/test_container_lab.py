@@ -52,9 +52,10 @@ def bridged():
         lab.down()
 
 
-def _apply(tmp_path: Path, example: str, ns: str):
-    text = "\n".join(f"netns: {ns}" if line.startswith("netns:") else line
-                     for line in (EXAMPLES / example).read_text().splitlines())
+def _apply(tmp_path: Path, example: str, ns: str, interfaces: str | None = None):
+    text = "\n".join(f"netns: {ns}" if line.startswith("netns:") else
+                     f"interfaces: {interfaces}" if interfaces and line.startswith("interfaces:")
+                     else line for line in (EXAMPLES / example).read_text().splitlines())
     spec = tmp_path / example
     spec.write_text(text + "\n")
     return pipeline.apply(spec)
@@ -136,6 +137,33 @@ def test_routed_containers_forwarded_by_tc(ebp_env, routed, tmp_path):
     before = _forwarded_by_kernel(host)
     _exchange(cs[0], cs[1], _addrs(2)[:1])
     assert _forwarded_by_kernel(host) - before > 50
+
+
+def test_an_uplink_that_is_no_veth_takes_bpf_redirect_neigh(ebp_env, routed, tmp_path):
+    """On a real host the uplink is a NIC, not a veth: routes out of it go through the
+    neighbour layer.  A macvlan on up0, holding the host's uplink addresses, stands in for
+    one here; the outside's frames reach the program on it (after the macvlan took them)."""
+    host, ext, c4 = routed.ns("host"), routed.ns("ext"), routed.ns("c4")
+    # arp_ignore: up0 must not answer ARP for mv0's address (with its own MAC, which
+    # would steer the outside's frames past the macvlan and the program)
+    for cmd in ("sysctl -qw net.ipv4.conf.up0.arp_ignore=1",
+                "ip addr flush dev up0", "ip link add mv0 link up0 type macvlan mode bridge",
+                "ip link set mv0 up", "ip addr add 198.18.100.1/24 dev mv0",
+                "ip addr add 2001:db8:100::1/64 dev mv0 nodad"):
+        netns.run(host, cmd.split())
+    with netns.enter(host):
+        iface.wait_up("mv0")
+    res = _apply(tmp_path, "route.yaml", host, "[mv0, c1, c2, c3, c4]")
+    try:
+        assert not any("mv0" in n for n in res.notes), res.notes   # no peer target
+        before = _forwarded_by_kernel(host)
+        _exchange(ext, c4, _addrs(4))
+        n = _counts(res.name, "route")
+        assert n["forwarded"] > 20 and n["peer"] > 20, n   # out of mv0 / into c4 (GRO: few)
+        assert _forwarded_by_kernel(host) - before == 0
+        _no_csum_errors(ext, c4)
+    finally:
+        pipeline.detach(res.name)
 
 
 def test_bridged_containers_switched_by_tc(ebp_env, bridged, tmp_path):

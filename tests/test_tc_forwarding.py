@@ -19,7 +19,6 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
-from scapy.utils import wrpcap
 
 from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
 from ebplane.codegen.forwarding import OUTCOMES_TC, map_name, outcomes
@@ -27,6 +26,7 @@ from ebplane.errors import SpecError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.libbpf import SkBuff
 from ebplane.net import iface, netns
+from ebplane.runtime.pcap import write_pcap
 from ebplane.runtime.replay import Replayer
 from ebplane.spec import parse_spec
 
@@ -84,10 +84,14 @@ class Run:
         with netns.enter(ns):
             self.rp = Replayer(self.spec)
 
-    def __call__(self, frame, on: str = "up0"):
+    def __call__(self, frame, on: str = "up0", *, to_me: bool = True):
+        """Run ``frame`` as received on ``on``; ``to_me``: addressed to ``on``'s MAC (a
+        router routes only those; the bridge tests send their own MACs)."""
         data = bytes(frame)
         with netns.enter(self.ns):
             idx = iface.ifindex(on)
+            if to_me:
+                data = bytes.fromhex(iface.info(on).mac.replace(":", "")) + data[6:]
             res = self.rp.program.test_run(data, ctx=SkBuff(ifindex=idx, ingress_ifindex=idx))
         return res.verdict, res.data
 
@@ -153,7 +157,7 @@ def test_route_at_tc_ingress_chooses_peer_neigh_or_the_kernel(host, run):
     # writes the MACs, so the program leaves them
     verdict, out = r(v4("198.18.20.7"))
     o = Ether(out)
-    assert verdict == "TC_ACT_REDIRECT" and o.dst == "02:00:00:00:00:01" and o[IP].ttl == 63
+    assert verdict == "TC_ACT_REDIRECT" and o.dst == _mac(host, "up0") and o[IP].ttl == 63
     assert _ipv4_checksum_ok(out[14:34])
 
     # no neighbour: bpf_redirect_neigh resolves it, the packet is not left to the stack
@@ -163,12 +167,22 @@ def test_route_at_tc_ingress_chooses_peer_neigh_or_the_kernel(host, run):
     for frame in (v4("198.18.40.1"), v4("198.18.10.1"), v4("198.18.20.7", ttl=1),
                   v4("198.18.50.1", size=1200, df=True), v4("198.18.50.1", size=1200)):
         verdict, out = r(frame)
-        assert verdict == "TC_ACT_OK" and out == bytes(frame)   # the kernel's, untouched
+        assert verdict == "TC_ACT_OK" and out[6:] == bytes(frame)[6:]   # the kernel's, untouched
 
     assert r(Ether(dst="ff:ff:ff:ff:ff:ff", src=HOST_MAC) / ARP())[0] == "TC_ACT_OK"
     assert r.counts("route") == {"forwarded": 1, "peer": 1, "neigh": 1, "ttl_exceeded": 1,
                                  "local": 1, "blackhole": 1, "frag": 1, "mtu": 1,
                                  "not_ip": 1, "other": 0, "malformed": 0}
+
+
+def test_route_leaves_frames_for_other_macs_to_the_kernel(host, run):
+    """A router routes what is addressed to it: a frame for another MAC (a promiscuous port,
+    a macvlan's lower device) goes on untouched."""
+    r = run("route: {}")
+    frame = bytes(v4("198.18.60.2"))
+    verdict, out = r(frame, to_me=False)
+    assert verdict == "TC_ACT_OK" and out == frame
+    assert r.counts("route")["other"] == 1 and r.counts("route")["peer"] == 0
 
 
 def test_route_ipv6_at_tc_ingress(host, run):
@@ -192,7 +206,7 @@ def test_route_at_tc_egress_never_uses_the_peer_path(host, run):
     neighbour layer, the container's included."""
     r = run("route: {}", hook="tc-egress")
     verdict, out = r(v4("198.18.60.2"), on="p0")
-    assert verdict == "TC_ACT_REDIRECT" and Ether(out).dst == "02:00:00:00:00:01"
+    assert verdict == "TC_ACT_REDIRECT" and Ether(out).dst == _mac(host, "p0")
     assert r.counts("route")["forwarded"] == 1 and r.counts("route")["peer"] == 0
 
 
@@ -207,14 +221,14 @@ def test_truncated_and_malformed_frames_go_to_the_kernel(host, run):
     r = run("route: {}")
     for frame in (_ihl15(v4("198.18.60.2")), _ihl15(v4("198.18.20.1"))):
         verdict, out = r(frame)
-        assert verdict == "TC_ACT_OK" and out == frame
+        assert verdict == "TC_ACT_OK" and out[6:] == frame[6:]
     assert r.counts("route")["malformed"] == 2
     # cut inside the IPv4 header: test_run of a TC program refuses it; replay says so
     d = r.rp.run(0, bytes(v4("198.18.60.2"))[:30])
     assert d.verdict is None and d.reason == "skipped" and "IP header" in d.detail
     b = run("bridge: {ports: [p0, p1, c0]}")
     runt = bytes(Ether(src="02:00:00:00:00:ab", dst="ff:ff:ff:ff:ff:ff", type=0x88B5))
-    assert b(runt, on="p0")[0] == "TC_ACT_REDIRECT"   # a bare Ethernet header is flooded
+    assert b(runt, on="p0", to_me=False)[0] == "TC_ACT_REDIRECT"   # a bare header: flooded
     assert b.counts("bridge")["broadcast"] == 1
 
 
@@ -235,14 +249,14 @@ def test_bridge_at_tc_ingress_learns_floods_and_forwards(host, run):
     a = Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:bb") / IP() / UDP()
     b = Ether(src="02:00:00:00:00:bb", dst="02:00:00:00:00:aa") / IP() / UDP()
     c = Ether(src="02:00:00:00:00:cc", dst="02:00:00:00:00:aa") / IP() / UDP()
-    assert r(a, on="p0")[0] == "TC_ACT_REDIRECT"          # unknown: flooded (clones)
-    assert r(b, on="c0")[0] == "TC_ACT_REDIRECT"          # known: out of p0
-    assert r(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:cc") / IP(), on="p0")[0] \
+    assert r(a, on="p0", to_me=False)[0] == "TC_ACT_REDIRECT"          # unknown: flooded (clones)
+    assert r(b, on="c0", to_me=False)[0] == "TC_ACT_REDIRECT"          # known: out of p0
+    assert r(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:cc") / IP(), on="p0", to_me=False)[0] \
         == "TC_ACT_REDIRECT"                               # flooded again (cc unknown)
-    r(c, on="c0")                                          # cc learned on c0
-    assert r(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:cc") / IP(), on="p0")[0] \
+    r(c, on="c0", to_me=False)                                          # cc learned on c0
+    assert r(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:cc") / IP(), on="p0", to_me=False)[0] \
         == "TC_ACT_REDIRECT"                               # into the container: peer
-    assert r(Ether(src="02:00:00:00:00:dd", dst="02:00:00:00:00:aa") / IP(), on="p0")[0] \
+    assert r(Ether(src="02:00:00:00:00:dd", dst="02:00:00:00:00:aa") / IP(), on="p0", to_me=False)[0] \
         == "TC_ACT_SHOT"                                   # back where it came from
     assert r(v4("198.18.1.1"), on="up0")[0] == "TC_ACT_OK"  # not a port: next, then pass
     n = r.counts("bridge")
@@ -275,10 +289,13 @@ def test_ebplane_replay_at_tc_ingress(host, tmp_path):
     spec = tmp_path / "tcf.yaml"
     spec.write_text(_spec("route: {}"))
     pcap = tmp_path / "in.pcap"
+    up0 = _mac(host, "up0")
     frames = [v4("198.18.60.2"), v4("198.18.20.1"), v4("198.18.40.1"), v6("2001:db8:60::2"),
               Ether(_ihl15(v4("198.18.60.2"))), Ether(bytes(v4("198.18.60.2"))[:24]),
               Raw(bytes(v4("198.18.60.2"))[:10])]
-    wrpcap(str(pcap), frames, linktype=1)  # Ethernet, the runt included
+    for f in frames[:-1]:
+        f.dst = up0                       # addressed to the router's port
+    write_pcap(pcap, [bytes(f) for f in frames])  # Ethernet, the runt included
     exe = Path(sys.executable).with_name("ebplane")
     out = subprocess.run(["nsenter", f"--net=/run/netns/{host}", str(exe), "replay", str(spec),
                           "--pcap", str(pcap), "--ingress", "up0", "--json"],

@@ -44,7 +44,7 @@ enum ebp_tc_route_slot {
 	EBP_TRT_FRAG,		/* larger than the egress MTU, may be fragmented: the kernel does */
 	EBP_TRT_MTU,		/* larger than the egress MTU, DF / IPv6: the kernel sends the ICMP */
 	EBP_TRT_NOT_IP,		/* not IP (or a family the pipeline does not parse): next stage */
-	EBP_TRT_OTHER,		/* forwarding disabled, VLAN-tagged, tunnel routes, no source */
+	EBP_TRT_OTHER,		/* forwarding disabled, VLAN-tagged, not for our MAC, no source */
 	EBP_TRT_MALFORMED,	/* headers cut short: the kernel decides */
 	EBP_TRT_SLOTS
 };
@@ -69,6 +69,7 @@ struct ebp_tc_redirect {
 };
 
 #define EBP_TC_BRIDGE_PORTS_MAX 64
+#define EBP_PACKET_HOST 0	/* skb->pkt_type: addressed to this interface's MAC */
 
 /* The generated stage passes, as constants for its hook: @here, the interface the packet is
  * seen on (tc-ingress: skb->ingress_ifindex, where it came in; tc-egress: skb->ifindex,
@@ -157,6 +158,12 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 		return EBP_NEXT;
 	}
 	if (pkt->n_vlan || (pkt->eth_proto != ETH_P_IP && pkt->eth_proto != ETH_P_IPV6)) {
+		*slot = EBP_TRT_OTHER;
+		return TC_ACT_OK;
+	}
+	/* a router routes only frames addressed to it: at ingress, one for another MAC (a
+	 * promiscuous port, a macvlan's lower device) or a broadcast is the kernel's */
+	if (peer_ok && skb->pkt_type != EBP_PACKET_HOST) {
 		*slot = EBP_TRT_OTHER;
 		return TC_ACT_OK;
 	}
