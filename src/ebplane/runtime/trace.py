@@ -156,7 +156,7 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
                 return st.name, st.kind, pos, f"rule {pos} {e['rule'].get('action', '')}".strip()
         return st.name, st.kind, None, f"rule id {slot} (edited since)"
     if st.kind in OUTCOMES or st.kind == "steer":
-        names = outcomes(st)
+        names = outcomes(st, spec.hook)
         return st.name, st.kind, None, names[slot] if slot < len(names) else f"slot {slot}"
     return st.name, st.kind, None, f"slot {slot}"
 
