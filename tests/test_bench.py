@@ -79,6 +79,7 @@ def test_containers_section_compares_tc_with_the_kernel(quick_run):
         assert (kernel["name"], tc["name"]) == ("kernel", "ebplane-tc")
         for r in (kernel, tc):
             assert r["mpps"]["min"] > 0 and r["handled_fraction"] > 0.5, r
+        assert tc["speedup_per_turn"]["n"] >= 1 and "_pps" not in tc
         assert tc["speedup_vs_kernel"] == round(tc["mpps"]["median"]
                                                 / kernel["mpps"]["median"], 2)
     assert "## 7. Forwarding at TC in the container lab" in markdown(quick_run[2])

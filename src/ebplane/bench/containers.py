@@ -141,6 +141,10 @@ class ContainerLab:
     @contextlib.contextmanager
     def linux_bridge(self) -> Iterator[None]:
         host = self.ns("host")
+        # the plain bridge: br_netfilter's per-namespace default (on) would also send every
+        # bridged frame through the IP hooks, as docker hosts do; that is not the bridge
+        for fam in ("iptables", "ip6tables", "arptables"):
+            netns.run(host, ["sysctl", "-qw", f"net.bridge.bridge-nf-call-{fam}=0"], check=False)
         netns.run(host, ["ip", "link", "add", "br0", "type", "bridge"])
         try:
             for c in ("c1", "c2", "c3", "c4"):
@@ -206,7 +210,7 @@ def _pair(lab: ContainerLab, rows: list[tuple[str, str, Callable]], seconds: flo
         mpps = Spread.of([p / 1e6 for p in pps[name]])
         out.append({"name": name, "what": what, "mpps": mpps.to_dict(3),
                     "ns_per_packet": round(1e3 / mpps.median, 1),
-                    "handled_fraction": round(min(handled[name]), 4)})
+                    "handled_fraction": round(min(handled[name]), 4), "_pps": pps[name]})
     return out
 
 
@@ -227,6 +231,12 @@ def run_containers(workdir: Path, seconds: float, repeats: int, progress: Progre
         k, t = rows
         if "mpps" in k and "mpps" in t:
             t["speedup_vs_kernel"] = round(t["mpps"]["median"] / k["mpps"]["median"], 2)
+            # the ratio within each turn (kernel run, then TC run right after it): a drift
+            # of the machine's load between turns cancels out
+            t["speedup_per_turn"] = Spread.of([b / a for a, b in zip(k.pop("_pps"), t["_pps"])
+                                               if a > 0]).to_dict(2)
+        for r in rows:
+            r.pop("_pps", None)
         out[pair] = rows
     return {"method": f"generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES in "
                       f"container c1, XDP_TX out of its eth0 into the host ({CHUNK} packets per "
