@@ -277,7 +277,7 @@ def test_spec_hooks_of_the_forwarding_kinds():
 
 def test_tc_slot_names_match_forward_tc_h():
     import re
-    src = Path(__file__).resolve().parent.parent / "src/ebplane/codegen/bpf/forward_tc.h"
+    src = Path(__file__).resolve().parent.parent / "src/ebplane/stages/forward/forward_tc.h"
     body = re.search(r"enum ebp_tc_route_slot \{(.*?)\};", src.read_text(), re.S).group(1)
     names = re.findall(r"\bEBP_TRT_([A-Z_]+)\b", body)
     want = [n.upper() for n in OUTCOMES_TC["route"]]
