@@ -37,8 +37,9 @@ class Tenant(Packet):
                    ShortField("app", 0), ShortField("reserved", 0)]
 
 
-def inner_frame(dst: str = "198.18.9.8", sport: int = 1000, payload: bytes = b"inner!") -> Ether:
-    return (Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:bb")
+def inner_frame(dst: str = "198.18.9.8", sport: int = 1000, payload: bytes = b"inner!",
+                mac: str = "02:00:00:00:00:bb") -> Ether:
+    return (Ether(src="02:00:00:00:00:aa", dst=mac)
             / IP(src="198.18.5.1", dst=dst) / UDP(sport=sport, dport=2000) / payload)
 
 
@@ -495,7 +496,8 @@ def test_encap_bare_ethernet_frame(enc):
         assert out == bare
 
 
-def test_route_after_encap_and_after_decap(ebp_module_env):
+@pytest.mark.parametrize("hook", HOOKS)
+def test_route_after_encap_and_after_decap(ebp_module_env, hook):
     """The stages after an encap see the outer packet, after a decap the inner one: a route
     stage forwards each by the address it now carries (bpf_fib_lookup in a namespace with a
     neighbour for each)."""
@@ -512,17 +514,34 @@ def test_route_after_encap_and_after_decap(ebp_module_env):
             netns.run(ns.name, cmd.split())
         with netns.enter(ns.name):
             iface.wait_up("up0")
-            r = Run(spec("xdp", "decap: {name: untun, tunnels: [vxlan]}",
+            r = Run(spec(hook, "decap: {name: untun, tunnels: [vxlan]}",
                          "encap: {name: tun, tunnel: vxlan, src: 198.18.0.1, dst: 198.18.0.2, "
                          "vni: 42, inner_dst: [198.18.20.0/24]}", "route: {}"))
+            redirect = {"xdp": "XDP_REDIRECT", "tc-ingress": "TC_ACT_REDIRECT"}[hook]
+            ctx = None
+            if hook != "xdp":
+                from ebplane.kernel.libbpf import SkBuff
+                idx = iface.ifindex("up1")
+                ctx = SkBuff(ifindex=idx, ingress_ifindex=idx)
+
+            me = iface.info("up1").mac   # a router routes frames addressed to it only
+
+            def run(frame):
+                res = r.rp.program.test_run(bytes(frame), ctx=ctx)
+                return res.verdict, res.data
             try:
-                verdict, out = r(inner_frame("198.18.20.5"))     # encapsulated, routed outer
-                assert verdict == "XDP_REDIRECT" and Ether(out).dst == hop_out
-                assert Ether(out)[IP].dst == "198.18.0.2" and Ether(out)[VXLAN].vni == 42
-                verdict, out = r(outer4(UDP(dport=4789) / VXLAN(vni=1))
-                                 / inner_frame("198.18.9.7"))    # decapsulated, routed inner
-                assert verdict == "XDP_REDIRECT" and Ether(out).dst == hop_in
-                assert Ether(out)[IP].dst == "198.18.9.7" and Ether(out)[IP].ttl == 63
+                verdict, out = run(inner_frame("198.18.20.5", mac=me))  # outer routed
+                assert verdict == redirect and Ether(out)[IP].dst == "198.18.0.2"
+                assert Ether(out)[VXLAN].vni == 42
+                if hook == "xdp":   # at TC bpf_redirect_neigh writes the MACs on the way out
+                    assert Ether(out).dst == hop_out
+                outer = Ether(src=M2, dst=me) / IP(src="198.18.0.2", dst="198.18.0.1")
+                verdict, out = run(outer / UDP(dport=4789) / VXLAN(vni=1)
+                                   / inner_frame("198.18.9.7", mac=me))  # inner routed
+                assert verdict == redirect and Ether(out)[IP].dst == "198.18.9.7"
+                assert Ether(out)[IP].ttl == 63
+                if hook == "xdp":
+                    assert Ether(out).dst == hop_in
             finally:
                 r.close()
 
