@@ -13,9 +13,6 @@ from ebplane.kernel.maps import Map
 from ebplane.stages.balancer.control import Balancer, prime_neighbours
 
 
-OPS = ("list", "add", "remove", "set-weight", "down", "up")
-
-
 class Backends:
     """The backends of one balancer stage of an applied pipeline.  Each change runs under
     the pipeline's lock and is atomic for packets (see ebplane.stages.balancer.control)."""
