@@ -102,6 +102,23 @@ def test_scaling_section(quick_run):
     assert len(sc["protocols"]) >= 2
 
 
+def test_balancer_section_compares_the_same_job(quick_run):
+    b = quick_run[2]["sections"]["balancer"]
+    cost = b["cost"]
+    # ebplane and the hand-written baseline both balanced and sent every packet
+    for name in ("ebplane", "baseline"):
+        for kind in ("established", "new"):
+            assert cost[name][kind]["verdicts"] == ["XDP_TX"], (name, kind)
+            assert cost[name][kind]["ns_per_packet"]["median"] > \
+                cost["floor"][kind]["ns_per_packet"]["median"]
+    assert b["summary"]["cost_ratio_established"] > 0
+    rows = {r["name"]: r for r in b["live"]["rows"]}
+    assert set(rows) == {"ebplane", "baseline", "nftables-dnat"}
+    for r in rows.values():
+        assert "mpps" in r and r["mpps"]["min"] > 0, r
+    assert "## Balancer" in (quick_run[1] / "bench.md").read_text()
+
+
 def test_nothing_left_behind(quick_run):
     assert not [n for n in netns.list_ours() if n.startswith(LAB)]
     assert not list(Path("/sys/fs/bpf").glob(f"ebplane-bench-{os.getpid()}"))

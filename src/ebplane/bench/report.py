@@ -209,9 +209,10 @@ def markdown(doc: dict) -> str:
              f"Command: `{doc['command']}`", "",
              "Absolute numbers are machine-specific; the ratios are the point.", ""]
     s = doc["sections"]
+    from ebplane.bench.balancer import markdown as _balancer
     for key, render in (("cost", _cost), ("live", _live), ("control", _control),
                         ("scaling", _scaling), ("xsk", _xsk), ("classbench", _classbench),
-                        ("containers", _containers)):
+                        ("containers", _containers), ("balancer", _balancer)):
         if key in s:
             lines += render(s[key])
     return "\n".join(lines)
