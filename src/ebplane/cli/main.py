@@ -15,7 +15,7 @@ from ebplane import __version__
 from ebplane.errors import EbplaneError
 
 # command modules, in the order `ebplane --help` lists them
-COMMAND_MODULES = ["probe", "pipeline", "rules", "agent", "observe", "parser", "lab", "demo",
+COMMAND_MODULES = ["probe", "pipeline", "rules", "groups", "agent", "observe", "parser", "lab", "demo",
                    "bench", "chain", "fleet"]
 
 

@@ -464,7 +464,8 @@ def _load_stage_modules() -> None:
 # the filter stage kind lives in its own package (spec model, generator, C header, control
 # plane) and registers itself; forwarding kinds register from their module
 STAGE_MODULES: list[str] = ["ebplane.stages.filter.gen", "ebplane.codegen.forwarding",
-                             "ebplane.stages.conntrack.gen"]
+                             "ebplane.stages.conntrack.gen", "ebplane.stages.multicast.gen",
+                             "ebplane.stages.mirror.gen"]
 
 
 class CountGen(StageGen):

@@ -207,7 +207,7 @@ def _mac_text(raw: bytes) -> str:
 
 # Stages whose frames leave as an xdp_frame (DEVMAP/CPUMAP redirect, XDP_TX): the skb's
 # checksum state (CHECKSUM_PARTIAL) is lost on the way.  xsk hands frames to user space.
-LOSES_SKB_STATE = ("route", "bridge", "redirect", "tx", "steer")
+LOSES_SKB_STATE = ("route", "bridge", "redirect", "tx", "steer", "multicast", "mirror")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,344 @@
+"""Control plane of the stages that copy packets: multicast groups and mirror.
+
+Multicast: every group is a DEVMAP_HASH of member ifindexes in one slot of the stage's
+ARRAY_OF_MAPS; its name sits in the same slot of a names array, its addresses in a hash
+(address -> slot).  All of it is in the kernel's maps, so ``ebplane groups`` and ``stats``
+read the groups from there.  A change of members builds a new DEVMAP_HASH and swaps it into
+the slot with one map update: a frame sees the old or the new member set, never a mix.  A
+new group's members are in place before its addresses point to it; a removed group loses
+its addresses first.  ``apply`` installs the spec's groups (run-time changes last until the
+next apply).
+
+Mirror: the mirror port's ifindex (and at XDP, the original's port) in the stage's config;
+at XDP both ports in a DEVMAP_HASH, made capable of receiving redirected frames like every
+redirect target (see :mod:`ebplane.runtime.forwarding`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from typing import Callable, Iterable
+
+from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
+from ebplane.kernel.codec import COUNT, U32
+from ebplane.kernel.maps import Map
+from ebplane.net import iface, netns
+from ebplane.runtime.forwarding import (ForwardingRuntime, _ifaces_of, make_capable,
+                                        require_capable)
+from ebplane.runtime.stages import StageRuntime, register_runtime
+from ebplane.spec.located import Where
+from ebplane.spec.replicate import (MC_MEMBERS_MAX, Group, MirrorStage, MulticastStage,
+                                    parse_group_address)
+from ebplane.stages.mirror import gen as mirror_gen
+from ebplane.stages.multicast import gen as mc_gen
+
+
+# -- multicast --------------------------------------------------------------------------------
+
+def address_key(text: str):
+    """A group address (as the spec writes it) -> the ``ebp_mc_key`` of the addresses map."""
+    kind, canon = parse_group_address(text, Where("address"))
+    if kind == mc_gen.KIND_MAC:
+        raw = bytes.fromhex(canon.replace(":", ""))
+    else:
+        raw = ipaddress.ip_address(canon).packed
+    return mc_gen.MC_KEY.type(kind, b"\0" * 3, raw.ljust(16, b"\0"))
+
+
+def address_text(key) -> str:
+    if key.kind == mc_gen.KIND_MAC:
+        return ":".join(f"{b:02x}" for b in key.addr[:6])
+    return str(ipaddress.ip_address(key.addr[:4] if key.kind == mc_gen.KIND_IPV4 else key.addr))
+
+
+class GroupMaps:
+    """The maps of one multicast stage (``maps(cname)`` opens them: built or pinned)."""
+
+    def __init__(self, stage: MulticastStage, maps: Callable[[str], Map]):
+        n = mc_gen.map_names(stage.name)
+        self.stage = stage
+        self.groups = maps(n["groups"]).with_codecs(U32, U32)  # slot -> inner map (id / fd)
+        self.names = maps(n["names"]).with_codecs(U32, mc_gen.MC_NAME)
+        self.addrs = maps(n["addresses"]).with_codecs(mc_gen.MC_KEY, U32)
+        self.gcnt = maps(n["group_counters"]).with_codecs(U32, COUNT)
+
+    def slots(self) -> dict[str, int]:
+        """group name -> slot."""
+        out = {}
+        for i in range(self.stage.max_groups):
+            name = self.names.lookup(i).name.rstrip(b"\0").decode()
+            if name:
+                out[name] = i
+        return out
+
+    def members(self, slot: int) -> list[int]:
+        try:
+            map_id = self.groups.lookup(slot)
+        except KeyNotFound:
+            return []
+        with Map.from_id(map_id) as inner:
+            return sorted(inner.with_codecs(U32, U32).keys())
+
+    def addresses(self) -> dict[str, int]:
+        return {address_text(k): v for k, v in self.addrs.items()}
+
+    def set_members(self, slot: int, ifindexes: Iterable[int], name: str) -> None:
+        """One atomic swap: a new member map in the slot."""
+        idx = sorted(set(ifindexes))
+        if len(idx) > MC_MEMBERS_MAX:
+            raise UsageError(f"group {name}: {len(idx)} members exceed {MC_MEMBERS_MAX}",
+                             hint="a group holds at most 64 ports")
+        with Map.create("devmap_hash", 4, 4, MC_MEMBERS_MAX, name=f"mc_{name}"[:15],
+                        key=U32, value=U32) as inner:
+            for i in idx:
+                inner.update(i, i)
+            self.groups.update(slot, inner.fd)
+
+    def free_slot(self, group: str) -> int:
+        used = self.slots()
+        for i in range(self.stage.max_groups):
+            if i not in used.values():
+                return i
+        raise UsageError(f"multicast '{self.stage.name}': no free slot for group {group} "
+                         f"(max_groups is {self.stage.max_groups})",
+                         hint="remove a group, or raise max_groups: in the spec and apply")
+
+    def write_group(self, name: str, ifindexes: Iterable[int], addresses: Iterable[str]) -> int:
+        """Create or update group ``name``: members first, then its addresses (added ones
+        point to it, dropped ones are deleted)."""
+        slot = self.slots().get(name)
+        if slot is None:
+            slot = self.free_slot(name)
+            self.gcnt.update(slot, COUNT.type(0, 0))  # a reused slot starts at 0
+        self.set_members(slot, ifindexes, name)
+        self.names.update(slot, mc_gen.MC_NAME.type(name.encode()))
+        want = {address_key(a) for a in addresses}
+        taken = {k: v for k, v in self.addrs.items()}
+        for k in want:
+            if k in taken and taken[k] != slot:
+                other = [g for g, s in self.slots().items() if s == taken[k]]
+                raise UsageError(f"address {address_text(k)} already selects group "
+                                 f"{other[0] if other else taken[k]}",
+                                 hint="remove it from that group first")
+        for k in want:
+            self.addrs.update(k, slot)
+        for k, v in taken.items():
+            if v == slot and k not in want:
+                with contextlib.suppress(KeyNotFound):
+                    self.addrs.delete(k)
+        return slot
+
+    def delete_group(self, name: str) -> None:
+        slot = self.slots()[name]
+        for k, v in list(self.addrs.items()):
+            if v == slot:
+                with contextlib.suppress(KeyNotFound):
+                    self.addrs.delete(k)
+        with contextlib.suppress(KeyNotFound):
+            self.groups.delete(slot)
+        self.names.update(slot, mc_gen.MC_NAME.type(b""))
+
+    def describe(self, names: dict[int, str]) -> list[dict]:
+        addrs = self.addresses()
+        out = []
+        for g, slot in sorted(self.slots().items()):
+            c = self.gcnt.lookup_sum(slot)
+            out.append({"group": g, "slot": slot,
+                        "members": [names.get(i, i) for i in self.members(slot)],
+                        "addresses": sorted(a for a, s in addrs.items() if s == slot),
+                        "sent": {"packets": c.packets, "bytes": c.bytes}})
+        return out
+
+    def close(self) -> None:
+        for m in (self.groups, self.names, self.addrs, self.gcnt):
+            m.close()
+
+
+def _ifindexes(stage, ifnames, spec, *, replay: bool) -> list[int]:
+    """Ifindexes of the member ports that can take redirected frames (made capable)."""
+    return [e.ifindex for e in make_capable(ifnames, spec, replay=replay, stage=stage)]
+
+
+class MulticastRuntime(ForwardingRuntime):
+    kind = "multicast"
+
+    def check(self, spec, stage: MulticastStage) -> list[str]:
+        notes = super().check(spec, stage)
+        members = sorted({m for g in stage.groups for m in g.members})
+        return notes + require_capable(stage, members, spec)
+
+    def prepare(self, built, spec, stage: MulticastStage, *, replay: bool = False) -> list[str]:
+        notes = super().prepare(built, spec, stage, replay=replay)
+        gm = GroupMaps(stage, built.map)
+        for name in list(gm.slots()):
+            if name not in {g.name for g in stage.groups}:
+                gm.delete_group(name)
+        for g in stage.groups:
+            gm.write_group(g.name, _ifindexes(stage, g.members, spec, replay=replay),
+                           g.addresses)
+        return notes
+
+    def stats(self, maps: Callable[[str], Map], spec, stage: MulticastStage) -> dict:
+        cm = maps(mc_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
+        d = {"counts": {}}
+        for i, name in enumerate(mc_gen.OUTCOMES):
+            c = cm.lookup_sum(i)
+            d["counts"][name] = {"packets": c.packets, "bytes": c.bytes}
+        gm = GroupMaps(stage, maps)
+        names = {i.ifindex: i.name for i in _ifaces_of(spec)}
+        d["groups"] = gm.describe(names)
+        return d
+
+
+class Groups:
+    """The groups of a multicast stage of an applied pipeline, changed at run time.
+
+    Every change is atomic for the frames in flight (a member set is swapped whole) and
+    happens under the pipeline's lock.  ``stage``: the multicast stage's name (needed when
+    the pipeline has more than one).
+    """
+
+    def __init__(self, pipeline: str, stage: str | None = None):
+        from ebplane.runtime import pipeline as pl
+        self._pl = pl
+        self.pipeline = pipeline
+        st = pl.require_state(pipeline)
+        spec = pl._spec_of(st)
+        kinds = [s for s in spec.stages if isinstance(s, MulticastStage)]
+        if not kinds:
+            raise UsageError(f"pipeline '{pipeline}' has no multicast stage",
+                             hint="add `- multicast: {groups: {...}}` to its stages and apply")
+        if stage is None:
+            if len(kinds) > 1:
+                raise UsageError(f"pipeline '{pipeline}' has {len(kinds)} multicast stages",
+                                 hint="name one with --stage: "
+                                      + ", ".join(s.name for s in kinds))
+            self.stage = kinds[0]
+        else:
+            found = [s for s in kinds if s.name == stage]
+            if not found:
+                raise NotFound(f"pipeline '{pipeline}' has no multicast stage '{stage}'",
+                               hint="its multicast stages: " + ", ".join(s.name for s in kinds))
+            self.stage = found[0]
+        self.spec = spec
+
+    @contextlib.contextmanager
+    def _maps(self):
+        opened: list[Map] = []
+
+        def maps(cname: str) -> Map:
+            m = self._pl._pinned_map(self.pipeline, cname)
+            opened.append(m)
+            return m
+        try:
+            with netns.enter(self.spec.netns) if self.spec.netns else contextlib.nullcontext():
+                yield GroupMaps(self.stage, maps)
+        finally:
+            for m in opened:
+                m.close()
+
+    def list(self) -> list[dict]:
+        with self._maps() as gm:
+            names = {i.ifindex: i.name for i in iface.list_ifaces()}
+            return gm.describe(names)
+
+    def _members(self, ifnames: Iterable[str]) -> list[int]:
+        ifnames = list(ifnames)
+        for n in ifnames:
+            iface.ifindex(n)  # InterfaceNotFound (exit 2) before any change
+        require_capable(self.stage, ifnames, self.spec)
+        return _ifindexes(self.stage, ifnames, self.spec, replay=False)
+
+    def add(self, group: str, *, members: Iterable[str] = (),
+            addresses: Iterable[str] = ()) -> dict:
+        """Create ``group`` or add members and addresses to it."""
+        from ebplane.spec.replicate import parse_group
+        members, addresses = list(members), list(addresses)
+        with self._pl._locked(self.pipeline), self._maps() as gm:
+            slot = gm.slots().get(group)
+            have_m = gm.members(slot) if slot is not None else []
+            have_a = [a for a, s in gm.addresses().items() if s == slot] if slot is not None else []
+            if slot is None and not addresses:
+                raise UsageError(f"group {group} does not exist; a new group needs an address",
+                                 hint="add --address (e.g. broadcast, 239.1.1.1, "
+                                      "01:00:5e:01:01:01)")
+            g = parse_group(group, {"members": members, "addresses": have_a + [
+                a for a in addresses if parse_group_address(a, Where("address"))[1] not in have_a]},
+                Where(f"group {group}"))
+            idx = self._members(members)
+            gm.write_group(group, sorted(set(have_m) | set(idx)), g.addresses)
+        return self._one(group)
+
+    def remove(self, group: str, *, members: Iterable[str] = (),
+               addresses: Iterable[str] = ()) -> dict | None:
+        """Remove members or addresses from ``group``; with neither, the whole group."""
+        members, addresses = list(members), list(addresses)
+        with self._pl._locked(self.pipeline), self._maps() as gm:
+            slot = gm.slots().get(group)
+            if slot is None:
+                raise NotFound(f"multicast '{self.stage.name}' has no group {group}",
+                               hint=f"see `ebplane groups {self.pipeline} list`")
+            if not members and not addresses:
+                gm.delete_group(group)
+                return None
+            drop = {iface.ifindex(m) for m in members}
+            gone = {parse_group_address(a, Where("address"))[1] for a in addresses}
+            have_a = [a for a, s in gm.addresses().items() if s == slot]
+            left = [a for a in have_a if a not in gone]
+            if not left:
+                raise UsageError(f"group {group} would have no address left",
+                                 hint=f"remove the whole group: ebplane groups "
+                                      f"{self.pipeline} remove {group}")
+            gm.write_group(group, [i for i in gm.members(slot) if i not in drop], left)
+        return self._one(group)
+
+    def _one(self, group: str) -> dict:
+        return next(g for g in self.list() if g["group"] == group)
+
+
+# -- mirror -----------------------------------------------------------------------------------
+
+class MirrorRuntime(StageRuntime):
+    kind = "mirror"
+
+    def check(self, spec, stage: MirrorStage) -> list[str]:
+        if spec.hook == "xdp":
+            fw = ForwardingRuntime()
+            return fw.check(spec, stage) + require_capable(stage, [stage.to, stage.out], spec)
+        iface.ifindex(stage.to)
+        return []
+
+    def prepare(self, built, spec, stage: MirrorStage, *, replay: bool = False) -> list[str]:
+        n = mirror_gen.map_names(stage.name)
+        cfg = built.map(n["config"]).with_codecs(U32, mirror_gen.MIRROR_CFG)
+        if spec.hook != "xdp":
+            try:
+                to = iface.ifindex(stage.to)
+            except EbplaneError:
+                if not replay:
+                    raise
+                to = 0
+            cfg.update(0, mirror_gen.MIRROR_CFG.type(to, 0))
+            return []
+        notes = ForwardingRuntime().prepare(built, spec, stage, replay=replay)
+        ready = {e.ifname: e.ifindex for e in make_capable([stage.to, stage.out], spec,
+                                                            replay=replay, stage=stage)}
+        ports = built.map(n["ports"]).with_codecs(U32, U32)
+        for i in ready.values():
+            ports.update(i, i)
+        cfg.update(0, mirror_gen.MIRROR_CFG.type(ready.get(stage.to, 0), ready.get(stage.out, 0)))
+        return notes
+
+    def stats(self, maps: Callable[[str], Map], spec, stage: MirrorStage) -> dict:
+        cm = maps(mirror_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
+        counts = {}
+        for i, name in enumerate(mirror_gen.OUTCOMES):
+            c = cm.lookup_sum(i)
+            counts[name] = {"packets": c.packets, "bytes": c.bytes}
+        return {"counts": counts, "to": stage.to, "sample": stage.sample,
+                **({"out": stage.out} if stage.out else {})}
+
+
+for _rt in (MulticastRuntime(), MirrorRuntime()):
+    register_runtime(_rt)

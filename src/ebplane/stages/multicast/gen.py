@@ -1,0 +1,82 @@
+"""C for one multicast stage (``multicast.h`` holds the reviewed part), and the one place
+its map names, counter slots and key layout are defined."""
+
+from __future__ import annotations
+
+from ebplane.codegen.pipeline import Emit, Features, MapRole, StageGen, register_generator
+from ebplane.kernel.codec import Struct
+from ebplane.spec.replicate import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
+
+# counter slots (multicast.h enum ebp_mc_slot)
+OUTCOMES: tuple[str, ...] = ("sent", "no_group", "runt")
+# struct ebp_mc_key / ebp_mc_name of multicast.h
+KIND_MAC, KIND_IPV4, KIND_IPV6 = 0, 4, 6
+MC_KEY = Struct("ebp_mc_key", [("kind", "B"), ("pad", "3s"), ("addr", "16s")])
+MC_NAME = Struct("ebp_mc_name", [("name", "16s")])
+MEMBERS_MAX = MC_MEMBERS_MAX
+
+
+def map_names(stage: str) -> dict[str, str]:
+    """role -> C name of a multicast stage's maps."""
+    t = f"mc_{stage}"
+    return {"groups": f"{t}_grp", "addresses": f"{t}_addr", "names": f"{t}_names",
+            "counters": f"{t}_cnt", "group_counters": f"{t}_gcnt"}
+
+
+def member_struct(stage: str) -> str:
+    """The C struct of a group's member map (the inner map template of ``groups``)."""
+    return f"ebp_mc_{stage}_members"
+
+
+class MulticastGen(StageGen):
+    kind = "multicast"
+
+    def emit(self, idx: int, st: MulticastStage, out: Emit) -> None:
+        out.include("multicast.h")
+        n = map_names(st.name)
+        inner = member_struct(st.name)
+        out.maps.append("\n".join([
+            f"/* multicast '{st.name}': a group's member ports, by ifindex (inner map) */",
+            f"struct {inner} {{", "\t__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);",
+            f"\t__uint(max_entries, {MEMBERS_MAX});", "\t__type(key, __u32);",
+            "\t__type(value, __u32);", "};",
+            f"/* multicast '{st.name}': group slot -> its members (swapped whole at run time) */",
+            "struct {", "\t__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);",
+            f"\t__uint(max_entries, {st.max_groups});", "\t__type(key, __u32);",
+            f"\t__array(values, struct {inner});", f"}} {n['groups']} SEC(\".maps\");"]))
+        out.prog.maps.append(MapRole(n["groups"], st.name, "groups"))
+        out.map(n["addresses"], "BPF_MAP_TYPE_HASH", "struct ebp_mc_key", "__u32",
+                MC_ADDRESSES_MAX, f"multicast '{st.name}': group address -> group slot",
+                stage=st.name, role="addresses")
+        out.map(n["names"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_mc_name", st.max_groups,
+                f"multicast '{st.name}': group slot -> group name (control plane)",
+                stage=st.name, role="names")
+        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+                len(OUTCOMES), f"multicast '{st.name}': {', '.join(OUTCOMES)}",
+                stage=st.name, role="counters")
+        out.map(n["group_counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+                st.max_groups, f"multicast '{st.name}': frames sent per group slot",
+                stage=st.name, role="group-counters")
+        out.functions.append("\n".join([
+            f"/* multicast '{st.name}': up to {st.max_groups} groups, each to its members but "
+            "the ingress port */",
+            f"static __always_inline int stage_{idx}_multicast(EBP_CTX *ctx, struct ebp_pkt *pkt, "
+            "int malformed)",
+            "{",
+            "\t__u32 slot = EBP_MC_RUNT;",
+            f"\tint act = ebp_multicast(ctx, pkt, &{n['addresses']}, &{n['groups']}, "
+            f"&{n['group_counters']}, &slot);",
+            "",
+            f"\tebp_count(&{n['counters']}, slot, pkt->len);",
+            "\tif (act != EBP_NEXT)",
+            f"\t\tEBP_TRACE_SET({idx}, slot);",
+            "\treturn act;",
+            "}"]))
+
+    def features(self, st: MulticastStage, protocols) -> Features:
+        # groups with IP addresses may be added at run time: parse what is listed
+        listed = set(protocols)
+        return Features(ipv4="ipv4" in listed, ipv6="ipv6" in listed)
+
+
+register_generator(MulticastGen())

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Multicast and broadcast groups for XDP.
+ *
+ * A group is one DEVMAP_HASH of member ports (keyed by ifindex), held in a slot of an
+ * ARRAY_OF_MAPS; a frame whose destination selects the group is sent to every member but
+ * the port it came in on by one bpf_redirect_map(..., BPF_F_BROADCAST |
+ * BPF_F_EXCLUDE_INGRESS).  The control plane changes a group's members by building a new
+ * DEVMAP_HASH and swapping it into the slot: a frame sees the old or the new member set,
+ * never a mix.
+ *
+ * Destinations select groups through one hash map keyed by struct ebp_mc_key: the IPv4 or
+ * IPv6 multicast destination first (when the pipeline parses IP), then the destination MAC
+ * (group bit set; ff:ff:ff:ff:ff:ff is broadcast).
+ *
+ * The slot enum is listed in the same order in ebplane/stages/multicast/gen.py (OUTCOMES).
+ */
+#ifndef EBPLANE_MULTICAST_H
+#define EBPLANE_MULTICAST_H
+
+#include "ebplane.h"
+
+enum ebp_mc_slot {
+	EBP_MC_SENT,		/* sent to the members of its group */
+	EBP_MC_NO_GROUP,	/* no group (or an empty slot) for its destination: next stage */
+	EBP_MC_RUNT,		/* shorter than an Ethernet header: dropped */
+	EBP_MC_SLOTS
+};
+
+#define EBP_MC_KIND_MAC 0
+#define EBP_MC_KIND_IPV4 4
+#define EBP_MC_KIND_IPV6 6
+
+struct ebp_mc_key {
+	__u8 kind;	/* EBP_MC_KIND_* */
+	__u8 pad[3];
+	__u8 addr[16];	/* MAC: 6 bytes, IPv4: 4, IPv6: 16; the rest zero */
+};
+
+/* control plane only: the name of the group in each slot ("" for a free slot) */
+struct ebp_mc_name {
+	char name[16];
+};
+
+static __always_inline __u32 *ebp_mc_lookup(void *addrs, struct ebp_mc_key *key, __u8 kind,
+					    const __u8 *addr, int len)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->kind = kind;
+	for (int i = 0; i < 16; i++)
+		if (i < len)
+			key->addr[i] = addr[i];
+	return bpf_map_lookup_elem(addrs, key);
+}
+
+static __always_inline int ebp_multicast(struct xdp_md *ctx, struct ebp_pkt *pkt, void *addrs,
+					 void *groups, void *group_cnt, __u32 *slot)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ebp_mc_key key;
+	__u32 *gid = 0;
+	void *members;
+
+	if ((void *)(eth + 1) > data_end) {
+		*slot = EBP_MC_RUNT;
+		return XDP_DROP;
+	}
+#ifdef EBP_PARSE_IPV4
+	if (pkt->family == 4 && (pkt->dst[0] & 0xf0) == 0xe0)
+		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_IPV4, pkt->dst, 4);
+#endif
+#ifdef EBP_PARSE_IPV6
+	if (!gid && pkt->family == 6 && pkt->dst[0] == 0xff)
+		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_IPV6, pkt->dst, 16);
+#endif
+	if (!gid && (eth->h_dest[0] & 1))
+		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_MAC, eth->h_dest, 6);
+	if (!gid) {
+		*slot = EBP_MC_NO_GROUP;
+		return EBP_NEXT;
+	}
+	members = bpf_map_lookup_elem(groups, gid);
+	if (!members) {
+		*slot = EBP_MC_NO_GROUP;
+		return EBP_NEXT;
+	}
+	ebp_count(group_cnt, *gid, pkt->len);
+	*slot = EBP_MC_SENT;
+	return bpf_redirect_map(members, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+}
+
+#endif
