@@ -28,8 +28,8 @@ from ebplane.runtime.forwarding import (ForwardingRuntime, _ifaces_of, make_capa
                                         require_capable)
 from ebplane.runtime.stages import StageRuntime, register_runtime
 from ebplane.spec.located import Where
-from ebplane.spec.replicate import (MC_MEMBERS_MAX, Group, MirrorStage, MulticastStage,
-                                    parse_group_address)
+from ebplane.spec.replicate import (MC_MEMBERS_MAX, MirrorStage, MulticastStage,
+                                    check_address_parsed, parse_group, parse_group_address)
 from ebplane.stages.mirror import gen as mirror_gen
 from ebplane.stages.multicast import gen as mc_gen
 
@@ -253,7 +253,6 @@ class Groups:
     def add(self, group: str, *, members: Iterable[str] = (),
             addresses: Iterable[str] = ()) -> dict:
         """Create ``group`` or add members and addresses to it."""
-        from ebplane.spec.replicate import parse_group
         members, addresses = list(members), list(addresses)
         with self._pl._locked(self.pipeline), self._maps() as gm:
             slot = gm.slots().get(group)
@@ -266,6 +265,8 @@ class Groups:
             g = parse_group(group, {"members": members, "addresses": have_a + [
                 a for a in addresses if parse_group_address(a, Where("address"))[1] not in have_a]},
                 Where(f"group {group}"))
+            for a in g.addresses:
+                check_address_parsed(a, self.spec.protocols, Where(f"group {group}"))
             idx = self._members(members)
             gm.write_group(group, sorted(set(have_m) | set(idx)), g.addresses)
         return self._one(group)

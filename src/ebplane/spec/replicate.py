@@ -64,6 +64,15 @@ def parse_group_address(text: Any, where: Where) -> tuple[int, str]:
     return ip.version, str(ip)
 
 
+def check_address_parsed(address: str, protocols, where: Where) -> None:
+    """An IP group address needs its IP version parsed (else only MACs are looked up)."""
+    kind, _ = parse_group_address(address, where)
+    fam = {4: "ipv4", 6: "ipv6"}.get(kind)
+    if fam and fam not in protocols:
+        raise where.error(f"address {address} needs {fam} in protocols:", given=address,
+                          hint=f"add {fam} to protocols: or use the group MAC address")
+
+
 @dataclass(frozen=True)
 class Group:
     """One multicast group: its member ports and the destination addresses that select it."""
@@ -146,12 +155,7 @@ def parse_multicast(obj: Any, where: Where, protocols: tuple[str, ...]) -> Multi
                     f"address {a} already selects group {seen[a]}", given=a)
             seen[a] = g.name
         for a in g.addresses:
-            if ":" in a and len(a) > 17 or "." in a:  # IP addresses need the IP parser
-                fam = "ipv6" if ":" in a else "ipv4"
-                if fam not in protocols:
-                    raise (where / "groups" / g.name / "addresses").error(
-                        f"address {a} needs {fam} in protocols:", given=a,
-                        hint=f"add {fam} to protocols: or use the group MAC address")
+            check_address_parsed(a, protocols, where / "groups" / g.name / "addresses")
     return MulticastStage(name=_stage_name(body, where, "multicast"), groups=groups,
                           max_groups=max_groups)
 
