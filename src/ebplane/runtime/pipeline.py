@@ -45,6 +45,7 @@ from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime.stages import runtime_for
+from ebplane.runtime import drivers
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
@@ -282,6 +283,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
                               hint=e.hint) from None
         jumbo = jumbo_interfaces(spec)
+        notes += drivers.check(spec, jumbo)  # per interface: the features its blocks need
         for st in spec.stages:
             rt = runtime_for(st.kind)
             if rt:
