@@ -12,6 +12,7 @@ the hosts' namespaces.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -124,6 +125,16 @@ def test_members_change_live_through_cli_and_api(ebp_env, lab, tmp_path):
         bad = cli("groups", res.name, "add", "x", "--address", "198.18.94.2", check=False)
         assert bad.returncode == 2 and "not a multicast address" in bad.stderr
         assert [g["members"] for g in Groups(res.name).list()] == [["p1", "p2", "p3"]]
+        # a re-apply puts the spec's groups back (run-time changes last until then)
+        Groups(res.name).remove("video", members=["p2"])
+        Groups(res.name).add("extra", addresses=["broadcast"], members=["p1"])
+        again = _apply(tmp_path, "mcast", lab.ns("sw"), MC_STAGES)
+        assert not again.created and "mc_multicast_grp" in again.reused_maps
+        assert {g["group"]: g["members"] for g in Groups(res.name).list()} == \
+            {"video": ["p1", "p2", "p3"]}
+        assert _deliveries(lab) == {"h1": 0, "h2": 5, "h3": 5}
+        objs = cli_json("status", res.name, "-v")
+        assert "mc_multicast_grp" in json.dumps(objs)
     finally:
         pipeline.detach(res.name)
 
