@@ -341,3 +341,71 @@ def test_kernel_socket_udp_through_the_xdp_mirror(ebp_env, lab, tmp_path):
     finally:
         tap.close()
         pipeline.detach(res.name)
+
+
+def _snoop_until(sn, want, seconds: float = 6.0) -> list[dict]:
+    """Poll the snooper until ``want(changes so far)`` holds or ``seconds`` pass."""
+    import time as _t
+    changes: list[dict] = []
+    end = _t.monotonic() + seconds
+    while _t.monotonic() < end and not want(changes):
+        changes += sn.poll(100)
+    return changes
+
+
+def test_snooping_learns_members_from_igmp_and_mld(ebp_env, lab, tmp_path):
+    import socket
+    import struct
+    from ebplane.runtime.replicate import Snooper, snoop_group_name
+    res = _apply(tmp_path, "snoop", lab.ns("sw"), """\
+  - multicast:
+      snooping: true
+      groups:
+        known: {members: [p1], addresses: [239.7.7.7]}
+""")
+    flow = traffic.Flow("udp", "198.18.94.1", "239.1.2.3", 4000, 5000)
+    sn = Snooper(Groups(res.name), timeout=0)
+    try:
+        with netns.enter(lab.ns("h2")):
+            s2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s2.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                      struct.pack("4s4s", socket.inet_aton("239.1.2.3"),
+                                  socket.inet_aton("198.18.94.2")))
+        ch = _snoop_until(sn, lambda c: any(x["event"] == "join" for x in c))
+        assert {"event": "join", "group": "239.1.2.3", "address": "239.1.2.3",
+                "port": "p2"} in ch
+        assert _deliveries(lab, flow, "01:00:5e:01:02:03") == {"h1": 0, "h2": 5, "h3": 0}
+        # a report for an address a group already has: the port joins that group
+        with netns.enter(lab.ns("h3")):
+            s3 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s3.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                      struct.pack("4s4s", socket.inet_aton("239.7.7.7"),
+                                  socket.inet_aton("198.18.94.3")))
+        _snoop_until(sn, lambda c: any(x["group"] == "known" for x in c if "group" in x))
+        assert {g["group"]: g["members"] for g in Groups(res.name).list()}["known"] == ["p1", "p3"]
+        # MLDv2 from h3
+        with netns.enter(lab.ns("h3")):
+            s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                      socket.inet_pton(socket.AF_INET6, "ff0e::1:2")
+                      + struct.pack("@I", _ifindex(lab, "h3")))
+        mld = snoop_group_name("ff0e::1:2")
+        _snoop_until(sn, lambda c: any(x.get("group") == mld for x in c))
+        assert {g["group"]: g["members"] for g in Groups(res.name).list()}[mld] == ["p3"]
+        # h2 leaves: the group the snooper made goes with its last member
+        s2.close()
+        ch = _snoop_until(sn, lambda c: any(x["event"] == "leave" for x in c))
+        assert {"event": "leave", "group": "239.1.2.3", "address": "239.1.2.3",
+                "port": "p2"} in ch
+        assert "239.1.2.3" not in {g["group"] for g in Groups(res.name).list()}
+        assert _deliveries(lab, flow, "01:00:5e:01:02:03") == {"h1": 0, "h2": 0, "h3": 0}
+        s3.close()
+        s6.close()
+    finally:
+        sn.close()
+        pipeline.detach(res.name)
+
+
+def _ifindex(lab, host: str) -> int:
+    with netns.enter(lab.ns(host)):
+        return iface.ifindex("eth0")

@@ -233,3 +233,95 @@ def test_struct_layouts_match_the_headers():
     assert mc_gen.MC_NAME.size == 16 and "char name[16]" in mc_h
     mr_h = (SRC / "mirror" / "mirror.h").read_text()
     assert mirror_gen.MIRROR_CFG.size == 8 and "__u32 to;" in mr_h and "__u32 out;" in mr_h
+
+
+def test_group_names_with_dashes_make_valid_kernel_map_names(mc):
+    with netns.enter(mc.ns):
+        gm = GroupMaps(mc.spec.stages[0], mc.rp.built.map)
+        slot = gm.write_group("my-group", [iface.ifindex("p1")], ["239.3.3.3"])
+        assert gm.slots()["my-group"] == slot and gm.members(slot) == [iface.ifindex("p1")]
+
+
+# -- snooping: what the snooper reads from reports ---------------------------------------------
+
+def _igmp(payload: bytes, dst: str = "224.0.0.22") -> bytes:
+    from scapy.layers.inet import IP
+    return bytes(Ether(dst="01:00:5e:00:00:16") / IP(src="198.18.94.2", dst=dst, proto=2, ttl=1)
+                 / payload)
+
+
+def _rec4(rtype: int, group: str, nsrc: int = 0) -> bytes:
+    import ipaddress as ip
+    return (bytes([rtype, 0]) + nsrc.to_bytes(2, "big") + ip.ip_address(group).packed
+            + bytes(4 * nsrc))
+
+
+def _v3(records: list[bytes], mld: bool = False) -> bytes:
+    return bytes([143 if mld else 0x22, 0, 0, 0, 0, 0]) + len(records).to_bytes(2, "big") \
+        + b"".join(records)
+
+
+def test_membership_events_from_igmp():
+    from ebplane.runtime.replicate import membership_events as ev
+    v2 = lambda t, g: bytes([t, 0, 0, 0]) + __import__("ipaddress").ip_address(g).packed  # noqa
+    assert ev(_igmp(v2(0x16, "239.1.1.1"))) == [("join", "239.1.1.1")]
+    assert ev(_igmp(v2(0x12, "239.1.1.1"))) == [("join", "239.1.1.1")]          # IGMPv1
+    assert ev(_igmp(v2(0x17, "239.1.1.1"))) == [("leave", "239.1.1.1")]
+    assert ev(_igmp(v2(0x11, "239.1.1.1"))) == []                                 # a query
+    assert ev(_igmp(_v3([_rec4(4, "239.1.1.1"), _rec4(3, "239.2.2.2"),
+                         _rec4(1, "239.3.3.3", 1), _rec4(6, "239.4.4.4", 1)]))) == \
+        [("join", "239.1.1.1"), ("leave", "239.2.2.2"), ("join", "239.3.3.3")]
+    # link-local groups are always flooded: never snooped
+    assert ev(_igmp(_v3([_rec4(4, "224.0.0.251")]))) == []
+    # a record cut short ends the list; a cut header yields nothing
+    whole = _igmp(_v3([_rec4(4, "239.1.1.1"), _rec4(4, "239.5.5.5")]))
+    assert ev(whole[:-2]) == [("join", "239.1.1.1")]
+    assert ev(whole[:14 + 20 + 4]) == [] and ev(whole[:10]) == []
+
+
+def test_membership_events_from_mld():
+    import ipaddress as ip
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, RouterAlert
+    from ebplane.runtime.replicate import membership_events as ev
+
+    def mld(body: bytes, dst: str = "ff02::16") -> bytes:
+        return bytes(Ether(dst="33:33:00:00:00:16") / IPv6(src="fe80::1", dst=dst, hlim=1)
+                     / IPv6ExtHdrHopByHop(nh=58, options=[RouterAlert()]) / body)
+
+    def rec(rtype: int, group: str) -> bytes:
+        return bytes([rtype, 0, 0, 0]) + ip.ip_address(group).packed
+
+    v1 = lambda t, g: bytes([t, 0, 0, 0, 0, 0, 0, 0]) + ip.ip_address(g).packed  # noqa: E731
+    assert ev(mld(v1(131, "ff0e::1"))) == [("join", "ff0e::1")]
+    assert ev(mld(v1(132, "ff0e::1"))) == [("leave", "ff0e::1")]
+    assert ev(mld(_v3([rec(4, "ff0e::1:2"), rec(3, "ff05::9"), rec(2, "ff02::fb")],
+                      mld=True))) == [("join", "ff0e::1:2"), ("leave", "ff05::9")]
+    assert ev(bytes(Ether() / IPv6(dst="ff02::1") / UDP())) == []
+
+
+def test_snoop_copies_igmp_and_mld_to_the_ring(ns):
+    from ebplane.kernel.ringbuf import RingBuffer
+    from ebplane.runtime.replicate import membership_events
+    r = Run(ns, _spec("  - multicast: {snooping: true}\n"))
+    try:
+        got: list = []
+        with RingBuffer(r.rp.built.map(mc_gen.map_names("multicast")["snoop"]),
+                        lambda d: got.append(mc_gen.SNOOP_REC.decode(d))) as rb:
+            assert r(_igmp(_v3([_rec4(4, "239.1.2.3")]))) == "XDP_PASS"   # and it goes on
+            assert r(Ether(dst="01:00:5e:01:02:03") / IP(dst="239.1.2.3") / UDP()) == "XDP_PASS"
+            assert r(_igmp(_v3([_rec4(4, "239.1.2.3")]))[:14 + 10]) == "XDP_PASS"  # cut: no
+            rb.poll(10)
+        assert len(got) == 1 and got[0].ifindex == iface_index(ns, "p0")
+        assert membership_events(got[0].data[:got[0].len]) == [("join", "239.1.2.3")]
+    finally:
+        r.close()
+
+
+def iface_index(ns: str, name: str) -> int:
+    with netns.enter(ns):
+        return iface.ifindex(name)
+
+
+def test_snooping_needs_ip():
+    with pytest.raises(SpecError, match="snooping reads IGMP"):
+        parse_spec(_spec("  - multicast: {snooping: true}\n", protocols="ethernet"))

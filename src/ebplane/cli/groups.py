@@ -31,6 +31,39 @@ def register(sub) -> None:
         q.add_argument("--json", action="store_true")
         q.set_defaults(func=cmd_change, verb=verb)
 
+    q = gs.add_parser("snoop", help="learn members from IGMP/MLD reports (a multicast stage "
+                      "with snooping: true), until interrupted or --seconds pass")
+    q.add_argument("--stage")
+    q.add_argument("--seconds", type=float, help="stop after this long (default: run on)")
+    q.add_argument("--timeout", type=float, default=260.0,
+                   help="seconds without a report after which a port leaves a group "
+                        "(default 260, RFC 3376's membership interval; 0: never)")
+    q.add_argument("--json", action="store_true", help="one JSON object per change")
+    q.set_defaults(func=cmd_snoop)
+
+
+def cmd_snoop(args) -> int:
+    import json
+    import sys
+    from ebplane.runtime.replicate import Snooper
+
+    def show(c: dict) -> None:
+        if args.json:
+            print(json.dumps(c), flush=True)
+        elif c["event"] == "error":
+            print(f"{c['address']} on {c['port']}: {c['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"{c['event']}: {c['port']} {'to' if c['event'] == 'join' else 'from'} "
+                  f"group {c['group']} ({c['address']})", flush=True)
+    sn = Snooper(_groups(args), timeout=args.timeout)
+    try:
+        sn.run(args.seconds, show)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sn.close()
+    return 0
+
 
 def _groups(args):
     from ebplane.runtime.replicate import Groups

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
+import time
 from typing import Callable, Iterable
 
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
@@ -89,7 +91,8 @@ class GroupMaps:
         if len(idx) > MC_MEMBERS_MAX:
             raise UsageError(f"group {name}: {len(idx)} members exceed {MC_MEMBERS_MAX}",
                              hint="a group holds at most 64 ports")
-        with Map.create("devmap_hash", 4, 4, MC_MEMBERS_MAX, name=f"mc_{name}"[:15],
+        kname = re.sub(r"[^A-Za-z0-9_.]", "_", f"mc_{name}")[:15]  # the kernel's name rule
+        with Map.create("devmap_hash", 4, 4, MC_MEMBERS_MAX, name=kname,
                         key=U32, value=U32) as inner:
             for i in idx:
                 inner.update(i, i)
@@ -343,3 +346,167 @@ class MirrorRuntime(StageRuntime):
 
 for _rt in (MulticastRuntime(), MirrorRuntime()):
     register_runtime(_rt)
+
+
+# -- IGMP / MLD snooping ------------------------------------------------------------------------
+
+MEMBERSHIP_INTERVAL = 260.0  # s: RFC 3376 / 3810 default Group Membership Interval
+_JOIN_RECORDS = (2, 4)       # MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE (any source)
+_SOURCE_RECORDS = (1, 5)     # MODE_IS_INCLUDE, ALLOW_NEW_SOURCES: join when sources given
+_LEAVE_RECORDS = (3,)        # CHANGE_TO_INCLUDE: leave when no source is left
+
+
+def _records(body: bytes, alen: int) -> list[tuple[str, str]]:
+    """(join|leave, address) of the group records of an IGMPv3 / MLDv2 report ``body``
+    (starting at its type byte)."""
+    out = []
+    if len(body) < 8:
+        return out
+    nrec, off = int.from_bytes(body[6:8], "big"), 8
+    for _ in range(nrec):
+        if off + 4 + alen > len(body):
+            break
+        rtype, aux, nsrc = body[off], body[off + 1], int.from_bytes(body[off + 2:off + 4], "big")
+        addr = str(ipaddress.ip_address(body[off + 4:off + 4 + alen]))
+        if rtype in _JOIN_RECORDS or (rtype in _SOURCE_RECORDS and nsrc):
+            out.append(("join", addr))
+        elif (rtype in _LEAVE_RECORDS or rtype == 1) and not nsrc:
+            out.append(("leave", addr))
+        off += 4 + alen + alen * nsrc + 4 * aux
+    return out
+
+
+def membership_events(frame: bytes) -> list[tuple[str, str]]:
+    """(join|leave, group address) of an IGMP (v1/v2/v3) or MLD (v1/v2) report or leave in
+    an untagged Ethernet frame; [] for anything else or a cut-short frame.  Link-local groups
+    (224.0.0.0/24, ff02::/16 and narrower) are left out: they are always flooded."""
+    if len(frame) < 14:
+        return []
+    ethertype, off = int.from_bytes(frame[12:14], "big"), 14
+    events: list[tuple[str, str]] = []
+    if ethertype == 0x0800 and len(frame) >= off + 20 and frame[off + 9] == 2:
+        igmp = frame[off + (frame[off] & 0x0F) * 4:]
+        if len(igmp) >= 8 and igmp[0] in (0x12, 0x16, 0x17):
+            events = [("leave" if igmp[0] == 0x17 else "join",
+                       str(ipaddress.ip_address(igmp[4:8])))]
+        elif igmp[:1] == b"\x22":
+            events = _records(igmp, 4)
+    elif ethertype == 0x86DD and len(frame) >= off + 40:
+        nh, off = frame[off + 6], off + 40
+        while nh in (0, 43, 60) and len(frame) >= off + 2:  # hop-by-hop, routing, dest. options
+            nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+        icmp = frame[off:]
+        if nh != 58 or len(icmp) < 8:
+            return []
+        if icmp[0] in (131, 132) and len(icmp) >= 24:
+            events = [("leave" if icmp[0] == 132 else "join",
+                       str(ipaddress.ip_address(icmp[8:24])))]
+        elif icmp[0] == 143:
+            events = _records(icmp, 16)
+    out = []
+    for what, addr in events:
+        ip = ipaddress.ip_address(addr)
+        if not ip.is_multicast:
+            continue
+        if ip.version == 4 and ip in ipaddress.ip_network("224.0.0.0/24"):
+            continue
+        if ip.version == 6 and (ip.packed[1] & 0x0F) <= 2:
+            continue
+        out.append((what, addr))
+    return out
+
+
+def snoop_group_name(address: str) -> str:
+    """The name of a group the snooper creates for ``address`` (1-15 characters)."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return str(ip)
+    import zlib
+    return f"mld-{zlib.crc32(ip.packed):08x}"
+
+
+class Snooper:
+    """Learns group members from the IGMP/MLD reports a ``snooping: true`` multicast stage
+    copies to its ring buffer: a report on a port joins that port to the group of the
+    address (a group with that address, or a new one named after it), a leave (or no report
+    for ``timeout`` seconds; 0: never) takes it out, and a group the snooper made goes when
+    its last member leaves.  Every change goes through :class:`Groups` (atomic, locked)."""
+
+    def __init__(self, groups: Groups, *, timeout: float = MEMBERSHIP_INTERVAL):
+        from ebplane.kernel.ringbuf import RingBuffer
+        if not groups.stage.snooping:
+            raise UsageError(f"multicast '{groups.stage.name}' of pipeline "
+                             f"'{groups.pipeline}' does not snoop",
+                             hint="set snooping: true in the stage and apply")
+        self.groups, self.timeout = groups, timeout
+        self.ring = groups._pl._pinned_map(groups.pipeline,
+                                           mc_gen.map_names(groups.stage.name)["snoop"])
+        self._events: list[tuple[str, str, str]] = []
+        with netns.enter(groups.spec.netns) if groups.spec.netns else contextlib.nullcontext():
+            self.ifnames = {i.ifindex: i.name for i in iface.list_ifaces()}
+        self.expires: dict[tuple[str, str], float] = {}
+        self.created: set[str] = set()
+        self._rb = RingBuffer(self.ring, self._on_record)
+
+    def _on_record(self, data: bytes) -> None:
+        rec = mc_gen.SNOOP_REC.decode(data)
+        port = self.ifnames.get(rec.ifindex)
+        if port is None:
+            return
+        for what, addr in membership_events(rec.data[:rec.len]):
+            self._events.append((what, addr, port))
+
+    def _holder(self, addr: str) -> dict | None:
+        return next((g for g in self.groups.list() if addr in g["addresses"]), None)
+
+    def _apply(self, what: str, addr: str, port: str) -> dict | None:
+        g = self._holder(addr)
+        if what == "join":
+            self.expires[(addr, port)] = time.monotonic() + self.timeout
+            if g is not None and port in g["members"]:
+                return None
+            if g is None:
+                name = snoop_group_name(addr)
+                self.groups.add(name, members=[port], addresses=[addr])
+                self.created.add(name)
+            else:
+                name = g["group"]
+                self.groups.add(name, members=[port])
+            return {"event": "join", "group": name, "address": addr, "port": port}
+        self.expires.pop((addr, port), None)
+        if g is None or port not in g["members"]:
+            return None
+        if g["group"] in self.created and g["members"] == [port]:
+            self.groups.remove(g["group"])
+            self.created.discard(g["group"])
+        else:
+            self.groups.remove(g["group"], members=[port])
+        return {"event": what, "group": g["group"], "address": addr, "port": port}
+
+    def poll(self, timeout_ms: int = 100) -> list[dict]:
+        """Read the reports that came in (waiting up to ``timeout_ms``), apply them and the
+        expiries that are due; the changes made."""
+        self._rb.poll(timeout_ms)
+        events, self._events = self._events, []
+        if self.timeout:
+            now = time.monotonic()
+            events += [("expire", a, p) for (a, p), t in list(self.expires.items()) if t < now]
+        changes = []
+        for what, addr, port in events:
+            try:
+                c = self._apply(what, addr, port)
+            except EbplaneError as e:  # a port that cannot take frames, no free slot, ...
+                c = {"event": "error", "address": addr, "port": port, "error": str(e)}
+            if c:
+                changes.append(c)
+        return changes
+
+    def run(self, seconds: float | None, on_change) -> None:
+        end = None if seconds is None else time.monotonic() + seconds
+        while end is None or time.monotonic() < end:
+            for c in self.poll(100):
+                on_change(c)
+
+    def close(self) -> None:
+        self._rb.close()
+        self.ring.close()

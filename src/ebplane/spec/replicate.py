@@ -98,10 +98,14 @@ class MulticastStage(Stage):
     hooks: ClassVar[tuple[str, ...]] = FORWARDING_HOOKS
     groups: tuple[Group, ...] = ()
     max_groups: int = MC_GROUPS_DEFAULT
+    snooping: bool = False  # copy IGMP/MLD frames to a ring buffer for `ebplane groups snoop`
 
     def body(self) -> dict[str, Any]:
-        return {"name": self.name, "max_groups": self.max_groups,
-                "groups": {g.name: g.to_dict() for g in self.groups}}
+        d = {"name": self.name, "max_groups": self.max_groups,
+             "groups": {g.name: g.to_dict() for g in self.groups}}
+        if self.snooping:
+            d["snooping"] = True
+        return d
 
 
 GROUP_NAME_PATTERN = r"[A-Za-z0-9_.-]{1,15}"
@@ -136,7 +140,7 @@ def parse_group(name: Any, obj: Any, where: Where) -> Group:
 @register_stage("multicast")
 def parse_multicast(obj: Any, where: Where, protocols: tuple[str, ...]) -> MulticastStage:
     body = check.mapping({} if obj is None else obj, where,
-                         allowed=("name", "groups", "max_groups"))
+                         allowed=("name", "groups", "max_groups", "snooping"))
     max_groups = check.integer(body.get("max_groups", MC_GROUPS_DEFAULT), where / "max_groups",
                                1, MC_GROUPS_MAX, what="number of groups")
     raw = body.get("groups", {}) or {}
@@ -156,8 +160,15 @@ def parse_multicast(obj: Any, where: Where, protocols: tuple[str, ...]) -> Multi
             seen[a] = g.name
         for a in g.addresses:
             check_address_parsed(a, protocols, where / "groups" / g.name / "addresses")
+    snooping = body.get("snooping", False)
+    if not isinstance(snooping, bool):
+        raise (where / "snooping").error(f"expected true or false, got "
+                                         f"{check.type_name(snooping)}", given=snooping)
+    if snooping and not {"ipv4", "ipv6"} & set(protocols):
+        raise (where / "snooping").error("snooping reads IGMP (ipv4) and MLD (ipv6) reports",
+                                         hint="add ipv4 and/or ipv6 to protocols:")
     return MulticastStage(name=_stage_name(body, where, "multicast"), groups=groups,
-                          max_groups=max_groups)
+                          max_groups=max_groups, snooping=snooping)
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,17 @@ KIND_MAC, KIND_IPV4, KIND_IPV6 = 0, 4, 6
 MC_KEY = Struct("ebp_mc_key", [("kind", "B"), ("pad", "3s"), ("addr", "16s")])
 MC_NAME = Struct("ebp_mc_name", [("name", "16s")])
 MEMBERS_MAX = MC_MEMBERS_MAX
+SNOOP_RING_BYTES = 1 << 16
+SNOOP_BYTES = 256  # EBP_MC_SNOOP_BYTES
+SNOOP_REC = Struct("ebp_mc_snoop_rec", [("ifindex", "I"), ("len", "I"),
+                                        ("data", f"{SNOOP_BYTES}s")])
 
 
 def map_names(stage: str) -> dict[str, str]:
     """role -> C name of a multicast stage's maps."""
     t = f"mc_{stage}"
     return {"groups": f"{t}_grp", "addresses": f"{t}_addr", "names": f"{t}_names",
-            "counters": f"{t}_cnt", "group_counters": f"{t}_gcnt"}
+            "counters": f"{t}_cnt", "group_counters": f"{t}_gcnt", "snoop": f"{t}_snoop"}
 
 
 def member_struct(stage: str) -> str:
@@ -57,6 +61,13 @@ class MulticastGen(StageGen):
         out.map(n["group_counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 st.max_groups, f"multicast '{st.name}': frames sent per group slot",
                 stage=st.name, role="group-counters")
+        if st.snooping:
+            out.maps.append("\n".join([
+                f"/* multicast '{st.name}': IGMP/MLD frames for the snooper "
+                f"({SNOOP_RING_BYTES} bytes) */",
+                "struct {", "\t__uint(type, BPF_MAP_TYPE_RINGBUF);",
+                f"\t__uint(max_entries, {SNOOP_RING_BYTES});", f"}} {n['snoop']} SEC(\".maps\");"]))
+            out.prog.maps.append(MapRole(n["snoop"], st.name, "snoop", reusable=False))
         out.functions.append("\n".join([
             f"/* multicast '{st.name}': up to {st.max_groups} groups, each to its members but "
             "the ingress port */",
@@ -64,6 +75,8 @@ class MulticastGen(StageGen):
             "int malformed)",
             "{",
             "\t__u32 slot = EBP_MC_RUNT;",
+            *([f"\tif (!malformed)\n\t\tebp_mc_snoop(ctx, pkt, &{n['snoop']});"]
+              if st.snooping else []),
             f"\tint act = ebp_multicast(ctx, pkt, &{n['addresses']}, &{n['groups']}, "
             f"&{n['group_counters']}, &slot);",
             "",

@@ -41,6 +41,39 @@ struct ebp_mc_name {
 	char name[16];
 };
 
+/* snooping: the head of each IGMP or MLD frame (and of other ICMPv6 to a multicast
+ * address, which user space sorts out), for the control plane that learns members */
+#define EBP_MC_SNOOP_BYTES 256
+struct ebp_mc_snoop_rec {
+	__u32 ifindex;	/* ingress port */
+	__u32 len;	/* bytes of data[] that hold the frame */
+	__u8 data[EBP_MC_SNOOP_BYTES];
+};
+
+static __always_inline void ebp_mc_snoop(struct xdp_md *ctx, struct ebp_pkt *pkt, void *ring)
+{
+	struct ebp_mc_snoop_rec *r;
+	__u32 n = pkt->len;
+
+	if (!((pkt->family == 4 && pkt->proto == 2) ||
+	      (pkt->family == 6 && pkt->proto == 58 && pkt->dst[0] == 0xff)))
+		return;
+	if (n > EBP_MC_SNOOP_BYTES)
+		n = EBP_MC_SNOOP_BYTES;
+	if (n < 14)
+		return;
+	r = bpf_ringbuf_reserve(ring, sizeof(*r), 0);
+	if (!r)
+		return;	/* full: the snooper is behind; the frame still goes on */
+	r->ifindex = ctx->ingress_ifindex;
+	r->len = n;
+	if (bpf_xdp_load_bytes(ctx, 0, r->data, n)) {
+		bpf_ringbuf_discard(r, 0);
+		return;
+	}
+	bpf_ringbuf_submit(r, 0);
+}
+
 static __always_inline __u32 *ebp_mc_lookup(void *addrs, struct ebp_mc_key *key, __u8 kind,
 					    const __u8 *addr, int len)
 {
