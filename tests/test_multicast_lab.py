@@ -409,3 +409,37 @@ def test_snooping_learns_members_from_igmp_and_mld(ebp_env, lab, tmp_path):
 def _ifindex(lab, host: str) -> int:
     with netns.enter(lab.ns(host)):
         return iface.ifindex("eth0")
+
+
+JUMBO_LAB = LAB.replace("lab: ebp-mcast", "lab: ebp-mcj")
+for _p in ("p1", "p2", "p3"):
+    JUMBO_LAB = JUMBO_LAB.replace(f"b: sw:{_p},", f"b: sw:{_p}, mtu: 9000,")
+
+
+def test_jumbo_frames_to_a_group_go_to_the_kernel_not_nowhere(ebp_env, tmp_path):
+    path = tmp_path / "mcj.yaml"
+    path.write_text(JUMBO_LAB)
+    lab = Lab.load(path, name=f"ebp-mcj{secrets.token_hex(3)}")
+    lab.up()
+    try:
+        res = _apply(tmp_path, "mcj", lab.ns("sw"), MC_STAGES)
+        try:
+            assert any("multi_buffer" in n and "jumbo" in n for n in res.notes), res.notes
+            flow = FLOW
+            for size, want in ((3000, 5), (8000, 0)):
+                caps = {h: traffic.Capture(lab.ns(h), "eth0", flow) for h in ("h2", "h3")}
+                try:
+                    traffic.send(lab.ns("h1"), "eth0", flow, 5, dst_mac=GROUP_MAC,
+                                 payload=bytes(size))
+                    got = {h: c.wait(5, timeout=1.0 if want else 0.3) for h, c in caps.items()}
+                finally:
+                    for c in caps.values():
+                        c.close()
+                assert got == {"h2": want, "h3": want}, size
+            st = next(s for s in pipeline.stats(res.name)[0]["stages"] if s["kind"] == "multicast")
+            assert st["counts"]["multi_buffer"]["packets"] == 5      # counted, not vanished
+            assert st["counts"]["sent"]["packets"] == 5
+        finally:
+            pipeline.detach(res.name)
+    finally:
+        lab.down()

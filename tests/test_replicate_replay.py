@@ -100,7 +100,8 @@ def test_group_addresses_select_their_group(mc):
     # unicast and unknown groups go on to the next stage (count, then pass)
     assert mc(Ether(dst="02:00:00:00:00:01") / IP(dst="198.18.0.1") / UDP()) == "XDP_PASS"
     assert mc(Ether(dst="01:00:5e:09:09:09") / IP(dst="239.9.9.9") / UDP()) == "XDP_PASS"
-    assert mc.counts("multicast", "multicast") == {"sent": 4, "no_group": 2, "runt": 0}
+    assert mc.counts("multicast", "multicast") == {"sent": 4, "no_group": 2, "runt": 0,
+                                                   "multi_buffer": 0}
     assert (_gcount(mc, "all"), _gcount(mc, "video"), _gcount(mc, "mac")) == (1, 2, 1)
 
 
@@ -189,7 +190,8 @@ def test_mirror_at_xdp_selects_and_samples(ns):
         assert r(Ether() / IP(dst="198.18.0.1") / UDP(dport=54)) == "XDP_REDIRECT"  # out only
         assert r(bytes(sel)[:14 + 20 + 4]) == "XDP_REDIRECT"   # cut UDP: malformed, not selected
         assert r.counts("mirror", "mirror") == {"mirrored": 1, "not_selected": 2,
-                                                "not_sampled": 0, "no_port": 0, "failed": 0}
+                                                "not_sampled": 0, "no_port": 0, "failed": 0,
+                                                "multi_buffer": 0}
     finally:
         r.close()
     r = Run(ns, _spec("  - mirror: {to: p2, out: p1, sample: 4}\n"))
@@ -325,3 +327,38 @@ def iface_index(ns: str, name: str) -> int:
 def test_snooping_needs_ip():
     with pytest.raises(SpecError, match="snooping reads IGMP"):
         parse_spec(_spec("  - multicast: {snooping: true}\n", protocols="ethernet"))
+
+
+def test_multi_buffer_frames_are_not_lost_to_a_devmap_broadcast(ns):
+    """The kernel's devmap broadcast copies single-buffer frames only (a multi-buffer one
+    vanishes without a counter): multicast passes such a frame to the kernel, mirror sends
+    the original without a copy; both count it."""
+    from ebplane.codegen.pipeline import spec_features
+    from ebplane.runtime.build import build
+    spec = parse_spec(_spec(MC.split("stages:\n", 1)[1]
+                            + "  - mirror: {to: p2, out: p1}\n"))
+    with netns.enter(ns):
+        built = build(spec, spec_features(spec), frags=True)
+        try:
+            for st in spec.stages:
+                from ebplane.runtime.stages import runtime_for
+                if (rt := runtime_for(st.kind)) is not None:
+                    rt.prepare(built, spec, st, replay=True)
+            ctx = lambda d: XdpMd(data_end=len(d), ingress_ifindex=iface.ifindex("p0"))  # noqa
+            big = bytes(Ether(dst="01:00:5e:01:01:01") / IP(dst="239.1.1.1") / UDP()
+                        / bytes(8000))
+            small = bytes(Ether(dst="01:00:5e:01:01:01") / IP(dst="239.1.1.1") / UDP())
+            uni = bytes(Ether(dst="02:00:00:00:00:01") / IP(dst="198.18.0.1") / UDP()
+                        / bytes(8000))
+            prog = built.program
+            assert prog.test_run(big, ctx=ctx(big)).verdict == "XDP_PASS"
+            assert prog.test_run(small, ctx=ctx(small)).verdict == "XDP_REDIRECT"
+            assert prog.test_run(uni, ctx=ctx(uni)).verdict == "XDP_REDIRECT"  # original
+            mcc = built.map(mc_gen.map_names("multicast")["counters"]).with_codecs(U32, COUNT)
+            mrc = built.map(mirror_gen.map_names("mirror")["counters"]).with_codecs(U32, COUNT)
+            mc_counts = {n: mcc.lookup_sum(i).packets for i, n in enumerate(mc_gen.OUTCOMES)}
+            mr_counts = {n: mrc.lookup_sum(i).packets for i, n in enumerate(mirror_gen.OUTCOMES)}
+            assert mc_counts["multi_buffer"] == 1 and mc_counts["sent"] == 1
+            assert mr_counts["multi_buffer"] == 1 and mr_counts["mirrored"] == 0
+        finally:
+            built.close()

@@ -26,6 +26,7 @@ from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.maps import Map
 from ebplane.net import iface, netns
+from ebplane.runtime.build import jumbo_interfaces
 from ebplane.runtime.forwarding import (ForwardingRuntime, _ifaces_of, make_capable,
                                         require_capable)
 from ebplane.runtime.stages import StageRuntime, register_runtime
@@ -158,6 +159,19 @@ class GroupMaps:
             m.close()
 
 
+def multi_buffer_note(spec, stage) -> list[str]:
+    """apply's note for a copying stage in a jumbo pipeline: the kernel's devmap broadcast
+    takes single-buffer frames only."""
+    jumbo = jumbo_interfaces(spec)
+    if not jumbo:
+        return []
+    what = ("go to the kernel instead of the group" if stage.kind == "multicast"
+            else "go to out: without a copy")
+    return [f"{stage.kind} '{stage.name}': {', '.join(n for n, _ in jumbo)} take jumbo "
+            f"frames; a frame in several buffers (larger than about 3.5 KB on veth) cannot be "
+            f"copied by a devmap broadcast, so such frames {what} (counter multi_buffer)"]
+
+
 def _ifindexes(stage, ifnames, spec, *, replay: bool) -> list[int]:
     """Ifindexes of the member ports that can take redirected frames (made capable)."""
     return [e.ifindex for e in make_capable(ifnames, spec, replay=replay, stage=stage)]
@@ -169,7 +183,7 @@ class MulticastRuntime(ForwardingRuntime):
     def check(self, spec, stage: MulticastStage) -> list[str]:
         notes = super().check(spec, stage)
         members = sorted({m for g in stage.groups for m in g.members})
-        return notes + require_capable(stage, members, spec)
+        return notes + require_capable(stage, members, spec) + multi_buffer_note(spec, stage)
 
     def prepare(self, built, spec, stage: MulticastStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
@@ -309,7 +323,8 @@ class MirrorRuntime(StageRuntime):
     def check(self, spec, stage: MirrorStage) -> list[str]:
         if spec.hook == "xdp":
             fw = ForwardingRuntime()
-            return fw.check(spec, stage) + require_capable(stage, [stage.to, stage.out], spec)
+            return (fw.check(spec, stage) + require_capable(stage, [stage.to, stage.out], spec)
+                    + multi_buffer_note(spec, stage))
         iface.ifindex(stage.to)
         return []
 

@@ -9,7 +9,8 @@ from ebplane.kernel.codec import Struct
 from ebplane.spec.replicate import MirrorStage
 
 # counter slots (mirror.h enum ebp_mirror_slot)
-OUTCOMES: tuple[str, ...] = ("mirrored", "not_selected", "not_sampled", "no_port", "failed")
+OUTCOMES: tuple[str, ...] = ("mirrored", "not_selected", "not_sampled", "no_port", "failed",
+                             "multi_buffer")
 MIRROR_CFG = Struct("ebp_mirror_cfg", [("to", "I"), ("out", "I")])
 
 

@@ -21,6 +21,8 @@ enum ebp_mirror_slot {
 	EBP_MR_NOT_SAMPLED,	/* selected, not in the 1-in-N sample */
 	EBP_MR_NO_PORT,		/* the mirror (XDP: or out) port is not set up: no copy */
 	EBP_MR_FAILED,		/* TC: bpf_clone_redirect refused (the device went away) */
+	EBP_MR_MULTI_BUFFER,	/* XDP: selected, but in several buffers (jumbo): a devmap
+				 * broadcast cannot copy it, so only the original goes (to out) */
 	EBP_MR_SLOTS
 };
 
@@ -28,6 +30,15 @@ struct ebp_mirror_cfg {
 	__u32 to;	/* ifindex of the mirror port (0: not set) */
 	__u32 out;	/* XDP: ifindex the original leaves by */
 };
+
+#ifndef EBP_XDP_MULTI_BUFFER
+#define EBP_XDP_MULTI_BUFFER
+/* Whether the frame spans several buffers (only an xdp.frags program sees such frames). */
+static __always_inline int ebp_xdp_multi_buffer(struct xdp_md *ctx)
+{
+	return bpf_xdp_get_buff_len(ctx) > (__u64)(ctx->data_end - ctx->data);
+}
+#endif
 
 static __always_inline int ebp_mirror_sampled(__u32 sample)
 {
@@ -68,13 +79,17 @@ static __always_inline int ebp_mirror_xdp(struct xdp_md *ctx, int selected, __u3
 		return XDP_PASS;
 	}
 	if (selected && ebp_mirror_sampled(sample)) {
-		*slot = EBP_MR_MIRRORED;
-		return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+		if (!ebp_xdp_multi_buffer(ctx)) {
+			*slot = EBP_MR_MIRRORED;
+			return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+		}
+		*slot = EBP_MR_MULTI_BUFFER;
+	} else {
+		*slot = selected ? EBP_MR_NOT_SAMPLED : EBP_MR_NOT_SELECTED;
 	}
-	*slot = selected ? EBP_MR_NOT_SAMPLED : EBP_MR_NOT_SELECTED;
 	act = bpf_redirect_map(ports, c->out, XDP_PASS);
 	if (act != XDP_REDIRECT)
-		*slot = EBP_MR_NO_PORT;
+		*slot = EBP_MR_NO_PORT;	/* counted as no_port: the original went to the kernel */
 	return act;
 }
 

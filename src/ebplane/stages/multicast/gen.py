@@ -8,7 +8,7 @@ from ebplane.kernel.codec import Struct
 from ebplane.spec.replicate import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
 
 # counter slots (multicast.h enum ebp_mc_slot)
-OUTCOMES: tuple[str, ...] = ("sent", "no_group", "runt")
+OUTCOMES: tuple[str, ...] = ("sent", "no_group", "runt", "multi_buffer")
 # struct ebp_mc_key / ebp_mc_name of multicast.h
 KIND_MAC, KIND_IPV4, KIND_IPV6 = 0, 4, 6
 MC_KEY = Struct("ebp_mc_key", [("kind", "B"), ("pad", "3s"), ("addr", "16s")])

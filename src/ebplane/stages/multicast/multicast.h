@@ -23,6 +23,9 @@ enum ebp_mc_slot {
 	EBP_MC_SENT,		/* sent to the members of its group */
 	EBP_MC_NO_GROUP,	/* no group (or an empty slot) for its destination: next stage */
 	EBP_MC_RUNT,		/* shorter than an Ethernet header: dropped */
+	EBP_MC_MULTI_BUFFER,	/* to a group, but in several buffers (jumbo): the kernel's
+				 * devmap broadcast copies single-buffer frames only, so it
+				 * goes to the kernel (XDP_PASS) instead of vanishing */
 	EBP_MC_SLOTS
 };
 
@@ -74,6 +77,15 @@ static __always_inline void ebp_mc_snoop(struct xdp_md *ctx, struct ebp_pkt *pkt
 	bpf_ringbuf_submit(r, 0);
 }
 
+#ifndef EBP_XDP_MULTI_BUFFER
+#define EBP_XDP_MULTI_BUFFER
+/* Whether the frame spans several buffers (only an xdp.frags program sees such frames). */
+static __always_inline int ebp_xdp_multi_buffer(struct xdp_md *ctx)
+{
+	return bpf_xdp_get_buff_len(ctx) > (__u64)(ctx->data_end - ctx->data);
+}
+#endif
+
 static __always_inline __u32 *ebp_mc_lookup(void *addrs, struct ebp_mc_key *key, __u8 kind,
 					    const __u8 *addr, int len)
 {
@@ -117,6 +129,10 @@ static __always_inline int ebp_multicast(struct xdp_md *ctx, struct ebp_pkt *pkt
 	if (!members) {
 		*slot = EBP_MC_NO_GROUP;
 		return EBP_NEXT;
+	}
+	if (ebp_xdp_multi_buffer(ctx)) {
+		*slot = EBP_MC_MULTI_BUFFER;
+		return XDP_PASS;
 	}
 	ebp_count(group_cnt, *gid, pkt->len);
 	*slot = EBP_MC_SENT;
