@@ -124,6 +124,9 @@ def test_members_change_live_through_cli_and_api(ebp_env, lab, tmp_path):
         assert bad.returncode == 2 and "nosuch0" in bad.stderr
         bad = cli("groups", res.name, "add", "x", "--address", "198.18.94.2", check=False)
         assert bad.returncode == 2 and "not a multicast address" in bad.stderr
+        bad = cli("groups", res.name, "add", "other", "--address", "239.1.1.1", "--member",
+                  "p1", check=False)
+        assert bad.returncode == 2 and "already selects group video" in bad.stderr
         assert [g["members"] for g in Groups(res.name).list()] == [["p1", "p2", "p3"]]
         # a re-apply puts the spec's groups back (run-time changes last until then)
         Groups(res.name).remove("video", members=["p2"])

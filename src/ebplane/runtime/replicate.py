@@ -111,20 +111,24 @@ class GroupMaps:
     def write_group(self, name: str, ifindexes: Iterable[int], addresses: Iterable[str]) -> int:
         """Create or update group ``name``: members first, then its addresses (added ones
         point to it, dropped ones are deleted)."""
-        slot = self.slots().get(name)
+        slots = self.slots()
+        slot = slots.get(name)
+        want = {address_key(a) for a in addresses}
+        taken = {k: v for k, v in self.addrs.items()}
+        for k in want:  # bad input changes nothing: check before the first write
+            if k in taken and taken[k] != slot:
+                other = [g for g, s in slots.items() if s == taken[k]]
+                raise UsageError(f"address {address_text(k)} already selects group "
+                                 f"{other[0] if other else taken[k]}",
+                                 hint="remove it from that group first")
+        if len(set(ifindexes)) > MC_MEMBERS_MAX:
+            raise UsageError(f"group {name}: {len(set(ifindexes))} members exceed "
+                             f"{MC_MEMBERS_MAX}", hint="a group holds at most 64 ports")
         if slot is None:
             slot = self.free_slot(name)
             self.gcnt.update(slot, COUNT.type(0, 0))  # a reused slot starts at 0
         self.set_members(slot, ifindexes, name)
         self.names.update(slot, mc_gen.MC_NAME.type(name.encode()))
-        want = {address_key(a) for a in addresses}
-        taken = {k: v for k, v in self.addrs.items()}
-        for k in want:
-            if k in taken and taken[k] != slot:
-                other = [g for g, s in self.slots().items() if s == taken[k]]
-                raise UsageError(f"address {address_text(k)} already selects group "
-                                 f"{other[0] if other else taken[k]}",
-                                 hint="remove it from that group first")
         for k in want:
             self.addrs.update(k, slot)
         for k, v in taken.items():
