@@ -265,7 +265,7 @@ def test_forwarding_stages_are_refused_at_tc_hooks():
 
 
 def test_slot_names_match_forward_h():
-    header = (Path(__file__).resolve().parent.parent / "src/ebplane/codegen/bpf/forward.h").read_text()
+    header = (Path(__file__).resolve().parent.parent / "src/ebplane/stages/forward/forward.h").read_text()
     for kind, prefix in (("route", "EBP_RT_"), ("bridge", "EBP_BR_"), ("redirect", "EBP_RD_"),
                          ("tx", "EBP_TX_"), ("xsk", "EBP_XSK_")):
         body = re.search(r"enum ebp_%s_slot \{(.*?)\};" % kind, header, re.S).group(1)

@@ -25,7 +25,7 @@ from ebplane.lab import traffic
 from ebplane.lab.topology import Lab
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
-from ebplane.runtime.replicate import Groups
+from ebplane.runtime.groups import Groups
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -359,7 +359,7 @@ def _snoop_until(sn, want, seconds: float = 6.0) -> list[dict]:
 def test_snooping_learns_members_from_igmp_and_mld(ebp_env, lab, tmp_path):
     import socket
     import struct
-    from ebplane.runtime.replicate import Snooper, snoop_group_name
+    from ebplane.runtime.groups import Snooper, snoop_group_name
     res = _apply(tmp_path, "snoop", lab.ns("sw"), """\
   - multicast:
       snooping: true

@@ -21,8 +21,10 @@ from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.libbpf import SkBuff, XdpMd
 from ebplane.net import iface, netns
 from ebplane.runtime.replay import Replayer
-from ebplane.runtime.replicate import GroupMaps, address_key
+from ebplane.stages.multicast.control import MC_KEY, MC_NAME, SNOOP_REC, GroupMaps, address_key
+from ebplane.stages.mirror.control import MIRROR_CFG
 from ebplane.spec import parse_spec
+from ebplane.stages.control import control_for
 from ebplane.stages.mirror import gen as mirror_gen
 from ebplane.stages.multicast import gen as mc_gen
 
@@ -231,10 +233,10 @@ def test_slot_names_match_the_headers(kind, prefix, outcomes):
 
 def test_struct_layouts_match_the_headers():
     mc_h = (SRC / "multicast" / "multicast.h").read_text()
-    assert mc_gen.MC_KEY.size == 20 and "__u8 addr[16]" in mc_h and "__u8 pad[3]" in mc_h
-    assert mc_gen.MC_NAME.size == 16 and "char name[16]" in mc_h
+    assert MC_KEY.size == 20 and "__u8 addr[16]" in mc_h and "__u8 pad[3]" in mc_h
+    assert MC_NAME.size == 16 and "char name[16]" in mc_h
     mr_h = (SRC / "mirror" / "mirror.h").read_text()
-    assert mirror_gen.MIRROR_CFG.size == 8 and "__u32 to;" in mr_h and "__u32 out;" in mr_h
+    assert MIRROR_CFG.size == 8 and "__u32 to;" in mr_h and "__u32 out;" in mr_h
 
 
 def test_group_names_with_dashes_make_valid_kernel_map_names(mc):
@@ -264,7 +266,7 @@ def _v3(records: list[bytes], mld: bool = False) -> bytes:
 
 
 def test_membership_events_from_igmp():
-    from ebplane.runtime.replicate import membership_events as ev
+    from ebplane.runtime.groups import membership_events as ev
     v2 = lambda t, g: bytes([t, 0, 0, 0]) + __import__("ipaddress").ip_address(g).packed  # noqa
     assert ev(_igmp(v2(0x16, "239.1.1.1"))) == [("join", "239.1.1.1")]
     assert ev(_igmp(v2(0x12, "239.1.1.1"))) == [("join", "239.1.1.1")]          # IGMPv1
@@ -284,7 +286,7 @@ def test_membership_events_from_igmp():
 def test_membership_events_from_mld():
     import ipaddress as ip
     from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, RouterAlert
-    from ebplane.runtime.replicate import membership_events as ev
+    from ebplane.runtime.groups import membership_events as ev
 
     def mld(body: bytes, dst: str = "ff02::16") -> bytes:
         return bytes(Ether(dst="33:33:00:00:00:16") / IPv6(src="fe80::1", dst=dst, hlim=1)
@@ -303,12 +305,12 @@ def test_membership_events_from_mld():
 
 def test_snoop_copies_igmp_and_mld_to_the_ring(ns):
     from ebplane.kernel.ringbuf import RingBuffer
-    from ebplane.runtime.replicate import membership_events
+    from ebplane.runtime.groups import membership_events
     r = Run(ns, _spec("  - multicast: {snooping: true}\n"))
     try:
         got: list = []
         with RingBuffer(r.rp.built.map(mc_gen.map_names("multicast")["snoop"]),
-                        lambda d: got.append(mc_gen.SNOOP_REC.decode(d))) as rb:
+                        lambda d: got.append(SNOOP_REC.decode(d))) as rb:
             assert r(_igmp(_v3([_rec4(4, "239.1.2.3")]))) == "XDP_PASS"   # and it goes on
             assert r(Ether(dst="01:00:5e:01:02:03") / IP(dst="239.1.2.3") / UDP()) == "XDP_PASS"
             assert r(_igmp(_v3([_rec4(4, "239.1.2.3")]))[:14 + 10]) == "XDP_PASS"  # cut: no
@@ -341,9 +343,7 @@ def test_multi_buffer_frames_are_not_lost_to_a_devmap_broadcast(ns):
         built = build(spec, spec_features(spec), frags=True)
         try:
             for st in spec.stages:
-                from ebplane.runtime.stages import runtime_for
-                if (rt := runtime_for(st.kind)) is not None:
-                    rt.prepare(built, spec, st, replay=True)
+                control_for(st.kind).prepare(built, spec, st, replay=True)
             ctx = lambda d: XdpMd(data_end=len(d), ingress_ifindex=iface.ifindex("p0"))  # noqa
             big = bytes(Ether(dst="01:00:5e:01:01:01") / IP(dst="239.1.1.1") / UDP()
                         / bytes(8000))

@@ -45,7 +45,7 @@ def register(sub) -> None:
 def cmd_snoop(args) -> int:
     import json
     import sys
-    from ebplane.runtime.replicate import Snooper
+    from ebplane.runtime.groups import Snooper
 
     def show(c: dict) -> None:
         if args.json:
@@ -66,7 +66,7 @@ def cmd_snoop(args) -> int:
 
 
 def _groups(args):
-    from ebplane.runtime.replicate import Groups
+    from ebplane.runtime.groups import Groups
     return Groups(args.name, args.stage)
 
 

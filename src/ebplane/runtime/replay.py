@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ebplane.codegen.pipeline import TRACE_NONE, spec_features
+from ebplane.codegen.pipeline import PIPELINE_MAPS, TRACE_NONE, spec_features
 from ebplane.kernel.codec import Struct, U32
 from ebplane.runtime.build import Built, build
-from ebplane.runtime.stages import runtime_for
+from ebplane.stages.control import control_for
 from ebplane.runtime.tables import RuleEntry
-from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
-from ebplane.spec import FilterStage, PipelineSpec
+from ebplane.spec import PipelineSpec
 
 TRACE = Struct("ebp_trace", [("stage", "I"), ("slot", "I")])
 
@@ -55,9 +54,8 @@ class Replayer:
         try:
             self.entries: dict[str, list[RuleEntry]] = self.built.install_spec_rules()
             for st in spec.stages:
-                if not isinstance(st, FilterStage) and (rt := runtime_for(st.kind)) is not None:
-                    rt.prepare(self.built, spec, st, replay=True)
-            self.trace = self.built.map("ebp_trace").with_codecs(U32, TRACE)
+                control_for(st.kind).prepare(self.built, spec, st, replay=True)
+            self.trace = self.built.map(PIPELINE_MAPS["trace"]).with_codecs(U32, TRACE)
             self.program = self.built.program
         except BaseException:
             self.built.close()
@@ -65,16 +63,7 @@ class Replayer:
         # slot -> (rule index | None, reason), per stage index
         self._slots: list[dict[int, tuple[int | None, str]]] = []
         for st in spec.stages:
-            m: dict[int, tuple[int | None, str]] = {}
-            if isinstance(st, FilterStage):
-                for pos, e in enumerate(self.entries[st.name]):
-                    m[e.id] = (pos, "rule")
-                d, mal = filter_slots(st)
-                m[d] = (None, "default")
-                m[mal] = (None, "malformed")
-                for what, slot in frag_slots(st).items():
-                    m[slot] = (None, f"fragment_{what}")
-            self._slots.append(m)
+            self._slots.append(control_for(st.kind).slots(st, self.entries.get(st.name, ())))
 
     def run(self, index: int, frame: bytes) -> Decision:
         """Run one frame; ``index`` is only copied into the decision.  A frame the kernel

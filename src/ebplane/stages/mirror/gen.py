@@ -3,15 +3,13 @@ names and counter slots are defined."""
 
 from __future__ import annotations
 
-from ebplane.codegen.forwarding import _match_expr
-from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator
-from ebplane.kernel.codec import Struct
-from ebplane.spec.replicate import MirrorStage
+from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.stages.forward.gen import _match_expr
+from ebplane.stages.mirror.spec import MirrorStage
 
 # counter slots (mirror.h enum ebp_mirror_slot)
 OUTCOMES: tuple[str, ...] = ("mirrored", "not_selected", "not_sampled", "no_port", "failed",
                              "multi_buffer")
-MIRROR_CFG = Struct("ebp_mirror_cfg", [("to", "I"), ("out", "I")])
 
 
 def map_names(stage: str) -> dict[str, str]:
@@ -40,7 +38,7 @@ class MirrorGen(StageGen):
                 stage=st.name, role="config")
         out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(OUTCOMES), f"mirror '{st.name}': {', '.join(OUTCOMES)}",
-                stage=st.name, role="counters")
+                stage=st.name, role="counters", slots=OUTCOMES)
         sel = selected_expr(st)
         call = (f"ebp_mirror_xdp(ctx, selected, {st.sample}, &{n['ports']}, &{n['config']}, &slot)"
                 if xdp else f"ebp_mirror_tc(ctx, selected, {st.sample}, &{n['config']}, &slot)")
@@ -68,4 +66,4 @@ class MirrorGen(StageGen):
                         tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
 
 
-register_generator(MirrorGen())
+GENERATORS = {"mirror": MirrorGen()}

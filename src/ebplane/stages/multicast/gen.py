@@ -3,21 +3,15 @@ its map names, counter slots and key layout are defined."""
 
 from __future__ import annotations
 
-from ebplane.codegen.pipeline import Emit, Features, MapRole, StageGen, register_generator
-from ebplane.kernel.codec import Struct
-from ebplane.spec.replicate import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
+from ebplane.codegen.pipeline import Emit, Features, MapRole, StageGen
+from ebplane.stages.multicast.spec import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
 
 # counter slots (multicast.h enum ebp_mc_slot)
 OUTCOMES: tuple[str, ...] = ("sent", "no_group", "runt", "multi_buffer")
-# struct ebp_mc_key / ebp_mc_name of multicast.h
 KIND_MAC, KIND_IPV4, KIND_IPV6 = 0, 4, 6
-MC_KEY = Struct("ebp_mc_key", [("kind", "B"), ("pad", "3s"), ("addr", "16s")])
-MC_NAME = Struct("ebp_mc_name", [("name", "16s")])
 MEMBERS_MAX = MC_MEMBERS_MAX
 SNOOP_RING_BYTES = 1 << 16
 SNOOP_BYTES = 256  # EBP_MC_SNOOP_BYTES
-SNOOP_REC = Struct("ebp_mc_snoop_rec", [("ifindex", "I"), ("len", "I"),
-                                        ("data", f"{SNOOP_BYTES}s")])
 
 
 def map_names(stage: str) -> dict[str, str]:
@@ -48,7 +42,9 @@ class MulticastGen(StageGen):
             "struct {", "\t__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);",
             f"\t__uint(max_entries, {st.max_groups});", "\t__type(key, __u32);",
             f"\t__array(values, struct {inner});", f"}} {n['groups']} SEC(\".maps\");"]))
-        out.prog.maps.append(MapRole(n["groups"], st.name, "groups"))
+        out.prog.maps.append(MapRole(n["groups"], st.name, "groups",
+                                     mtype="BPF_MAP_TYPE_ARRAY_OF_MAPS", key="__u32",
+                                     value=f"struct {inner}", max_entries=st.max_groups))
         out.map(n["addresses"], "BPF_MAP_TYPE_HASH", "struct ebp_mc_key", "__u32",
                 MC_ADDRESSES_MAX, f"multicast '{st.name}': group address -> group slot",
                 stage=st.name, role="addresses")
@@ -57,7 +53,7 @@ class MulticastGen(StageGen):
                 stage=st.name, role="names")
         out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(OUTCOMES), f"multicast '{st.name}': {', '.join(OUTCOMES)}",
-                stage=st.name, role="counters")
+                stage=st.name, role="counters", slots=OUTCOMES)
         out.map(n["group_counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 st.max_groups, f"multicast '{st.name}': frames sent per group slot",
                 stage=st.name, role="group-counters")
@@ -67,7 +63,9 @@ class MulticastGen(StageGen):
                 f"({SNOOP_RING_BYTES} bytes) */",
                 "struct {", "\t__uint(type, BPF_MAP_TYPE_RINGBUF);",
                 f"\t__uint(max_entries, {SNOOP_RING_BYTES});", f"}} {n['snoop']} SEC(\".maps\");"]))
-            out.prog.maps.append(MapRole(n["snoop"], st.name, "snoop", reusable=False))
+            out.prog.maps.append(MapRole(n["snoop"], st.name, "snoop", reusable=False,
+                                         mtype="BPF_MAP_TYPE_RINGBUF",
+                                         max_entries=SNOOP_RING_BYTES))
         out.functions.append("\n".join([
             f"/* multicast '{st.name}': up to {st.max_groups} groups, each to its members but "
             "the ingress port */",
@@ -92,4 +90,4 @@ class MulticastGen(StageGen):
         return Features(ipv4="ipv4" in listed, ipv6="ipv6" in listed)
 
 
-register_generator(MulticastGen())
+GENERATORS = {"multicast": MulticastGen()}

@@ -1,215 +1,26 @@
-"""Control plane of the stages that copy packets: multicast groups and mirror.
+"""Run-time changes to the groups of an applied multicast stage (``ebplane groups``), and
+IGMP/MLD snooping (``ebplane groups PIPELINE snoop``).
 
-Multicast: every group is a DEVMAP_HASH of member ifindexes in one slot of the stage's
-ARRAY_OF_MAPS; its name sits in the same slot of a names array, its addresses in a hash
-(address -> slot).  All of it is in the kernel's maps, so ``ebplane groups`` and ``stats``
-read the groups from there.  A change of members builds a new DEVMAP_HASH and swaps it into
-the slot with one map update: a frame sees the old or the new member set, never a mix.  A
-new group's members are in place before its addresses point to it; a removed group loses
-its addresses first.  ``apply`` installs the spec's groups (run-time changes last until the
-next apply).
-
-Mirror: the mirror port's ifindex (and at XDP, the original's port) in the stage's config;
-at XDP both ports in a DEVMAP_HASH, made capable of receiving redirected frames like every
-redirect target (see :mod:`ebplane.runtime.forwarding`).
+The groups live in the kernel's maps (:mod:`ebplane.stages.multicast.control`); every change
+here goes through :class:`GroupMaps` under the pipeline's lock: a member set is swapped
+whole, so frames in flight see the old or the new set.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import re
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
-from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
-from ebplane.kernel.codec import COUNT, U32
-from ebplane.kernel.maps import Map
+from ebplane.errors import EbplaneError, NotFound, UsageError
 from ebplane.net import iface, netns
-from ebplane.runtime.build import jumbo_interfaces
-from ebplane.runtime.forwarding import (ForwardingRuntime, _ifaces_of, make_capable,
-                                        require_capable)
-from ebplane.runtime.stages import StageRuntime, register_runtime
 from ebplane.spec.located import Where
-from ebplane.spec.replicate import (MC_MEMBERS_MAX, MirrorStage, MulticastStage,
-                                    check_address_parsed, parse_group, parse_group_address)
-from ebplane.stages.mirror import gen as mirror_gen
+from ebplane.stages.forward.control import require_capable
 from ebplane.stages.multicast import gen as mc_gen
-
-
-# -- multicast --------------------------------------------------------------------------------
-
-def address_key(text: str):
-    """A group address (as the spec writes it) -> the ``ebp_mc_key`` of the addresses map."""
-    kind, canon = parse_group_address(text, Where("address"))
-    if kind == mc_gen.KIND_MAC:
-        raw = bytes.fromhex(canon.replace(":", ""))
-    else:
-        raw = ipaddress.ip_address(canon).packed
-    return mc_gen.MC_KEY.type(kind, b"\0" * 3, raw.ljust(16, b"\0"))
-
-
-def address_text(key) -> str:
-    if key.kind == mc_gen.KIND_MAC:
-        return ":".join(f"{b:02x}" for b in key.addr[:6])
-    return str(ipaddress.ip_address(key.addr[:4] if key.kind == mc_gen.KIND_IPV4 else key.addr))
-
-
-class GroupMaps:
-    """The maps of one multicast stage (``maps(cname)`` opens them: built or pinned)."""
-
-    def __init__(self, stage: MulticastStage, maps: Callable[[str], Map]):
-        n = mc_gen.map_names(stage.name)
-        self.stage = stage
-        self.groups = maps(n["groups"]).with_codecs(U32, U32)  # slot -> inner map (id / fd)
-        self.names = maps(n["names"]).with_codecs(U32, mc_gen.MC_NAME)
-        self.addrs = maps(n["addresses"]).with_codecs(mc_gen.MC_KEY, U32)
-        self.gcnt = maps(n["group_counters"]).with_codecs(U32, COUNT)
-
-    def slots(self) -> dict[str, int]:
-        """group name -> slot."""
-        out = {}
-        for i in range(self.stage.max_groups):
-            name = self.names.lookup(i).name.rstrip(b"\0").decode()
-            if name:
-                out[name] = i
-        return out
-
-    def members(self, slot: int) -> list[int]:
-        try:
-            map_id = self.groups.lookup(slot)
-        except KeyNotFound:
-            return []
-        with Map.from_id(map_id) as inner:
-            return sorted(inner.with_codecs(U32, U32).keys())
-
-    def addresses(self) -> dict[str, int]:
-        return {address_text(k): v for k, v in self.addrs.items()}
-
-    def set_members(self, slot: int, ifindexes: Iterable[int], name: str) -> None:
-        """One atomic swap: a new member map in the slot."""
-        idx = sorted(set(ifindexes))
-        if len(idx) > MC_MEMBERS_MAX:
-            raise UsageError(f"group {name}: {len(idx)} members exceed {MC_MEMBERS_MAX}",
-                             hint="a group holds at most 64 ports")
-        kname = re.sub(r"[^A-Za-z0-9_.]", "_", f"mc_{name}")[:15]  # the kernel's name rule
-        with Map.create("devmap_hash", 4, 4, MC_MEMBERS_MAX, name=kname,
-                        key=U32, value=U32) as inner:
-            for i in idx:
-                inner.update(i, i)
-            self.groups.update(slot, inner.fd)
-
-    def free_slot(self, group: str) -> int:
-        used = self.slots()
-        for i in range(self.stage.max_groups):
-            if i not in used.values():
-                return i
-        raise UsageError(f"multicast '{self.stage.name}': no free slot for group {group} "
-                         f"(max_groups is {self.stage.max_groups})",
-                         hint="remove a group, or raise max_groups: in the spec and apply")
-
-    def write_group(self, name: str, ifindexes: Iterable[int], addresses: Iterable[str]) -> int:
-        """Create or update group ``name``: members first, then its addresses (added ones
-        point to it, dropped ones are deleted)."""
-        slots = self.slots()
-        slot = slots.get(name)
-        want = {address_key(a) for a in addresses}
-        taken = {k: v for k, v in self.addrs.items()}
-        for k in want:  # bad input changes nothing: check before the first write
-            if k in taken and taken[k] != slot:
-                other = [g for g, s in slots.items() if s == taken[k]]
-                raise UsageError(f"address {address_text(k)} already selects group "
-                                 f"{other[0] if other else taken[k]}",
-                                 hint="remove it from that group first")
-        if len(set(ifindexes)) > MC_MEMBERS_MAX:
-            raise UsageError(f"group {name}: {len(set(ifindexes))} members exceed "
-                             f"{MC_MEMBERS_MAX}", hint="a group holds at most 64 ports")
-        if slot is None:
-            slot = self.free_slot(name)
-            self.gcnt.update(slot, COUNT.type(0, 0))  # a reused slot starts at 0
-        self.set_members(slot, ifindexes, name)
-        self.names.update(slot, mc_gen.MC_NAME.type(name.encode()))
-        for k in want:
-            self.addrs.update(k, slot)
-        for k, v in taken.items():
-            if v == slot and k not in want:
-                with contextlib.suppress(KeyNotFound):
-                    self.addrs.delete(k)
-        return slot
-
-    def delete_group(self, name: str) -> None:
-        slot = self.slots()[name]
-        for k, v in list(self.addrs.items()):
-            if v == slot:
-                with contextlib.suppress(KeyNotFound):
-                    self.addrs.delete(k)
-        with contextlib.suppress(KeyNotFound):
-            self.groups.delete(slot)
-        self.names.update(slot, mc_gen.MC_NAME.type(b""))
-
-    def describe(self, names: dict[int, str]) -> list[dict]:
-        addrs = self.addresses()
-        out = []
-        for g, slot in sorted(self.slots().items()):
-            c = self.gcnt.lookup_sum(slot)
-            out.append({"group": g, "slot": slot,
-                        "members": [names.get(i, i) for i in self.members(slot)],
-                        "addresses": sorted(a for a, s in addrs.items() if s == slot),
-                        "sent": {"packets": c.packets, "bytes": c.bytes}})
-        return out
-
-    def close(self) -> None:
-        for m in (self.groups, self.names, self.addrs, self.gcnt):
-            m.close()
-
-
-def multi_buffer_note(spec, stage) -> list[str]:
-    """apply's note for a copying stage in a jumbo pipeline: the kernel's devmap broadcast
-    takes single-buffer frames only."""
-    jumbo = jumbo_interfaces(spec)
-    if not jumbo:
-        return []
-    what = ("go to the kernel instead of the group" if stage.kind == "multicast"
-            else "go to out: without a copy")
-    return [f"{stage.kind} '{stage.name}': {', '.join(n for n, _ in jumbo)} take jumbo "
-            f"frames; a frame in several buffers (larger than about 3.5 KB on veth) cannot be "
-            f"copied by a devmap broadcast, so such frames {what} (counter multi_buffer)"]
-
-
-def _ifindexes(stage, ifnames, spec, *, replay: bool) -> list[int]:
-    """Ifindexes of the member ports that can take redirected frames (made capable)."""
-    return [e.ifindex for e in make_capable(ifnames, spec, replay=replay, stage=stage)]
-
-
-class MulticastRuntime(ForwardingRuntime):
-    kind = "multicast"
-
-    def check(self, spec, stage: MulticastStage) -> list[str]:
-        notes = super().check(spec, stage)
-        members = sorted({m for g in stage.groups for m in g.members})
-        return notes + require_capable(stage, members, spec) + multi_buffer_note(spec, stage)
-
-    def prepare(self, built, spec, stage: MulticastStage, *, replay: bool = False) -> list[str]:
-        notes = super().prepare(built, spec, stage, replay=replay)
-        gm = GroupMaps(stage, built.map)
-        for name in list(gm.slots()):
-            if name not in {g.name for g in stage.groups}:
-                gm.delete_group(name)
-        for g in stage.groups:
-            gm.write_group(g.name, _ifindexes(stage, g.members, spec, replay=replay),
-                           g.addresses)
-        return notes
-
-    def stats(self, maps: Callable[[str], Map], spec, stage: MulticastStage) -> dict:
-        cm = maps(mc_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
-        d = {"counts": {}}
-        for i, name in enumerate(mc_gen.OUTCOMES):
-            c = cm.lookup_sum(i)
-            d["counts"][name] = {"packets": c.packets, "bytes": c.bytes}
-        gm = GroupMaps(stage, maps)
-        names = {i.ifindex: i.name for i in _ifaces_of(spec)}
-        d["groups"] = gm.describe(names)
-        return d
+from ebplane.stages.multicast.control import SNOOP_REC, GroupMaps, _ifindexes
+from ebplane.stages.multicast.spec import (check_address_parsed, parse_group,
+                                           parse_group_address)
 
 
 class Groups:
@@ -226,7 +37,7 @@ class Groups:
         self.pipeline = pipeline
         st = pl.require_state(pipeline)
         spec = pl._spec_of(st)
-        kinds = [s for s in spec.stages if isinstance(s, MulticastStage)]
+        kinds = [s for s in spec.stages if s.kind == "multicast"]
         if not kinds:
             raise UsageError(f"pipeline '{pipeline}' has no multicast stage",
                              hint="add `- multicast: {groups: {...}}` to its stages and apply")
@@ -317,54 +128,6 @@ class Groups:
 
     def _one(self, group: str) -> dict:
         return next(g for g in self.list() if g["group"] == group)
-
-
-# -- mirror -----------------------------------------------------------------------------------
-
-class MirrorRuntime(StageRuntime):
-    kind = "mirror"
-
-    def check(self, spec, stage: MirrorStage) -> list[str]:
-        if spec.hook == "xdp":
-            fw = ForwardingRuntime()
-            return (fw.check(spec, stage) + require_capable(stage, [stage.to, stage.out], spec)
-                    + multi_buffer_note(spec, stage))
-        iface.ifindex(stage.to)
-        return []
-
-    def prepare(self, built, spec, stage: MirrorStage, *, replay: bool = False) -> list[str]:
-        n = mirror_gen.map_names(stage.name)
-        cfg = built.map(n["config"]).with_codecs(U32, mirror_gen.MIRROR_CFG)
-        if spec.hook != "xdp":
-            try:
-                to = iface.ifindex(stage.to)
-            except EbplaneError:
-                if not replay:
-                    raise
-                to = 0
-            cfg.update(0, mirror_gen.MIRROR_CFG.type(to, 0))
-            return []
-        notes = ForwardingRuntime().prepare(built, spec, stage, replay=replay)
-        ready = {e.ifname: e.ifindex for e in make_capable([stage.to, stage.out], spec,
-                                                            replay=replay, stage=stage)}
-        ports = built.map(n["ports"]).with_codecs(U32, U32)
-        for i in ready.values():
-            ports.update(i, i)
-        cfg.update(0, mirror_gen.MIRROR_CFG.type(ready.get(stage.to, 0), ready.get(stage.out, 0)))
-        return notes
-
-    def stats(self, maps: Callable[[str], Map], spec, stage: MirrorStage) -> dict:
-        cm = maps(mirror_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
-        counts = {}
-        for i, name in enumerate(mirror_gen.OUTCOMES):
-            c = cm.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
-        return {"counts": counts, "to": stage.to, "sample": stage.sample,
-                **({"out": stage.out} if stage.out else {})}
-
-
-for _rt in (MulticastRuntime(), MirrorRuntime()):
-    register_runtime(_rt)
 
 
 # -- IGMP / MLD snooping ------------------------------------------------------------------------
@@ -468,7 +231,7 @@ class Snooper:
         self._rb = RingBuffer(self.ring, self._on_record)
 
     def _on_record(self, data: bytes) -> None:
-        rec = mc_gen.SNOOP_REC.decode(data)
+        rec = SNOOP_REC.decode(data)
         port = self.ifnames.get(rec.ifindex)
         if port is None:
             return
