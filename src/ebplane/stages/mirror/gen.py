@@ -7,9 +7,16 @@ from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.stages.forward.gen import _match_expr
 from ebplane.stages.mirror.spec import MirrorStage
 
-# counter slots (mirror.h enum ebp_mirror_slot)
+# counter slots (EBP_MR_<OUTCOME> in mirror.h)
 OUTCOMES: tuple[str, ...] = ("mirrored", "not_selected", "not_sampled", "no_port", "failed",
                              "multi_buffer")
+
+
+def c_defines() -> dict[str, int]:
+    """The #defines mirror.h reads: its counter slots."""
+    d = {f"EBP_MR_{n.upper()}": i for i, n in enumerate(OUTCOMES)}
+    d["EBP_MR_NSLOTS"] = len(OUTCOMES)
+    return d
 
 
 def map_names(stage: str) -> dict[str, str]:
@@ -27,6 +34,8 @@ class MirrorGen(StageGen):
 
     def emit(self, idx: int, st: MirrorStage, out: Emit) -> None:
         xdp = out.hook == "xdp"
+        for name, value in c_defines().items():
+            out.define(name, value)
         out.include("mirror.h")
         n = map_names(st.name)
         if xdp:
@@ -48,7 +57,7 @@ class MirrorGen(StageGen):
             f"static __always_inline int stage_{idx}_mirror(EBP_CTX *ctx, struct ebp_pkt *pkt, "
             "int malformed)",
             "{",
-            "\t__u32 slot = EBP_MR_NOT_SELECTED;",
+            f"\t__u32 slot = {OUTCOMES.index('not_selected')}; /* EBP_MR_NOT_SELECTED */",
             f"\tint selected = !malformed && ({sel});",
             f"\tint act = {call};",
             "",

@@ -8,23 +8,22 @@
  * bpf_redirect_map(..., BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) sends the frame to both
  * (the kernel copies it per target).  Frames that are not mirrored are redirected to out:.
  *
- * The slot enum is listed in the same order in ebplane/stages/mirror/gen.py (OUTCOMES).
  */
 #ifndef EBPLANE_MIRROR_H
 #define EBPLANE_MIRROR_H
 
 #include "ebplane.h"
 
-enum ebp_mirror_slot {
-	EBP_MR_MIRRORED,	/* a copy went to the mirror port */
-	EBP_MR_NOT_SELECTED,	/* no match entry selected it */
-	EBP_MR_NOT_SAMPLED,	/* selected, not in the 1-in-N sample */
-	EBP_MR_NO_PORT,		/* the mirror (XDP: or out) port is not set up: no copy */
-	EBP_MR_FAILED,		/* TC: bpf_clone_redirect refused (the device went away) */
-	EBP_MR_MULTI_BUFFER,	/* XDP: selected, but in several buffers (jumbo): a devmap
-				 * broadcast cannot copy it, so only the original goes (to out) */
-	EBP_MR_SLOTS
-};
+/* Counter slots, defined once in ebplane/stages/mirror/gen.py (OUTCOMES) and written into
+ * each program ahead of this header as EBP_MR_<OUTCOME>: MIRRORED (a copy went out),
+ * NOT_SELECTED, NOT_SAMPLED (selected, not in the 1-in-N sample), NO_PORT (the mirror, or at
+ * XDP the out, port is not set up: no copy), FAILED (TC: bpf_clone_redirect refused),
+ * MULTI_BUFFER (XDP: selected but in several buffers, which a devmap broadcast cannot copy:
+ * the original goes to out alone); EBP_MR_NSLOTS in all.
+ */
+#ifndef EBP_MR_NSLOTS
+#error "mirror.h needs the #defines ebplane/stages/mirror/gen.py generates"
+#endif
 
 struct ebp_mirror_cfg {
 	__u32 to;	/* ifindex of the mirror port (0: not set) */

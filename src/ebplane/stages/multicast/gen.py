@@ -6,12 +6,21 @@ from __future__ import annotations
 from ebplane.codegen.pipeline import Emit, Features, MapRole, StageGen
 from ebplane.stages.multicast.spec import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
 
-# counter slots (multicast.h enum ebp_mc_slot)
+# counter slots (EBP_MC_<OUTCOME> in multicast.h)
 OUTCOMES: tuple[str, ...] = ("sent", "no_group", "runt", "multi_buffer")
 KIND_MAC, KIND_IPV4, KIND_IPV6 = 0, 4, 6
 MEMBERS_MAX = MC_MEMBERS_MAX
 SNOOP_RING_BYTES = 1 << 16
-SNOOP_BYTES = 256  # EBP_MC_SNOOP_BYTES
+SNOOP_BYTES = 256  # of a frame a snooping stage copies (EBP_MC_SNOOP_BYTES)
+
+
+def c_defines() -> dict[str, int]:
+    """The #defines multicast.h reads, from the tables above."""
+    d = {f"EBP_MC_{n.upper()}": i for i, n in enumerate(OUTCOMES)}
+    d["EBP_MC_NSLOTS"] = len(OUTCOMES)
+    d.update({"EBP_MC_KIND_MAC": KIND_MAC, "EBP_MC_KIND_IPV4": KIND_IPV4,
+              "EBP_MC_KIND_IPV6": KIND_IPV6, "EBP_MC_SNOOP_BYTES": SNOOP_BYTES})
+    return d
 
 
 def map_names(stage: str) -> dict[str, str]:
@@ -30,6 +39,8 @@ class MulticastGen(StageGen):
     kind = "multicast"
 
     def emit(self, idx: int, st: MulticastStage, out: Emit) -> None:
+        for name, value in c_defines().items():
+            out.define(name, value)
         out.include("multicast.h")
         n = map_names(st.name)
         inner = member_struct(st.name)
@@ -72,7 +83,7 @@ class MulticastGen(StageGen):
             f"static __always_inline int stage_{idx}_multicast(EBP_CTX *ctx, struct ebp_pkt *pkt, "
             "int malformed)",
             "{",
-            "\t__u32 slot = EBP_MC_RUNT;",
+            f"\t__u32 slot = {OUTCOMES.index('runt')}; /* EBP_MC_RUNT */",
             *([f"\tif (!malformed)\n\t\tebp_mc_snoop(ctx, pkt, &{n['snoop']});"]
               if st.snooping else []),
             f"\tint act = ebp_multicast(ctx, pkt, &{n['addresses']}, &{n['groups']}, "

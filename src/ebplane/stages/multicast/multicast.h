@@ -12,26 +12,25 @@
  * IPv6 multicast destination first (when the pipeline parses IP), then the destination MAC
  * (group bit set; ff:ff:ff:ff:ff:ff is broadcast).
  *
- * The slot enum is listed in the same order in ebplane/stages/multicast/gen.py (OUTCOMES).
  */
 #ifndef EBPLANE_MULTICAST_H
 #define EBPLANE_MULTICAST_H
 
 #include "ebplane.h"
 
-enum ebp_mc_slot {
-	EBP_MC_SENT,		/* sent to the members of its group */
-	EBP_MC_NO_GROUP,	/* no group (or an empty slot) for its destination: next stage */
-	EBP_MC_RUNT,		/* shorter than an Ethernet header: dropped */
-	EBP_MC_MULTI_BUFFER,	/* to a group, but in several buffers (jumbo): the kernel's
-				 * devmap broadcast copies single-buffer frames only, so it
-				 * goes to the kernel (XDP_PASS) instead of vanishing */
-	EBP_MC_SLOTS
-};
-
-#define EBP_MC_KIND_MAC 0
-#define EBP_MC_KIND_IPV4 4
-#define EBP_MC_KIND_IPV6 6
+/* Numbers defined once in ebplane/stages/multicast/gen.py (c_defines) and written into each
+ * program ahead of this header:
+ *   EBP_MC_<OUTCOME>    counter slots: SENT (to the members of its group), NO_GROUP (no group,
+ *                       or an empty slot: next stage), RUNT (shorter than Ethernet: dropped),
+ *                       MULTI_BUFFER (to a group but in several buffers: the kernel's devmap
+ *                       broadcast copies single-buffer frames only, so it goes to the kernel);
+ *                       EBP_MC_NSLOTS in all
+ *   EBP_MC_KIND_<KIND>  struct ebp_mc_key.kind: MAC, IPV4, IPV6
+ *   EBP_MC_SNOOP_BYTES  bytes of a frame a snooping stage copies
+ */
+#ifndef EBP_MC_NSLOTS
+#error "multicast.h needs the #defines ebplane/stages/multicast/gen.py generates"
+#endif
 
 struct ebp_mc_key {
 	__u8 kind;	/* EBP_MC_KIND_* */
@@ -46,7 +45,6 @@ struct ebp_mc_name {
 
 /* snooping: the head of each IGMP or MLD frame (and of other ICMPv6 to a multicast
  * address, which user space sorts out), for the control plane that learns members */
-#define EBP_MC_SNOOP_BYTES 256
 struct ebp_mc_snoop_rec {
 	__u32 ifindex;	/* ingress port */
 	__u32 len;	/* bytes of data[] that hold the frame */
