@@ -23,7 +23,7 @@ from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
 SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench",
-                             "jumbo")
+                             "containers", "jumbo")
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,10 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             results["xsk"] = run_xsk(config.xsk_frames, config.xsk_runs, progress)
         if "classbench" in sections:
             results["classbench"] = run_classbench(harness, lab, config, progress)
+        if "containers" in sections:
+            from ebplane.bench.containers import run_containers
+            results["containers"] = run_containers(workdir, config.live_seconds,
+                                                   config.live_repeats, progress)
         if "jumbo" in sections:
             from ebplane.bench.jumbo import run_jumbo
             results["jumbo"] = run_jumbo(workdir, config.live_seconds, config.live_repeats,
