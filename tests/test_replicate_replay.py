@@ -105,6 +105,9 @@ def test_group_addresses_select_their_group(mc):
     assert mc.counts("multicast", "multicast") == {"sent": 4, "no_group": 2, "runt": 0,
                                                    "multi_buffer": 0}
     assert (_gcount(mc, "all"), _gcount(mc, "video"), _gcount(mc, "mac")) == (1, 2, 1)
+    with netns.enter(mc.ns):  # replay names the outcome that decided
+        d = mc.rp.run(0, bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP()))
+    assert (d.stage, d.reason) == ("multicast", "sent")
 
 
 def test_truncated_frames_fall_back_to_the_mac(mc):

@@ -52,6 +52,18 @@ class MirrorControl(StageControl):
         cfg.update(0, MIRROR_CFG.type(ready.get(stage.to, 0), ready.get(stage.out, 0)))
         return notes
 
+
+    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
+        return {i: (None, name) for i, name in enumerate(mirror_gen.OUTCOMES)}
+
+    def slots_at(self, stage, hook: str, live=()) -> dict[int, tuple[int | None, str]]:
+        return self.slots(stage, live)  # the same slots at every hook
+
+    def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
+        return self.slots(stage).get(slot, (None, f"slot {slot}"))
+
+    def describe_slot_at(self, stage, hook: str, slot: int, live=()) -> tuple[int | None, str]:
+        return self.describe_slot(stage, slot, live)
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in mirror_gen.map_names(stage.name).items()}
 

@@ -196,6 +196,18 @@ class MulticastControl(ForwardingRuntime):
                            g.addresses)
         return notes
 
+
+    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
+        return {i: (None, name) for i, name in enumerate(mc_gen.OUTCOMES)}
+
+    def slots_at(self, stage, hook: str, live=()) -> dict[int, tuple[int | None, str]]:
+        return self.slots(stage, live)  # the same slots at every hook
+
+    def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
+        return self.slots(stage).get(slot, (None, f"slot {slot}"))
+
+    def describe_slot_at(self, stage, hook: str, slot: int, live=()) -> tuple[int | None, str]:
+        return self.describe_slot(stage, slot, live)
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in mc_gen.map_names(stage.name).items()}
 
