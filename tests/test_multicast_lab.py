@@ -446,3 +446,39 @@ def test_jumbo_frames_to_a_group_go_to_the_kernel_not_nowhere(ebp_env, tmp_path)
             pipeline.detach(res.name)
     finally:
         lab.down()
+
+
+def test_multicast_at_tc_ingress_clones_to_members_jumbo_too(ebp_env, tmp_path):
+    """At tc-ingress a group is walked with bpf_clone_redirect: every member but the ingress
+    gets the frame, whatever its size (here 8000 bytes on MTU 9000, which a devmap broadcast
+    cannot copy); members change live as at XDP."""
+    path = tmp_path / "mct.yaml"
+    path.write_text(JUMBO_LAB.replace("lab: ebp-mcj", "lab: ebp-mct"))
+    lab = Lab.load(path, name=f"ebp-mct{secrets.token_hex(3)}")
+    lab.up()
+    try:
+        res = _apply(tmp_path, "mct", lab.ns("sw"), MC_STAGES, hook="tc-ingress",
+                     interfaces="[p1]")
+        try:
+            for size in (100, 8000):
+                caps = {h: traffic.Capture(lab.ns(h), "eth0", FLOW) for h in ("h1", "h2", "h3")}
+                try:
+                    traffic.send(lab.ns("h1"), "eth0", FLOW, 5, dst_mac=GROUP_MAC,
+                                 payload=bytes(size))
+                    got = {h: c.wait(5 if h != "h1" else 1, timeout=1.0 if h != "h1" else 0.3)
+                           for h, c in caps.items()}
+                finally:
+                    for c in caps.values():
+                        c.close()
+                assert got == {"h1": 0, "h2": 5, "h3": 5}, size
+            Groups(res.name).remove("video", members=["p3"])
+            assert Groups(res.name).list()[0]["members"] == ["p1", "p2"]
+            assert _deliveries(lab) == {"h1": 0, "h2": 5, "h3": 0}
+            st = next(s for s in pipeline.stats(res.name)[0]["stages"]
+                      if s["kind"] == "multicast")
+            assert st["counts"]["sent"]["packets"] == 15
+            assert st["counts"]["multi_buffer"]["packets"] == 0
+        finally:
+            pipeline.detach(res.name)
+    finally:
+        lab.down()

@@ -170,11 +170,6 @@ def test_ip_group_needs_the_ip_protocol():
                          protocols="ethernet, ipv4"))
 
 
-def test_multicast_is_xdp_only():
-    with pytest.raises(SpecError, match="works at hook xdp only"):
-        parse_spec(_spec("  - multicast: {}\n", hook="tc-ingress"))
-
-
 def test_mirror_hook_rules():
     with pytest.raises(SpecError, match="needs out:") as e:
         parse_spec(_spec("  - mirror: {to: p1}\n"))
@@ -370,3 +365,26 @@ def test_multi_buffer_frames_are_not_lost_to_a_devmap_broadcast(ns):
             assert mr_counts["multi_buffer"] == 1 and mr_counts["mirrored"] == 0
         finally:
             built.close()
+
+
+def test_multicast_at_tc_walks_an_array_of_members(ns):
+    r = Run(ns, MC.replace("hook: xdp", "hook: tc-ingress"))
+    try:
+        with netns.enter(ns):
+            gm = GroupMaps(r.spec.stages[0], r.rp.built.map, "tc-ingress")
+            video = {g["group"]: g for g in gm.describe({})}["video"]
+            assert video["members"] == sorted(iface.ifindex(p) for p in ("p1", "p2"))
+        assert r(Ether(dst="01:00:5e:01:01:01") / IP(dst="239.1.1.1") / UDP()) == \
+            "TC_ACT_REDIRECT"
+        assert r(Ether(dst="02:00:00:00:00:01") / IP(dst="198.18.0.1") / UDP()) == "TC_ACT_OK"
+        c = r.counts("multicast", "multicast")
+        assert (c["sent"], c["no_group"], c["multi_buffer"]) == (1, 1, 0)
+    finally:
+        r.close()
+
+
+def test_snooping_is_xdp_only():
+    with pytest.raises(SpecError, match="snooping works at hook xdp only"):
+        parse_spec(_spec("  - multicast: {snooping: true}\n", hook="tc-ingress"))
+    with pytest.raises(SpecError, match="works at hook xdp or tc-ingress only"):
+        parse_spec(_spec("  - multicast: {}\n", hook="tc-egress"))

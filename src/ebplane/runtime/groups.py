@@ -65,7 +65,7 @@ class Groups:
             return m
         try:
             with netns.enter(self.spec.netns) if self.spec.netns else contextlib.nullcontext():
-                yield GroupMaps(self.stage, maps)
+                yield GroupMaps(self.stage, maps, self.spec.hook)
         finally:
             for m in opened:
                 m.close()
@@ -79,7 +79,8 @@ class Groups:
         ifnames = list(ifnames)
         for n in ifnames:
             iface.ifindex(n)  # InterfaceNotFound (exit 2) before any change
-        require_capable(self.stage, ifnames, self.spec)
+        if self.spec.hook == "xdp":
+            require_capable(self.stage, ifnames, self.spec)
         return _ifindexes(self.stage, ifnames, self.spec, replay=False)
 
     def add(self, group: str, *, members: Iterable[str] = (),

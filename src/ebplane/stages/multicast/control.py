@@ -18,9 +18,10 @@ import ipaddress
 import re
 from typing import Callable, Iterable
 
-from ebplane.errors import KeyNotFound, UsageError
+from ebplane.errors import EbplaneError, KeyNotFound, UsageError
 from ebplane.kernel.codec import COUNT, U32, Struct
 from ebplane.kernel.maps import Map
+from ebplane.net import iface
 from ebplane.spec.located import Where
 from ebplane.stages.control import jumbo_interfaces
 from ebplane.stages.forward.control import (ForwardingRuntime, _ifaces_of, make_capable,
@@ -54,9 +55,10 @@ def address_text(key) -> str:
 class GroupMaps:
     """The maps of one multicast stage (``maps(cname)`` opens them: built or pinned)."""
 
-    def __init__(self, stage: MulticastStage, maps: Callable[[str], Map]):
+    def __init__(self, stage: MulticastStage, maps: Callable[[str], Map], hook: str = "xdp"):
         n = mc_gen.map_names(stage.name)
         self.stage = stage
+        self.xdp = hook == "xdp"  # members in a DEVMAP_HASH (XDP) or an ARRAY (TC)
         self.groups = maps(n["groups"]).with_codecs(U32, U32)  # slot -> inner map (id / fd)
         self.names = maps(n["names"]).with_codecs(U32, MC_NAME)
         self.addrs = maps(n["addresses"]).with_codecs(MC_KEY, U32)
@@ -77,7 +79,10 @@ class GroupMaps:
         except KeyNotFound:
             return []
         with Map.from_id(map_id) as inner:
-            return sorted(inner.with_codecs(U32, U32).keys())
+            m = inner.with_codecs(U32, U32)
+            if self.xdp:
+                return sorted(m.keys())
+            return sorted(v for v in (m.lookup(i) for i in range(m.max_entries)) if v)
 
     def addresses(self) -> dict[str, int]:
         return {address_text(k): v for k, v in self.addrs.items()}
@@ -89,10 +94,10 @@ class GroupMaps:
             raise UsageError(f"group {name}: {len(idx)} members exceed {MC_MEMBERS_MAX}",
                              hint="a group holds at most 64 ports")
         kname = re.sub(r"[^A-Za-z0-9_.]", "_", f"mc_{name}")[:15]  # the kernel's name rule
-        with Map.create("devmap_hash", 4, 4, MC_MEMBERS_MAX, name=kname,
-                        key=U32, value=U32) as inner:
-            for i in idx:
-                inner.update(i, i)
+        mtype = "devmap_hash" if self.xdp else "array"
+        with Map.create(mtype, 4, 4, MC_MEMBERS_MAX, name=kname, key=U32, value=U32) as inner:
+            for pos, i in enumerate(idx):
+                inner.update(i if self.xdp else pos, i)  # TC: index -> ifindex, 0 ends
             self.groups.update(slot, inner.fd)
 
     def free_slot(self, group: str) -> int:
@@ -173,7 +178,17 @@ def multi_buffer_note(spec, stage) -> list[str]:
 
 
 def _ifindexes(stage, ifnames, spec, *, replay: bool) -> list[int]:
-    """Ifindexes of the member ports that can take redirected frames (made capable)."""
+    """Ifindexes of the member ports that can take redirected frames (XDP: made capable;
+    TC: bpf_clone_redirect / bpf_redirect send to any device)."""
+    if spec.hook != "xdp":
+        out = []
+        for n in ifnames:
+            try:
+                out.append(iface.ifindex(n))
+            except EbplaneError:
+                if not replay:
+                    raise
+        return out
     return [e.ifindex for e in make_capable(ifnames, spec, replay=replay, stage=stage)]
 
 
@@ -183,11 +198,15 @@ class MulticastControl(ForwardingRuntime):
     def check(self, spec, stage: MulticastStage) -> list[str]:
         notes = super().check(spec, stage)
         members = sorted({m for g in stage.groups for m in g.members})
+        if spec.hook != "xdp":
+            for m in members:
+                iface.ifindex(m)  # exists (InterfaceNotFound, exit 2)
+            return notes
         return notes + require_capable(stage, members, spec) + multi_buffer_note(spec, stage)
 
     def prepare(self, built, spec, stage: MulticastStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
-        gm = GroupMaps(stage, built.map)
+        gm = GroupMaps(stage, built.map, spec.hook)
         for name in list(gm.slots()):
             if name not in {g.name for g in stage.groups}:
                 gm.delete_group(name)
@@ -217,7 +236,7 @@ class MulticastControl(ForwardingRuntime):
         for i, name in enumerate(mc_gen.OUTCOMES):
             c = cm.lookup_sum(i)
             d["counts"][name] = {"packets": c.packets, "bytes": c.bytes}
-        gm = GroupMaps(stage, maps)
+        gm = GroupMaps(stage, maps, spec.hook)
         names = {i.ifindex: i.name for i in _ifaces_of(spec)}
         d["groups"] = gm.describe(names)
         return d

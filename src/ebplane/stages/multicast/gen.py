@@ -19,7 +19,8 @@ def c_defines() -> dict[str, int]:
     d = {f"EBP_MC_{n.upper()}": i for i, n in enumerate(OUTCOMES)}
     d["EBP_MC_NSLOTS"] = len(OUTCOMES)
     d.update({"EBP_MC_KIND_MAC": KIND_MAC, "EBP_MC_KIND_IPV4": KIND_IPV4,
-              "EBP_MC_KIND_IPV6": KIND_IPV6, "EBP_MC_SNOOP_BYTES": SNOOP_BYTES})
+              "EBP_MC_KIND_IPV6": KIND_IPV6, "EBP_MC_SNOOP_BYTES": SNOOP_BYTES,
+              "EBP_MC_MEMBERS_MAX": MEMBERS_MAX})
     return d
 
 
@@ -28,6 +29,12 @@ def map_names(stage: str) -> dict[str, str]:
     t = f"mc_{stage}"
     return {"groups": f"{t}_grp", "addresses": f"{t}_addr", "names": f"{t}_names",
             "counters": f"{t}_cnt", "group_counters": f"{t}_gcnt", "snoop": f"{t}_snoop"}
+
+
+def member_map_type(hook: str) -> str:
+    """The map type of a group's members: XDP broadcasts through a DEVMAP_HASH (keyed by
+    ifindex), TC walks an ARRAY of ifindexes with bpf_clone_redirect."""
+    return "BPF_MAP_TYPE_DEVMAP_HASH" if hook == "xdp" else "BPF_MAP_TYPE_ARRAY"
 
 
 def member_struct(stage: str) -> str:
@@ -44,9 +51,11 @@ class MulticastGen(StageGen):
         out.include("multicast.h")
         n = map_names(st.name)
         inner = member_struct(st.name)
+        xdp = out.hook == "xdp"
         out.maps.append("\n".join([
-            f"/* multicast '{st.name}': a group's member ports, by ifindex (inner map) */",
-            f"struct {inner} {{", "\t__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);",
+            f"/* multicast '{st.name}': a group's member ports (inner map; "
+            + ("by ifindex) */" if xdp else "index -> ifindex, 0: the end) */"),
+            f"struct {inner} {{", f"\t__uint(type, {member_map_type(out.hook)});",
             f"\t__uint(max_entries, {MEMBERS_MAX});", "\t__type(key, __u32);",
             "\t__type(value, __u32);", "};",
             f"/* multicast '{st.name}': group slot -> its members (swapped whole at run time) */",
@@ -86,8 +95,8 @@ class MulticastGen(StageGen):
             f"\t__u32 slot = {OUTCOMES.index('runt')}; /* EBP_MC_RUNT */",
             *([f"\tif (!malformed)\n\t\tebp_mc_snoop(ctx, pkt, &{n['snoop']});"]
               if st.snooping else []),
-            f"\tint act = ebp_multicast(ctx, pkt, &{n['addresses']}, &{n['groups']}, "
-            f"&{n['group_counters']}, &slot);",
+            f"\tint act = ebp_multicast{'' if xdp else '_tc'}(ctx, pkt, &{n['addresses']}, "
+            f"&{n['groups']}, &{n['group_counters']}, &slot);",
             "",
             f"\tebp_count(&{n['counters']}, slot, pkt->len);",
             "\tif (act != EBP_NEXT)",

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* Multicast and broadcast groups for XDP.
+/* Multicast and broadcast groups, at XDP and at tc-ingress.
  *
- * A group is one DEVMAP_HASH of member ports (keyed by ifindex), held in a slot of an
- * ARRAY_OF_MAPS; a frame whose destination selects the group is sent to every member but
- * the port it came in on by one bpf_redirect_map(..., BPF_F_BROADCAST |
- * BPF_F_EXCLUDE_INGRESS).  The control plane changes a group's members by building a new
- * DEVMAP_HASH and swapping it into the slot: a frame sees the old or the new member set,
- * never a mix.
+ * A group's members sit in one inner map, held in a slot of an ARRAY_OF_MAPS; a frame whose
+ * destination selects the group is sent to every member but the port it came in on.  XDP:
+ * the inner map is a DEVMAP_HASH (keyed by ifindex) and one bpf_redirect_map(...,
+ * BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) sends the copies.  TC: it is an ARRAY of
+ * ifindexes, and bpf_clone_redirect sends them.  The control plane changes a group's
+ * members by building a new inner map and swapping it into the slot: a frame sees the old
+ * or the new member set, never a mix.
  *
  * Destinations select groups through one hash map keyed by struct ebp_mc_key: the IPv4 or
  * IPv6 multicast destination first (when the pipeline parses IP), then the destination MAC
@@ -27,6 +28,7 @@
  *                       EBP_MC_NSLOTS in all
  *   EBP_MC_KIND_<KIND>  struct ebp_mc_key.kind: MAC, IPV4, IPV6
  *   EBP_MC_SNOOP_BYTES  bytes of a frame a snooping stage copies
+ *   EBP_MC_MEMBERS_MAX  ports per group
  */
 #ifndef EBP_MC_NSLOTS
 #error "multicast.h needs the #defines ebplane/stages/multicast/gen.py generates"
@@ -95,20 +97,13 @@ static __always_inline __u32 *ebp_mc_lookup(void *addrs, struct ebp_mc_key *key,
 	return bpf_map_lookup_elem(addrs, key);
 }
 
-static __always_inline int ebp_multicast(struct xdp_md *ctx, struct ebp_pkt *pkt, void *addrs,
-					 void *groups, void *group_cnt, __u32 *slot)
+/* The group slot @pkt's destination selects: the IP group first, then the MAC; NULL when
+ * none.  @dmac is the frame's destination MAC (checked to be in the packet). */
+static __always_inline __u32 *ebp_mc_find(struct ebp_pkt *pkt, const __u8 *dmac, void *addrs)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
 	struct ebp_mc_key key;
 	__u32 *gid = 0;
-	void *members;
 
-	if ((void *)(eth + 1) > data_end) {
-		*slot = EBP_MC_RUNT;
-		return XDP_DROP;
-	}
 #ifdef EBP_PARSE_IPV4
 	if (pkt->family == 4 && (pkt->dst[0] & 0xf0) == 0xe0)
 		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_IPV4, pkt->dst, 4);
@@ -117,13 +112,28 @@ static __always_inline int ebp_multicast(struct xdp_md *ctx, struct ebp_pkt *pkt
 	if (!gid && pkt->family == 6 && pkt->dst[0] == 0xff)
 		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_IPV6, pkt->dst, 16);
 #endif
-	if (!gid && (eth->h_dest[0] & 1))
-		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_MAC, eth->h_dest, 6);
-	if (!gid) {
-		*slot = EBP_MC_NO_GROUP;
-		return EBP_NEXT;
+	if (!gid && (dmac[0] & 1))
+		gid = ebp_mc_lookup(addrs, &key, EBP_MC_KIND_MAC, dmac, 6);
+	return gid;
+}
+
+/* XDP: a group is a DEVMAP_HASH; one broadcast redirect sends a copy to each member but the
+ * ingress port. */
+static __always_inline int ebp_multicast(struct xdp_md *ctx, struct ebp_pkt *pkt, void *addrs,
+					 void *groups, void *group_cnt, __u32 *slot)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 *gid;
+	void *members;
+
+	if ((void *)(eth + 1) > data_end) {
+		*slot = EBP_MC_RUNT;
+		return XDP_DROP;
 	}
-	members = bpf_map_lookup_elem(groups, gid);
+	gid = ebp_mc_find(pkt, eth->h_dest, addrs);
+	members = gid ? bpf_map_lookup_elem(groups, gid) : 0;
 	if (!members) {
 		*slot = EBP_MC_NO_GROUP;
 		return EBP_NEXT;
@@ -135,6 +145,45 @@ static __always_inline int ebp_multicast(struct xdp_md *ctx, struct ebp_pkt *pkt
 	ebp_count(group_cnt, *gid, pkt->len);
 	*slot = EBP_MC_SENT;
 	return bpf_redirect_map(members, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+}
+
+/* TC: a group is an ARRAY of member ifindexes (0: the end); a clone goes to each member but
+ * the ingress port (bpf_clone_redirect, any frame size), the skb itself to the last one. */
+static __always_inline int ebp_multicast_tc(struct __sk_buff *skb, struct ebp_pkt *pkt,
+					    void *addrs, void *groups, void *group_cnt,
+					    __u32 *slot)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 ingress = skb->ingress_ifindex, last = 0, *gid, g;
+	void *members;
+
+	if ((void *)(eth + 1) > data_end) {
+		*slot = EBP_MC_RUNT;
+		return TC_ACT_SHOT;
+	}
+	gid = ebp_mc_find(pkt, eth->h_dest, addrs);
+	members = gid ? bpf_map_lookup_elem(groups, gid) : 0;
+	if (!members) {
+		*slot = EBP_MC_NO_GROUP;
+		return EBP_NEXT;
+	}
+	g = *gid;
+	ebp_count(group_cnt, g, pkt->len);
+	*slot = EBP_MC_SENT;
+	for (__u32 i = 0; i < EBP_MC_MEMBERS_MAX; i++) {
+		__u32 *ifx = bpf_map_lookup_elem(members, &i);
+
+		if (!ifx || !*ifx)
+			break;
+		if (*ifx == ingress)
+			continue;
+		if (last)
+			bpf_clone_redirect(skb, last, 0);
+		last = *ifx;
+	}
+	return last ? bpf_redirect(last, 0) : TC_ACT_SHOT;
 }
 
 #endif

@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 from ebplane.spec import check
 from ebplane.spec.located import Where
 from ebplane.spec.stages import Stage, stage_name
-from ebplane.stages.forward.spec import FORWARDING_HOOKS, _ifname
+from ebplane.stages.forward.spec import _ifname
 
+# XDP: devmap broadcast; tc-ingress: bpf_clone_redirect per member (any frame size)
+MC_HOOKS: tuple[str, ...] = ("xdp", "tc-ingress")
 MC_GROUPS_DEFAULT = 16
 MC_GROUPS_MAX = 256
 MC_MEMBERS_MAX = 64        # ports per group (max_entries of each group's DEVMAP_HASH)
@@ -88,10 +90,16 @@ class MulticastStage(Stage):
     """
 
     kind: ClassVar[str] = "multicast"
-    hooks: ClassVar[tuple[str, ...]] = FORWARDING_HOOKS
+    hooks: ClassVar[tuple[str, ...]] = MC_HOOKS
     groups: tuple[Group, ...] = ()
     max_groups: int = MC_GROUPS_DEFAULT
     snooping: bool = False  # copy IGMP/MLD frames to a ring buffer for `ebplane groups snoop`
+
+    def check_hook(self, hook: str, where: Where) -> None:
+        if self.snooping and hook != "xdp":
+            raise (where / "snooping").error(
+                "snooping works at hook xdp only", given=hook, key=True,
+                hint="use hook: xdp, or list the groups (ebplane groups ... add)")
 
     def body(self) -> dict[str, Any]:
         d = {"name": self.name, "max_groups": self.max_groups,
