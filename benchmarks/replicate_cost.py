@@ -6,7 +6,8 @@ stay attached (generic, on p3) while measured (platform-notes: an unattached XDP
 pays an RCU sync per test_run call).  test_run decides a devmap broadcast but does not send
 it, so the XDP rows are the program's cost; the copies themselves are the kernel's work after
 the program (see the lab tests for delivery).  At TC, bpf_clone_redirect really clones and
-transmits, so that row includes sending the copy out of a veth.
+transmits, so those rows include sending the copies out of veths (test_run gives the TC
+program no ingress port, so all three members get one).
 
     .venv/bin/python benchmarks/replicate_cost.py [--repeat N] [--rounds N] [--json]
 """
@@ -36,6 +37,7 @@ CASES = [
     ("xdp: mirror, selected (devmap broadcast to to: and out:)", "xdp",
      "  - mirror: {to: p2, out: p1}\n", UNICAST),
     ("tc: count only", "tc-ingress", "  - count: {}\n", UNICAST),
+    ("tc: multicast, group hit (3 members: 2 clones, 1 redirect)", "tc-ingress", MC, MC_FRAME),
     ("tc: mirror, not selected", "tc-ingress",
      "  - mirror: {to: p2, match: [{ethertype: arp}]}\n", UNICAST),
     ("tc: mirror, cloned out of a veth", "tc-ingress", "  - mirror: {to: p2}\n", UNICAST),
