@@ -41,8 +41,8 @@ BLOCKS: dict[str, Block] = {b.name: b for b in (
           "stages that redirect (route, bridge, redirect, steer, xsk, multicast, mirror)",
           "generic XDP, where every device may redirect", refused="mode: native"),
     Block("redirect target", "ndo_xmit", "target",
-          "the devices frames are redirected to (redirect to:, bridge ports, route egresses, "
-          "multicast members, mirror to:/out:)",
+          "the devices XDP redirects frames to (redirect to:, bridge ports, route egresses, "
+          "multicast members and mirror to:/out: at XDP)",
           "a veth whose peer is in an ebp- namespace gets a pass-through XDP program on the "
           "peer; route leaves that egress to the kernel",
           refused="bridge, redirect, tx, multicast, mirror at XDP (frames would vanish)"),
