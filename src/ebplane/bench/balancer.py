@@ -272,7 +272,7 @@ def run_balancer(suite: Suite, lab, calls: int, batches: int, seconds: float, re
 
 def markdown(b: dict) -> list[str]:
     c = b["cost"]
-    lines = ["## Balancer (L4 load balancer: Maglev, connection table, IPIP)", "",
+    lines = ["## 8. Balancer (L4 load balancer: Maglev, connection table, IPIP)", "",
              b["method"], "", b["reference"] + ".", "",
              "### Program cost (ns per packet, median of batch medians)", ""]
     head = ["program", "established ns", "new flow ns", "verdicts", "verified insns"]

@@ -23,7 +23,7 @@ from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
 SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench",
-                             "containers", "balancer")
+                             "containers", "balancer", "jumbo")
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,10 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             results["balancer"] = run_balancer(suite, lab, config.balancer_calls,
                                                config.balancer_batches, config.live_seconds,
                                                config.live_repeats, progress)
+        if "jumbo" in sections:
+            from ebplane.bench.jumbo import run_jumbo
+            results["jumbo"] = run_jumbo(workdir, config.live_seconds, config.live_repeats,
+                                         progress)
     doc = {"ebplane": __version__, "command": command,
            "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
            "seconds": round(time.time() - started, 1), "machine": machine(),

@@ -47,6 +47,7 @@ from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
+from ebplane.runtime import drivers
 from ebplane.stages.control import control_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
@@ -306,6 +307,7 @@ def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] 
                 raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
                               hint=e.hint) from None
         jumbo = jumbo_interfaces(spec)
+        notes += drivers.check(spec, jumbo)  # per interface: the features its blocks need
         for st in spec.stages:
             notes += control_for(st.kind).check(spec, st)
     if jumbo:

@@ -101,6 +101,7 @@ def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
             raise (root / "stages" / i / st.kind).error(
                 f"stage kind {st.kind} works at hook {' or '.join(st.hooks)} only", given=hook,
                 key=True, hint=f"use hook: {st.hooks[0]} (or move the stage to a pipeline of its own)")
+        st.check_hook(hook, root / "stages" / i / st.kind)
     provided: set[str] = set()  # what the stages so far give later ones (Stage.provides)
     for i, st in enumerate(stages):
         provided.update(st.provides)
