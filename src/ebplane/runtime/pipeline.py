@@ -43,6 +43,7 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
+from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime.stages import runtime_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
@@ -199,15 +200,19 @@ def _adopt(name: str, netns: str | None) -> list[dict]:
 
 # -- apply ------------------------------------------------------------------------------------
 
-def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
+def apply(spec_path: str | Path, *, progress: Progress = _quiet,
+          replace_foreign: bool = False) -> ApplyResult:
+    """``replace_foreign``: an XDP program that is not ebplane's, attached by netlink where
+    the pipeline attaches, is detached (else the apply fails, naming it)."""
     spec = load_spec(spec_path)
     text = Path(spec_path).read_text()
     with _locked(spec.name):
-        return _apply(spec, text, str(spec_path), progress=progress)
+        return _apply(spec, text, str(spec_path), progress=progress,
+                      replace_foreign=replace_foreign)
 
 
 def apply_text(spec_text: str, spec_file: str, *, rules: dict[str, list[dict]] | None = None,
-               progress: Progress = _quiet) -> ApplyResult:
+               progress: Progress = _quiet, replace_foreign: bool = False) -> ApplyResult:
     """:func:`apply` of a spec given as text (``spec_file`` names it in errors and status);
     ``rules``: per filter, the rules to install as they are kept (``{"id", "rule"}``, ids
     kept) instead of the spec's or the live ones (the agent restores its desired state so)."""
@@ -217,7 +222,8 @@ def apply_text(spec_text: str, spec_file: str, *, rules: dict[str, list[dict]] |
         if rules is not None:
             live = {k: _stored_entries(v, spec.protocols) for k, v in rules.items()
                     if any(f.name == k for f in _filters(spec))}
-        return _apply(spec, spec_text, spec_file, progress=progress, live_override=live)
+        return _apply(spec, spec_text, spec_file, progress=progress, live_override=live,
+                      replace_foreign=replace_foreign)
 
 
 def spec_of_text(spec_text: str, spec_file: str) -> PipelineSpec:
@@ -244,7 +250,7 @@ def _proc_start(pid: int) -> int | None:
 
 def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
            live_override: dict[str, list[RuleEntry]] | None = None,
-           capture: dict | None | str = KEEP) -> ApplyResult:
+           capture: dict | None | str = KEEP, replace_foreign: bool = False) -> ApplyResult:
     """Apply ``spec`` (see the module's docstring).  ``capture``: the record of the capture
     hooks the program carries (``ebplane trace``), None for none, KEEP (default) for those of
     the running program if their trace still runs (an orphaned capture is dropped here)."""
@@ -261,6 +267,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
                          f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
                          hint=f"detach it first: ebplane detach {spec.name}")
+    _check_composition(spec, old)
     root = pin_dir(spec.name)
     created_dir = not root.exists()  # then a failure removes the whole directory
     adopted = _adopt(spec.name, spec.netns) if old is None and not created_dir else []
@@ -321,10 +328,18 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     # 2. build, reusing compatible pinned maps
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
     maps_dir = pin_dir(spec.name) / "maps"
-    built = build(spec, features, reuse_pins=maps_dir if old else None,
-                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
-                  frags=bool(jumbo),
-                  capture=CaptureSpec.from_dict(capture["spec"]) if capture else None)
+    with contextlib.ExitStack() as chain_stack:
+        chain_maps = None  # composed (priority:): XDP members share the dispatcher's maps
+        if spec.priority is not None:
+            chain_maps = {}
+            if spec.hook == "xdp":
+                chain_stack.enter_context(netns_enter(spec.netns))
+                chain_maps = chain_stack.enter_context(dispatch.chain_maps(spec.netns))
+        built = build(spec, features, reuse_pins=maps_dir if old else None,
+                      filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
+                      frags=bool(jumbo),
+                      capture=CaptureSpec.from_dict(capture["spec"]) if capture else None,
+                      chain_maps=chain_maps)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
@@ -386,9 +401,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         state = PipelineState(
             name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
             netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
-            attachments=[{**o, "prog_id": p.id} if o else
-                         {"ifname": i, "hook": h, "prog_id": p.id, "planned": True,
-                          "link_pin": str(_link_pin(spec.name, i, h))} for i, h, p, o in plan],
+            attachments=[{**o, "prog_id": p.id} if o else _planned(spec, i, h, p)
+                         for i, h, p, o in plan],
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
@@ -415,9 +429,11 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     _crash_point("apply-replaced")
                 else:
                     progress(f"attaching to {ifname} ({hook})")
-                    rec, link = _attach(prog, ifname, spec)
+                    rec, link = _attach(prog, ifname, spec, replace_foreign=replace_foreign)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
+                    if rec["method"] == "dispatch":
+                        _crash_point("apply-joined")
                     if link is not None:  # pinned at once: the pin is what a crash leaves
                         path = _link_pin(spec.name, rec["ifname"], rec["hook"])
                         bpffs.unpin(path)
@@ -443,6 +459,9 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             bpffs.unpin(path)
         if created_dir:
             bpffs.unpin(root)
+        if spec.priority is not None and spec.hook == "xdp":  # a dispatcher made for nothing
+            with netns_enter(spec.netns), contextlib.suppress(Exception):
+                dispatch.tidy(spec.netns)
         if state is not None:  # the record says what is in force again
             if old is not None:
                 old.save()
@@ -578,6 +597,8 @@ def _kernel_prog(a: dict) -> int | None:
     """The program the kernel runs for attachment record ``a`` (in the pipeline's netns), or
     None when nothing runs there (link gone or detached, filter gone)."""
     try:
+        if a.get("method") == "dispatch":
+            return dispatch.kernel_prog(a, netns=a.get("netns"))
         if a.get("link_pin"):
             try:
                 link = Link.from_pin(a["link_pin"])
@@ -691,7 +712,9 @@ def _roll_forward(st: PipelineState) -> None:
         with _netns_of(st):
             for i, a in enumerate(st.attachments):
                 if _kernel_prog(a) == a["prog_id"]:
-                    if a.get("planned"):
+                    if a.get("planned") and a.get("method") == "dispatch":
+                        st.attachments[i] = {k: v for k, v in a.items() if k != "planned"}
+                    elif a.get("planned"):
                         rec = _rec_from_link(a["link_pin"], a["ifname"], a["hook"]) or {
                             "ifname": a["ifname"], "ifindex": iface.ifindex(a["ifname"]),
                             "hook": a["hook"], "method": "clsact", "mode": None,
@@ -745,14 +768,31 @@ def _hook_of(prog: Program, spec: PipelineSpec) -> str:
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
-def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link | None]:
-    """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode."""
+def _attach(prog: Program, ifname: str, spec: PipelineSpec, *,
+            replace_foreign: bool = False) -> tuple[dict, Link | None]:
+    """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode.
+    A pipeline with a priority joins the interface's composition (``runtime.dispatch``)."""
     hook = _hook_of(prog, spec)
+    if spec.priority is not None and hook == spec.hook:
+        if hook == "xdp":
+            rec = dispatch.join(prog, ifname, spec.priority, netns=spec.netns,
+                                mode=spec.mode or "auto", replace_foreign=replace_foreign,
+                                ours=_our_programs(spec.netns))
+            return {**rec, "netns": spec.netns}, None
+        rec, link = dispatch.attach_tcx(prog, ifname, hook, spec.priority,
+                                        _tcx_members(spec, ifname))
+        return rec, link
+    notes: list[str] = []
     try:
         if hook == "xdp":
+            found = dispatch.foreign_xdp(ifname)
+            if found is not None and replace_foreign and \
+                    found["id"] not in _our_programs(spec.netns):
+                notes.append(dispatch.evict_foreign(ifname, found))
             a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
         else:
             a = att.attach_tc(prog.fd, ifname, hook.split("-", 1)[1])
+        a.notes += notes
     except EbplaneError as e:
         # name the ebplane pipeline in the way, if it is one of ours
         for other in all_names():
@@ -767,8 +807,128 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link 
     return rec, a.link
 
 
+# -- composition: several pipelines on one interface and hook (runtime/dispatch.py) ----------
+
+def _planned(spec: PipelineSpec, ifname: str, hook: str, prog: Program) -> dict:
+    """The intent record's entry for an attachment apply is about to make."""
+    rec = {"ifname": ifname, "hook": hook, "prog_id": prog.id, "planned": True}
+    if spec.priority is not None and hook == spec.hook:
+        rec["priority"] = spec.priority
+        if hook == "xdp":  # a slot in the interface's dispatcher, no link of its own
+            return {**rec, "method": "dispatch", "netns": spec.netns}
+    return {**rec, "link_pin": str(_link_pin(spec.name, ifname, hook))}
+
+
+def _others_on(spec: PipelineSpec) -> list[tuple[str, PipelineSpec, PipelineState]]:
+    """The other applied pipelines of ``spec``'s namespace and hook that share one of its
+    interfaces: (interface, spec, state) per shared interface."""
+    out = []
+    for other in all_names():
+        if other == spec.name:
+            continue
+        with contextlib.suppress(EbplaneError):
+            ost = PipelineState.load(other)
+            if ost is None or ost.netns != spec.netns or ost.hook != spec.hook:
+                continue
+            ospec = _spec_of(ost)
+            for ifname in spec.interfaces:
+                if any(a["ifname"] == ifname and a["hook"] == spec.hook for a in ost.attachments):
+                    out.append((ifname, ospec, ost))
+    return out
+
+
+def _check_composition(spec: PipelineSpec, old: PipelineState | None) -> None:
+    """Bad input before anything changes: a priority tie on a shared interface, a pipeline
+    with a priority meeting one without, a changed priority."""
+    if old is not None:
+        before = _spec_of(old).priority
+        if before != spec.priority:
+            raise UsageError(f"pipeline '{spec.name}' is applied with priority "
+                             f"{'none' if before is None else before}; the spec now says "
+                             f"{'none' if spec.priority is None else spec.priority}",
+                             hint=f"a priority changes with a new attachment: ebplane detach "
+                                  f"{spec.name}, then apply the spec")
+    for ifname, ospec, _ in _others_on(spec):
+        where = f"{ifname} ({spec.hook})"
+        if spec.priority is None and ospec.priority is None:
+            continue  # as before composition: XDP refuses the second, tcx runs both
+        if spec.priority is None or ospec.priority is None:
+            alone = ospec.name if ospec.priority is None else spec.name
+            raise UsageError(f"pipeline '{ospec.name}' is attached to {where}"
+                             f"{' alone (no priority:)' if ospec.priority is None else f' with priority {ospec.priority}'}"
+                             f"; pipeline '{spec.name}' has "
+                             f"{'none' if spec.priority is None else f'priority {spec.priority}'}",
+                             hint=f"pipelines that share an interface and hook all need a "
+                                  f"priority: (docs/composition.md); add one to '{alone}'")
+        if ospec.priority == spec.priority:
+            raise UsageError(f"priority {spec.priority} on {where} is taken by pipeline "
+                             f"'{ospec.name}'",
+                             hint="pipelines on one interface and hook need distinct priorities "
+                                  f"(0-{dispatch.SLOTS - 1}, lower runs first)")
+
+
+def _our_programs(netns: str | None) -> dict[int, str]:
+    """prog id -> pipeline of every program ebplane's pipelines attach in ``netns``."""
+    out = {}
+    for other in all_names():
+        with contextlib.suppress(EbplaneError):
+            ost = PipelineState.load(other)
+            if ost is not None and ost.netns == netns:
+                out[ost.prog_id] = other
+                out.update({a["prog_id"]: other for a in ost.attachments})
+    return out
+
+
+def _tcx_members(spec: PipelineSpec, ifname: str) -> list[tuple[int, str]]:
+    """(priority, link pin) of the other composed pipelines at ``spec``'s TC hook of ``ifname``."""
+    return [(ospec.priority, a["link_pin"]) for i, ospec, ost in _others_on(spec) if i == ifname
+            for a in ost.attachments
+            if a["ifname"] == ifname and a["hook"] == spec.hook and a.get("link_pin")
+            and ospec.priority is not None]
+
+
+def composition(name: str | None = None) -> list[dict]:
+    """Per interface and hook shared by composed pipelines: the members in run order,
+    {"ifname", "hook", "netns", "members": [{"priority", "pipeline", "prog_id"}]}."""
+    seen: dict[tuple, dict] = {}
+    for n in all_names():
+        st = load_state(n)
+        if st is None:
+            continue
+        prio = _spec_of(st).priority
+        if prio is None:
+            continue
+        for a in st.attachments:
+            if a["hook"] != st.hook:
+                continue
+            key = (st.netns, a["ifname"], a["hook"])
+            if key not in seen:
+                seen[key] = {"ifname": a["ifname"], "hook": a["hook"], "netns": st.netns,
+                             "members": [], "kernel": []}
+                with _netns_of(st), contextlib.suppress(EbplaneError):
+                    if a["hook"] == "xdp":
+                        seen[key]["kernel"] = [m["prog_id"] for m in
+                                               dispatch.members(a["ifname"], netns=st.netns)]
+                    else:
+                        seen[key]["kernel"] = att.query_tcx(a["ifname"], a["hook"].split("-")[1])
+            seen[key]["members"].append({"priority": prio, "pipeline": n,
+                                         "prog_id": a["prog_id"]})
+    out = []
+    for d in seen.values():
+        d["members"].sort(key=lambda m: m["priority"])
+        # the kernel's own order (dispatcher slots, tcx programs), of ebplane's members
+        ids = {m["prog_id"] for m in d["members"]}
+        d["kernel_order"] = [p for p in d.pop("kernel") if p in ids]
+        d["in_order"] = d["kernel_order"] == [m["prog_id"] for m in d["members"]]
+        if name is None or any(m["pipeline"] == name for m in d["members"]):
+            out.append(d)
+    return out
+
+
 def _replace(rec: dict, prog: Program, old_prog_id: int) -> None:
-    if rec.get("link_pin"):
+    if rec.get("method") == "dispatch":
+        dispatch.replace(rec, prog, netns=rec.get("netns"))
+    elif rec.get("link_pin"):
         link = Link.from_pin(rec["link_pin"])
         try:
             link.update(prog.fd)
@@ -792,7 +952,9 @@ def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> 
         link.detach()
         link.close()
         return
-    if rec.get("link_pin"):
+    if rec.get("method") == "dispatch":
+        dispatch.leave(rec, prog_id, netns=rec.get("netns"))
+    elif rec.get("link_pin"):
         with contextlib.suppress(NotFound):
             l2 = Link.from_pin(rec["link_pin"])
             with contextlib.suppress(EbplaneError):
@@ -941,7 +1103,10 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters, "capture": st.capture,
-                    "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
+                    "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes,
+                    "priority": _spec_of(st).priority})
+        if out[-1]["priority"] is not None:
+            out[-1]["composition"] = composition(n)
         if objects:
             out[-1]["objects"] = kernel_objects(n)
     return out
