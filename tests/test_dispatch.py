@@ -1,0 +1,293 @@
+"""Several pipelines on one interface (``priority:``; docs/composition.md), on the real kernel.
+
+Two pipelines of different owners share veth0 of a throw-away namespace: ``pa`` (priority 1)
+counts everything and passes it on, ``pb`` (priority 2) drops UDP port 9.  Frames are written
+into veth1 and reach veth0's hook; what passes XDP is seen by a packet socket on veth0.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline_fixtures import Sender, dropped, ebp_env, mac, send_frames, write_spec  # noqa: F401
+from ebplane.errors import AttachError, UsageError
+from ebplane.lab.traffic import Capture, Flow
+from ebplane.runtime import pipeline
+from ebplane.spec import parse_spec
+
+pytestmark = pytest.mark.lab
+
+EBPLANE = [str(Path(sys.executable).parent / "ebplane")] \
+    if (Path(sys.executable).parent / "ebplane").exists() else [sys.executable, "-m", "ebplane.cli.main"]
+
+DNS = Flow("udp", "198.18.0.1", "198.18.0.2", 40000, 53)
+PORT9 = Flow("udp", "198.18.0.1", "198.18.0.2", 40003, 9)
+PROTOS = "[ethernet, ipv4, ipv6, tcp, udp]"
+COUNT = "  - count: {}\n"
+DROP9 = ("  - filter:\n      name: acl\n      rules:\n"
+         "        - {proto: udp, dport: 9, action: drop}\n")
+# the same policy through another program (a different stage list): a re-apply replaces it
+DROP9_COUNTED = DROP9 + "  - count: {name: after}\n"
+
+
+def spec_text(ns: str, name: str, priority: int | None, stages: str, hook: str = "xdp",
+              interfaces: str = "[veth0]") -> str:
+    mode = "mode: native\n" if hook == "xdp" else ""
+    prio = f"priority: {priority}\n" if priority is not None else ""
+    return (f"pipeline: {name}\nhook: {hook}\n{mode}{prio}netns: {ns}\ninterfaces: {interfaces}\n"
+            f"protocols: {PROTOS}\nstages:\n{stages}")
+
+
+def apply(tmp_path: Path, ns: str, name: str, priority, stages: str, hook: str = "xdp", **kw):
+    path = write_spec(tmp_path / f"{name}.yaml", spec_text(ns, name, priority, stages, hook))
+    return pipeline.apply(path, **kw)
+
+
+def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*EBPLANE, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ebplane {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def passed(ns: str, n: int = 3) -> tuple[int, int]:
+    """How many of ``n`` DNS and ``n`` port-9 frames sent into veth1 came through veth0's XDP."""
+    caps = [Capture(ns, "veth0", f) for f in (DNS, PORT9)]
+    try:
+        src, dst = mac(ns, "veth1"), mac(ns, "veth0")
+        send_frames(ns, "veth1", [DNS.frame(src, dst), PORT9.frame(src, dst)], n)
+        deadline = time.monotonic() + 0.3
+        return tuple(c.wait(n, max(0.0, deadline - time.monotonic())) for c in caps)
+    finally:
+        for c in caps:
+            c.close()
+
+
+def counted(name: str) -> int:
+    st = pipeline.stats(name)[0]
+    return next(s for s in st["stages"] if s["kind"] == "count")["counts"]["all"]["packets"]
+
+
+def drops9(name: str) -> int:
+    st = pipeline.stats(name)[0]
+    return next(s for s in st["stages"] if s["kind"] == "filter")["rules"][0]["packets"]
+
+
+def order(name: str) -> list[str]:
+    comp = pipeline.composition(name)
+    assert len(comp) == 1 and comp[0]["in_order"], comp
+    return [m["pipeline"] for m in comp[0]["members"]]
+
+
+def domain(root: Path) -> Path:
+    return root / "_dispatch"
+
+
+@pytest.fixture
+def veth(veth_pair):
+    """The namespace of the veth pair, without IPv6 (whose own frames, router solicitations
+    and the like, would add to the counts)."""
+    from ebplane.net import netns
+    ns = veth_pair[0]
+    for dev in ("all", "default", "veth0", "veth1"):
+        netns.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"])
+    return ns
+
+
+# -- spec -------------------------------------------------------------------------------------
+
+def test_priority_in_spec():
+    s = parse_spec(spec_text("x", "pa", 3, COUNT))
+    assert s.priority == 3 and parse_spec(spec_text("x", "pa", None, COUNT)).priority is None
+    assert parse_spec(spec_text("x", "pa", 3, COUNT)).to_dict()["priority"] == 3
+    for bad, why in ((16, "out of range"), ("high", "expected an integer"), (-1, "out of range")):
+        with pytest.raises(Exception) as e:
+            parse_spec(spec_text("x", "pa", bad, COUNT))
+        assert why in str(e.value) and "priority" in str(e.value)
+
+
+def test_replay_alone_ignores_priority(ebp_env):
+    """A composed pipeline's spec replays alone, as if it held the hook (no dispatcher)."""
+    from ebplane.runtime.replay import Replayer
+    with Replayer(parse_spec(spec_text("x", "pb", 2, DROP9))) as r:
+        assert r.run(0, PORT9.frame("02:00:00:00:00:01", "02:00:00:00:00:02")).verdict == "XDP_DROP"
+        assert r.run(1, DNS.frame("02:00:00:00:00:01", "02:00:00:00:00:02")).verdict == "XDP_PASS"
+    assert not domain(ebp_env).exists()
+
+
+# -- XDP: root + PROG_ARRAY -------------------------------------------------------------------
+
+@pytest.mark.parametrize("first_applied", ["pa", "pb"])
+@pytest.mark.parametrize("removed", ["pa", "pb"])
+def test_xdp_two_owners_in_order_and_removal(ebp_env, veth, tmp_path, first_applied, removed):
+    specs = {"pa": (1, COUNT), "pb": (2, DROP9)}
+    for name in (first_applied, "pb" if first_applied == "pa" else "pa"):
+        res = apply(tmp_path, veth, name, *specs[name])
+        assert res.attachments[0]["method"] == "dispatch"
+    assert order("pa") == ["pa", "pb"]  # by priority, whatever the order of the applies
+    assert passed(veth) == (3, 0)
+    assert counted("pa") >= 6 and drops9("pb") == 3  # pa saw the port-9 frames pb dropped
+    st = {d["name"]: d for d in pipeline.status()}
+    assert all(d["health"] == "ok" for d in st.values()), st
+    # removing either leaves the other attached and working
+    before_a = counted("pa")
+    pipeline.detach(removed)
+    kept = "pb" if removed == "pa" else "pa"
+    assert order(kept) == [kept]
+    assert pipeline.status(kept)[0]["health"] == "ok"
+    if kept == "pb":
+        assert passed(veth) == (3, 0) and drops9("pb") == 6
+    else:
+        assert passed(veth) == (3, 3) and counted("pa") >= before_a + 6
+    pipeline.detach(kept)  # the root goes with the last member
+    from ebplane.net import attach as att, netns
+    with netns.enter(veth):
+        assert att.query_xdp("veth0")["prog_id"] is None
+    assert not domain(ebp_env).exists()
+    assert passed(veth) == (3, 3)
+
+
+@pytest.mark.parametrize("replaced", ["pa", "pb"])
+def test_xdp_replace_under_traffic_no_gap(ebp_env, veth, tmp_path, replaced):
+    """One member re-applied (a new program each time) while frames flow: the other's counters
+    count every frame sent, and so do the replaced member's (old and new versions share its
+    maps): no frame skipped either."""
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    apply(tmp_path, veth, "pb", 2, DROP9_COUNTED)
+    versions = {"pa": [COUNT, "  - count: {}\n  - count: {name: again}\n"],
+                "pb": [DROP9, DROP9_COUNTED]}[replaced]
+    src, dst = mac(veth, "veth1"), mac(veth, "veth0")
+    base_a, base_b = counted("pa"), pipeline.stats("pb")[0]["verdicts"]
+    lost0 = dropped(veth, "veth1") + dropped(veth, "veth0")
+    progs = set()
+    with Sender(veth, "veth1", DNS.frame(src, dst)) as sender:
+        for i in range(6):
+            res = apply(tmp_path, veth, replaced, 1 if replaced == "pa" else 2, versions[i % 2])
+            progs.add(res.prog_id)
+        time.sleep(0.2)
+    sent = sender.sent
+    time.sleep(0.2)
+    assert len(progs) >= 2  # the program really was replaced
+    assert dropped(veth, "veth1") + dropped(veth, "veth0") == lost0
+    assert counted("pa") - base_a == sent
+    vb = pipeline.stats("pb")[0]["verdicts"]
+    through_b = sum(v["packets"] for v in vb.values()) - sum(v["packets"] for v in base_b.values())
+    assert through_b == sent
+    assert order("pa") == ["pa", "pb"]
+    assert passed(veth) == (3, 0)
+
+
+def test_priority_tie_and_mix_are_refused(ebp_env, veth, tmp_path):
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    with pytest.raises(UsageError) as e:
+        apply(tmp_path, veth, "pb", 1, DROP9)
+    assert "priority 1 on veth0 (xdp) is taken by pipeline 'pa'" in e.value.message
+    with pytest.raises(UsageError) as e:
+        apply(tmp_path, veth, "pb", None, DROP9)
+    assert "pipeline 'pa' is attached to veth0 (xdp) with priority 1" in e.value.message
+    assert "priority:" in e.value.hint
+    path = write_spec(tmp_path / "pb.yaml", spec_text(veth, "pb", 1, DROP9))
+    proc = cli("apply", str(path), check=False)
+    assert proc.returncode == 2 and "taken by pipeline 'pa'" in proc.stderr
+    with pytest.raises(UsageError) as e:  # a priority changes only through detach + apply
+        apply(tmp_path, veth, "pa", 4, COUNT)
+    assert "detach" in e.value.hint
+    # nothing changed: pa alone, still counting; pb not applied
+    assert [d["name"] for d in pipeline.status()] == ["pa"]
+    assert order("pa") == ["pa"] and passed(veth) == (3, 3)
+
+
+def test_alone_pipeline_then_composed_is_refused(ebp_env, veth, tmp_path):
+    apply(tmp_path, veth, "pa", None, COUNT)
+    with pytest.raises(UsageError) as e:
+        apply(tmp_path, veth, "pb", 2, DROP9)
+    assert "alone (no priority:)" in e.value.message and "'pa'" in e.value.hint
+    assert passed(veth) == (3, 3)
+
+
+def test_foreign_xdp_reported_then_replaced(ebp_env, veth, tmp_path):
+    from ebplane.kernel.programs import BpfObject
+    from ebplane.net import attach as att, netns
+    from ebplane.toolchain.clang import compile_c
+    src = ('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+           'SEC("xdp") int someone_else(struct xdp_md *ctx) { return XDP_PASS; }\n'
+           'char LICENSE[] SEC("license") = "GPL";\n')
+    obj = BpfObject.open_bytes(compile_c(src, name="foreign").elf, "foreign").load()
+    try:
+        prog = obj.programs["someone_else"]
+        with netns.enter(veth):
+            att.attach_xdp(prog.fd, "veth0", mode="native", use_link=False)
+        with pytest.raises(AttachError) as e:
+            apply(tmp_path, veth, "pa", 1, COUNT)
+        assert f"id {prog.id}" in e.value.message and "someone_else" in e.value.message
+        assert "--replace-foreign" in e.value.hint
+        with netns.enter(veth):  # left alone
+            assert att.query_xdp("veth0")["prog_id"] == prog.id
+        assert not (ebp_env / "pa").exists() and pipeline.status() == []
+        res = apply(tmp_path, veth, "pa", 1, COUNT, replace_foreign=True)
+        assert any("replaced the foreign XDP program" in n for n in res.notes)
+        apply(tmp_path, veth, "pb", 2, DROP9)
+        assert passed(veth) == (3, 0) and order("pa") == ["pa", "pb"]
+    finally:
+        with netns.enter(veth):
+            if att.query_xdp("veth0")["prog_id"] == obj.programs["someone_else"].id:
+                att.detach_xdp("veth0")
+        obj.close()
+
+
+# -- crash safety ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("step,expect", [("apply-intent", "back"), ("apply-joined", "forward")])
+def test_killed_while_joining(ebp_env, veth, tmp_path, step, expect):
+    """``ebplane apply`` of the second member SIGKILLed before its kernel commit (rolled back)
+    or right after it joined the chain (rolled forward); the first member never stops."""
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    path = write_spec(tmp_path / "pb.yaml", spec_text(veth, "pb", 2, DROP9))
+    proc = cli("apply", str(path), env={"EBPLANE_TEST_CRASH_AT": step}, check=False)
+    assert proc.returncode == -9, proc.stderr
+    before = counted("pa")
+    if expect == "back":
+        assert [d["name"] for d in pipeline.status()] == ["pa"]
+        assert passed(veth) == (3, 3) and order("pa") == ["pa"]
+    else:
+        st = {d["name"]: d for d in pipeline.status()}
+        assert set(st) == {"pa", "pb"} and st["pb"]["health"] == "ok", st
+        assert passed(veth) == (3, 0) and order("pa") == ["pa", "pb"]
+    assert counted("pa") == before + 6
+    cli("apply", str(path))  # the next command works from there
+    assert passed(veth) == (3, 0) and order("pa") == ["pa", "pb"]
+    cli("detach", "pa")
+    assert passed(veth) == (3, 0) and order("pb") == ["pb"]
+
+
+# -- TC: tcx runs several programs per hook ----------------------------------------------------
+
+def test_tcx_two_owners_ordered_by_priority(ebp_env, veth, tmp_path):
+    from ebplane.net import attach as att, netns
+    hook = "tc-ingress"
+    pb = apply(tmp_path, veth, "pb", 2, DROP9, hook)
+    pa = apply(tmp_path, veth, "pa", 1, COUNT, hook)  # placed before pb, applied after it
+    pc = apply(tmp_path, veth, "pc", 3, "  - count: {name: last}\n", hook)
+    with netns.enter(veth):
+        assert att.query_tcx("veth0", "ingress") == [pa.prog_id, pb.prog_id, pc.prog_id]
+    assert order("pa") == ["pa", "pb", "pc"]
+    src, dst = mac(veth, "veth1"), mac(veth, "veth0")
+    send_frames(veth, "veth1", [DNS.frame(src, dst), PORT9.frame(src, dst)], 4)
+    time.sleep(0.2)
+    assert counted("pa") >= 8 and drops9("pb") == 4
+    assert counted("pc") == counted("pa") - 4  # pa passed all on; pb's drops are final
+    pb2 = apply(tmp_path, veth, "pb", 2, DROP9_COUNTED, hook)  # replaced in place
+    with netns.enter(veth):
+        assert att.query_tcx("veth0", "ingress") == [pa.prog_id, pb2.prog_id, pc.prog_id]
+    pipeline.detach("pb")
+    with netns.enter(veth):
+        assert att.query_tcx("veth0", "ingress") == [pa.prog_id, pc.prog_id]
+    assert order("pc") == ["pa", "pc"]
