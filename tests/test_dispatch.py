@@ -44,8 +44,10 @@ def spec_text(ns: str, name: str, priority: int | None, stages: str, hook: str =
             f"protocols: {PROTOS}\nstages:\n{stages}")
 
 
-def apply(tmp_path: Path, ns: str, name: str, priority, stages: str, hook: str = "xdp", **kw):
-    path = write_spec(tmp_path / f"{name}.yaml", spec_text(ns, name, priority, stages, hook))
+def apply(tmp_path: Path, ns: str, name: str, priority, stages: str, hook: str = "xdp",
+          interfaces: str = "[veth0]", **kw):
+    path = write_spec(tmp_path / f"{name}.yaml",
+                      spec_text(ns, name, priority, stages, hook, interfaces))
     return pipeline.apply(path, **kw)
 
 
@@ -153,6 +155,23 @@ def test_xdp_two_owners_in_order_and_removal(ebp_env, veth, tmp_path, first_appl
         assert att.query_xdp("veth0")["prog_id"] is None
     assert not domain(ebp_env).exists()
     assert passed(veth) == (3, 3)
+
+
+def test_xdp_member_of_two_interfaces(ebp_env, veth, tmp_path):
+    """A member on two interfaces looks its interface's slots up per packet (one program for
+    both); on veth0 it hands on to a member of veth0 alone (constant slots)."""
+    from ebplane.net import attach as att, netns
+    apply(tmp_path, veth, "pa", 1, COUNT, interfaces="[veth0, veth1]")
+    apply(tmp_path, veth, "pb", 2, DROP9)
+    assert passed(veth) == (3, 0) and drops9("pb") == 3
+    comp = {c["ifname"]: [m["pipeline"] for m in c["members"]] for c in pipeline.composition()}
+    assert comp == {"veth0": ["pa", "pb"], "veth1": ["pa"]}
+    pipeline.detach("pb")
+    assert passed(veth) == (3, 3)
+    pipeline.detach("pa")
+    with netns.enter(veth):
+        assert [att.query_xdp(d)["prog_id"] for d in ("veth0", "veth1")] == [None, None]
+    assert not domain(ebp_env).exists()
 
 
 @pytest.mark.parametrize("replaced", ["pa", "pb"])

@@ -8,6 +8,12 @@ a member that lets a packet pass tail-calls the slots after its own, so the next
 any) decides.  A tail call to an empty slot falls through to the next statement: adding,
 replacing or removing a member is one map update, atomic for every other member.
 
+A member tries only the slots whose bit is set in the interface's ``mask`` (its value in
+``ebp_chain_base``): the control plane sets a member's bit after filling its slot and clears
+it before emptying the slot, so a member that stays always has its bit, and a tail call to a
+slot emptied meanwhile falls through to the next candidate.  (Scanning every later slot
+instead costs about 2 ns per empty slot: measured in docs/composition.md.)
+
 The kernel allows 33 tail calls per packet and counts the attempts, empty slots included; a
 packet makes at most SLOTS attempts on its way through the chain (root and members together
 try each slot once) plus one per member in parser mode separate, so SLOTS = 16 keeps within
@@ -23,7 +29,7 @@ Every name and size of the chain is defined here once; the control plane
 from __future__ import annotations
 
 CHAIN_MAP = "ebp_chain"        # PROG_ARRAY: the members, slot = base * SLOTS + priority
-BASE_MAP = "ebp_chain_base"    # HASH ifindex -> base: which slots belong to an interface
+BASE_MAP = "ebp_chain_base"    # HASH ifindex -> struct ebp_chain_if {base, mask}
 SLOTS = 16                     # priorities 0..SLOTS-1 (spec.pipeline.PRIORITY_MAX + 1)
 MAX_INTERFACES = 64            # interfaces with composed XDP pipelines per network namespace
 CHAIN_ENTRIES = SLOTS * MAX_INTERFACES
@@ -37,23 +43,37 @@ def chain_maps_c() -> str:
         "struct {", "\t__uint(type, BPF_MAP_TYPE_PROG_ARRAY);",
         f"\t__uint(max_entries, {CHAIN_ENTRIES});", "\t__type(key, __u32);",
         "\t__type(value, __u32);", f"}} {CHAIN_MAP} SEC(\".maps\");", "",
-        "/* composition: interface index -> its base (slots base*SLOTS ..) */",
-        "struct {", "\t__uint(type, BPF_MAP_TYPE_HASH);",
+        "/* composition: interface index -> its slots (base*SLOTS ..) and which are used */",
+        "struct ebp_chain_if {", "\t__u32 base;", "\t__u32 mask; /* bit p: slot base*SLOTS+p */",
+        "};", "struct {", "\t__uint(type, BPF_MAP_TYPE_HASH);",
         f"\t__uint(max_entries, {MAX_INTERFACES});", "\t__type(key, __u32);",
-        "\t__type(value, __u32);", f"}} {BASE_MAP} SEC(\".maps\");"])
+        "\t__type(value, struct ebp_chain_if);", f"}} {BASE_MAP} SEC(\".maps\");"])
 
 
-def member_next_c(priority: int) -> str:
+def member_next_c(priority: int, base: int | None = None) -> str:
     """``ebp_chain_next(ctx)``: go on with the members after ``priority`` on the interface the
-    packet came in through (returns only when none follows, or outside a chain: test runs)."""
-    calls = [f"\tbpf_tail_call(ctx, &{CHAIN_MAP}, b + {j});" for j in range(priority + 1, SLOTS)]
+    packet came in through (returns only when none follows, or outside a chain: test runs).
+    ``base``: the pipeline has one interface, whose base is known when it is built: constant
+    slots, which the kernel turns into direct jumps (patched when a slot changes); else the
+    interface's base and mask are looked up per packet and the tail calls are indirect
+    (retpolines on this machine: measured in docs/composition.md)."""
+    if base is not None:
+        calls = [f"\tbpf_tail_call(ctx, &{CHAIN_MAP}, {base * SLOTS + j});"
+                 for j in range(priority + 1, SLOTS)]
+        return "\n".join([
+            f"/* composition (priority {priority}, interface base {base}): a passed packet "
+            f"goes on to the next member */",
+            "static __always_inline void ebp_chain_next(struct xdp_md *ctx)", "{",
+            *calls, "}"])
+    calls = [f"\tif (m & {1 << j:#x})\n\t\tbpf_tail_call(ctx, &{CHAIN_MAP}, b + {j});"
+             for j in range(priority + 1, SLOTS)]
     return "\n".join([
         f"/* composition (priority {priority}): a passed packet goes on to the next member */",
         "static __always_inline void ebp_chain_next(struct xdp_md *ctx)", "{",
         "\t__u32 ifindex = ctx->ingress_ifindex;",
-        f"\t__u32 *base = bpf_map_lookup_elem(&{BASE_MAP}, &ifindex);", "",
-        "\tif (!base)", "\t\treturn;",
-        f"\t__u32 b = *base * {SLOTS};",
+        f"\tstruct ebp_chain_if *ci = bpf_map_lookup_elem(&{BASE_MAP}, &ifindex);", "",
+        "\tif (!ci)", "\t\treturn;",
+        f"\t__u32 b = ci->base * {SLOTS}, m = ci->mask;",
         *calls, "}"])
 
 

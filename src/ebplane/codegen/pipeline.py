@@ -242,7 +242,8 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
 
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
              filters: dict | None = None, frags: bool = False,
-             capture: CaptureSpec | None = None, chain: bool = False) -> GeneratedProgram:
+             capture: CaptureSpec | None = None, chain: bool = False,
+             chain_base: int | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program).  ``filters``:
     table -> ``FilterPlan`` of each filter (default: planned from the spec's rules).
@@ -252,7 +253,8 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     :mod:`ebplane.codegen.capture`); without it the program has no capture code at all.
     ``chain``: the program is a member of a composition (the spec has a priority): a packet
     it passes goes on to the next member (:mod:`ebplane.codegen.dispatch`); replay builds
-    without it (the pipeline alone)."""
+    without it (the pipeline alone); ``chain_base``: its one interface's base in the
+    dispatcher (constant slots), None to look it up per packet."""
     _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
@@ -412,7 +414,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     if capture:
         parts.append(capture_c(capture, spec.hook))
     if xdp_chain:
-        parts.append(dispatch.member_next_c(spec.priority))
+        parts.append(dispatch.member_next_c(spec.priority, chain_base))
     if separate:
         parts.append(p4c.parse_info_c(prog.graph, prog.user_layout))
     if handoff:

@@ -29,7 +29,7 @@ from ebplane.codegen.dispatch import (BASE_MAP, CHAIN_ENTRIES, CHAIN_MAP, MAX_IN
                                       ROOT_NAME, SLOTS, root_c)
 from ebplane.errors import AttachError, EbplaneError, NotFound, UsageError
 from ebplane.kernel import bpffs
-from ebplane.kernel.codec import U32
+from ebplane.kernel.codec import U32, U64
 from ebplane.kernel.libbpf import ATTACH_TYPES
 from ebplane.kernel.links import Link
 from ebplane.kernel.maps import Map
@@ -73,7 +73,7 @@ def _maps(netns: str | None, *, create: bool) -> tuple[Map, Map] | None:
     d = domain_dir(netns)
     try:
         chain = Map.from_pin(d / "chain").with_codecs(U32, U32)
-        base = Map.from_pin(d / "base").with_codecs(U32, U32)
+        base = Map.from_pin(d / "base").with_codecs(U32, U64)
         return chain, base
     except NotFound:
         if not create:
@@ -82,22 +82,53 @@ def _maps(netns: str | None, *, create: bool) -> tuple[Map, Map] | None:
     for p in (d / "chain", d / "base"):
         bpffs.unpin(p)  # half made by a killed command
     chain = Map.create("prog_array", 4, 4, CHAIN_ENTRIES, name=CHAIN_MAP).with_codecs(U32, U32)
-    base = Map.create("hash", 4, 4, MAX_INTERFACES, name="ebp_chain_base").with_codecs(U32, U32)
+    base = Map.create("hash", 4, 8, MAX_INTERFACES, name="ebp_chain_base").with_codecs(U32, U64)
     chain.pin(d / "chain")
     base.pin(d / "base")
     return chain, base
 
 
 @contextlib.contextmanager
-def chain_maps(netns: str | None) -> Iterator[dict[str, int]]:
-    """The domain's shared maps (created if missing) as C name -> fd, for building a member."""
+def chain_maps(netns: str | None, interfaces) -> Iterator[tuple[dict[str, int], int | None]]:
+    """The domain's shared maps (created if missing) as C name -> fd, for building a member,
+    and, for a pipeline of one interface, that interface's base (reserved now if it has
+    none), which the member is built with."""
+    base = None
     with _lock(netns):
-        chain, base = _maps(netns, create=True)
+        chain, basemap = _maps(netns, create=True)
+        try:
+            if len(interfaces) == 1:
+                idx = iface.ifindex(interfaces[0])
+                entry = _entry(basemap, idx)
+                base = entry[0] if entry else _reserve(basemap, idx)
+        except BaseException:
+            chain.close()
+            basemap.close()
+            raise
     try:
-        yield {CHAIN_MAP: chain.fd, BASE_MAP: base.fd}
+        yield {CHAIN_MAP: chain.fd, BASE_MAP: basemap.fd}, base
     finally:
         chain.close()
-        base.close()
+        basemap.close()
+
+
+def _reserve(basemap: Map, idx: int, want: int | None = None) -> int:
+    """Give interface ``idx`` a base (``want`` if given): its slots, no member yet."""
+    used = {v & 0xFFFFFFFF for _, v in basemap.items()}
+    if want is not None:
+        if want in used:
+            raise AttachError(f"the dispatcher's slots {want * SLOTS}.. were given to another "
+                              f"interface while this pipeline was built", err=errno.EBUSY,
+                              hint="apply again")
+        free = [want]
+    else:
+        free = [b for b in range(MAX_INTERFACES) if b not in used]
+    if not free:
+        raise UsageError(f"{MAX_INTERFACES} interfaces of this network namespace already have "
+                         f"composed XDP pipelines",
+                         hint="detach composed pipelines from other interfaces")
+    basemap.update(idx, free[0])
+    return free[0]
 
 
 def _root_alive(netns: str | None, ifname: str) -> Link | None:
@@ -154,6 +185,18 @@ def foreign_error(ifname: str, found: dict, ours: str | None = None) -> AttachEr
                             "or apply with --replace-foreign to replace it")
 
 
+def _entry(basemap: Map, idx: int) -> tuple[int, int] | None:
+    """(base, mask) of the interface with index ``idx`` (struct ebp_chain_if)."""
+    v = basemap.get(idx)
+    return None if v is None else (v & 0xFFFFFFFF, v >> 32)
+
+
+def _set_bit(basemap: Map, idx: int, priority: int, on: bool) -> None:
+    base, mask = _entry(basemap, idx)
+    mask = mask | (1 << priority) if on else mask & ~(1 << priority)
+    basemap.update(idx, base | mask << 32)
+
+
 def _load_root(base: int, chain: Map, basemap: Map) -> BpfObject:
     res = compile_c(root_c(base), name=f"dispatch{base}")
     obj = BpfObject.open_bytes(res.elf, f"dispatch{base}")
@@ -168,16 +211,20 @@ def _load_root(base: int, chain: Map, basemap: Map) -> BpfObject:
 
 
 def join(prog: Program, ifname: str, priority: int, *, netns: str | None, mode: str,
-         replace_foreign: bool = False, ours: dict[int, str] | None = None) -> dict:
+         base: int | None = None, replace_foreign: bool = False,
+         ours: dict[int, str] | None = None) -> dict:
     """Put ``prog`` into slot ``priority`` of ``ifname``'s chain, attaching the interface's
-    root first if it has none.  Returns the attachment record.  ``ours``: prog id -> name of
+    root first if it has none.  Returns the attachment record.  ``base``: the interface
+    base ``prog`` was built with (None: it looks it up).  ``ours``: prog id -> name of
     ebplane's pipelines in the namespace (to tell them from foreign programs)."""
+    want = base
     idx = iface.ifindex(ifname)
     notes: list[str] = []
     with _lock(netns):
         chain, basemap = _maps(netns, create=True)
         try:
-            base = basemap.get(idx)
+            entry = _entry(basemap, idx)
+            base = entry[0] if entry else None
             root = _root_alive(netns, ifname) if base is not None else None
             if root is None:
                 found = foreign_xdp(ifname)
@@ -187,14 +234,7 @@ def join(prog: Program, ifname: str, priority: int, *, netns: str | None, mode: 
                         raise foreign_error(ifname, found, owner)
                     notes.append(evict_foreign(ifname, found))
                 if base is None:
-                    used = {v for _, v in basemap.items()}
-                    free = [b for b in range(MAX_INTERFACES) if b not in used]
-                    if not free:
-                        raise UsageError(f"{MAX_INTERFACES} interfaces of this network namespace "
-                                         f"already have composed XDP pipelines",
-                                         hint="detach composed pipelines from other interfaces")
-                    base = free[0]
-                    basemap.update(idx, base)
+                    base = _reserve(basemap, idx, want)
                 obj = _load_root(base, chain, basemap)
                 try:
                     a = att.attach_xdp(obj.programs[ROOT_NAME].fd, ifname, mode=mode,
@@ -207,12 +247,17 @@ def join(prog: Program, ifname: str, priority: int, *, netns: str | None, mode: 
                     root = a.link
                 finally:
                     obj.close()
+            if want is not None and want != base:
+                raise AttachError(f"{ifname} has the dispatcher's slots {base * SLOTS}.., not "
+                                  f"{want * SLOTS}.. this pipeline was built for (they changed "
+                                  f"while it was built)", err=errno.EBUSY, hint="apply again")
             slot = base * SLOTS + priority
             have = chain.get(slot)
             if have is not None and have != prog.id and (ours or {}).get(have) is not None:
                 raise UsageError(f"priority {priority} on {ifname} (xdp) is taken by pipeline "
                                  f"'{ours[have]}'", hint="give this pipeline another priority:")
             chain.update(slot, prog.fd)
+            _set_bit(basemap, idx, priority, True)  # after the slot: never a bit without it
             rec = {"ifname": ifname, "ifindex": idx, "hook": "xdp", "method": "dispatch",
                    "mode": att.query_xdp(ifname)["mode"], "link_id": root.id, "notes": notes,
                    "tc_handle": 0, "tc_priority": 0, "priority": priority,
@@ -224,12 +269,16 @@ def join(prog: Program, ifname: str, priority: int, *, netns: str | None, mode: 
             basemap.close()
 
 
-def _slot(netns: str | None, basemap: Map, rec: dict) -> int | None:
-    idx = rec.get("ifindex")
+def _ifindex(rec: dict) -> int | None:
     with contextlib.suppress(EbplaneError):
-        idx = iface.ifindex(rec["ifname"])
-    base = basemap.get(idx) if idx else None
-    return None if base is None else base * SLOTS + rec["priority"]
+        return iface.ifindex(rec["ifname"])
+    return rec.get("ifindex")
+
+
+def _slot(netns: str | None, basemap: Map, rec: dict) -> int | None:
+    idx = _ifindex(rec)
+    entry = _entry(basemap, idx) if idx else None
+    return None if entry is None else entry[0] * SLOTS + rec["priority"]
 
 
 def replace(rec: dict, prog: Program, *, netns: str | None) -> None:
@@ -279,6 +328,8 @@ def leave(rec: dict, prog_id: int | None, *, netns: str | None) -> None:
         try:
             slot = _slot(netns, basemap, rec)
             if slot is not None and (prog_id is None or chain.get(slot) == prog_id):
+                # the bit first: a packet then tries the slot only while it may still be full
+                _set_bit(basemap, _ifindex(rec), rec["priority"], False)
                 with contextlib.suppress(KeyError, EbplaneError):
                     chain.delete(slot)
             _collect(netns, chain, basemap)
@@ -294,7 +345,7 @@ def leave(rec: dict, prog_id: int | None, *, netns: str | None) -> None:
 
 def _collect(netns: str | None, chain: Map, basemap: Map) -> None:
     """Detach the roots of interfaces with no member left (or gone)."""
-    by_base = {b: i for i, b in basemap.items()}
+    by_base = {v & 0xFFFFFFFF: i for i, v in basemap.items()}
     links = domain_dir(netns) / "links"
     names = {}
     for p in (links.iterdir() if links.is_dir() else []):

@@ -329,17 +329,18 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
     maps_dir = pin_dir(spec.name) / "maps"
     with contextlib.ExitStack() as chain_stack:
-        chain_maps = None  # composed (priority:): XDP members share the dispatcher's maps
-        if spec.priority is not None:
+        chain_maps, chain_base = None, None  # composed (priority:): XDP members share the
+        if spec.priority is not None:          # dispatcher's maps
             chain_maps = {}
             if spec.hook == "xdp":
                 chain_stack.enter_context(netns_enter(spec.netns))
-                chain_maps = chain_stack.enter_context(dispatch.chain_maps(spec.netns))
+                chain_maps, chain_base = chain_stack.enter_context(
+                    dispatch.chain_maps(spec.netns, spec.interfaces))
         built = build(spec, features, reuse_pins=maps_dir if old else None,
                       filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
                       frags=bool(jumbo),
                       capture=CaptureSpec.from_dict(capture["spec"]) if capture else None,
-                      chain_maps=chain_maps)
+                      chain_maps=chain_maps, chain_base=chain_base)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
@@ -401,8 +402,9 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         state = PipelineState(
             name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
             netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
-            attachments=[{**o, "prog_id": p.id} if o else _planned(spec, i, h, p)
-                         for i, h, p, o in plan],
+            attachments=[{**o, "prog_id": p.id, **({"base": chain_base}
+                                                   if o.get("method") == "dispatch" else {})}
+                         if o else _planned(spec, i, h, p, chain_base) for i, h, p, o in plan],
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
@@ -429,7 +431,8 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     _crash_point("apply-replaced")
                 else:
                     progress(f"attaching to {ifname} ({hook})")
-                    rec, link = _attach(prog, ifname, spec, replace_foreign=replace_foreign)
+                    rec, link = _attach(prog, ifname, spec, replace_foreign=replace_foreign,
+                                        base=chain_base)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
                     if rec["method"] == "dispatch":
@@ -725,7 +728,7 @@ def _roll_forward(st: PipelineState) -> None:
                 prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
                 try:
                     if a.get("planned"):
-                        rec, link = _attach(prog, a["ifname"], spec)
+                        rec, link = _attach(prog, a["ifname"], spec, base=a.get("base"))
                         if link is not None:
                             bpffs.unpin(a["link_pin"])
                             link.pin(a["link_pin"])
@@ -768,17 +771,19 @@ def _hook_of(prog: Program, spec: PipelineSpec) -> str:
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
-def _attach(prog: Program, ifname: str, spec: PipelineSpec, *,
-            replace_foreign: bool = False) -> tuple[dict, Link | None]:
+def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, replace_foreign: bool = False,
+            base: int | None = None) -> tuple[dict, Link | None]:
     """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode.
-    A pipeline with a priority joins the interface's composition (``runtime.dispatch``)."""
+    A pipeline with a priority joins the interface's composition (``runtime.dispatch``);
+    ``base``: the interface's base compiled into an XDP member (None: looked up per packet)."""
     hook = _hook_of(prog, spec)
     if spec.priority is not None and hook == spec.hook:
         if hook == "xdp":
             rec = dispatch.join(prog, ifname, spec.priority, netns=spec.netns,
+                                base=base,
                                 mode=spec.mode or "auto", replace_foreign=replace_foreign,
                                 ours=_our_programs(spec.netns))
-            return {**rec, "netns": spec.netns}, None
+            return {**rec, "netns": spec.netns, "base": base}, None
         rec, link = dispatch.attach_tcx(prog, ifname, hook, spec.priority,
                                         _tcx_members(spec, ifname))
         return rec, link
@@ -809,13 +814,15 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec, *,
 
 # -- composition: several pipelines on one interface and hook (runtime/dispatch.py) ----------
 
-def _planned(spec: PipelineSpec, ifname: str, hook: str, prog: Program) -> dict:
-    """The intent record's entry for an attachment apply is about to make."""
+def _planned(spec: PipelineSpec, ifname: str, hook: str, prog: Program,
+             base: int | None) -> dict:
+    """The intent record's entry for an attachment apply is about to make (``base``: the
+    interface base compiled into an XDP member)."""
     rec = {"ifname": ifname, "hook": hook, "prog_id": prog.id, "planned": True}
     if spec.priority is not None and hook == spec.hook:
         rec["priority"] = spec.priority
         if hook == "xdp":  # a slot in the interface's dispatcher, no link of its own
-            return {**rec, "method": "dispatch", "netns": spec.netns}
+            return {**rec, "method": "dispatch", "netns": spec.netns, "base": base}
     return {**rec, "link_pin": str(_link_pin(spec.name, ifname, hook))}
 
 
