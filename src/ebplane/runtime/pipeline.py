@@ -431,8 +431,11 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     _crash_point("apply-replaced")
                 else:
                     progress(f"attaching to {ifname} ({hook})")
-                    rec, link = _attach(prog, ifname, spec, replace_foreign=replace_foreign,
-                                        base=chain_base)
+                    # keywords only when they say something (tests stand in for _attach)
+                    kw: dict = {"replace_foreign": True} if replace_foreign else {}
+                    if chain_base is not None:
+                        kw["base"] = chain_base
+                    rec, link = _attach(prog, ifname, spec, **kw)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
                     if rec["method"] == "dispatch":
@@ -696,6 +699,9 @@ def _settle(st: PipelineState) -> PipelineState | None:
         return st
     for tmp, _ in p["staged"]:  # back: nothing of the new version runs
         bpffs.unpin(tmp)
+    if st.hook == "xdp" and any(a.get("method") == "dispatch" for a in st.attachments):
+        with _netns_of(st), contextlib.suppress(EbplaneError):  # a root made for nothing
+            dispatch.tidy(st.netns)
     if p["previous"] is None:
         st.delete()
         if p["created_dir"]:
@@ -728,7 +734,8 @@ def _roll_forward(st: PipelineState) -> None:
                 prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
                 try:
                     if a.get("planned"):
-                        rec, link = _attach(prog, a["ifname"], spec, base=a.get("base"))
+                        rec, link = _attach(prog, a["ifname"], spec, **(
+                            {"base": a["base"]} if a.get("base") is not None else {}))
                         if link is not None:
                             bpffs.unpin(a["link_pin"])
                             link.pin(a["link_pin"])
