@@ -310,3 +310,50 @@ def test_tcx_two_owners_ordered_by_priority(ebp_env, veth, tmp_path):
     with netns.enter(veth):
         assert att.query_tcx("veth0", "ingress") == [pa.prog_id, pc.prog_id]
     assert order("pc") == ["pa", "pc"]
+
+
+def test_status_shows_members_in_order(ebp_env, veth, tmp_path):
+    apply(tmp_path, veth, "pb", 7, DROP9)
+    apply(tmp_path, veth, "pa", 3, COUNT)
+    out = cli("status").stdout
+    assert f"veth0 (xdp, netns {veth}): 3:pa -> 7:pb" in out
+    import json
+    d = {x["name"]: x for x in json.loads(cli("status", "--json").stdout)}
+    assert d["pa"]["priority"] == 3 and d["pb"]["composition"][0]["in_order"] is True
+
+
+@pytest.mark.slow
+def test_random_kills_of_a_member_never_stop_the_other(ebp_env, veth, tmp_path):
+    """``ebplane apply`` of pb (a new program each time) SIGKILLed at random points, ten times,
+    while frames flow: pa counts every frame sent, and each next command finds pb either
+    applied and attached or not there, never half."""
+    import random
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    path = tmp_path / "pb.yaml"
+    src, dst = mac(veth, "veth1"), mac(veth, "veth0")
+    rng = random.Random(5)
+    base = counted("pa")
+    outcomes = []
+    with Sender(veth, "veth1", DNS.frame(src, dst)) as sender:
+        for i in range(10):
+            write_spec(path, spec_text(veth, "pb", 2, DROP9 if i % 2 else DROP9_COUNTED))
+            proc = subprocess.Popen([*EBPLANE, "apply", str(path)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.5))
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+            st = {d["name"]: d for d in pipeline.status()}  # settles what the kill left
+            assert st["pa"]["health"] == "ok"
+            if "pb" in st:
+                assert st["pb"]["health"] == "ok", st["pb"]
+                assert order("pa") == ["pa", "pb"]
+            else:
+                assert order("pa") == ["pa"]
+            outcomes.append("pb" in st)
+        time.sleep(0.2)
+    time.sleep(0.2)
+    assert counted("pa") - base == sender.sent
+    assert any(outcomes)
+    pipeline.apply(path)
+    assert passed(veth) == (3, 0)
