@@ -232,7 +232,8 @@ def test_alone_pipeline_then_composed_is_refused(ebp_env, veth, tmp_path):
     assert passed(veth) == (3, 3)
 
 
-def test_foreign_xdp_reported_then_replaced(ebp_env, veth, tmp_path):
+@pytest.mark.parametrize("priority", [1, None])
+def test_foreign_xdp_reported_then_replaced(ebp_env, veth, tmp_path, priority):
     from ebplane.kernel.programs import BpfObject
     from ebplane.net import attach as att, netns
     from ebplane.toolchain.clang import compile_c
@@ -245,14 +246,20 @@ def test_foreign_xdp_reported_then_replaced(ebp_env, veth, tmp_path):
         with netns.enter(veth):
             att.attach_xdp(prog.fd, "veth0", mode="native", use_link=False)
         with pytest.raises(AttachError) as e:
-            apply(tmp_path, veth, "pa", 1, COUNT)
+            apply(tmp_path, veth, "pa", priority, COUNT)
         assert f"id {prog.id}" in e.value.message and "someone_else" in e.value.message
         assert "--replace-foreign" in e.value.hint
         with netns.enter(veth):  # left alone
             assert att.query_xdp("veth0")["prog_id"] == prog.id
         assert not (ebp_env / "pa").exists() and pipeline.status() == []
-        res = apply(tmp_path, veth, "pa", 1, COUNT, replace_foreign=True)
+        path = write_spec(tmp_path / "pa.yaml", spec_text(veth, "pa", priority, COUNT))
+        proc = cli("apply", str(path), check=False)
+        assert proc.returncode == 3 and f"id {prog.id}" in proc.stderr
+        res = apply(tmp_path, veth, "pa", priority, COUNT, replace_foreign=True)
         assert any("replaced the foreign XDP program" in n for n in res.notes)
+        if priority is None:
+            assert passed(veth) == (3, 3) and counted("pa") >= 6
+            return
         apply(tmp_path, veth, "pb", 2, DROP9)
         assert passed(veth) == (3, 0) and order("pa") == ["pa", "pb"]
     finally:

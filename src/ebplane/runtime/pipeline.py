@@ -798,8 +798,9 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, replace_foreign: 
     try:
         if hook == "xdp":
             found = dispatch.foreign_xdp(ifname)
-            if found is not None and replace_foreign and \
-                    found["id"] not in _our_programs(spec.netns):
+            if found is not None and found["id"] not in _our_programs(spec.netns):
+                if not replace_foreign:  # named, and left alone
+                    raise dispatch.foreign_error(ifname, found)
                 notes.append(dispatch.evict_foreign(ifname, found))
             a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
         else:
@@ -808,6 +809,8 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, replace_foreign: 
     except EbplaneError as e:
         # name the ebplane pipeline in the way, if it is one of ours
         for other in all_names():
+            if other == spec.name:  # its own intent record lists the attachment it tries
+                continue
             st = PipelineState.load(other)
             if st and st.netns == spec.netns and any(
                     a["ifname"] == ifname and a["hook"] == hook for a in st.attachments):
