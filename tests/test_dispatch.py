@@ -364,3 +364,31 @@ def test_random_kills_of_a_member_never_stop_the_other(ebp_env, veth, tmp_path):
     assert any(outcomes)
     pipeline.apply(path)
     assert passed(veth) == (3, 0)
+
+
+def test_killed_after_replacing_a_member(ebp_env, veth, tmp_path):
+    """A re-apply of pb killed right after its slot took the new program: the next command
+    rolls it forward (pb's record names the new program), pa never noticed."""
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    old = apply(tmp_path, veth, "pb", 2, DROP9).prog_id
+    path = write_spec(tmp_path / "pb.yaml", spec_text(veth, "pb", 2, DROP9_COUNTED))
+    proc = cli("apply", str(path), env={"EBPLANE_TEST_CRASH_AT": "apply-replaced"}, check=False)
+    assert proc.returncode == -9, proc.stderr
+    st = {d["name"]: d for d in pipeline.status()}
+    assert st["pb"]["health"] == "ok" and st["pb"]["prog_id"] != old
+    assert order("pa") == ["pa", "pb"] and passed(veth) == (3, 0)
+    assert counted("pb") == 3  # the new version's count stage: only what it saw since
+
+
+def test_member_with_a_separate_parser(ebp_env, veth, tmp_path):
+    """Parser mode separate: the member's parser program sits in the slot and tail-calls its
+    stage program, which goes on to the next member (two tail calls of the budget)."""
+    sep = "parser: {mode: separate}\n"
+    path = write_spec(tmp_path / "pa.yaml", spec_text(veth, "pa", 1, COUNT).replace(
+        "stages:", sep + "stages:"))
+    pipeline.apply(path)
+    path = write_spec(tmp_path / "pb.yaml", spec_text(veth, "pb", 2, DROP9).replace(
+        "stages:", sep + "stages:"))
+    pipeline.apply(path)
+    assert passed(veth) == (3, 0) and counted("pa") == 6 and drops9("pb") == 3
+    assert order("pa") == ["pa", "pb"]
