@@ -392,3 +392,17 @@ def test_member_with_a_separate_parser(ebp_env, veth, tmp_path):
     pipeline.apply(path)
     assert passed(veth) == (3, 0) and counted("pa") == 6 and drops9("pb") == 3
     assert order("pa") == ["pa", "pb"]
+
+
+def test_two_owners_apply_at_once(ebp_env, veth, tmp_path):
+    """Two first members applied by two processes at the same moment: one root, both in."""
+    paths = [write_spec(tmp_path / f"{n}.yaml", spec_text(veth, n, p, body))
+             for n, p, body in (("pa", 1, COUNT), ("pb", 2, DROP9))]
+    procs = [subprocess.Popen([*EBPLANE, "apply", str(p)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for p in paths]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert order("pa") == ["pa", "pb"] and passed(veth) == (3, 0)
+    links = list((domain(ebp_env)).glob("*/links/*"))
+    assert [p.name for p in links] == ["veth0@xdp"]
