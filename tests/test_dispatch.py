@@ -406,3 +406,19 @@ def test_two_owners_apply_at_once(ebp_env, veth, tmp_path):
     assert order("pa") == ["pa", "pb"] and passed(veth) == (3, 0)
     links = list((domain(ebp_env)).glob("*/links/*"))
     assert [p.name for p in links] == ["veth0@xdp"]
+
+
+def test_namespace_gone_then_detach(ebp_env, tmp_path):
+    """The namespace of a composition is deleted under it: status says DEAD, detach of each
+    member works, and the dispatcher's pins go with the last."""
+    from ebplane.net import netns
+    with netns.temporary() as ns:
+        netns.run(ns.name, ["ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
+        netns.run(ns.name, ["ip", "link", "set", "veth0", "up"])
+        apply(tmp_path, ns.name, "pa", 1, COUNT)
+        apply(tmp_path, ns.name, "pb", 2, DROP9)
+        assert domain(ebp_env).exists()
+    assert {d["name"]: d["health"] for d in pipeline.status()} == {"pa": "DEAD", "pb": "DEAD"}
+    pipeline.detach("pa")
+    pipeline.detach("pb")
+    assert pipeline.status() == [] and not domain(ebp_env).exists()

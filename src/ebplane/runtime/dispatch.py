@@ -447,3 +447,11 @@ def tidy(netns: str | None) -> None:
             bpffs.unpin(domain_dir(netns))
             with contextlib.suppress(OSError):
                 domain_dir(netns).parent.rmdir()
+
+
+def forget(netns: str) -> None:
+    """The domain of a network namespace that is gone (its interfaces and roots with it)."""
+    with _lock(netns):
+        bpffs.unpin(domain_dir(netns))
+        with contextlib.suppress(OSError):
+            domain_dir(netns).parent.rmdir()

@@ -1015,6 +1015,8 @@ def detach(name: str, *, progress: Progress = _quiet) -> dict:
                 progress(f"detaching from {a['ifname']} ({a['hook']})")
                 if st.netns and not _netns_exists(st.netns):
                     bpffs.unpin(a.get("link_pin") or "/nonexistent")
+                    if a.get("method") == "dispatch":  # its roots went with the namespace
+                        dispatch.forget(st.netns)
                 else:
                     _detach_one(a, None, prog_id=a["prog_id"])
                 if a["ifname"] not in done:  # parser mode xdp: two attachments each
