@@ -422,3 +422,24 @@ def test_namespace_gone_then_detach(ebp_env, tmp_path):
     pipeline.detach("pa")
     pipeline.detach("pb")
     assert pipeline.status() == [] and not domain(ebp_env).exists()
+
+
+@pytest.mark.slow
+def test_readme_tour_in_the_lab(ebp_env, lab, tmp_path):
+    """The README's two owners (examples/counting-lab.yaml, examples/acl-lab.yaml) on the
+    lab's dut, with kernel sockets: client -> server through the dut's eth0."""
+    from ebplane.lab import traffic
+    client, dut, server = lab.ns("client"), lab.ns("dut"), lab.ns("server")
+    root = Path(__file__).resolve().parent.parent / "examples"
+    for f in ("counting-lab.yaml", "acl-lab.yaml"):
+        text = (root / f).read_text().replace("ebp-lab-dut", dut)
+        pipeline.apply(write_spec(tmp_path / f, text))
+    assert [m["pipeline"] for m in pipeline.composition()[0]["members"]] == ["counting", "acl"]
+    assert traffic.socket_udp(client, server, "198.18.2.2", port=5353, count=20) == 20
+    assert traffic.socket_udp(client, server, "198.18.2.2", port=9, count=20, timeout=0.5) == 0
+    assert drops9("acl") == 20
+    assert counted("counting") >= 40
+    pipeline.detach("counting")
+    assert traffic.socket_udp(client, server, "198.18.2.2", port=9, count=5, timeout=0.5) == 0
+    pipeline.detach("acl")
+    assert traffic.socket_udp(client, server, "198.18.2.2", port=9, count=5) == 5
