@@ -216,9 +216,6 @@ def test_priority_tie_and_mix_are_refused(ebp_env, veth, tmp_path):
     path = write_spec(tmp_path / "pb.yaml", spec_text(veth, "pb", 1, DROP9))
     proc = cli("apply", str(path), check=False)
     assert proc.returncode == 2 and "taken by pipeline 'pa'" in proc.stderr
-    with pytest.raises(UsageError) as e:  # a priority changes only through detach + apply
-        apply(tmp_path, veth, "pa", 4, COUNT)
-    assert "detach" in e.value.hint
     # nothing changed: pa alone, still counting; pb not applied
     assert [d["name"] for d in pipeline.status()] == ["pa"]
     assert order("pa") == ["pa"] and passed(veth) == (3, 3)
@@ -443,3 +440,47 @@ def test_readme_tour_in_the_lab(ebp_env, lab, tmp_path):
     assert traffic.socket_udp(client, server, "198.18.2.2", port=9, count=5, timeout=0.5) == 0
     pipeline.detach("acl")
     assert traffic.socket_udp(client, server, "198.18.2.2", port=9, count=5) == 5
+
+
+def test_xdp_member_moves_to_another_priority(ebp_env, veth, tmp_path):
+    """A re-apply with another priority fills the new slot before it empties the old one: the
+    other member counts every frame, the moved one at least every frame (a frame in flight
+    may meet both of its versions)."""
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    apply(tmp_path, veth, "pb", 2, DROP9_COUNTED)
+    src, dst = mac(veth, "veth1"), mac(veth, "veth0")
+    base_a, base_b = counted("pa"), counted("pb")
+    with Sender(veth, "veth1", DNS.frame(src, dst)) as sender:
+        for prio in (3, 0, 5):
+            apply(tmp_path, veth, "pa", prio, COUNT)
+            assert order("pb") == (["pb", "pa"] if prio > 2 else ["pa", "pb"])
+        time.sleep(0.2)
+    time.sleep(0.2)
+    assert counted("pb") - base_b == sender.sent
+    assert counted("pa") - base_a >= sender.sent
+    assert passed(veth) == (3, 0)
+    comp = pipeline.composition()[0]
+    assert [m["priority"] for m in comp["members"]] == [2, 5] and comp["in_order"]
+
+
+def test_tc_priority_change_is_refused(ebp_env, veth, tmp_path):
+    apply(tmp_path, veth, "pa", 1, COUNT, "tc-ingress")
+    with pytest.raises(UsageError) as e:  # a tcx link keeps its place: detach + apply
+        apply(tmp_path, veth, "pa", 4, COUNT, "tc-ingress")
+    assert "detach" in e.value.hint
+    with pytest.raises(UsageError):  # nor does a pipeline alone get one on re-apply
+        apply(tmp_path, veth, "pa", None, COUNT, "tc-ingress")
+
+
+def test_move_killed_after_joining_rolls_forward(ebp_env, veth, tmp_path):
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    apply(tmp_path, veth, "pb", 2, DROP9)
+    path = write_spec(tmp_path / "pa.yaml", spec_text(veth, "pa", 3, COUNT))
+    proc = cli("apply", str(path), env={"EBPLANE_TEST_CRASH_AT": "apply-joined"}, check=False)
+    assert proc.returncode == -9, proc.stderr
+    pipeline.status()  # settles: forward, and the old slot is emptied
+    comp = pipeline.composition()[0]
+    assert [(m["priority"], m["pipeline"]) for m in comp["members"]] == [(2, "pb"), (3, "pa")]
+    assert len(comp["kernel_order"]) == 2 and comp["in_order"]
+    before = counted("pa")  # pa runs after pb now: it no longer sees what pb drops
+    assert passed(veth) == (3, 0) and counted("pa") == before + 3

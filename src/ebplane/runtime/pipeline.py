@@ -393,10 +393,16 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                     notes.append(f"{why}; attached again")
                 else:
                     old_atts[_attach_key(a)] = a
+            moved = []  # XDP members whose priority changed: a new slot, the old one emptied
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
-                    plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
+                    o = old_atts.get((ifname, hook))
+                    if o is not None and o.get("method") == "dispatch" and \
+                            o.get("priority") != spec.priority:
+                        moved.append(o)
+                        o = None
+                    plan.append((ifname, hook, prog, o))
         planned_keys = {(i, h) for i, h, _, _ in plan}
         # 3d. the intent record, before the first kernel commit (see load_state)
         state = PipelineState(
@@ -418,7 +424,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                      "installs": {t.name: {"generation": t.generation(), "fresh": fresh}
                                   for t, _, fresh in deferred},
                      "detach": [a for a in (old.attachments if old else adopted)
-                                if _attach_key(a) not in planned_keys]})
+                                if _attach_key(a) not in planned_keys] + moved})
         state.save()
         _crash_point("apply-intent")
         # 3e. attach / replace: the kernel commit points
@@ -859,7 +865,10 @@ def _check_composition(spec: PipelineSpec, old: PipelineState | None) -> None:
     with a priority meeting one without, a changed priority."""
     if old is not None:
         before = _spec_of(old).priority
-        if before != spec.priority:
+        # at XDP a member moves to its new slot (filled before the old one is emptied); a tcx
+        # link keeps its place, and a pipeline alone has no slot
+        if before != spec.priority and not (spec.hook == "xdp" and None not in (before,
+                                                                               spec.priority)):
             raise UsageError(f"pipeline '{spec.name}' is applied with priority "
                              f"{'none' if before is None else before}; the spec now says "
                              f"{'none' if spec.priority is None else spec.priority}",
