@@ -484,3 +484,17 @@ def test_move_killed_after_joining_rolls_forward(ebp_env, veth, tmp_path):
     assert len(comp["kernel_order"]) == 2 and comp["in_order"]
     before = counted("pa")  # pa runs after pb now: it no longer sees what pb drops
     assert passed(veth) == (3, 0) and counted("pa") == before + 3
+
+
+def test_detach_after_a_move_was_killed(ebp_env, veth, tmp_path):
+    """Killed while moving (both slots filled), then detached straight away: both slots are
+    emptied and the root goes."""
+    apply(tmp_path, veth, "pa", 1, COUNT)
+    path = write_spec(tmp_path / "pa.yaml", spec_text(veth, "pa", 3, COUNT))
+    proc = cli("apply", str(path), env={"EBPLANE_TEST_CRASH_AT": "apply-joined"}, check=False)
+    assert proc.returncode == -9, proc.stderr
+    cli("detach", "pa")
+    from ebplane.net import attach as att, netns
+    with netns.enter(veth):
+        assert att.query_xdp("veth0")["prog_id"] is None
+    assert not domain(ebp_env).exists()

@@ -1019,6 +1019,8 @@ def detach(name: str, *, progress: Progress = _quiet) -> dict:
         if st.pending and st.pending.get("previous"):  # either version may be attached
             keys = {_attach_key(a) for a in atts}
             atts += [a for a in st.pending["previous"]["attachments"] if _attach_key(a) not in keys]
+            # an XDP member moving to another priority may hold its old slot too
+            atts += [a for a in st.pending.get("detach", []) if a.get("method") == "dispatch"]
         with _netns_of(st):
             for a in atts:
                 progress(f"detaching from {a['ifname']} ({a['hook']})")
