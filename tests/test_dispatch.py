@@ -252,6 +252,11 @@ def test_foreign_xdp_reported_then_replaced(ebp_env, veth, tmp_path, priority):
         path = write_spec(tmp_path / "pa.yaml", spec_text(veth, "pa", priority, COUNT))
         proc = cli("apply", str(path), check=False)
         assert proc.returncode == 3 and f"id {prog.id}" in proc.stderr
+        if priority is None:  # what apply --replace-foreign does first when the agent runs
+            assert "replaced the foreign" in pipeline.evict_foreign(path)[0]
+            with netns.enter(veth):
+                assert att.query_xdp("veth0")["prog_id"] is None
+                att.attach_xdp(prog.fd, "veth0", mode="native", use_link=False)
         res = apply(tmp_path, veth, "pa", priority, COUNT, replace_foreign=True)
         assert any("replaced the foreign XDP program" in n for n in res.notes)
         if priority is None:

@@ -47,8 +47,12 @@ def register(sub) -> None:
 
 
 def cmd_apply(args) -> int:
-    c = agent() if not args.replace_foreign else None  # the agent never evicts on request
+    c = agent()
     if c is not None:
+        if args.replace_foreign:  # done here, as root; the agent then attaches
+            from ebplane.runtime.pipeline import evict_foreign
+            for note in evict_foreign(args.spec):
+                progress(note)
         progress(f"applying {args.spec} through the agent")
         emit(args, via(c.apply(args.spec), "agent"), _apply_human)
         return 0

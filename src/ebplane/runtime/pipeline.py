@@ -893,6 +893,23 @@ def _check_composition(spec: PipelineSpec, old: PipelineState | None) -> None:
                                   f"(0-{dispatch.SLOTS - 1}, lower runs first)")
 
 
+def evict_foreign(spec_path: str | Path) -> list[str]:
+    """``apply --replace-foreign`` through the agent: detach the foreign XDP programs (not
+    ebplane's, attached by netlink) from the spec's interfaces first; what was done."""
+    spec = load_spec(spec_path)
+    if spec.hook != "xdp":
+        return []
+    out = []
+    with netns_enter(spec.netns):
+        ours = _our_programs(spec.netns)
+        for ifname in spec.interfaces:
+            found = dispatch.foreign_xdp(ifname)
+            if found is not None and found["id"] not in ours and \
+                    found["name"] != dispatch.ROOT_NAME:
+                out.append(dispatch.evict_foreign(ifname, found))
+    return out
+
+
 def _our_programs(netns: str | None) -> dict[int, str]:
     """prog id -> pipeline of every program ebplane's pipelines attach in ``netns``."""
     out = {}
