@@ -341,6 +341,14 @@ def test_random_kills_of_a_member_never_stop_the_other(ebp_env, veth, tmp_path):
     path = tmp_path / "pb.yaml"
     src, dst = mac(veth, "veth1"), mac(veth, "veth0")
     rng = random.Random(5)
+    durations = []  # one apply of each version, unkilled: compiled once, and timed
+    for body in (DROP9_COUNTED, DROP9):
+        write_spec(path, spec_text(veth, "pb", 2, body))
+        t0 = time.monotonic()
+        cli("apply", str(path))
+        durations.append(time.monotonic() - t0)
+    pipeline.detach("pb")
+    longest = max(durations)
     base = counted("pa")
     outcomes = []
     with Sender(veth, "veth1", DNS.frame(src, dst)) as sender:
@@ -348,7 +356,7 @@ def test_random_kills_of_a_member_never_stop_the_other(ebp_env, veth, tmp_path):
             write_spec(path, spec_text(veth, "pb", 2, DROP9 if i % 2 else DROP9_COUNTED))
             proc = subprocess.Popen([*EBPLANE, "apply", str(path)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.3 * longest, 1.5 * longest))
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=30)
