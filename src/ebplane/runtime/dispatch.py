@@ -281,7 +281,7 @@ def _slot(netns: str | None, basemap: Map, rec: dict) -> int | None:
     return None if entry is None else entry[0] * SLOTS + rec["priority"]
 
 
-def replace(rec: dict, prog: Program, *, netns: str | None) -> None:
+def replace(rec: dict, prog_fd: int, *, netns: str | None) -> None:
     """Swap the member's program in its slot (one atomic map update)."""
     with _lock(netns):
         maps = _maps(netns, create=False)
@@ -293,7 +293,7 @@ def replace(rec: dict, prog: Program, *, netns: str | None) -> None:
             slot = _slot(netns, basemap, rec)
             if slot is None or _root_alive(netns, rec["ifname"]) is None:
                 raise NotFound(f"{rec['ifname']}: no dispatcher root is attached")
-            chain.update(slot, prog.fd)
+            chain.update(slot, prog_fd)
         finally:
             chain.close()
             basemap.close()
@@ -455,3 +455,22 @@ def forget(netns: str) -> None:
         bpffs.unpin(domain_dir(netns))
         with contextlib.suppress(OSError):
             domain_dir(netns).parent.rmdir()
+
+
+class Member(att.Attached):
+    """An XDP member as its attachment record says (``method: dispatch``, also while only
+    planned): its slot in the interface's chain."""
+
+    method = "dispatch"
+
+    def running(self) -> int | None:
+        return kernel_prog(self.rec, netns=self.rec.get("netns"))
+
+    def replace(self, prog_fd: int, old_prog_id: int) -> None:
+        replace(self.rec, prog_fd, netns=self.rec.get("netns"))
+
+    def detach(self, *, prog_id: int | None = None) -> None:
+        leave(self.rec, prog_id, netns=self.rec.get("netns"))
+
+
+att.ATTACHED_TYPES[Member.method] = Member
