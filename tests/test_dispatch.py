@@ -116,6 +116,19 @@ def test_priority_in_spec():
         assert why in str(e.value) and "priority" in str(e.value)
 
 
+def test_member_record_is_a_typed_attachment(ebp_env):
+    """A member's record (also while only planned) is read by the dispatcher's type, which
+    finds nothing running when there is no dispatcher."""
+    from ebplane.net import attach as att
+    from ebplane.runtime import dispatch
+    for planned in (False, True):
+        rec = {"ifname": "lo", "hook": "xdp", "method": "dispatch", "priority": 3,
+               "netns": None, "prog_id": 1, **({"planned": True} if planned else {})}
+        a = att.attached(rec)
+        assert type(a) is dispatch.Member and a.running() is None
+    assert type(att.attached({"ifname": "lo", "hook": "xdp", "planned": True})) is att.Planned
+
+
 def test_replay_alone_ignores_priority(ebp_env):
     """A composed pipeline's spec replays alone, as if it held the hook (no dispatcher)."""
     from ebplane.runtime.replay import Replayer
