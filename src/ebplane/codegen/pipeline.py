@@ -313,6 +313,11 @@ class StageGen:
     def features(self, stage, protocols) -> Features:
         return Features()
 
+    def call(self, idx: int, stage) -> str:
+        """The call of the stage's function in ``main`` (a kind whose stages change the packet
+        and parse it again passes ``&malformed`` instead)."""
+        return f"stage_{idx}_{stage.kind}(ctx, &pkt, malformed)"
+
 
 # generators added at run time (register_generator); a kind of ebplane exports GENERATORS
 # from its package's gen.py, found through ebplane.stages.KINDS
@@ -430,9 +435,10 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 stage=None, role="capture-rate", pinned=False)
     for idx, st in enumerate(spec.stages):
         prog.stage_names.append(st.name)
-        generator(st.kind).emit(idx, st, out)
+        gen = generator(st.kind)
+        gen.emit(idx, st, out)
         out.calls.append(f"\t/* stage {idx}: {st.kind} '{st.name}' */\n"
-                         f"\taction = stage_{idx}_{st.kind}(ctx, &pkt, malformed);\n"
+                         f"\taction = {gen.call(idx, st)};\n"
                          f"\tif (action != EBP_NEXT)\n\t\tgoto out;")
 
     if spec.hook == "xdp":
