@@ -259,7 +259,7 @@ def test_top_level_errors(text, line, column, field, reason):
 
 def test_unknown_top_level_key_lists_allowed():
     err = spec_error("pipeline: edge\nhook: xdp\nprotocol: [ethernet]\n")
-    assert err.allowed == "pipeline, hook, interfaces, mode, netns, protocols, stages, parser"
+    assert err.allowed == "pipeline, hook, interfaces, mode, netns, protocols, stages, parser, priority"
     assert "allowed: pipeline, hook" in str(err)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ebplane import __version__
-from ebplane.codegen import p4c
+from ebplane.codegen import dispatch, p4c
 from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, CaptureSpec, capture_c, record_c
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import PipelineSpec, Rule
@@ -355,16 +355,25 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
 
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
              filters: dict | None = None, frags: bool = False,
-             capture: CaptureSpec | None = None) -> GeneratedProgram:
+             capture: CaptureSpec | None = None, chain: bool = False,
+             chain_base: int | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program).  ``filters``:
     table -> ``FilterPlan`` of each filter (default: planned from the spec's rules).
     ``frags``: XDP programs are built as ``xdp.frags`` (they accept multi-buffer frames;
     the parser reads the headers in the first buffer, counters count the whole frame).
     ``capture``: the capture hooks of a running ``ebplane trace`` (see
-    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
+    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all.
+    ``chain``: the program is a member of a composition (the spec has a priority): a packet
+    it passes goes on to the next member (:mod:`ebplane.codegen.dispatch`); replay builds
+    without it (the pipeline alone); ``chain_base``: its one interface's base in the
+    dispatcher (constant slots), None to look it up per packet."""
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
+    chain = chain and spec.priority is not None
+    xdp_chain = chain and spec.hook == "xdp"
+    if xdp_chain:  # every program of a chain must agree on multi-buffer: all are frags
+        frags = True
     parser_frags = frags  # parser mode xdp: the XDP parser program next to a TC program
     frags = frags and spec.hook == "xdp"
     if frags:
@@ -397,6 +406,13 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 len(HANDOFF_COUNTERS), "packets whose parse the XDP parser left, packets "
                 "parsed here (no valid parse-info)", stage=None, role="handoff",
                 slots=HANDOFF_COUNTERS)
+    if xdp_chain:  # the shared maps of the namespace's dispatcher, reused at load
+        out.maps.append(dispatch.chain_maps_c())
+        prog.maps += [MapRole(dispatch.CHAIN_MAP, None, "chain", False, False, None,
+                              "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", dispatch.CHAIN_ENTRIES),
+                      MapRole(dispatch.BASE_MAP, None, "chain-base", False, False, None,
+                              "BPF_MAP_TYPE_HASH", "__u32", "struct ebp_chain_if",
+                              dispatch.MAX_INTERFACES)]
     out.map(M["verdicts"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts",
             slots=_verdict_slots(spec.hook))
@@ -499,14 +515,23 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     if trace or capture:
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
+    if xdp_chain:
+        end = ["\tif (action == XDP_PASS)", "\t\tebp_chain_next(ctx); /* returns if none follows */",
+               "\treturn action;"]
+    elif chain:  # tcx: the next program of the hook runs (TCX_NEXT)
+        end = ["\treturn action == TC_ACT_OK ? TC_ACT_UNSPEC : action; /* pass: next member */"]
+    else:
+        end = ["\treturn action;"]
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
              "out:", f"\tebp_count(&{M['verdicts']}, action, pkt.len);",
              *(["\tebp_capture(ctx, &pkt, action);"] if capture else []),
-             "\treturn action;", "}"]
+             *end, "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
              parser.source, *out.functions]
     if capture:
         parts.append(capture_c(capture, spec.hook))
+    if xdp_chain:
+        parts.append(dispatch.member_next_c(spec.priority, chain_base))
     if separate:
         parts.append(p4c.parse_info_c(prog.graph, prog.user_layout))
     if handoff:
