@@ -11,14 +11,13 @@ defaults, and ``apply`` has to notice and fix them.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
+from lab_fixtures import fresh_lab
 from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
 from ebplane.lab import traffic
-from ebplane.lab.topology import Lab
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
 
@@ -27,28 +26,16 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _fresh_lab(topology: str, tag: str):
-    lab = Lab.load(EXAMPLES / topology, name=f"ebp-{tag}{secrets.token_hex(3)}")
-    lab.up()
-    return lab
-
-
 @pytest.fixture
 def route_lab():
-    lab = _fresh_lab("route-lab.yaml", "cr")
-    try:
+    with fresh_lab(EXAMPLES / "route-lab.yaml", "cr") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
 def bridge_lab():
-    lab = _fresh_lab("bridge-lab.yaml", "cb")
-    try:
+    with fresh_lab(EXAMPLES / "bridge-lab.yaml", "cb") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply_text(tmp_path: Path, name: str, text: str):

@@ -11,14 +11,13 @@ Bridged (bridge-topology.yaml + bridge.yaml): containers on one segment, switche
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
+from lab_fixtures import fresh_lab
 from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
 from ebplane.lab import traffic
-from ebplane.lab.topology import Lab
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
 
@@ -28,28 +27,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "containers"
 CONTAINERS = ("c1", "c2", "c3", "c4")
 
 
-def _lab(topology: str, tag: str):
-    lab = Lab.load(EXAMPLES / topology, name=f"ebp-{tag}{secrets.token_hex(3)}")
-    lab.up()
-    return lab
-
-
 @pytest.fixture
 def routed():
-    lab = _lab("topology.yaml", "ct")
-    try:
+    with fresh_lab(EXAMPLES / "topology.yaml", "ct") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
 def bridged():
-    lab = _lab("bridge-topology.yaml", "cb")
-    try:
+    with fresh_lab(EXAMPLES / "bridge-topology.yaml", "cb") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, example: str, ns: str, interfaces: str | None = None):

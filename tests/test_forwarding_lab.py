@@ -20,6 +20,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
+from lab_fixtures import fresh_lab
 from pipeline_fixtures import cli, ebp_env, send_frames  # noqa: F401  (fixture)
 from ebplane.lab import traffic
 from ebplane.lab.topology import Lab
@@ -31,22 +32,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="module")
 def route_lab():
-    lab = Lab.load(EXAMPLES / "route-lab.yaml", name=f"ebp-tr{secrets.token_hex(3)}")
-    lab.up()
-    try:
+    with fresh_lab(EXAMPLES / "route-lab.yaml", "tr") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="module")
 def bridge_lab():
-    lab = Lab.load(EXAMPLES / "bridge-lab.yaml", name=f"ebp-tb{secrets.token_hex(3)}")
-    lab.up()
-    try:
+    with fresh_lab(EXAMPLES / "bridge-lab.yaml", "tb") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, example: str, ns: str) -> str:

@@ -10,14 +10,13 @@ bridge and redirect.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
+from lab_fixtures import fresh_lab, topology_file
 from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
 from ebplane.lab import traffic
-from ebplane.lab.topology import Lab
 from ebplane.runtime import pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -47,30 +46,16 @@ links:
 """
 
 
-def _lab(tmp_path: Path, text: str, tag: str):
-    path = tmp_path / f"{tag}.yaml"
-    path.write_text(text)
-    lab = Lab.load(path, name=f"ebp-{tag}{secrets.token_hex(3)}")
-    lab.up()
-    return lab
-
-
 @pytest.fixture
 def routed_lab(tmp_path):
-    lab = _lab(tmp_path, ROUTED, "jr")
-    try:
+    with fresh_lab(topology_file(tmp_path, "jr", ROUTED), "jr") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
 def switched_lab(tmp_path):
-    lab = _lab(tmp_path, SWITCHED, "js")
-    try:
+    with fresh_lab(topology_file(tmp_path, "js", SWITCHED), "js") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, name: str, ns: str, interfaces: str, stages: str):
