@@ -4,6 +4,7 @@ names and counter slots are defined."""
 from __future__ import annotations
 
 from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.codegen.stagefn import count_and_return, counters_map, stage_function
 from ebplane.stages.forward.gen import _match_expr
 from ebplane.stages.mirror.spec import MirrorStage
 
@@ -45,27 +46,17 @@ class MirrorGen(StageGen):
         out.map(n["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_mirror_cfg", 1,
                 f"mirror '{st.name}': ifindexes of {st.to}" + (f" and {st.out}" if xdp else ""),
                 stage=st.name, role="config")
-        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                len(OUTCOMES), f"mirror '{st.name}': {', '.join(OUTCOMES)}",
-                stage=st.name, role="counters", slots=OUTCOMES)
+        counters_map(out, n["counters"], st, OUTCOMES)
         sel = selected_expr(st)
         call = (f"ebp_mirror_xdp(ctx, selected, {st.sample}, &{n['ports']}, &{n['config']}, &slot)"
                 if xdp else f"ebp_mirror_tc(ctx, selected, {st.sample}, &{n['config']}, &slot)")
         what = f"to {st.to}" + (f", original out of {st.out}" if xdp else ", original goes on")
-        out.functions.append("\n".join([
-            f"/* mirror '{st.name}': a copy of 1 in {st.sample} selected packets {what} */",
-            f"static __always_inline int stage_{idx}_mirror(EBP_CTX *ctx, struct ebp_pkt *pkt, "
-            "int malformed)",
-            "{",
+        out.functions.append(stage_function(idx, st, f"a copy of 1 in {st.sample} selected packets {what}", [
             f"\t__u32 slot = {OUTCOMES.index('not_selected')}; /* EBP_MR_NOT_SELECTED */",
             f"\tint selected = !malformed && ({sel});",
             f"\tint act = {call};",
             "",
-            f"\tebp_count(&{n['counters']}, slot, pkt->len);",
-            "\tif (act != EBP_NEXT)",
-            f"\t\tEBP_TRACE_SET({idx}, slot);",
-            "\treturn act;",
-            "}"]))
+            *count_and_return(idx, n["counters"])]))
 
     def features(self, st: MirrorStage, protocols) -> Features:
         listed = set(protocols)
