@@ -42,16 +42,6 @@
 #include "ebplane.h"
 #include "filter.h"	/* the fragment table: ebp_frag_key, ebp_frag_read, ebp_frag_record */
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#ifndef IPPROTO_ICMPV6
-#define IPPROTO_ICMPV6 58
-#endif
-
 /* Counter slots (EBP_LB_NEW, EBP_LB_KNOWN, ... EBP_LB_NCOUNTERS), backend states
  * (EBP_LB_UNUSED, _UP, _DOWN), encapsulations (EBP_LB_ENCAP_IPIP, _GUE) and the Maglev
  * entry of a VIP without backends up (EBP_LB_EMPTY) are #defines the

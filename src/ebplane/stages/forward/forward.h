@@ -15,12 +15,6 @@
 
 #include "ebplane.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
 #define EBP_ETH_ALEN 6
 #define EBP_IP_DF 0x4000
 
