@@ -299,7 +299,7 @@ class XskGen(StageGen):
                 f"xsk '{st.name}': AF_XDP socket of rx queue {st.queue}", stage=st.name,
                 role="socks")
         cnt = _counters(st, out)
-        match = " || ".join(f"({_match_expr(m)})" for m in st.match) or "1"
+        match = matches_expr(st.match)
         out.functions.append(stage_function(idx, st, f"rx queue {st.queue} to AF_XDP", [
             f"\t__u32 q = {st.queue}, slot = EBP_XSK_DELIVERED;",
             "\tint act = EBP_NEXT;",
@@ -315,11 +315,22 @@ class XskGen(StageGen):
             *count_and_return(idx, cnt)]))
 
     def features(self, st: XskStage, protocols) -> Features:
-        listed = set(protocols)
-        ip = any(m.proto is not None or m.dport is not None for m in st.match)
-        ports = any(m.dport is not None for m in st.match)
-        return Features(ipv4=ip and "ipv4" in listed, ipv6=ip and "ipv6" in listed,
-                        tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
+        return match_features(st.match, protocols)
+
+
+def matches_expr(matches) -> str:
+    """The C condition that a packet is selected by any of ``matches`` (a stage's ``match:``
+    list: ethertype, proto, dport); none: every packet."""
+    return " || ".join(f"({_match_expr(m)})" for m in matches) or "1"
+
+
+def match_features(matches, protocols) -> Features:
+    """What the parser must read for ``matches`` (of the listed ``protocols``)."""
+    listed = set(protocols)
+    ip = any(m.proto is not None or m.dport is not None for m in matches)
+    ports = any(m.dport is not None for m in matches)
+    return Features(ipv4=ip and "ipv4" in listed, ipv6=ip and "ipv6" in listed,
+                    tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
 
 
 def _match_expr(m) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.codegen.stagefn import count_and_return, counters_map, stage_function
-from ebplane.stages.forward.gen import _match_expr
+from ebplane.stages.forward.gen import match_features, matches_expr
 from ebplane.stages.mirror.spec import MirrorStage
 
 # counter slots (EBP_MR_<OUTCOME> in mirror.h)
@@ -27,7 +27,7 @@ def map_names(stage: str) -> dict[str, str]:
 
 
 def selected_expr(st: MirrorStage) -> str:
-    return " || ".join(f"({_match_expr(m)})" for m in st.match) or "1"
+    return matches_expr(st.match)
 
 
 class MirrorGen(StageGen):
@@ -59,11 +59,7 @@ class MirrorGen(StageGen):
             *count_and_return(idx, n["counters"])]))
 
     def features(self, st: MirrorStage, protocols) -> Features:
-        listed = set(protocols)
-        ip = any(m.proto is not None or m.dport is not None for m in st.match)
-        ports = any(m.dport is not None for m in st.match)
-        return Features(ipv4=ip and "ipv4" in listed, ipv6=ip and "ipv6" in listed,
-                        tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
+        return match_features(st.match, protocols)
 
 
 GENERATORS = {"mirror": MirrorGen()}
