@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ebplane.codegen.forwarding import map_name, outcomes
 from ebplane.kernel.codec import COUNT, U32
-from ebplane.net import iface, netns
+from ebplane.net import netns
 from ebplane.runtime.replay import Replayer
 from ebplane.spec import parse_spec
 
@@ -57,11 +57,6 @@ class StageRun:
 
     def close(self):
         self.rp.close()
-
-
-def mac_of(ns: str, dev: str) -> str:
-    with netns.enter(ns):
-        return iface.info(dev).mac
 
 
 def ipv4_checksum_ok(hdr: bytes) -> bool:

@@ -100,6 +100,21 @@ def filter_stats(stats: dict, stage: str = "acl") -> dict:
     return next(st for st in stats["stages"] if st["stage"] == stage)
 
 
+def stage_stats(name: str, *, kind: str | None = None, stage: str | None = None) -> dict:
+    """The one stage of applied pipeline ``name`` of that ``kind`` (and/or named ``stage``),
+    as ``pipeline.stats`` gives it."""
+    from ebplane.runtime import pipeline
+    (st,) = [s for s in pipeline.stats(name)[0]["stages"]
+             if (kind is None or s["kind"] == kind) and (stage is None or s["stage"] == stage)]
+    return st
+
+
+def stage_counts(name: str, *, kind: str | None = None, stage: str | None = None
+                 ) -> dict[str, int]:
+    """Packets per outcome (counter) of :func:`stage_stats`' stage."""
+    return {k: v["packets"] for k, v in stage_stats(name, kind=kind, stage=stage)["counts"].items()}
+
+
 # -- traffic into a veth ----------------------------------------------------------------------
 
 def mac(ns: str, ifname: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab_fixtures import fresh_lab
-from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
+from pipeline_fixtures import ebp_env, stage_counts  # noqa: F401  (fixture)
 from ebplane.lab import traffic
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
@@ -46,11 +46,6 @@ def _apply(tmp_path: Path, example: str, ns: str, interfaces: str | None = None)
     spec = tmp_path / example
     spec.write_text(text + "\n")
     return pipeline.apply(spec)
-
-
-def _counts(name: str, kind: str) -> dict[str, int]:
-    (st,) = [s for s in pipeline.stats(name)[0]["stages"] if s["kind"] == kind]
-    return {k: v["packets"] for k, v in st["counts"].items()}
 
 
 def _forwarded_by_kernel(ns: str) -> int:
@@ -99,7 +94,7 @@ def test_routed_containers_forwarded_by_tc(ebp_env, routed, tmp_path):
         for a, b in ((0, 1), (2, 3), (1, 2), (3, 0)):
             _exchange(cs[a], cs[b], _addrs(b + 1))
         assert all(_offloads_on(c) for c in cs)
-        n = _counts(res.name, "route")
+        n = stage_counts(res.name, kind="route")
         assert n["peer"] > 200, n                  # data and acks, both ways (GRO merges some)
         assert n["neigh"] >= 1                     # first packets: the kernel resolved them
         assert _forwarded_by_kernel(host) - before == 0   # none went the kernel's way
@@ -108,14 +103,14 @@ def test_routed_containers_forwarded_by_tc(ebp_env, routed, tmp_path):
         # redirect here; a physical uplink takes bpf_redirect_neigh, see test_tc_forwarding)
         peer0 = n["peer"]
         _exchange(ext, cs[3], _addrs(4))
-        n = _counts(res.name, "route")
+        n = stage_counts(res.name, kind="route")
         assert n["peer"] - peer0 > 50, n   # GRO merges segments: fewer, larger packets
 
         # the host to a container: the host's own packets leave by its output routing;
         # the container's answers meet the program, which hands them to the host's stack
         local0 = n["local"]
         _exchange(host, cs[0], _addrs(1))
-        assert _counts(res.name, "route")["local"] - local0 > 20   # acks, echoes (GRO)
+        assert stage_counts(res.name, kind="route")["local"] - local0 > 20   # acks, echoes (GRO)
         _no_csum_errors(host, ext, *cs)
         assert _forwarded_by_kernel(host) - before == 0
     finally:
@@ -145,7 +140,7 @@ def test_an_uplink_that_is_no_veth_takes_bpf_redirect_neigh(ebp_env, routed, tmp
         assert not any("mv0" in n for n in res.notes), res.notes   # no peer target
         before = _forwarded_by_kernel(host)
         _exchange(ext, c4, _addrs(4))
-        n = _counts(res.name, "route")
+        n = stage_counts(res.name, kind="route")
         assert n["forwarded"] > 20 and n["peer"] > 20, n   # out of mv0 / into c4 (GRO: few)
         assert _forwarded_by_kernel(host) - before == 0
         _no_csum_errors(ext, c4)
@@ -160,7 +155,7 @@ def test_bridged_containers_switched_by_tc(ebp_env, bridged, tmp_path):
         for a, b in ((0, 1), (2, 3), (1, 3)):
             _exchange(cs[a], cs[b], [f"198.18.110.{b + 1}", f"2001:db8:110::{b + 1}"])
         assert all(_offloads_on(c) for c in cs)
-        n = _counts(res.name, "bridge")
+        n = stage_counts(res.name, kind="bridge")
         assert n["peer"] > 200, n                  # known unicast, straight into the container
         assert n["broadcast"] >= 3                 # ARP requests and IPv6 ND multicast, flooded
         assert n["learned"] == 4 and n["filtered"] == 0

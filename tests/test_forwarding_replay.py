@@ -17,9 +17,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from forwarding_helpers import (HOST_MAC, NEXT_HOP_MAC, ROUTER_SETUP, StageRun,
-                                ipv4_checksum_ok as _ipv4_checksum_ok, mac_of as _mac,
-                                veth_pairs)
-from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
+                                ipv4_checksum_ok as _ipv4_checksum_ok, veth_pairs)
+from pipeline_fixtures import ebp_module_env, mac as _mac  # noqa: F401  (fixture)
 from ebplane.codegen.forwarding import OUTCOMES
 from ebplane.errors import SpecError
 from ebplane.kernel.programs import XdpMd

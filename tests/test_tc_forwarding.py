@@ -21,9 +21,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from forwarding_helpers import (HOST_MAC, ROUTER_SETUP, StageRun,
-                                ipv4_checksum_ok as _ipv4_checksum_ok, mac_of as _mac,
-                                veth_pairs)
-from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
+                                ipv4_checksum_ok as _ipv4_checksum_ok, veth_pairs)
+from pipeline_fixtures import ebp_module_env, mac as _mac  # noqa: F401  (fixture)
 from ebplane.codegen.forwarding import OUTCOMES_TC
 from ebplane.errors import SpecError
 from ebplane.kernel.libbpf import SkBuff
