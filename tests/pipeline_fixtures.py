@@ -115,6 +115,21 @@ def stage_counts(name: str, *, kind: str | None = None, stage: str | None = None
     return {k: v["packets"] for k, v in stage_stats(name, kind=kind, stage=stage)["counts"].items()}
 
 
+@contextlib.contextmanager
+def scratch_netns(commands, *, up=()) -> Iterator[str]:
+    """A throw-away namespace set up by ``commands`` (command lines run in it, e.g. ``ip
+    link add ...``), its interfaces ``up`` waited for; yields its name, removes it after."""
+    with _netns.temporary() as ns:
+        for cmd in commands:
+            _netns.run(ns.name, cmd.split())
+        if up:
+            from ebplane.net import iface
+            with _netns.enter(ns.name):
+                for dev in up:
+                    iface.wait_up(dev)
+        yield ns.name
+
+
 # -- traffic into a veth ----------------------------------------------------------------------
 
 def mac(ns: str, ifname: str) -> str:

@@ -18,7 +18,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from forwarding_helpers import (HOST_MAC, NEXT_HOP_MAC, ROUTER_SETUP, StageRun,
                                 ipv4_checksum_ok as _ipv4_checksum_ok, veth_pairs)
-from pipeline_fixtures import ebp_module_env, mac as _mac  # noqa: F401  (fixture)
+from pipeline_fixtures import ebp_module_env, mac as _mac, scratch_netns  # noqa: F401  (fixture)
 from ebplane.codegen.forwarding import OUTCOMES
 from ebplane.errors import SpecError
 from ebplane.kernel.programs import XdpMd
@@ -30,13 +30,8 @@ SETUP = [*ROUTER_SETUP, "ip route add unreachable 198.18.41.0/24", *veth_pairs(3
 
 @pytest.fixture(scope="module")
 def router(ebp_module_env):
-    with netns.temporary() as ns:
-        for cmd in SETUP:
-            netns.run(ns.name, cmd.split())
-        with netns.enter(ns.name):
-            for dev in ("up0", "p0", "p1", "p2"):
-                iface.wait_up(dev)
-        yield ns.name
+    with scratch_netns(SETUP, up=("up0", "p0", "p1", "p2")) as ns:
+        yield ns
 
 
 def _spec(stages: str, protocols: str = "ethernet, vlan, ipv4, ipv6, tcp, udp") -> str:
