@@ -88,6 +88,17 @@ def write_spec(path: Path, text: str) -> Path:
     return path
 
 
+def lab_firewall(ns: str, rules) -> str:
+    """The firewall spec the lab tests put on the DUT's eth0 (XDP, in namespace ``ns``): a
+    filter ``acl`` of ``rules`` (flow-style YAML mappings), default next, then a count."""
+    return ("pipeline: fw\nhook: xdp\n"
+            f"netns: {ns}\ninterfaces: [eth0]\n"
+            "protocols: [ethernet, vlan, ipv4, ipv6, tcp, udp, icmp, icmpv6]\nstages:\n"
+            "  - filter:\n      name: acl\n      default: next\n      rules:\n"
+            + "".join(f"        - {r}\n" for r in rules)
+            + "  - count: {}\n")
+
+
 def rule_counts(stats: dict, stage: str = "acl") -> list[int]:
     """Packets per rule, in rule order, of one filter in a ``stats()`` entry."""
     for st in stats["stages"]:
