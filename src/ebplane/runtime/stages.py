@@ -31,7 +31,8 @@ class StageRuntime:
 
 
 STAGE_RUNTIMES: dict[str, StageRuntime] = {}
-RUNTIME_MODULES: list[str] = ["ebplane.runtime.forwarding", "ebplane.runtime.l4"]  # modules that register runtimes on import
+RUNTIME_MODULES: list[str] = ["ebplane.runtime.forwarding", "ebplane.runtime.l4",
+                                   "ebplane.runtime.nat"]  # modules that register runtimes on import
 
 
 def register_runtime(rt: StageRuntime) -> StageRuntime:

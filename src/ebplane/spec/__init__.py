@@ -11,6 +11,7 @@ from ebplane.spec.rules import ACTIONS, PROTO_NAMES, PROTO_NUMBERS, Rule, parse_
 from ebplane.spec.stages import STAGE_KINDS, CountStage, FilterStage, Stage, register_stage
 from ebplane.spec import forwarding  # noqa: F401,E402  (registers the forwarding stage kinds)
 from ebplane.spec import l4  # noqa: F401,E402  (registers conntrack)
+from ebplane.spec import nat  # noqa: F401,E402  (registers nat)
 
 __all__ = [
     "ACTIONS", "HOOKS", "KNOWN_PROTOCOLS", "PROTO_NAMES", "PROTO_NUMBERS", "STAGE_KINDS",

@@ -1,0 +1,1 @@
+"""The nat stage kind: masquerade and port forwards at TC (see nat.h)."""

@@ -1,0 +1,189 @@
+"""C for one nat stage (``nat.h`` holds the reviewed part): the egress stage function (source
+translation) and the companion TC ingress program (destination translation)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from ebplane.codegen.pipeline import Emit, Features, StageGen, TC_PULL_LEN, register_generator
+from ebplane.errors import SpecError
+from ebplane.spec.nat import NAT_PROTOS, NatStage
+
+HEADER = Path(__file__).with_name("nat.h")
+# counter slots: defined once, in nat.h (EBP_NAT_CNT_<NAME> <slot>)
+COUNTERS: tuple[str, ...] = tuple(
+    name.lower() for name, _ in sorted(
+        ((m.group(1), int(m.group(2))) for m in re.finditer(
+            r"^#define EBP_NAT_CNT_(\w+)\s+(\d+)", HEADER.read_text(), re.M)),
+        key=lambda x: x[1]))
+TIMEOUT_FIELDS = ("tcp_syn", "tcp", "tcp_close", "udp", "icmp")
+# the program apply attaches at tc-ingress next to the pipeline's tc-egress program
+INGRESS_PROG = "ebp_nat_in"
+FRAG_ENTRIES = 4096
+
+
+def map_names(stage: str) -> dict[str, str]:
+    """role -> C name of a nat stage's maps (the one place these names are made)."""
+    t = f"nat_{stage}"
+    return {"table": f"{t}_tab", "frags": f"{t}_frag", "config": f"{t}_cfg",
+            "counters": f"{t}_cnt"}
+
+
+def _be32(addr: str) -> str:
+    return f"bpf_htonl(0x{int(ipaddress.IPv4Address(addr)):08x})"
+
+
+class NatGen(StageGen):
+    kind = "nat"
+
+    def emit(self, idx: int, st: NatStage, out: Emit) -> None:
+        if out.prog.tc_ingress:
+            raise SpecError("a pipeline has at most one nat stage", given=st.name,
+                            hint="put all translations into one nat stage")
+        out.include("nat.h")
+        n = map_names(st.name)
+        out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_nat_key", "struct ebp_nat_entry",
+                2 * st.size, f"nat '{st.name}': translations, both directions of "
+                f"{st.size} connections", stage=st.name, role="table", flags="BPF_F_NO_PREALLOC")
+        out.map(n["frags"], "BPF_MAP_TYPE_LRU_HASH", "struct ebp_nat_frag_key",
+                "struct ebp_nat_frag", FRAG_ENTRIES,
+                f"nat '{st.name}': the address a translated first fragment got, for the others",
+                stage=st.name, role="frags")
+        out.map(n["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_nat_cfg", 1,
+                f"nat '{st.name}': outside address, port range (control plane); last collection",
+                stage=st.name, role="config")
+        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+                len(COUNTERS), f"nat '{st.name}': {', '.join(COUNTERS)}",
+                stage=st.name, role="counters")
+        to = ", ".join(f".{k} = {v}" for k, v in st.timeouts)
+        full = "EBP_V_DROP" if st.when_full == "drop" else "EBP_NEXT"
+        tab, frags, cnt, cfgm = (f"&{n[r]}" for r in ("table", "frags", "counters", "config"))
+        masq = " ||\n\t       ".join(
+            f"(h & 0x{int(net.netmask):08x}) == 0x{int(net.network_address):08x}"
+            for net in map(ipaddress.IPv4Network, st.masq_from)) or "0"
+        common = [
+            f"\tconst struct ebp_nat_timeouts to = {{ {to} }};",
+            "\tstruct ebp_nat_pkt np = {};",
+            f"\tstruct ebp_nat_cfg *cfg = bpf_map_lookup_elem({cfgm}, &(__u32){{0}});",
+            "\t__u64 now;",
+            "\tint r, icmp_error = 0;",
+            "",
+            "\tif (!cfg)",
+            "\t\treturn EBP_NEXT;",
+            "\tr = malformed ? -1 : ebp_nat_read(ctx, pkt, &np, &icmp_error);",
+            "\tif (r) {",
+            f"\t\tebp_count({cnt}, r < 0 ? EBP_NAT_CNT_MALFORMED : icmp_error ? "
+            "EBP_NAT_CNT_ICMP_ERROR : @UNTR@, pkt->len);",
+            "\t\treturn EBP_NEXT;",
+            "\t}",
+            "\tnp.key.dir = @DIR@;",
+            "\tif (np.later_frag) {",
+            f"\t\tebp_nat_frag_follow(ctx, {frags}, &np, {cnt}, pkt->len);",
+            "\t\treturn EBP_NEXT;",
+            "\t}",
+            "\tnow = bpf_ktime_get_ns();",
+            f"\tif (ebp_nat_existing(ctx, {tab}, {frags}, &np, now, &to, {cnt}, pkt->len)) {{",
+            f"\t\tebp_count({cnt}, @TR@, pkt->len);",
+            "\t\treturn EBP_NEXT;",
+            "\t}",
+        ]
+
+        def fn(name: str, direction: str, untranslated: str, translated: str,
+               rest: list[str], doc: str) -> str:
+            body = [ln.replace("@DIR@", direction).replace("@UNTR@", untranslated)
+                    .replace("@TR@", translated) for ln in common]
+            return "\n".join([
+                f"/* nat '{st.name}': {doc} */",
+                f"static __always_inline int {name}(EBP_CTX *ctx, struct ebp_pkt *pkt, "
+                "int malformed)", "{", *body, *rest, "}"])
+
+        new_snat = [
+            f"\t/* masquerade: {', '.join(st.masq_from) or 'none'} */",
+            "\t{",
+            "\t\t__u32 h = bpf_ntohl(np.key.src);",
+            "\t\t__be16 port;",
+            "",
+            f"\t\tif (!cfg->addr || !({masq})) {{",
+            f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_UNTRANSLATED_OUT, pkt->len);",
+            "\t\t\treturn EBP_NEXT;",
+            "\t\t}",
+            f"\t\tr = ebp_nat_snat_new({tab}, cfg, &np, now, &to, {cnt}, &port);",
+            "\t\tif (!r && !ebp_nat_rewrite(ctx, &np, 0, cfg->addr, port)) {",
+            "\t\t\tif (np.first_frag)",
+            f"\t\t\t\tebp_nat_frag_note({frags}, &np, cfg->addr);",
+            f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_NEW_SNAT, pkt->len);",
+            f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_TRANSLATED_OUT, pkt->len);",
+            "\t\t\treturn EBP_NEXT;",
+            "\t\t}",
+            "\t}",
+            "\t/* never let an inside address out untranslated */",
+            f"\tebp_count({cnt}, r == 2 ? EBP_NAT_CNT_FULL : EBP_NAT_CNT_NO_PORT, pkt->len);",
+            f"\tEBP_TRACE_SET({idx}, r == 2 ? EBP_NAT_CNT_FULL : EBP_NAT_CNT_NO_PORT);"
+            if full != "EBP_NEXT" else "",
+            f"\treturn {full};",
+        ]
+        out.functions.append(fn(f"stage_{idx}_nat", "EBP_NAT_OUT",
+                                "EBP_NAT_CNT_UNTRANSLATED_OUT", "EBP_NAT_CNT_TRANSLATED_OUT",
+                                new_snat, "sources of packets leaving (egress)"))
+        fwd = []
+        for f in st.forwards:
+            syn = " && (np.tcp_flags & 0x12) == 0x02" if f.proto == "tcp" else ""
+            fwd += [f"\tif (np.key.proto == {NAT_PROTOS[f.proto]} && "
+                    f"np.key.dport == bpf_htons({f.port}){syn}) {{",
+                    f"\t\tto_addr = {_be32(f.to)};",
+                    f"\t\tto_port = bpf_htons({f.to_port});",
+                    "\t}"]
+        new_dnat = [
+            f"\t/* port forwards: {len(st.forwards)} */",
+            "\t{",
+            "\t\t__be32 to_addr = 0;",
+            "\t\t__be16 to_port = 0;",
+            "",
+            "\t\tif (cfg->addr && np.key.dst == cfg->addr) {",
+            *("\t" + ln for ln in fwd),
+            "\t\t}",
+            "\t\tif (!to_addr) {",
+            f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_UNTRANSLATED_IN, pkt->len);",
+            "\t\t\treturn EBP_NEXT;",
+            "\t\t}",
+            f"\t\tr = ebp_nat_dnat_new({tab}, cfg, &np, to_addr, to_port, now, &to, {cnt});",
+            "\t\tif (!r && !ebp_nat_rewrite(ctx, &np, 1, to_addr, to_port)) {",
+            "\t\t\tif (np.first_frag)",
+            f"\t\t\t\tebp_nat_frag_note({frags}, &np, to_addr);",
+            f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_NEW_DNAT, pkt->len);",
+            f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_TRANSLATED_IN, pkt->len);",
+            "\t\t\treturn EBP_NEXT;",
+            "\t\t}",
+            "\t}",
+            f"\tebp_count({cnt}, r == 2 ? EBP_NAT_CNT_FULL : EBP_NAT_CNT_NO_PORT, pkt->len);",
+            f"\treturn r == 2 ? {full} : EBP_NEXT;",
+        ]
+        in_fn = f"nat_{idx}_in"
+        out.functions.append(fn(in_fn, "EBP_NAT_IN", "EBP_NAT_CNT_UNTRANSLATED_IN",
+                                "EBP_NAT_CNT_TRANSLATED_IN", new_dnat,
+                                "destinations of packets arriving (ingress)"))
+        out.functions.append("\n".join([
+            f"/* nat '{st.name}': the program at tc-ingress of the same interfaces, before "
+            "the kernel routes */",
+            'SEC("tc")', f"int {INGRESS_PROG}(struct __sk_buff *ctx)", "{",
+            f"\t__u32 linear_want = ctx->len < {TC_PULL_LEN} ? ctx->len : {TC_PULL_LEN};",
+            "\tif ((void *)(long)ctx->data + linear_want > (void *)(long)ctx->data_end)",
+            "\t\tbpf_skb_pull_data(ctx, linear_want);",
+            "\tvoid *data = (void *)(long)ctx->data;",
+            "\tvoid *data_end = (void *)(long)ctx->data_end;",
+            "\tstruct ebp_pkt pkt = {};",
+            "\tint malformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
+            "\tint action;", "",
+            "\tpkt.len = ctx->len;",
+            f"\taction = {in_fn}(ctx, &pkt, malformed);",
+            "\treturn action == EBP_NEXT ? TC_ACT_OK : action;", "}"]))
+        out.prog.tc_ingress = INGRESS_PROG
+
+    def features(self, st: NatStage, protocols) -> Features:
+        listed = set(protocols)
+        return Features(ipv4="ipv4" in listed, tcp="tcp" in listed, udp="udp" in listed)
+
+
+register_generator(NatGen())
