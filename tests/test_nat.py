@@ -246,3 +246,159 @@ def test_a_small_port_range_runs_out_without_collisions():
         # towards another server the same ports are free again
         v, p = n.out(IP(src=C1, dst="198.18.2.3")/UDP(sport=7000, dport=53))
         assert v == "TC_ACT_OK" and 2000 <= p[UDP].sport <= 2003
+
+
+# -- real connections through a masquerading dut ---------------------------------------------
+
+CLIENTS = [f"198.18.1.{10 + i}" for i in range(20)]
+
+
+def _tcp_echo_server(ns: str, addr: str, port: int, n: int, peers: list, stop: threading.Event):
+    """Accept ``n`` connections at addr:port in ``ns``; echo each; record the peers."""
+    with netns.enter(ns):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, port))
+    ls.listen(64)
+    ls.settimeout(5.0)
+
+    def serve():
+        with ls:
+            for _ in range(n):
+                try:
+                    conn, peer = ls.accept()
+                except OSError:
+                    return
+                peers.append(peer)
+                with conn:
+                    conn.settimeout(5.0)
+                    try:
+                        conn.sendall(conn.recv(1024))
+                    except OSError:
+                        pass
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_masquerade_and_port_forward_with_real_connections(ebp_env, lab, tmp_path):
+    client, dut, server = lab.ns("client"), lab.ns("dut"), lab.ns("server")
+    for a in CLIENTS:  # (the lab lives for the module: the other test may have added them)
+        netns.run(client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"], check=False)
+    spec = write_spec(tmp_path / "nat.yaml", NAT.format(
+        size=16384, lo=1024, hi=32767, udp=60, outside="interface: eth1",
+        extra=f"netns: {dut}\ninterfaces: [eth1]\n"))
+    pipeline.apply(spec)
+    try:
+        # many clients, one source port: the server sees the dut only, on distinct ports
+        peers: list = []
+        srv = _tcp_echo_server(server, S, 7000, len(CLIENTS), peers, threading.Event())
+        for a in CLIENTS:
+            with netns.enter(client):
+                cs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with cs:
+                cs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                cs.bind((a, 20000))
+                cs.settimeout(5.0)
+                cs.connect((S, 7000))
+                cs.sendall(a.encode())
+                assert cs.recv(1024) == a.encode()  # the reply reached the right client
+        srv.join(10)
+        assert len(peers) == len(CLIENTS)
+        assert {p[0] for p in peers} == {OUT}
+        assert len({p[1] for p in peers}) == len(CLIENTS)
+        # bulk TCP in both directions through the translation (GSO, offloaded checksums)
+        assert traffic.socket_tcp(client, server, S, port=7002, size=300_000) == 300_000
+        assert traffic.ping(client, S, 2) == 2
+        # a port forward reaches the inside server, which sees the real remote end
+        inside: list = []
+        srv = _tcp_echo_server(client, C1, 80, 1, inside, threading.Event())
+        with netns.enter(server):
+            cs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with cs:
+            cs.settimeout(5.0)
+            cs.connect((OUT, 8080))
+            cs.sendall(b"forwarded")
+            assert cs.recv(1024) == b"forwarded"
+        srv.join(10)
+        assert inside and inside[0][0] == S
+        st = next(s for s in pipeline.stats("natp")[0]["stages"] if s["kind"] == "nat")
+        assert st["address"] == OUT and st["table"]["capacity"] == 16384
+        assert st["table"]["by_kind"]["snat"] >= len(CLIENTS) + 2
+        assert st["table"]["by_kind"]["dnat"] == 1
+        assert st["counts"]["full"]["packets"] == 0 and st["counts"]["no_port"]["packets"] == 0
+    finally:
+        pipeline.detach("natp")
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_10k_concurrent_udp_flows_without_port_collisions(ebp_env, lab, tmp_path):
+    """20 client addresses x 500 source ports (the same 500 on each address) = 10k flows,
+    all open at once; the server sees 10k distinct ports of the dut's address and each
+    client gets its own answer."""
+    client, dut, server = lab.ns("client"), lab.ns("dut"), lab.ns("server")
+    for a in CLIENTS:
+        netns.run(client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"], check=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 12000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 12000), hard))
+    spec = write_spec(tmp_path / "nat.yaml", NAT.format(
+        size=16384, lo=1024, hi=32767, udp=120, outside="interface: eth1",
+        extra=f"netns: {dut}\ninterfaces: [eth1]\n"))
+    pipeline.apply(spec)
+    socks: list[socket.socket] = []
+    with netns.enter(server):
+        ss = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    seen: dict[tuple[str, int], bytes] = {}
+    stop = threading.Event()
+
+    def echo():
+        ss.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data, peer = ss.recvfrom(64)
+            except OSError:
+                continue
+            seen[peer] = data
+            ss.sendto(data, peer)
+    try:
+        ss.bind((S, 7001))
+        t = threading.Thread(target=echo, daemon=True)
+        t.start()
+        with netns.enter(client):
+            for a in CLIENTS:
+                for port in range(21000, 21500):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    socks.append(s)
+                    s.bind((a, port))
+                    s.settimeout(2.0)
+        answered = 0
+        for start in range(0, len(socks), 250):  # in batches: the server's buffer is small
+            batch = socks[start:start + 250]
+            for i, s in enumerate(batch, start):
+                s.sendto(str(i).encode(), (S, 7001))
+            for i, s in enumerate(batch, start):
+                for attempt in range(3):
+                    try:
+                        if s.recv(64) == str(i).encode():  # its own answer
+                            answered += 1
+                        break
+                    except socket.timeout:
+                        s.sendto(str(i).encode(), (S, 7001))  # lost in a queue: again
+        assert answered == len(socks) == 10_000
+        assert {p[0] for p in seen} == {OUT}
+        assert len(seen) == 10_000  # 10k distinct ports: no collision
+        assert sorted(int(v) for v in seen.values()) == list(range(10_000))
+        st = next(s for s in pipeline.stats("natp")[0]["stages"] if s["kind"] == "nat")
+        assert st["table"]["entries"] >= 10_000  # all at once
+        assert st["counts"]["new_snat"]["packets"] >= 10_000
+        assert st["counts"]["no_port"]["packets"] == 0 and st["counts"]["full"]["packets"] == 0
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+        ss.close()
+        pipeline.detach("natp")
