@@ -104,6 +104,10 @@ def run_l4(lab: LiveLab, seconds: float, repeats: int, progress: Progress) -> di
                                                   "native XDP on eth0 and eth1, then kernel "
                                                   "forwarding"),
                  ebplane(SFW_SPEC, ["eth0", "eth1"], True), sink, seconds, repeats, progress),
+        _measure(lab, LiveRow("ebplane-firewall-tc", "the same pipeline at tc-ingress of eth0 "
+                                                     "and eth1"),
+                 ebplane({**SFW_SPEC, "pipeline": "l4sfwtc", "hook": "tc-ingress"},
+                         ["eth0", "eth1"], False), sink, seconds, repeats, progress),
         _measure(lab, LiveRow("nftables-firewall", "nftables forward chain with conntrack: "
                                                    "ct state established,related accept; "
                                                    f"ip saddr {INSIDE} accept; ct state new "
@@ -120,7 +124,8 @@ def run_l4(lab: LiveLab, seconds: float, repeats: int, progress: Progress) -> di
     _ratios(out, "kernel")
     by = {r["name"]: r for r in out}
     ratios = {}
-    for a, b in (("ebplane-firewall", "nftables-firewall"), ("ebplane-nat", "nftables-nat")):
+    for a, b in (("ebplane-firewall", "nftables-firewall"),
+                 ("ebplane-firewall-tc", "nftables-firewall"), ("ebplane-nat", "nftables-nat")):
         if "mpps" in by.get(a, {}) and "mpps" in by.get(b, {}):
             ratios[f"{a} / {b}"] = {
                 "rate": round(by[a]["mpps"]["median"] / by[b]["mpps"]["median"], 2),
