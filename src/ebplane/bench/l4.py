@@ -77,8 +77,8 @@ def run_l4(lab: LiveLab, seconds: float, repeats: int, progress: Progress) -> di
                 yield name
                 st = next(s for s in stats(name)[0]["stages"] if s["kind"] in ("nat", "filter"))
                 if st["kind"] == "nat":
-                    checks["ebplane_nat_translated"] = \
-                        st["counts"]["translated_out"]["packets"]
+                    checks["ebplane_nat_translated"] = checks.get(
+                        "ebplane_nat_translated", 0) + st["counts"]["translated_out"]["packets"]
             finally:
                 detach(name)
         return setup
@@ -97,29 +97,33 @@ def run_l4(lab: LiveLab, seconds: float, repeats: int, progress: Progress) -> di
     def sink(_) -> Callable[[], int]:
         return lab.sink_received
 
-    rows = [
-        _measure(lab, LiveRow("kernel", "kernel IPv4 forwarding, no filtering, no NAT"),
-                 contextlib.nullcontext, sink, seconds, repeats, progress),
-        _measure(lab, LiveRow("ebplane-firewall", "conntrack + filter on state: (4 rules), "
-                                                  "native XDP on eth0 and eth1, then kernel "
-                                                  "forwarding"),
-                 ebplane(SFW_SPEC, ["eth0", "eth1"], True), sink, seconds, repeats, progress),
-        _measure(lab, LiveRow("ebplane-firewall-tc", "the same pipeline at tc-ingress of eth0 "
-                                                     "and eth1"),
-                 ebplane({**SFW_SPEC, "pipeline": "l4sfwtc", "hook": "tc-ingress"},
-                         ["eth0", "eth1"], False), sink, seconds, repeats, progress),
-        _measure(lab, LiveRow("nftables-firewall", "nftables forward chain with conntrack: "
-                                                   "ct state established,related accept; "
-                                                   f"ip saddr {INSIDE} accept; ct state new "
-                                                   "tcp dport 443 accept; policy drop"),
-                 nft(SFW_NFT), sink, seconds, repeats, progress),
-        _measure(lab, LiveRow("ebplane-nat", f"nat stage: masquerade {INSIDE} to eth1's "
-                                             "address, tc-egress (and tc-ingress) on eth1"),
-                 ebplane(NAT_SPEC, ["eth1"], False), sink, seconds, repeats, progress),
-        _measure(lab, LiveRow("nftables-nat", f"nftables postrouting: ip saddr {INSIDE} "
-                                              "masquerade (conntrack translates)"),
-                 nft(NAT_NFT), sink, seconds, repeats, progress),
+    duts = [
+        (LiveRow("kernel", "kernel IPv4 forwarding, no filtering, no NAT"),
+         contextlib.nullcontext),
+        (LiveRow("ebplane-firewall", "conntrack + filter on state: (4 rules), native XDP on "
+                                     "eth0 and eth1, then kernel forwarding"),
+         ebplane(SFW_SPEC, ["eth0", "eth1"], True)),
+        (LiveRow("ebplane-firewall-tc", "the same pipeline at tc-ingress of eth0 and eth1"),
+         ebplane({**SFW_SPEC, "pipeline": "l4sfwtc", "hook": "tc-ingress"}, ["eth0", "eth1"],
+                 False)),
+        (LiveRow("nftables-firewall", "nftables forward chain with conntrack: ct state "
+                                      f"established,related accept; ip saddr {INSIDE} accept; "
+                                      "ct state new tcp dport 443 accept; policy drop"),
+         nft(SFW_NFT)),
+        (LiveRow("ebplane-nat", f"nat stage: masquerade {INSIDE} to eth1's address, "
+                                "tc-egress (and tc-ingress) on eth1"),
+         ebplane(NAT_SPEC, ["eth1"], False)),
+        (LiveRow("nftables-nat", f"nftables postrouting: ip saddr {INSIDE} masquerade "
+                                 "(conntrack translates)"),
+         nft(NAT_NFT)),
     ]
+    # round-robin: each device under test once per round, so that a burst of other work on
+    # the machine spreads over all of them instead of spoiling one
+    for _ in range(repeats):
+        for row, setup in duts:
+            if row.error is None:
+                _measure(lab, row, setup, sink, seconds, 1, progress)
+    rows = [row for row, _ in duts]
     out = [r.to_dict(gen_ns) for r in rows]
     _ratios(out, "kernel")
     by = {r["name"]: r for r in out}

@@ -199,6 +199,10 @@ def stats_human(items: list[dict]) -> str:
                 out.append(f"{st['kind']} {st['stage']}")
                 out.append(table([[k, v["packets"], v["bytes"]] for k, v in st["counts"].items()],
                                  ["class", "packets", "bytes"]))
+                if "table" in st:  # stateful kinds (conntrack, nat): entries against capacity
+                    t = st["table"]
+                    out.append(f"table: {t['entries']} of {t['capacity']} entries, "
+                               f"when full: {t['when_full']}")
     return "\n".join(out)
 
 
