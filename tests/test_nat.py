@@ -151,10 +151,51 @@ def test_udp_checksums_and_icmp_echo_identifiers():
         for req, client in ((e1, C1), (e2, C2)):
             v, rep = n.into(IP(src=S, dst=OUT)/ICMP(type=0, id=req[ICMP].id, seq=1)/b"ping")
             assert rep[IP].dst == client and rep[ICMP].id == 77 and _checksums_ok(rep)
-        # an ICMP error is left as it is (not translated; documented)
-        err = IP(src=S, dst=OUT)/ICMP(type=3, code=3)/raw(p[IP])[:28]
+
+
+
+def _quote_ok(pkt) -> bool:
+    """The ICMP error's own checksums (outer IP, ICMP) and its quoted IP header's."""
+    quoted = IP(raw(pkt[ICMP].payload)[:20])
+    fresh = IP(raw(quoted))
+    del fresh.chksum
+    return _checksums_ok(pkt) and IP(raw(fresh)).chksum == quoted.chksum
+
+
+def test_icmp_errors_about_translated_flows():
+    with Replayer(_spec()) as r:
+        n = Nat(r)
+        v, p = n.out(IP(src=C1, dst=S)/UDP(sport=40001, dport=53)/b"query")
+        port = p[UDP].sport
+        # from outside (port unreachable, fragmentation needed): back to the client, the
+        # quote as the client sent it
+        for icmp in (ICMP(type=3, code=3), ICMP(type=3, code=4, nexthopmtu=1400),
+                     ICMP(type=11, code=0)):
+            err = IP(src="198.18.2.9", dst=OUT)/icmp/raw(p[IP])[:28]
+            v, q = n.into(err)
+            quoted = IP(raw(q[ICMP].payload)[:20] + raw(q[ICMP].payload)[20:28])
+            assert q[IP].dst == C1 and quoted.src == C1 and quoted[UDP].sport == 40001
+            assert quoted.dst == S and quoted[UDP].dport == 53 and _quote_ok(q)
+        assert n.count("icmp_error") == 3
+        # about an echo request: the identifier goes back too
+        v, e = n.out(IP(src=C2, dst=S)/ICMP(type=8, id=99)/b"ping")
+        err = IP(src="198.18.2.9", dst=OUT)/ICMP(type=11)/raw(e[IP])[:28]
         v, q = n.into(err)
-        assert raw(q) == raw(E/err) and n.count("icmp_error") == 1
+        assert q[IP].dst == C2 and IP(raw(q[ICMP].payload))[ICMP].id == 99 and _quote_ok(q)
+        # from inside about a forwarded flow: the inside server's error leaves from the
+        # outside address, quoting what the remote end sent
+        n.into(IP(src=S, dst=OUT)/UDP(sport=7000, dport=5353)/b"x")
+        err = IP(src=C2, dst=S)/ICMP(type=3, code=3)/raw(IP(src=S, dst=C2)/UDP(
+            sport=7000, dport=5353)/b"x")[:28]
+        v, q = n.out(err)
+        quoted = IP(raw(q[ICMP].payload))
+        assert q[IP].src == OUT and (quoted.dst, quoted[UDP].dport) == (OUT, 5353)
+        assert _quote_ok(q)
+        # an error about nothing translated is left as it is
+        stray = IP(src="198.18.2.9", dst=OUT)/ICMP(type=3, code=3)/raw(
+            IP(src=OUT, dst=S)/UDP(sport=9, dport=9))[:28]
+        assert raw(n.into(stray)[1]) == raw(E/stray)
+        assert n.count("icmp_error") == 5 and n.count("untranslated_in") >= 1
 
 
 def test_port_forwards():
@@ -312,6 +353,15 @@ def test_masquerade_and_port_forward_with_real_connections(ebp_env, lab, tmp_pat
         # bulk TCP in both directions through the translation (GSO, offloaded checksums)
         assert traffic.socket_tcp(client, server, S, port=7002, size=300_000) == 300_000
         assert traffic.ping(client, S, 2) == 2
+        # the server's "port unreachable" comes back through the translation (ICMP errors)
+        with netns.enter(client):
+            us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with us:
+            us.settimeout(2.0)
+            us.connect((S, 9999))
+            us.send(b"anyone?")
+            with pytest.raises(ConnectionRefusedError):
+                us.recv(64)
         # a port forward reaches the inside server, which sees the real remote end
         inside: list = []
         srv = _tcp_echo_server(client, C1, 80, 1, inside, threading.Event())

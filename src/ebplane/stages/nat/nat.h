@@ -21,8 +21,12 @@
  * fragment that is translated leaves its translation in a fragment table keyed by
  * (src, dst, IP id, proto), which the later fragments follow.
  *
- * Not translated (passed unchanged, counted): ICMP errors about translated flows, IPv6,
- * hairpin (an inside client reaching a forwarded port through the outside address).
+ * ICMP errors about a translated flow (unreachable, time exceeded, fragmentation needed,
+ * ...) are translated too: the outer address and the quoted packet's address and port, so
+ * that an error from outside reaches the inside client (path MTU discovery).
+ *
+ * Not translated (passed unchanged, counted): IPv6, hairpin (an inside client reaching a
+ * forwarded port through the outside address).
  */
 #ifndef EBPLANE_NAT_H
 #define EBPLANE_NAT_H
@@ -54,7 +58,7 @@
 #define EBP_NAT_CNT_EXPIRED          9	/* expired translations a packet of their tuple ended */
 #define EBP_NAT_CNT_FRAGMENTS       10	/* later fragments translated like their first */
 #define EBP_NAT_CNT_FRAG_UNKNOWN    11	/* later fragments without a translated first fragment */
-#define EBP_NAT_CNT_ICMP_ERROR      12	/* ICMP errors, left unchanged */
+#define EBP_NAT_CNT_ICMP_ERROR      12	/* ICMP errors about a translated flow, translated */
 #define EBP_NAT_CNT_MALFORMED       13	/* cut short: left unchanged */
 
 #define EBP_NAT_GC_NS 1000000000ULL	/* collect expired entries at most once a second */
@@ -187,15 +191,14 @@ static long ebp_nat_gc_one(void *map, struct ebp_nat_key *k, struct ebp_nat_entr
 }
 
 /* Read what the stage needs of an IPv4 packet; 0 when it can be translated, 1 when it is
- * not for the stage (not IPv4, another protocol, an ICMP message other than echo), -1 when
- * it is cut short.  *icmp_error: an ICMP error (left unchanged). */
+ * not for the stage (not IPv4, another protocol, an ICMP message other than echo or an
+ * error), 2 for an ICMP error (see ebp_nat_icmp_error), -1 when it is cut short. */
 static __always_inline int ebp_nat_read(struct __sk_buff *ctx, const struct ebp_pkt *pkt,
-					struct ebp_nat_pkt *np, int *icmp_error)
+					struct ebp_nat_pkt *np)
 {
 	struct ebp_ipv4_hdr ip;
 	__u16 frag;
 
-	*icmp_error = 0;
 	if (pkt->family != 4 || pkt->eth_proto != ETH_P_IP)
 		return 1;
 	np->l3 = pkt->l3_off;
@@ -219,11 +222,8 @@ static __always_inline int ebp_nat_read(struct __sk_buff *ctx, const struct ebp_
 
 		if (bpf_skb_load_bytes(ctx, np->l4, icmp, sizeof(icmp)))
 			return -1;
-		if (icmp[0] != 8 && icmp[0] != 0) {
-			*icmp_error = icmp[0] == 3 || icmp[0] == 11 || icmp[0] == 12 ||
-				      icmp[0] == 4 || icmp[0] == 5;
-			return 1;
-		}
+		if (icmp[0] != 8 && icmp[0] != 0)
+			return icmp[0] == 3 || icmp[0] == 11 || icmp[0] == 12 ? 2 : 1;
 		__builtin_memcpy(&np->key.sport, &icmp[4], 2);
 		np->key.dport = np->key.sport;
 		return 0;
@@ -486,6 +486,70 @@ static __always_inline int ebp_nat_existing(struct __sk_buff *ctx, void *table, 
 		return 0;
 	if (np->first_frag)
 		ebp_nat_frag_note(frags, np, addr);
+	return 1;
+}
+
+/* An ICMP error (@np: its outer header, key.dir set) quoting a packet of a translated flow.
+ * The error travels the way an answer to the quoted packet would, so the quoted packet's
+ * reversed tuple is the key of the translation to apply: at ingress the outer destination
+ * and the quoted source (address and port: the client's), at egress the outer source and
+ * the quoted destination.  The quoted IP header's checksum is updated with its address (so
+ * the ICMP checksum over it does not change); the ICMP checksum follows the port.  The
+ * quoted transport checksum is left as it is (a receiver does not check a quote's).
+ * Returns 1 when translated. */
+static __always_inline int ebp_nat_icmp_error(struct __sk_buff *ctx, void *table,
+					      const struct ebp_nat_pkt *np)
+{
+	struct ebp_ipv4_hdr in;
+	struct ebp_nat_key k = {};
+	struct ebp_nat_entry *e;
+	__u8 l4[8];
+	__u32 q = np->l4 + 8;
+	int ingress = np->key.dir == EBP_NAT_IN;
+	__be32 old_addr, addr;
+	__be16 old_port, port;
+	__u32 port_off;
+
+	if (np->later_frag || bpf_skb_load_bytes(ctx, q, &in, sizeof(in)) ||
+	    (in.ver_ihl & 0x0f) != 5 || bpf_skb_load_bytes(ctx, q + 20, l4, sizeof(l4)))
+		return 0;
+	k.src = in.daddr;
+	k.dst = in.saddr;
+	k.proto = in.protocol;
+	k.dir = np->key.dir;
+	if (in.protocol == IPPROTO_TCP || in.protocol == IPPROTO_UDP) {
+		__builtin_memcpy(&k.sport, &l4[2], 2);
+		__builtin_memcpy(&k.dport, &l4[0], 2);
+		port_off = q + 20 + (ingress ? 0 : 2);
+	} else if (in.protocol == IPPROTO_ICMP && (l4[0] == 8 || l4[0] == 0)) {
+		__builtin_memcpy(&k.sport, &l4[4], 2);
+		k.dport = k.sport;
+		port_off = q + 20 + 4;
+	} else {
+		return 0;
+	}
+	e = bpf_map_lookup_elem(table, &k);
+	if (!e)
+		return 0;
+	addr = e->addr;
+	port = e->port;
+	old_addr = ingress ? in.saddr : in.daddr;
+	if (ingress ? np->key.dst != old_addr : np->key.src != old_addr)
+		return 0;	/* the outer address is not the one translated: not ours */
+	__builtin_memcpy(&old_port, ingress ? &k.dport : &k.sport, 2);
+	/* outer header */
+	if (bpf_l3_csum_replace(ctx, np->l3 + 10, old_addr, addr, sizeof(addr)) ||
+	    bpf_skb_store_bytes(ctx, np->l3 + (ingress ? 16 : 12), &addr, sizeof(addr), 0))
+		return 0;
+	/* the quoted IP header: address and its own checksum (their sum stays the same) */
+	if (bpf_l3_csum_replace(ctx, q + 10, old_addr, addr, sizeof(addr)) ||
+	    bpf_skb_store_bytes(ctx, q + (ingress ? 12 : 16), &addr, sizeof(addr), 0))
+		return 0;
+	/* the quoted port (or echo identifier), and the ICMP checksum with it */
+	if (old_port != port &&
+	    (bpf_l4_csum_replace(ctx, np->l4 + 2, old_port, port, sizeof(port)) ||
+	     bpf_skb_store_bytes(ctx, port_off, &port, sizeof(port), 0)))
+		return 0;
 	return 1;
 }
 
