@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from scapy.all import ICMP, IP, TCP, UDP, Ether, fragment, raw
+from scapy.all import (ICMP, IP, TCP, UDP, Ether, ICMPv6EchoReply, ICMPv6EchoRequest,
+                       ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment, fragment, raw)
 
 from pipeline_fixtures import ebp_env, write_spec  # noqa: F401  (fixture)
 from ebplane.errors import SpecError
@@ -52,10 +53,14 @@ def _spec(size=1024, lo=1024, hi=32767, udp=60, outside=f"address: {OUT}", extra
 def _checksums_ok(pkt) -> bool:
     """Whether the IP and L4 checksums are what scapy computes from scratch."""
     fresh = pkt.copy()
-    del fresh[IP].chksum
+    if IP in fresh:
+        del fresh[IP].chksum
     for layer in (TCP, UDP, ICMP):
         if layer in fresh and not (layer is UDP and fresh[UDP].chksum == 0):
             del fresh[layer].chksum
+    for layer in (ICMPv6EchoRequest, ICMPv6EchoReply, ICMPv6PacketTooBig):
+        if layer in fresh:
+            del fresh[layer].cksum
     fresh = Ether(raw(fresh))
     return raw(fresh) == raw(pkt)
 
@@ -452,3 +457,66 @@ def test_10k_concurrent_udp_flows_without_port_collisions(ebp_env, lab, tmp_path
             s.close()
         ss.close()
         pipeline.detach("natp")
+
+
+# -- NAT66 -----------------------------------------------------------------------------------
+
+NAT6 = """\
+pipeline: nat6
+hook: tc-egress
+protocols: [ethernet, ipv4, ipv6, tcp, udp, icmp, icmpv6]
+stages:
+  - nat:
+      masquerade: {from: [198.18.1.0/24, "2001:db8:1::/64"], address: 198.18.2.1,
+                   address6: "2001:db8:2::1"}
+      forwards: [{proto: tcp, port: 8080, to: "2001:db8:1::2", to_port: 80}]
+"""
+C6, C6B, S6, OUT6 = "2001:db8:1::2", "2001:db8:1::3", "2001:db8:2::2", "2001:db8:2::1"
+
+
+def test_spec_errors_nat66():
+    with pytest.raises(SpecError, match="no outside IPv6 address"):
+        parse_spec(NAT6.replace(',\n                   address6: "2001:db8:2::1"', ""))
+    with pytest.raises(SpecError, match="needs ipv6"):
+        parse_spec(NAT6.replace("ipv6, ", "").replace(", icmpv6", ""))
+    with pytest.raises(SpecError, match="not an IPv6 address"):
+        parse_spec(NAT6.replace('"2001:db8:2::1"', "198.18.2.1"))
+
+
+def test_nat66_masquerade_forward_icmpv6():
+    with Replayer(parse_spec(NAT6)) as r:
+        n = Nat(r)
+        # TCP from two clients with one port: distinct outside ports, checksums right
+        v, p = n.out(IPv6(src=C6, dst=S6)/TCP(sport=3000, dport=80, flags="S"))
+        v, p2 = n.out(IPv6(src=C6B, dst=S6)/TCP(sport=3000, dport=80, flags="S"))
+        assert p[IPv6].src == p2[IPv6].src == OUT6 and p[TCP].sport != p2[TCP].sport
+        assert _checksums_ok(p) and _checksums_ok(p2)
+        v, back = n.into(IPv6(src=S6, dst=OUT6)/TCP(sport=80, dport=p2[TCP].sport, flags="SA"))
+        assert (back[IPv6].dst, back[TCP].dport) == (C6B, 3000) and _checksums_ok(back)
+        # UDP, and IPv4 alongside in the same table
+        v, u = n.out(IPv6(src=C6, dst=S6)/UDP(sport=5000, dport=53)/b"q")
+        assert u[IPv6].src == OUT6 and _checksums_ok(u)
+        v, u4 = n.out(IP(src=C1, dst=S)/UDP(sport=5000, dport=53)/b"q")
+        assert u4[IP].src == OUT and _checksums_ok(u4)
+        # ICMPv6 echo: identifier and the checksum (which covers the addresses)
+        v, e = n.out(IPv6(src=C6, dst=S6)/ICMPv6EchoRequest(id=7, seq=1))
+        assert e[IPv6].src == OUT6 and _checksums_ok(e)
+        v, er = n.into(IPv6(src=S6, dst=OUT6)/ICMPv6EchoReply(id=e[ICMPv6EchoRequest].id,
+                                                               seq=1))
+        assert er[IPv6].dst == C6 and er[ICMPv6EchoReply].id == 7 and _checksums_ok(er)
+        # packet too big from a router outside: back to the client, quote translated
+        ptb = IPv6(src="2001:db8:2::9", dst=OUT6)/ICMPv6PacketTooBig(mtu=1280)/raw(u[IPv6])[:48]
+        v, q = n.into(ptb)
+        quoted = IPv6(raw(q[ICMPv6PacketTooBig].payload))
+        assert q[IPv6].dst == C6 and quoted.src == C6 and quoted[UDP].sport == 5000
+        assert _checksums_ok(q) and n.count("icmp_error") == 1
+        # a port forward to an inside IPv6 server
+        v, f = n.into(IPv6(src=S6, dst=OUT6)/TCP(sport=6000, dport=8080, flags="S"))
+        assert (f[IPv6].dst, f[TCP].dport) == (C6, 80) and _checksums_ok(f)
+        v, a = n.out(IPv6(src=C6, dst=S6)/TCP(sport=80, dport=6000, flags="SA"))
+        assert (a[IPv6].src, a[TCP].sport) == (OUT6, 8080) and _checksums_ok(a)
+        # extension headers (a fragment) are not translated: left as they are, counted
+        frag = IPv6(src=C6, dst=S6)/IPv6ExtHdrFragment(id=5)/UDP(sport=1, dport=2)/b"x"
+        assert n.out(frag)[1][IPv6].src == C6 and n.count("untranslated_out") >= 1
+        fams = {c["family"] for c in translations(r.built.map("nat_nat_tab"))}
+        assert fams == {4, 6}

@@ -16,40 +16,53 @@ from ebplane.spec.nat import NatStage
 from ebplane.stages.nat.gen import COUNTERS, map_names
 
 # nat.h: struct ebp_nat_key, ebp_nat_entry, ebp_nat_cfg (sizes are checked against the maps)
-NAT_KEY = Struct("ebp_nat_key", [("src", "4s"), ("dst", "4s"), ("sport", "2s"),
-                                 ("dport", "2s"), ("proto", "B"), ("dir", "B"), ("pad", "H")])
+NAT_KEY = Struct("ebp_nat_key", [("src", "16s"), ("dst", "16s"), ("sport", "2s"),
+                                 ("dport", "2s"), ("proto", "B"), ("dir", "B"), ("family", "B"),
+                                 ("pad", "B")])
 NAT_ENTRY = Struct("ebp_nat_entry", [("seen_ns", "Q"), ("timeout_ns", "Q"), ("packets", "Q"),
-                                     ("pair", "16s"), ("addr", "4s"), ("port", "2s"),
-                                     ("kind", "B"), ("orig", "B"), ("state", "B"),
-                                     ("pad", "7s")])
-NAT_CFG = Struct("ebp_nat_cfg", [("addr", "4s"), ("port_lo", "H"), ("port_hi", "H"),
-                                 ("gc_last", "Q")])
+                                     ("pair", f"{NAT_KEY.size}s"), ("addr", "16s"),
+                                     ("port", "2s"), ("kind", "B"), ("orig", "B"),
+                                     ("state", "B"), ("pad", "3s")])
+NAT_CFG = Struct("ebp_nat_cfg", [("addr", "16s"), ("addr6", "16s"), ("port_lo", "H"),
+                                 ("port_hi", "H"), ("pad", "I"), ("gc_last", "Q")])
 KINDS = {1: "snat", 2: "dnat"}
 STATES = {0: "new", 1: "replied", 2: "closing"}
-PROTOS = {1: "icmp", 6: "tcp", 17: "udp"}
+PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
-def _ip(raw: bytes) -> str:
-    return str(ipaddress.IPv4Address(raw))
+def _ip(raw: bytes, family: int = 4) -> str:
+    return str(ipaddress.IPv4Address(raw[:4]) if family == 4 else ipaddress.IPv6Address(raw))
+
+
+def _ep(raw: bytes, port: bytes, family: int) -> str:
+    a = _ip(raw, family)
+    return f"{a}:{_port(port)}" if family == 4 else f"[{a}]:{_port(port)}"
 
 
 def _port(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 
 
-def outside_address(stage: NatStage) -> str | None:
-    """The address translations use: ``address:``, else the first IPv4 address of
-    ``interface:`` in the current network namespace (None when it has none)."""
-    if stage.address:
-        return stage.address
-    from pyroute2 import IPRoute
-    with IPRoute() as ip:
-        links = ip.link_lookup(ifname=stage.interface)
-        if not links:
-            return None
-        for msg in ip.get_addr(family=socket.AF_INET, index=links[0]):
-            return msg.get_attr("IFA_ADDRESS")
-    return None
+def outside_addresses(stage: NatStage) -> tuple[str | None, str | None]:
+    """The IPv4 and IPv6 addresses translations use: ``address:`` / ``address6:``, else the
+    first IPv4 and the first global IPv6 address of ``interface:`` in the current network
+    namespace (None when there is none)."""
+    v4, v6 = stage.address, stage.address6
+    if stage.interface and (v4 is None or v6 is None):
+        from pyroute2 import IPRoute
+        with IPRoute() as ip:
+            links = ip.link_lookup(ifname=stage.interface)
+            if links:
+                if v4 is None:
+                    for msg in ip.get_addr(family=socket.AF_INET, index=links[0]):
+                        v4 = msg.get_attr("IFA_ADDRESS")
+                        break
+                if v6 is None:
+                    for msg in ip.get_addr(family=socket.AF_INET6, index=links[0]):
+                        if msg["scope"] == 0:  # global, not link-local
+                            v6 = msg.get_attr("IFA_ADDRESS")
+                            break
+    return v4, v6
 
 
 def translations(table: Map) -> list[dict]:
@@ -60,17 +73,19 @@ def translations(table: Map) -> list[dict]:
         if not e.orig:
             continue
         rk = NAT_KEY.decode(e.pair)
+        f = k.family
         idle = max(0, now - e.seen_ns) / 1e9
-        d = {"kind": KINDS.get(e.kind, str(e.kind)), "proto": PROTOS.get(k.proto, k.proto),
+        d = {"kind": KINDS.get(e.kind, str(e.kind)), "family": f,
+             "proto": PROTOS.get(k.proto, k.proto),
              "state": STATES.get(e.state, str(e.state)), "packets": e.packets,
              "idle": round(idle, 1)}
         if e.kind == 1:  # seen leaving: inside source -> outside address and port
-            d.update(inside=f"{_ip(k.src)}:{_port(k.sport)}", remote=f"{_ip(k.dst)}:"
-                     f"{_port(k.dport)}", outside=f"{_ip(e.addr)}:{_port(e.port)}")
+            d.update(inside=_ep(k.src, k.sport, f), remote=_ep(k.dst, k.dport, f),
+                     outside=_ep(e.addr, e.port, f))
         else:  # seen arriving: remote -> outside address, forwarded to the inside server
-            d.update(remote=f"{_ip(k.src)}:{_port(k.sport)}", outside=f"{_ip(k.dst)}:"
-                     f"{_port(k.dport)}", inside=f"{_ip(e.addr)}:{_port(e.port)}")
-        d["reply_key"] = f"{_ip(rk.src)}:{_port(rk.sport)} -> {_ip(rk.dst)}:{_port(rk.dport)}"
+            d.update(remote=_ep(k.src, k.sport, f), outside=_ep(k.dst, k.dport, f),
+                     inside=_ep(e.addr, e.port, f))
+        d["reply_key"] = f"{_ep(rk.src, rk.sport, f)} -> {_ep(rk.dst, rk.dport, f)}"
         out.append(d)
     return out
 
@@ -79,24 +94,28 @@ class NatRuntime(StageRuntime):
     kind = "nat"
 
     def check(self, spec, stage: NatStage) -> list[str]:
-        if stage.address is None and stage.interface not in spec.interfaces:
+        if stage.interface is not None and stage.interface not in spec.interfaces:
             raise UsageError(f"nat '{stage.name}': interface {stage.interface} is not one the "
                              "pipeline is attached to", hint="masquerade to an interface in "
                              "interfaces: (the outside one), or give address:")
         return []
 
     def prepare(self, built, spec, stage: NatStage, *, replay: bool = False) -> list[str]:
-        addr = outside_address(stage)
+        v4, v6 = outside_addresses(stage)
         notes = []
-        if addr is None:
-            if not replay:
-                raise UsageError(f"nat '{stage.name}': interface {stage.interface} has no "
-                                 "IPv4 address to translate to",
-                                 hint=f"add an address to {stage.interface}, or give address:")
-            notes.append(f"nat '{stage.name}': no outside address here: nothing is translated")
+        for fam, addr in ((4, v4), (6, v6)):
+            if addr is None and fam in stage.families:
+                if not replay:
+                    raise UsageError(f"nat '{stage.name}': interface {stage.interface} has no "
+                                     f"IPv{fam} address to translate to",
+                                     hint=f"add one to {stage.interface}, or give "
+                                          f"{'address' if fam == 4 else 'address6'}:")
+                notes.append(f"nat '{stage.name}': no outside IPv{fam} address here: "
+                             f"IPv{fam} is not translated")
         cfg = built.map(map_names(stage.name)["config"]).with_codecs(U32, NAT_CFG)
-        cfg.update(0, NAT_CFG.type(ipaddress.IPv4Address(addr or "0.0.0.0").packed,
-                                   stage.ports[0], stage.ports[1], 0))
+        cfg.update(0, NAT_CFG.type(
+            ipaddress.IPv4Address(v4 or "0.0.0.0").packed + bytes(12),
+            ipaddress.IPv6Address(v6 or "::").packed, stage.ports[0], stage.ports[1], 0, 0))
         return notes
 
     def stats(self, maps: Callable[[str], Map], spec, stage: NatStage) -> dict:
@@ -112,7 +131,9 @@ class NatRuntime(StageRuntime):
         for c in conns:
             by_kind[c["kind"]] = by_kind.get(c["kind"], 0) + 1
         return {"counts": counts,
-                "address": _ip(cfg.addr), "ports": list(stage.ports),
+                "address": _ip(cfg.addr) if any(cfg.addr) else None,
+                "address6": _ip(cfg.addr6, 6) if any(cfg.addr6) else None,
+                "ports": list(stage.ports),
                 "table": {"entries": len(conns), "capacity": stage.size, "by_kind": by_kind,
                           "when_full": stage.when_full},
                 "timeouts": dict(stage.timeouts)}

@@ -1,4 +1,5 @@
-"""The spec of the ``nat`` stage kind: source NAT (masquerade) and port forwards (DNAT), IPv4.
+"""The spec of the ``nat`` stage kind: source NAT (masquerade) and port forwards (DNAT), IPv4
+and IPv6 (NAT66).
 
 ```yaml
 - nat:
@@ -58,16 +59,18 @@ class Forward:
 
 @dataclass(frozen=True)
 class NatStage(Stage):
-    """Masquerade (``masquerade``: sources in ``masq_from`` leave with ``address``, or the first
-    IPv4 address of ``interface``, and a port from ``ports`` that no other translation to the
-    same remote end uses) and port forwards; a translation table of ``size`` connections
-    (both directions) with ``timeouts`` and a ``when_full`` policy."""
+    """Masquerade (``masquerade``: sources in ``masq_from`` leave with ``address`` /
+    ``address6``, or the first IPv4 / global IPv6 address of ``interface``, and a port from
+    ``ports`` that no other translation to the same remote end uses) and port forwards; a
+    translation table of ``size`` connections (both directions) with ``timeouts`` and a
+    ``when_full`` policy."""
 
     kind: ClassVar[str] = "nat"
     hooks: ClassVar[tuple[str, ...] | None] = ("tc-egress",)
     masq_from: tuple[str, ...] = ()
     interface: str | None = None
     address: str | None = None
+    address6: str | None = None
     ports: tuple[int, int] = NAT_PORTS_DEFAULT
     forwards: tuple[Forward, ...] = ()
     size: int = NAT_SIZE_DEFAULT
@@ -78,6 +81,12 @@ class NatStage(Stage):
     @property
     def masquerade(self) -> bool:
         return bool(self.masq_from)
+
+    @property
+    def families(self) -> set[int]:
+        """The address families the stage translates (from its prefixes and forwards)."""
+        return {ipaddress.ip_network(p).version for p in self.masq_from} | \
+            {ipaddress.ip_address(f.to).version for f in self.forwards}
 
     def timeout(self, name: str) -> int:
         return dict(self.timeouts)[name]
@@ -90,9 +99,14 @@ class NatStage(Stage):
                 m["interface"] = self.interface
             if self.address:
                 m["address"] = self.address
+            if self.address6:
+                m["address6"] = self.address6
             d["masquerade"] = m
-        elif self.address:
-            d["address"] = self.address
+        else:
+            if self.address:
+                d["address"] = self.address
+            if self.address6:
+                d["address6"] = self.address6
         if self.interface and not self.masquerade:
             d["interface"] = self.interface
         if self.forwards:
@@ -103,14 +117,18 @@ class NatStage(Stage):
         return d
 
 
-def _ipv4(obj: Any, where: Where, what: str) -> str:
+def _ip(obj: Any, where: Where, what: str, version: int | None = None) -> str:
     s = check.string(obj, where, what=what)
     try:
-        return str(ipaddress.IPv4Address(s))
+        a = ipaddress.ip_address(s)
     except ValueError:
-        raise where.error(f"not an IPv4 address ({what})", given=s,
-                          hint="nat translates IPv4 only (NAT66 is not built): "
-                               "write an address such as 198.18.2.1") from None
+        a = None
+    if a is None or (version and a.version != version):
+        kind = {4: "an IPv4", 6: "an IPv6", None: "an IP"}[version]
+        raise where.error(f"not {kind} address ({what})", given=s,
+                          hint="write an address such as 198.18.2.1" if version != 6 else
+                               "write an address such as 2001:db8:2::1")
+    return str(a)
 
 
 def _port(obj: Any, where: Where) -> int:
@@ -120,11 +138,12 @@ def _port(obj: Any, where: Where) -> int:
 @register_stage("nat")
 def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
     body = check.mapping({} if obj is None else obj, where,
-                         allowed=("name", "masquerade", "forwards", "address", "interface",
-                                  "size", "when_full", "timeouts"))
+                         allowed=("name", "masquerade", "forwards", "address", "address6",
+                                  "interface", "size", "when_full", "timeouts"))
     name = _stage_name(body, where, "nat")
-    if "ipv4" not in protocols:
-        raise where.error("nat needs protocol ipv4 in protocols:", given=list(protocols),
+    if not {"ipv4", "ipv6"} & set(protocols):
+        raise where.error("nat needs protocol ipv4 or ipv6 in protocols:",
+                          given=list(protocols),
                           hint="add ipv4 (and tcp, udp, icmp) to protocols:")
     size = check.integer(body.get("size", NAT_SIZE_DEFAULT), where / "size", 1, NAT_SIZE_MAX,
                          what="table size (connections)")
@@ -135,29 +154,34 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
     for k, v in raw.items():
         timeouts[k] = check.integer(v, where / "timeouts" / k, 1, NAT_TIMEOUT_MAX,
                                     what="timeout in seconds")
-    address = _ipv4(body["address"], where / "address", "outside address") \
+    address = _ip(body["address"], where / "address", "outside IPv4 address", 4) \
         if "address" in body else None
+    address6 = _ip(body["address6"], where / "address6", "outside IPv6 address", 6) \
+        if "address6" in body else None
     interface = check.string(body["interface"], where / "interface", what="an interface name") \
         if "interface" in body else None
     masq_from: list[str] = []
     ports = NAT_PORTS_DEFAULT
     if body.get("masquerade") is not None:
         w = where / "masquerade"
-        m = check.mapping(body["masquerade"], w, allowed=("from", "interface", "address", "ports"),
+        m = check.mapping(body["masquerade"], w, allowed=("from", "interface", "address",
+                                                          "address6", "ports"),
                           required=("from",))
         for i, p in enumerate(check.sequence(m["from"], w / "from", what="a list of prefixes")):
             try:
-                masq_from.append(str(ipaddress.IPv4Network(check.string(p, w / "from" / i),
-                                                           strict=False)))
+                masq_from.append(str(ipaddress.ip_network(check.string(p, w / "from" / i),
+                                                          strict=False)))
             except ValueError:
-                raise (w / "from" / i).error("not an IPv4 prefix", given=p,
+                raise (w / "from" / i).error("not an IP prefix", given=p,
                                              hint="write the inside network, e.g. "
-                                                  "198.18.1.0/24") from None
+                                                  "198.18.1.0/24 or 2001:db8:1::/64") from None
         if not masq_from or len(masq_from) > NAT_FROM_MAX:
             raise (w / "from").error(f"masquerade needs 1 to {NAT_FROM_MAX} inside prefixes",
                                      given=len(masq_from), hint="list the inside networks")
         if "address" in m:
-            address = _ipv4(m["address"], w / "address", "masquerade address")
+            address = _ip(m["address"], w / "address", "masquerade IPv4 address", 4)
+        if "address6" in m:
+            address6 = _ip(m["address6"], w / "address6", "masquerade IPv6 address", 6)
         if "interface" in m:
             interface = check.string(m["interface"], w / "interface", what="an interface name")
         if "ports" in m:
@@ -177,12 +201,13 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
         f = check.mapping(f, w, allowed=("proto", "port", "to", "to_port"),
                           required=("proto", "port", "to"))
         fw = Forward(check.choice(f["proto"], w / "proto", tuple(NAT_PROTOS)),
-                     _port(f["port"], w / "port"), _ipv4(f["to"], w / "to", "inside server"),
+                     _port(f["port"], w / "port"), _ip(f["to"], w / "to", "inside server"),
                      _port(f.get("to_port", f["port"]), w / "to_port"))
-        if (fw.proto, fw.port) in seen:
+        fam = ipaddress.ip_address(fw.to).version
+        if (fw.proto, fw.port, fam) in seen:
             raise w.error("port forwarded twice", given=f"{fw.proto}/{fw.port}",
-                          hint="one forward per protocol and port")
-        seen.add((fw.proto, fw.port))
+                          hint="one forward per protocol, port and address family")
+        seen.add((fw.proto, fw.port, fam))
         forwards.append(fw)
     if len(forwards) > NAT_FORWARDS_MAX:
         raise (where / "forwards").error(f"at most {NAT_FORWARDS_MAX} port forwards",
@@ -190,10 +215,23 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
     if not masq_from and not forwards:
         raise where.error("nat needs masquerade: or forwards:", given=sorted(body),
                           hint="add masquerade: {from: [INSIDE/PREFIX], interface: OUTSIDE}")
-    if address is None and interface is None:
-        raise where.error("nat needs the outside address: address: or interface:",
+    if address is None and address6 is None and interface is None:
+        raise where.error("nat needs the outside address: address:, address6: or interface:",
                           given=sorted(body), hint="add interface: OUTSIDE_IFACE (its first "
-                                                   "IPv4 address is used) or address: A.B.C.D")
+                                                   "IPv4 and global IPv6 addresses are used) "
+                                                   "or address: A.B.C.D")
+    families = {ipaddress.ip_network(p).version for p in masq_from} | \
+        {ipaddress.ip_address(f.to).version for f in forwards}
+    for fam in sorted(families):
+        if f"ipv{fam}" not in protocols:
+            raise where.error(f"nat translates IPv{fam} here: protocols: needs ipv{fam}",
+                              given=list(protocols), hint=f"add ipv{fam} to protocols:")
+        if interface is None and (address if fam == 4 else address6) is None:
+            key = "address" if fam == 4 else "address6"
+            raise where.error(f"nat translates IPv{fam} here but has no outside IPv{fam} "
+                              f"address", given=sorted(body),
+                              hint=f"add {key}: or interface:")
     return NatStage(name=name, masq_from=tuple(masq_from), interface=interface, address=address,
+                    address6=address6,
                     ports=ports, forwards=tuple(forwards), size=size, when_full=when_full,
                     timeouts=tuple(timeouts.items()))

@@ -31,8 +31,30 @@ def map_names(stage: str) -> dict[str, str]:
             "counters": f"{t}_cnt"}
 
 
-def _be32(addr: str) -> str:
-    return f"bpf_htonl(0x{int(ipaddress.IPv4Address(addr)):08x})"
+def _words(value: int, family: int) -> list[int]:
+    """An address (or mask) as the 4 words of ebp_nat_key (IPv4: word 0, the rest 0)."""
+    if family == 4:
+        return [value, 0, 0, 0]
+    return [(value >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
+
+
+def _masq_test(prefixes: tuple[str, ...]) -> str:
+    """C: whether ``k`` (struct ebp_nat_key *) has a source in one of ``prefixes``."""
+    tests = []
+    for p in prefixes:
+        net = ipaddress.ip_network(p)
+        words = zip(_words(int(net.netmask), net.version),
+                    _words(int(net.network_address), net.version))
+        parts = [f"(k->src[{i}] & bpf_htonl(0x{m:08x})) == bpf_htonl(0x{a:08x})"
+                 for i, (m, a) in enumerate(words) if m]
+        tests.append(f"(k->family == {net.version}" + "".join(f" && {t}" for t in parts)
+                     + ")")
+    return " ||\n\t       ".join(tests) or "0"
+
+
+def _addr_words(addr: str) -> list[str]:
+    a = ipaddress.ip_address(addr)
+    return [f"bpf_htonl(0x{w:08x})" for w in _words(int(a), a.version)]
 
 
 class NatGen(StageGen):
@@ -60,9 +82,10 @@ class NatGen(StageGen):
         to = ", ".join(f".{k} = {v}" for k, v in st.timeouts)
         full = "EBP_V_DROP" if st.when_full == "drop" else "EBP_NEXT"
         tab, frags, cnt, cfgm = (f"&{n[r]}" for r in ("table", "frags", "counters", "config"))
-        masq = " ||\n\t       ".join(
-            f"(h & 0x{int(net.netmask):08x}) == 0x{int(net.network_address):08x}"
-            for net in map(ipaddress.IPv4Network, st.masq_from)) or "0"
+        out.functions.append("\n".join([
+            f"/* nat '{st.name}': sources masqueraded */",
+            f"static __always_inline int nat_{idx}_masq(const struct ebp_nat_key *k)", "{",
+            f"\treturn {_masq_test(st.masq_from)};", "}"]))
         common = [
             f"\tconst struct ebp_nat_timeouts to = {{ {to} }};",
             "\tstruct ebp_nat_pkt np = {};",
@@ -105,17 +128,18 @@ class NatGen(StageGen):
         new_snat = [
             f"\t/* masquerade: {', '.join(st.masq_from) or 'none'} */",
             "\t{",
-            "\t\t__u32 h = bpf_ntohl(np.key.src);",
+            "\t\t__be32 outside[4];",
             "\t\t__be16 port;",
             "",
-            f"\t\tif (!cfg->addr || !({masq})) {{",
+            f"\t\tif (!ebp_nat_outside(cfg, np.key.family, outside) || "
+            f"!nat_{idx}_masq(&np.key)) {{",
             f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_UNTRANSLATED_OUT, pkt->len);",
             "\t\t\treturn EBP_NEXT;",
             "\t\t}",
-            f"\t\tr = ebp_nat_snat_new({tab}, cfg, &np, now, &to, {cnt}, &port);",
-            "\t\tif (!r && !ebp_nat_rewrite(ctx, &np, 0, cfg->addr, port)) {",
+            f"\t\tr = ebp_nat_snat_new({tab}, cfg, outside, &np, now, &to, {cnt}, &port);",
+            "\t\tif (!r && !ebp_nat_rewrite(ctx, &np, 0, outside, port)) {",
             "\t\t\tif (np.first_frag)",
-            f"\t\t\t\tebp_nat_frag_note({frags}, &np, cfg->addr);",
+            f"\t\t\t\tebp_nat_frag_note({frags}, &np, outside);",
             f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_NEW_SNAT, pkt->len);",
             f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_TRANSLATED_OUT, pkt->len);",
             "\t\t\treturn EBP_NEXT;",
@@ -131,23 +155,28 @@ class NatGen(StageGen):
                                 "EBP_NAT_CNT_UNTRANSLATED_OUT", "EBP_NAT_CNT_TRANSLATED_OUT",
                                 new_snat, "sources of packets leaving (egress)"))
         fwd = []
-        for f in st.forwards:
+        for i, f in enumerate(st.forwards):
             syn = " && (np.tcp_flags & 0x12) == 0x02" if f.proto == "tcp" else ""
-            fwd += [f"\tif (np.key.proto == {NAT_PROTOS[f.proto]} && "
+            fam = ipaddress.ip_address(f.to).version
+            fwd += [f"\tif (np.key.family == {fam} && np.key.proto == {NAT_PROTOS[f.proto]} && "
                     f"np.key.dport == bpf_htons({f.port}){syn}) {{",
-                    f"\t\tto_addr = {_be32(f.to)};",
+                    *(f"\t\tto_addr[{w}] = {v};" for w, v in enumerate(_addr_words(f.to))),
+                    "\t\tforward = 1;",
                     f"\t\tto_port = bpf_htons({f.to_port});",
                     "\t}"]
         new_dnat = [
             f"\t/* port forwards: {len(st.forwards)} */",
             "\t{",
-            "\t\t__be32 to_addr = 0;",
+            "\t\t__be32 to_addr[4] = {};",
+            "\t\tint forward = 0;",
+            "\t\t__be32 outside[4];",
             "\t\t__be16 to_port = 0;",
             "",
-            "\t\tif (cfg->addr && np.key.dst == cfg->addr) {",
+            "\t\tif (ebp_nat_outside(cfg, np.key.family, outside) &&",
+            "\t\t    ebp_nat_addr_eq(np.key.dst, outside)) {",
             *("\t" + ln for ln in fwd),
             "\t\t}",
-            "\t\tif (!to_addr) {",
+            "\t\tif (!forward) {",
             f"\t\t\tebp_count({cnt}, EBP_NAT_CNT_UNTRANSLATED_IN, pkt->len);",
             "\t\t\treturn EBP_NEXT;",
             "\t\t}",
@@ -186,7 +215,8 @@ class NatGen(StageGen):
 
     def features(self, st: NatStage, protocols) -> Features:
         listed = set(protocols)
-        return Features(ipv4="ipv4" in listed, tcp="tcp" in listed, udp="udp" in listed)
+        return Features(ipv4="ipv4" in listed, ipv6="ipv6" in listed, tcp="tcp" in listed,
+                        udp="udp" in listed)
 
 
 register_generator(NatGen())
