@@ -302,7 +302,8 @@ CLIENTS = [f"198.18.1.{10 + i}" for i in range(20)]
 def _tcp_echo_server(ns: str, addr: str, port: int, n: int, peers: list, stop: threading.Event):
     """Accept ``n`` connections at addr:port in ``ns``; echo each; record the peers."""
     with netns.enter(ns):
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET,
+                           socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((addr, port))
     ls.listen(64)
@@ -333,11 +334,28 @@ def test_masquerade_and_port_forward_with_real_connections(ebp_env, lab, tmp_pat
     client, dut, server = lab.ns("client"), lab.ns("dut"), lab.ns("server")
     for a in CLIENTS:  # (the lab lives for the module: the other test may have added them)
         netns.run(client, ["ip", "addr", "add", f"{a}/24", "dev", "eth0"], check=False)
-    spec = write_spec(tmp_path / "nat.yaml", NAT.format(
-        size=16384, lo=1024, hi=32767, udp=60, outside="interface: eth1",
-        extra=f"netns: {dut}\ninterfaces: [eth1]\n"))
+    text = NAT.format(size=16384, lo=1024, hi=32767, udp=60, outside="interface: eth1",
+                      extra=f"netns: {dut}\ninterfaces: [eth1]\n")
+    text = text.replace("protocols: [ethernet, ipv4, tcp, udp, icmp]",
+                        "protocols: [ethernet, ipv4, ipv6, tcp, udp, icmp, icmpv6]")
+    text = text.replace("from: [198.18.1.0/24]", 'from: [198.18.1.0/24, "2001:db8:1::/64"]')
+    spec = write_spec(tmp_path / "nat.yaml", text)
     pipeline.apply(spec)
     try:
+        # NAT66: the server sees the dut's IPv6 address (the interface's global one)
+        peers6: list = []
+        srv = _tcp_echo_server(server, "2001:db8:2::2", 7006, 1, peers6, threading.Event())
+        with netns.enter(client):
+            cs = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        with cs:
+            cs.settimeout(5.0)
+            cs.connect(("2001:db8:2::2", 7006))
+            cs.sendall(b"over IPv6")
+            assert cs.recv(1024) == b"over IPv6"
+        srv.join(10)
+        assert peers6 and peers6[0][0] == "2001:db8:2::1"
+        assert traffic.socket_tcp(client, server, "2001:db8:2::2", port=7007,
+                                  size=200_000) == 200_000
         # many clients, one source port: the server sees the dut only, on distinct ports
         peers: list = []
         srv = _tcp_echo_server(server, S, 7000, len(CLIENTS), peers, threading.Event())
@@ -380,7 +398,8 @@ def test_masquerade_and_port_forward_with_real_connections(ebp_env, lab, tmp_pat
         srv.join(10)
         assert inside and inside[0][0] == S
         st = next(s for s in pipeline.stats("natp")[0]["stages"] if s["kind"] == "nat")
-        assert st["address"] == OUT and st["table"]["capacity"] == 16384
+        assert st["address"] == OUT and st["address6"] == "2001:db8:2::1"
+        assert st["table"]["capacity"] == 16384
         assert st["table"]["by_kind"]["snat"] >= len(CLIENTS) + 2
         assert st["table"]["by_kind"]["dnat"] == 1
         assert st["counts"]["full"]["packets"] == 0 and st["counts"]["no_port"]["packets"] == 0

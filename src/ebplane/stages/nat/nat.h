@@ -51,7 +51,7 @@
 #define EBP_NAT_CNT_TRANSLATED_IN    1	/* destinations translated at ingress */
 #define EBP_NAT_CNT_NEW_SNAT         2	/* masqueraded flows started */
 #define EBP_NAT_CNT_NEW_DNAT         3	/* forwarded flows started */
-#define EBP_NAT_CNT_UNTRANSLATED_OUT 4	/* left unchanged at egress (not masqueraded, not IPv4) */
+#define EBP_NAT_CNT_UNTRANSLATED_OUT 4	/* left unchanged at egress (not masqueraded, not for the stage) */
 #define EBP_NAT_CNT_UNTRANSLATED_IN  5	/* left unchanged at ingress (no translation: for the host) */
 #define EBP_NAT_CNT_FULL             6	/* a new flow found the table full */
 #define EBP_NAT_CNT_NO_PORT          7	/* no free port found for a new flow */
