@@ -318,9 +318,10 @@ def _tcp_echo_server(ns: str, addr: str, port: int, n: int, peers: list, stop: t
                     return
                 peers.append(peer)
                 with conn:
-                    conn.settimeout(5.0)
+                    conn.settimeout(10.0)
                     try:
-                        conn.sendall(conn.recv(1024))
+                        while data := conn.recv(1024):
+                            conn.sendall(data)
                     except OSError:
                         pass
     t = threading.Thread(target=serve, daemon=True)
@@ -385,6 +386,23 @@ def test_masquerade_and_port_forward_with_real_connections(ebp_env, lab, tmp_pat
             us.send(b"anyone?")
             with pytest.raises(ConnectionRefusedError):
                 us.recv(64)
+        # a re-apply (another timeout: a new program, the same table) keeps the translations:
+        # an open connection goes on
+        peers_r: list = []
+        srv = _tcp_echo_server(server, S, 7011, 1, peers_r, threading.Event())
+        with netns.enter(client):
+            cs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with cs:
+            cs.settimeout(5.0)
+            cs.connect((S, 7011))
+            cs.sendall(b"before")
+            assert cs.recv(1024) == b"before"
+            write_spec(tmp_path / "nat.yaml", text.replace("udp: 60", "udp: 61"))
+            res = pipeline.apply(tmp_path / "nat.yaml")
+            assert any("nat_nat_tab" in m for m in res.reused_maps)
+            cs.sendall(b"after")
+            assert cs.recv(1024) == b"after"
+        srv.join(10)
         # a port forward reaches the inside server, which sees the real remote end
         inside: list = []
         srv = _tcp_echo_server(client, C1, 80, 1, inside, threading.Event())
