@@ -557,3 +557,22 @@ def test_nat66_masquerade_forward_icmpv6():
         assert n.out(frag)[1][IPv6].src == C6 and n.count("untranslated_out") >= 1
         fams = {c["family"] for c in translations(r.built.map("nat_nat_tab"))}
         assert fams == {4, 6}
+
+
+def test_tcp_close_shortens_the_translation():
+    spec = parse_spec(NAT.format(size=64, lo=1024, hi=32767, udp=60, outside=f"address: {OUT}",
+                                 extra="").replace("timeouts: {udp: 60}",
+                                                   "timeouts: {udp: 60, tcp_close: 1}"))
+    with Replayer(spec) as r:
+        n = Nat(r)
+        v, p = n.out(IP(src=C1, dst=S)/TCP(sport=3333, dport=80, flags="S"))
+        n.into(IP(src=S, dst=OUT)/TCP(sport=80, dport=p[TCP].sport, flags="SA"))
+        [c] = translations(r.built.map("nat_nat_tab"))
+        assert c["state"] == "replied"
+        n.out(IP(src=C1, dst=S)/TCP(sport=3333, dport=80, flags="FA"))
+        [c] = translations(r.built.map("nat_nat_tab"))
+        assert c["state"] == "closing"
+        time.sleep(1.5)  # tcp_close: 1 (both directions' entries)
+        v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=80, dport=p[TCP].sport, flags="A"))
+        assert q[IP].dst == OUT and n.count("expired") == 1
+        assert translations(r.built.map("nat_nat_tab")) == []
