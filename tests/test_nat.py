@@ -22,7 +22,7 @@ from ebplane.kernel.codec import COUNT, U32
 from ebplane.lab import traffic
 from ebplane.net import netns
 from ebplane.runtime import pipeline
-from ebplane.runtime.nat import translations
+from ebplane.stages.nat.control import translations
 from ebplane.runtime.replay import Replayer
 from ebplane.spec import parse_spec
 from ebplane.stages.nat.gen import COUNTERS, INGRESS_PROG

@@ -7,9 +7,9 @@ import ipaddress
 import re
 from pathlib import Path
 
-from ebplane.codegen.pipeline import Emit, Features, StageGen, TC_PULL_LEN, register_generator
+from ebplane.codegen.pipeline import Emit, Features, StageGen, TC_PULL_LEN
 from ebplane.errors import SpecError
-from ebplane.spec.nat import NAT_PROTOS, NatStage
+from ebplane.stages.nat.spec import NAT_PROTOS, NatStage
 
 HEADER = Path(__file__).with_name("nat.h")
 # counter slots: defined once, in nat.h (EBP_NAT_CNT_<NAME> <slot>)
@@ -219,4 +219,4 @@ class NatGen(StageGen):
                         udp="udp" in listed)
 
 
-register_generator(NatGen())
+GENERATORS = {"nat": NatGen()}

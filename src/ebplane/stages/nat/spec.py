@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from ebplane.spec import check
 from ebplane.spec.located import Where
-from ebplane.spec.stages import Stage, _stage_name, register_stage
+from ebplane.spec.stages import Stage, stage_name
 
 NAT_SIZE_DEFAULT = 65536
 NAT_SIZE_MAX = 1 << 22
@@ -135,12 +135,11 @@ def _port(obj: Any, where: Where) -> int:
     return check.integer(obj, where, 1, 65535, what="port")
 
 
-@register_stage("nat")
 def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
     body = check.mapping({} if obj is None else obj, where,
                          allowed=("name", "masquerade", "forwards", "address", "address6",
                                   "interface", "size", "when_full", "timeouts"))
-    name = _stage_name(body, where, "nat")
+    name = stage_name(body, where, "nat")
     if not {"ipv4", "ipv6"} & set(protocols):
         raise where.error("nat needs protocol ipv4 or ipv6 in protocols:",
                           given=list(protocols),
@@ -235,3 +234,6 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
                     address6=address6,
                     ports=ports, forwards=tuple(forwards), size=size, when_full=when_full,
                     timeouts=tuple(timeouts.items()))
+
+
+PARSERS = {"nat": parse_nat}

@@ -1,4 +1,4 @@
-"""Control-plane side of the nat stage: the outside address and port range into its config
+"""Control-plane side of the nat stage: the outside addresses and port range into its config
 map (``prepare``), its counters and translation table for ``ebplane stats``."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Callable
 from ebplane.errors import UsageError
 from ebplane.kernel.codec import COUNT, U32, Struct
 from ebplane.kernel.maps import Map
-from ebplane.runtime.stages import StageRuntime, register_runtime
-from ebplane.spec.nat import NatStage
+from ebplane.stages.control import StageControl
 from ebplane.stages.nat.gen import COUNTERS, map_names
+from ebplane.stages.nat.spec import NatStage
 
 # nat.h: struct ebp_nat_key, ebp_nat_entry, ebp_nat_cfg (sizes are checked against the maps)
 NAT_KEY = Struct("ebp_nat_key", [("src", "16s"), ("dst", "16s"), ("sport", "2s"),
@@ -90,7 +90,7 @@ def translations(table: Map) -> list[dict]:
     return out
 
 
-class NatRuntime(StageRuntime):
+class NatControl(StageControl):
     kind = "nat"
 
     def check(self, spec, stage: NatStage) -> list[str]:
@@ -138,5 +138,14 @@ class NatRuntime(StageRuntime):
                           "when_full": stage.when_full},
                 "timeouts": dict(stage.timeouts)}
 
+    def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
+        return None, COUNTERS[slot] if 0 <= slot < len(COUNTERS) else f"slot {slot}"
 
-register_runtime(NatRuntime())
+    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
+        return {i: (None, name) for i, name in enumerate(COUNTERS)}
+
+    def map_roles(self, stage) -> dict[str, str]:
+        return {cname: role for role, cname in map_names(stage.name).items()}
+
+
+CONTROLS = {"nat": NatControl()}
