@@ -24,6 +24,7 @@ from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.programs import BpfObject
 from ebplane.net import attach as att
 from ebplane.net import netns
+from ebplane.stages.conntrack.gen import c_defines
 from ebplane.toolchain.clang import compile_file
 
 SOURCE = Path(__file__).parent / "baselines" / "conntrack_cmp.bpf.c"
@@ -41,7 +42,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    elf = compile_file(SOURCE, extra_flags=[f"-I{SOURCE.parent}"], use_cache=False).elf
+    elf = compile_file(SOURCE, extra_flags=[f"-I{SOURCE.parent}"], defines=c_defines(),
+                       use_cache=False).elf
     rows = []
     with netns.temporary("ebp-ctk") as ns, netns.enter(ns.name):
         netns.run(ns.name, ["ip", "link", "add", "ck0", "type", "veth", "peer", "name", "ck1"])

@@ -4,20 +4,37 @@ translation) and the companion TC ingress program (destination translation)."""
 from __future__ import annotations
 
 import ipaddress
-import re
-from pathlib import Path
 
 from ebplane.codegen.pipeline import Emit, Features, StageGen, TC_PULL_LEN
 from ebplane.errors import SpecError
 from ebplane.stages.nat.spec import NAT_PROTOS, NatStage
 
-HEADER = Path(__file__).with_name("nat.h")
-# counter slots: defined once, in nat.h (EBP_NAT_CNT_<NAME> <slot>)
-COUNTERS: tuple[str, ...] = tuple(
-    name.lower() for name, _ in sorted(
-        ((m.group(1), int(m.group(2))) for m in re.finditer(
-            r"^#define EBP_NAT_CNT_(\w+)\s+(\d+)", HEADER.read_text(), re.M)),
-        key=lambda x: x[1]))
+# counter slots (EBP_NAT_CNT_<NAME> in nat.h), defined here once
+COUNTERS: tuple[str, ...] = (
+    "translated_out",    # sources translated at egress
+    "translated_in",     # destinations translated at ingress
+    "new_snat",          # masqueraded flows started
+    "new_dnat",          # forwarded flows started
+    "untranslated_out",  # left unchanged at egress (not masqueraded, not for the stage)
+    "untranslated_in",   # left unchanged at ingress (no translation: for the host)
+    "full",              # a new flow found the table full
+    "no_port",           # no free port found for a new flow
+    "collected",         # expired entries the collector deleted
+    "expired",           # expired translations a packet of their tuple ended
+    "fragments",         # later fragments translated like their first
+    "frag_unknown",      # later fragments without a translated first fragment
+    "icmp_error",        # ICMP errors about a translated flow, translated
+    "malformed",         # cut short: left unchanged
+)
+
+
+def c_defines() -> dict[str, int]:
+    """The #defines nat.h reads, from COUNTERS."""
+    d = {f"EBP_NAT_CNT_{n.upper()}": i for i, n in enumerate(COUNTERS)}
+    d["EBP_NAT_NCOUNTERS"] = len(COUNTERS)
+    return d
+
+
 TIMEOUT_FIELDS = ("tcp_syn", "tcp", "tcp_close", "udp", "icmp")
 # the program apply attaches at tc-ingress next to the pipeline's tc-egress program
 INGRESS_PROG = "ebp_nat_in"
@@ -64,6 +81,8 @@ class NatGen(StageGen):
         if out.prog.tc_ingress:
             raise SpecError("a pipeline has at most one nat stage", given=st.name,
                             hint="put all translations into one nat stage")
+        for name, value in c_defines().items():
+            out.define(name, value)
         out.include("nat.h")
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_nat_key", "struct ebp_nat_entry",

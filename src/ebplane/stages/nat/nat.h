@@ -46,21 +46,13 @@
 #define EBP_NAT_ST_REPLIED 1
 #define EBP_NAT_ST_CLOSING 2	/* TCP FIN or RST seen */
 
-/* counter slots (ebplane.stages.nat.gen reads these names from here) */
-#define EBP_NAT_CNT_TRANSLATED_OUT   0	/* sources translated at egress */
-#define EBP_NAT_CNT_TRANSLATED_IN    1	/* destinations translated at ingress */
-#define EBP_NAT_CNT_NEW_SNAT         2	/* masqueraded flows started */
-#define EBP_NAT_CNT_NEW_DNAT         3	/* forwarded flows started */
-#define EBP_NAT_CNT_UNTRANSLATED_OUT 4	/* left unchanged at egress (not masqueraded, not for the stage) */
-#define EBP_NAT_CNT_UNTRANSLATED_IN  5	/* left unchanged at ingress (no translation: for the host) */
-#define EBP_NAT_CNT_FULL             6	/* a new flow found the table full */
-#define EBP_NAT_CNT_NO_PORT          7	/* no free port found for a new flow */
-#define EBP_NAT_CNT_COLLECTED        8	/* expired entries the collector deleted */
-#define EBP_NAT_CNT_EXPIRED          9	/* expired translations a packet of their tuple ended */
-#define EBP_NAT_CNT_FRAGMENTS       10	/* later fragments translated like their first */
-#define EBP_NAT_CNT_FRAG_UNKNOWN    11	/* later fragments without a translated first fragment */
-#define EBP_NAT_CNT_ICMP_ERROR      12	/* ICMP errors about a translated flow, translated */
-#define EBP_NAT_CNT_MALFORMED       13	/* cut short: left unchanged */
+/* Counter slots, generated into each program from their one definition in
+ * ebplane/stages/nat/gen.py (COUNTERS, c_defines): EBP_NAT_CNT_<NAME> for TRANSLATED_OUT,
+ * TRANSLATED_IN, NEW_SNAT, NEW_DNAT, UNTRANSLATED_OUT, UNTRANSLATED_IN, FULL, NO_PORT,
+ * COLLECTED, EXPIRED, FRAGMENTS, FRAG_UNKNOWN, ICMP_ERROR, MALFORMED; EBP_NAT_NCOUNTERS. */
+#ifndef EBP_NAT_NCOUNTERS
+#error "nat.h needs the #defines ebplane/stages/nat/gen.py generates"
+#endif
 
 #define EBP_NAT_GC_NS 1000000000ULL	/* collect expired entries at most once a second */
 #define EBP_NAT_PORT_TRIES 32		/* ports tried for a new flow */
