@@ -266,8 +266,15 @@ def test_a_translation_that_times_out_is_forgotten():
         assert translations(r.built.map("nat_nat_tab")) == []
 
 
-def test_a_full_table_refuses_new_flows_not_established_ones():
-    with Replayer(_spec(size=2, udp=1)) as r:
+@pytest.mark.parametrize("prealloc", [False, True])
+def test_a_full_table_refuses_new_flows_not_established_ones(prealloc):
+    spec = _spec(size=2, udp=1)
+    if prealloc:
+        spec = parse_spec(NAT.format(size=2, lo=1024, hi=32767, udp=1,
+                                     outside=f"address: {OUT}", extra="")
+                          .replace("when_full: drop", "when_full: drop\n      prealloc: true"))
+        assert spec.stages[0].prealloc
+    with Replayer(spec) as r:
         n = Nat(r)
         ports = [n.out(IP(src=C1, dst=S)/UDP(sport=5000 + i, dport=53))[1][UDP].sport
                  for i in range(2)]

@@ -87,7 +87,8 @@ class NatGen(StageGen):
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_nat_key", "struct ebp_nat_entry",
                 2 * st.size, f"nat '{st.name}': translations, both directions of "
-                f"{st.size} connections", stage=st.name, role="table", flags="BPF_F_NO_PREALLOC")
+                f"{st.size} connections" + (", preallocated" if st.prealloc else ""),
+                stage=st.name, role="table", flags=None if st.prealloc else "BPF_F_NO_PREALLOC")
         out.map(n["frags"], "BPF_MAP_TYPE_LRU_HASH", "struct ebp_nat_frag_key",
                 "struct ebp_nat_frag", FRAG_ENTRIES,
                 f"nat '{st.name}': the address a translated first fragment got, for the others",

@@ -74,6 +74,7 @@ class NatStage(Stage):
     ports: tuple[int, int] = NAT_PORTS_DEFAULT
     forwards: tuple[Forward, ...] = ()
     size: int = NAT_SIZE_DEFAULT
+    prealloc: bool = False
     when_full: str = "drop"
     timeouts: tuple[tuple[str, int], ...] = field(
         default_factory=lambda: tuple(NAT_TIMEOUTS_DEFAULT.items()))
@@ -93,6 +94,8 @@ class NatStage(Stage):
 
     def body(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "size": self.size, "when_full": self.when_full}
+        if self.prealloc:
+            d["prealloc"] = True
         if self.masquerade:
             m: dict[str, Any] = {"from": list(self.masq_from), "ports": list(self.ports)}
             if self.interface:
@@ -138,7 +141,7 @@ def _port(obj: Any, where: Where) -> int:
 def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
     body = check.mapping({} if obj is None else obj, where,
                          allowed=("name", "masquerade", "forwards", "address", "address6",
-                                  "interface", "size", "when_full", "timeouts"))
+                                  "interface", "size", "prealloc", "when_full", "timeouts"))
     name = stage_name(body, where, "nat")
     if not {"ipv4", "ipv6"} & set(protocols):
         raise where.error("nat needs protocol ipv4 or ipv6 in protocols:",
@@ -147,6 +150,10 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
     size = check.integer(body.get("size", NAT_SIZE_DEFAULT), where / "size", 1, NAT_SIZE_MAX,
                          what="table size (connections)")
     when_full = check.choice(body.get("when_full", "drop"), where / "when_full", NAT_WHEN_FULL)
+    prealloc = body.get("prealloc", False)
+    if not isinstance(prealloc, bool):
+        raise (where / "prealloc").error("expected true or false", given=prealloc,
+                                         hint="prealloc: true allocates the whole table up front")
     raw = check.mapping(body.get("timeouts", {}) or {}, where / "timeouts",
                         allowed=tuple(NAT_TIMEOUTS_DEFAULT))
     timeouts = dict(NAT_TIMEOUTS_DEFAULT)
@@ -232,7 +239,8 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
                               hint=f"add {key}: or interface:")
     return NatStage(name=name, masq_from=tuple(masq_from), interface=interface, address=address,
                     address6=address6,
-                    ports=ports, forwards=tuple(forwards), size=size, when_full=when_full,
+                    ports=ports, forwards=tuple(forwards), size=size, prealloc=prealloc,
+                    when_full=when_full,
                     timeouts=tuple(timeouts.items()))
 
 
