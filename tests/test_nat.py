@@ -16,7 +16,7 @@ import pytest
 from scapy.all import (ICMP, IP, TCP, UDP, Ether, ICMPv6EchoReply, ICMPv6EchoRequest,
                        ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment, fragment, raw)
 
-from pipeline_fixtures import ebp_env, write_spec  # noqa: F401  (fixture)
+from pipeline_fixtures import cli, ebp_env, write_spec  # noqa: F401  (fixture)
 from ebplane.errors import SpecError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.lab import traffic
@@ -427,6 +427,8 @@ def test_masquerade_and_port_forward_with_real_connections(ebp_env, lab, tmp_pat
         assert st["table"]["capacity"] == 16384
         assert st["table"]["by_kind"]["snat"] >= len(CLIENTS) + 2
         assert st["table"]["by_kind"]["dnat"] == 1
+        out = cli("stats", "natp").stdout  # the text form names the table and the counters
+        assert "of 16384 entries, when full: drop" in out and "new_snat" in out
         assert st["counts"]["full"]["packets"] == 0 and st["counts"]["no_port"]["packets"] == 0
     finally:
         pipeline.detach("natp")
