@@ -23,21 +23,21 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ebplane.errors import EbplaneError, NotSupported, UsageError
-from ebplane.kernel.codec import Struct, U32
+from ebplane.kernel.codec import Packed, Struct, U32
 from ebplane.kernel.libbpf import num_possible_cpus
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
 from ebplane.kernel.codec import COUNT
 from ebplane.stages.control import StageControl, jumbo_interfaces
+from ebplane.stages.forward import gen
 from ebplane.stages.forward.gen import map_name, map_names, outcomes
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
 from ebplane.toolchain.clang import compile_c
 
-FDB_KEY = Struct("ebp_fdb_key", [("mac", "6s"), ("vlan", "H")])
-FDB_ENTRY = Struct("ebp_fdb_entry", [("ifindex", "I"), ("pad", "I"), ("seen_ns", "Q")])
-MACS = Struct("ebp_fwd_macs", [("dmac", "6s"), ("smac", "6s"), ("rewrite", "I")])
+FDB_KEY, FDB_ENTRY, MACS = Packed(gen.FDB_KEY), Packed(gen.FDB_ENTRY), Packed(gen.MACS)
+# the kernel's struct bpf_cpumap_val (linux/bpf.h), not one of ebplane's
 CPUMAP_VAL = Struct("bpf_cpumap_val", [("qsize", "I"), ("prog_fd", "i")])
 
 PASS_THROUGH_NAME = "ebp_passthru"

@@ -8,11 +8,14 @@ in the stage's per-CPU counters, one slot per outcome (:data:`OUTCOMES`).
 
 from __future__ import annotations
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
 
-# counter slots, in the order of forward.h's enums; steer: one per CPU, then "no_cpu"
+# counter slots (index = slot); forward.h names them EBP_<SLOT_PREFIX>_<NAME>, written into
+# each program as #defines from here (with EBP_<SLOT_PREFIX>_SLOTS, their number); steer:
+# one per CPU, then "no_cpu"
 OUTCOMES: dict[str, tuple[str, ...]] = {
     "route": ("forwarded", "no_neigh", "ttl_exceeded", "local", "blackhole", "frag", "mtu",
               "not_ip", "no_port", "other", "malformed"),
@@ -22,11 +25,44 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     "tx": ("sent", "runt"),
     "xsk": ("delivered", "no_socket", "other_queue", "no_match"),
 }
+SLOT_PREFIX = {"route": "RT", "bridge": "BR", "redirect": "RD", "tx": "TX", "xsk": "XSK"}
 PREFIX = {"route": "rt", "bridge": "br", "redirect": "rd", "tx": "tx", "steer": "st",
           "xsk": "xsk"}
 ROUTE_PORTS_MAX = 1024   # interfaces of the namespace a route stage can redirect to
 BRIDGE_PORTS_MAX = 64
 STEER_NO_CPU = "no_cpu"
+
+# the structs of forward.h's maps that the control plane fills or reads (written into each
+# program ahead of forward.h, the codecs of stages/forward/control.py made from them)
+ETH_ALEN = 6
+FDB_KEY = Layout("ebp_fdb_key", [Field("mac", "__u8", ETH_ALEN), Field("vlan", "__u16")],
+                 "bridge forwarding database: (MAC, VLAN) -> port")
+FDB_ENTRY = Layout("ebp_fdb_entry", [
+    Field("ifindex", "__u32"), Field("pad", "__u32"),
+    Field("seen_ns", "__u64", comment="bpf_ktime_get_ns() (CLOCK_MONOTONIC) when last seen "
+                                      "as a source")])
+MACS = Layout("ebp_fwd_macs", [Field("dmac", "__u8", ETH_ALEN), Field("smac", "__u8", ETH_ALEN),
+                               Field("rewrite", "__u32", comment="0: leave the frame as it is")],
+              "redirect stage: MACs to write before sending")
+STRUCTS = (FDB_KEY, FDB_ENTRY, MACS)
+
+
+def c_defines() -> dict[str, int]:
+    """The slot numbers forward.h reads, from :data:`OUTCOMES`."""
+    d: dict[str, int] = {"EBP_ETH_ALEN": ETH_ALEN}
+    for kind, prefix in SLOT_PREFIX.items():
+        d.update({f"EBP_{prefix}_{n.upper()}": i for i, n in enumerate(OUTCOMES[kind])})
+        d[f"EBP_{prefix}_SLOTS"] = len(OUTCOMES[kind])
+    return d
+
+
+def _header(out: Emit) -> None:
+    """forward.h with what it reads from here: every forwarding stage includes all of it."""
+    for name, value in c_defines().items():
+        out.define(name, value)
+    for layout in STRUCTS:
+        out.struct(layout)
+    out.include("forward.h")
 
 
 # kind -> role of each map (as the manifest keys it) -> suffix of its C name; every kind
@@ -86,7 +122,7 @@ class RouteGen(StageGen):
     kind = "route"
 
     def emit(self, idx: int, st: RouteStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         ports = map_name(st, "ports")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP_HASH", "__u32", "__u32", ROUTE_PORTS_MAX,
                 f"route '{st.name}': interfaces that can take redirected frames, by ifindex",
@@ -106,7 +142,7 @@ class BridgeGen(StageGen):
     kind = "bridge"
 
     def emit(self, idx: int, st: BridgeStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         ports, fdb = map_name(st, "ports"), map_name(st, "fdb")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP_HASH", "__u32", "__u32", BRIDGE_PORTS_MAX,
                 f"bridge '{st.name}': its ports, by ifindex", stage=st.name, role="ports")
@@ -125,7 +161,7 @@ class RedirectGen(StageGen):
     kind = "redirect"
 
     def emit(self, idx: int, st: RedirectStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         ports, cfg = map_name(st, "ports"), map_name(st, "config")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP", "__u32", "__u32", 1,
                 f"redirect '{st.name}': slot 0 holds {st.to}", stage=st.name, role="ports")
@@ -156,7 +192,7 @@ class TxGen(StageGen):
     kind = "tx"
 
     def emit(self, idx: int, st: TxStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         cnt = _counters(st, out)
         out.functions.append(_function(idx, st, "back out of the ingress port"
                                        + (", MACs swapped" if st.swap_macs else ""), [
@@ -176,7 +212,7 @@ class SteerGen(StageGen):
     kind = "steer"
 
     def emit(self, idx: int, st: SteerStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         cpus, sel = map_name(st, "cpus"), map_name(st, "config")
         n = len(st.cpus)
         out.map(cpus, "BPF_MAP_TYPE_CPUMAP", "__u32", "struct bpf_cpumap_val",
@@ -204,7 +240,7 @@ class XskGen(StageGen):
     kind = "xsk"
 
     def emit(self, idx: int, st: XskStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         socks = map_name(st, "socks")
         out.map(socks, "BPF_MAP_TYPE_XSKMAP", "__u32", "__u32", st.queue + 1,
                 f"xsk '{st.name}': AF_XDP socket of rx queue {st.queue}", stage=st.name,
