@@ -46,7 +46,7 @@ class UserField:
     bit ``bit`` of ``ebp_pkt.user_valid`` says the packet has the field's header."""
 
     name: str
-    path: FieldPath
+    path: FieldPath | None   # None in a layout read back from a manifest without its graph
     offset: int
     size: int
     bit: int
@@ -71,6 +71,14 @@ class UserLayout:
     def to_dict(self) -> list[dict]:
         return [{"field": f.name, "offset": f.offset, "size": f.size, "bit": f.bit}
                 for f in self.fields]
+
+    @classmethod
+    def from_dict(cls, items: list[dict], graph: ParserGraph | None = None) -> "UserLayout":
+        """A layout as a manifest recorded it (``to_dict``); the fields' header paths are
+        resolved in ``graph`` when given (the control plane needs offsets, sizes and bits
+        only: without a graph ``path`` is None)."""
+        return cls(tuple(UserField(d["field"], graph.resolve_field(d["field"]) if graph else None,
+                                   d["offset"], d["size"], d["bit"]) for d in items))
 
 
 def user_layout(graph: ParserGraph, names: Iterable[str]) -> UserLayout:
