@@ -258,8 +258,9 @@ def test_xsk_without_socket_goes_on_and_match_selects(router):
         r.close()
 
 
-def test_forwarding_stages_are_refused_at_tc_hooks():
-    text = _spec("route: {}").replace("hook: xdp", "hook: tc-ingress")
+def test_xdp_only_forwarding_stages_are_refused_at_tc_hooks():
+    """tx, steer and xsk are XDP's own (route, redirect, bridge at TC: test_tc_forwarding)."""
+    text = _spec("tx: {}").replace("hook: xdp", "hook: tc-ingress")
     with pytest.raises(SpecError, match="works at hook xdp only"):
         parse_spec(text, "x.yaml")
 

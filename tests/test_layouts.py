@@ -39,6 +39,8 @@ stages:
   - bridge: {ports: [a0, a1]}
   - redirect: {to: a1}
 """
+# the same stages at tc-ingress use forward_tc.h's structs
+SPEC_TC = SPEC.replace("hook: xdp", "hook: tc-ingress").replace("layouts", "layouts-tc")
 
 
 def _btf_structs(elf: bytes, tmp_path) -> dict[str, dict]:
@@ -56,9 +58,9 @@ def _btf_structs(elf: bytes, tmp_path) -> dict[str, dict]:
     return structs
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory):
-    spec = parse_spec(SPEC, "layouts.yaml")
+@pytest.fixture(scope="module", params=[SPEC, SPEC_TC], ids=["xdp", "tc"])
+def program(request, tmp_path_factory):
+    spec = parse_spec(request.param, "layouts.yaml")
     prog = generate(spec, trace=True, capture=CaptureSpec())
     # BTF describes the types the code uses; a global pointer of each makes sure of them all
     names = [t.name for t in prog.types.values()] + ["ebp_count", "ebp_flt_rule",
@@ -71,6 +73,8 @@ def program(tmp_path_factory):
 def test_generated_structs_have_the_layouts_offsets(program):
     prog, btf = program
     want = {TRACE, CAP_REC, ct_gen.CT_KEY, ct_gen.CT_ENTRY, *fwd_gen.STRUCTS}
+    if prog.hook != "xdp":
+        want |= set(fwd_gen.STRUCTS_TC)
     assert want <= set(prog.types.values())
     for layout in prog.types.values():
         got = btf[layout.name]

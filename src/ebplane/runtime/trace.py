@@ -143,7 +143,8 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
     if stage == TRACE_NONE or stage >= len(spec.stages):
         return None, None, None, "end of pipeline"
     st = spec.stages[stage]
-    rule, reason = control_for(st.kind).describe_slot(st, slot, live.get(st.name, []))
+    rule, reason = control_for(st.kind).describe_slot_at(st, spec.hook, slot,
+                                                         live.get(st.name, []))
     return st.name, st.kind, rule, reason
 
 

@@ -83,6 +83,17 @@ class StageControl:
         trace``)."""
         return None, f"slot {slot}"
 
+    def slots_at(self, stage, hook: str, live: Sequence[dict] = ()
+                 ) -> dict[int, tuple[int | None, str]]:
+        """:meth:`slots` of the stage in a program for ``hook`` (a kind whose counter slots
+        differ by hook overrides this; the others' are the same at every hook)."""
+        return self.slots(stage, live)
+
+    def describe_slot_at(self, stage, hook: str, slot: int, live: Sequence[dict] = ()
+                         ) -> tuple[int | None, str]:
+        """:meth:`describe_slot` of the stage in a program for ``hook``."""
+        return self.describe_slot(stage, slot, live)
+
     def map_roles(self, stage) -> dict[str, str]:
         """C name -> role of every map the stage's program may have (status, without
         generating the program)."""

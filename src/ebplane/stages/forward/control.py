@@ -12,6 +12,11 @@ holds capable devices only, and a route to any other device is passed to the sta
 
 All of this runs inside the pipeline's namespace: ``apply`` enters it, and DEVMAP entries
 are ifindexes resolved in the namespace of the updating thread.
+
+At the tc hooks none of that applies: the packet stays an skb (its checksum state and GSO
+with it) and any device can be a bpf_redirect target.  There the control plane only tells
+the program which interfaces are veths whose peer is in another namespace (targets of
+bpf_redirect_peer, see forward_tc.h), and a redirect stage its target's ifindex.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage,
 from ebplane.toolchain.clang import compile_c
 
 FDB_KEY, FDB_ENTRY, MACS = Packed(gen.FDB_KEY), Packed(gen.FDB_ENTRY), Packed(gen.MACS)
+TC_PORT, TC_REDIRECT = Packed(gen.TC_PORT), Packed(gen.TC_REDIRECT)
+TC_PORT_PEER = gen.TC_PORT_PEER
 # the kernel's struct bpf_cpumap_val (linux/bpf.h), not one of ebplane's
 CPUMAP_VAL = Struct("bpf_cpumap_val", [("qsize", "I"), ("prog_fd", "i")])
 
@@ -196,6 +203,27 @@ def _set_ports(m: Map, ifindexes: list[int]) -> None:
         m.update(idx, idx)
 
 
+def tc_port_flags(info: iface.IfaceInfo) -> int:
+    """The forward_tc.h flags of an interface: a veth whose peer is in another namespace
+    takes bpf_redirect_peer (the kernel drops a peer redirect into the same namespace)."""
+    return TC_PORT_PEER if info.kind == "veth" and info.peer_elsewhere else 0
+
+
+def _set_tc_ports(m: Map, ports: dict[int, int]) -> None:
+    """Make the HASH hold exactly ``ports`` (ifindex -> flags)."""
+    m = m.with_codecs(U32, TC_PORT)
+    for k in list(m.keys()):
+        if k not in ports:
+            with contextlib.suppress(EbplaneError):
+                m.delete(k)
+    for idx, flags in ports.items():
+        m.update(idx, TC_PORT.type(idx, flags))
+
+
+def _tc(spec) -> bool:
+    return spec.hook != "xdp"
+
+
 def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
@@ -292,23 +320,36 @@ class ForwardingRuntime(StageControl):
     complete checksums from the veth peers that send into it."""
 
     def check(self, spec, stage) -> list[str]:
+        if _tc(spec):
+            return []  # the skb keeps its checksum state; any device takes bpf_redirect
         return checksum_notes(spec, stage)
 
     def prepare(self, built, spec, stage, *, replay: bool = False) -> list[str]:
+        if _tc(spec):
+            return []
         notes = fix_checksum_senders(spec, stage, replay=replay)
         return notes if replay else notes + release_pass_through(spec.interfaces)
 
     def stats(self, maps: Callable[[str], Map], spec, stage) -> dict:
         cm = maps(map_name(stage, "counters")).with_codecs(U32, COUNT)
         counts = {}
-        for i, name in enumerate(outcomes(stage)):
+        for i, name in enumerate(outcomes(stage, spec.hook)):
             c = cm.lookup_sum(i)
             counts[name] = {"packets": c.packets, "bytes": c.bytes}
         return {"counts": counts}
 
     def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
-        names = outcomes(stage)
+        return self.describe_slot_at(stage, "xdp", slot, live)
+
+    def describe_slot_at(self, stage, hook: str, slot: int, live=()) -> tuple[int | None, str]:
+        names = outcomes(stage, hook)  # route's differ at TC (forward_tc.h)
         return None, names[slot] if slot < len(names) else f"slot {slot}"
+
+    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
+        return self.slots_at(stage, "xdp", live)
+
+    def slots_at(self, stage, hook: str, live=()) -> dict[int, tuple[int | None, str]]:
+        return {i: (None, name) for i, name in enumerate(outcomes(stage, hook))}
 
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in map_names(stage).items()}
@@ -319,6 +360,8 @@ class RouteRuntime(ForwardingRuntime):
 
     def check(self, spec, stage: RouteStage) -> list[str]:
         notes = super().check(spec, stage)
+        if _tc(spec):
+            return notes
         for info in iface.list_ifaces():
             if info.name == "lo":
                 continue
@@ -330,6 +373,8 @@ class RouteRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: RouteStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
+        if _tc(spec):
+            return notes + self._prepare_tc(built, spec, stage)
         names = [i.name for i in iface.list_ifaces() if i.name != "lo"]
         ready = make_capable(names, spec, replay=replay, stage=stage, notes=notes)
         _set_ports(built.map(map_name(stage, "ports")), [e.ifindex for e in ready])
@@ -337,11 +382,28 @@ class RouteRuntime(ForwardingRuntime):
                         f"{', '.join(e.ifname for e in ready) or 'no interface'}"]
 
 
+    @staticmethod
+    def _prepare_tc(built, spec, stage: RouteStage) -> list[str]:
+        peers = {i.ifindex: TC_PORT_PEER for i in iface.list_ifaces() if tc_port_flags(i)}
+        _set_tc_ports(built.map(map_name(stage, "ports")), peers)
+        if spec.hook != "tc-ingress":
+            return [f"route '{stage.name}': bpf_redirect_neigh to every egress "
+                    "(bpf_redirect_peer works from tc-ingress only)"]
+        names = ", ".join(socket.if_indextoname(i) for i in peers) or "none"
+        return [f"route '{stage.name}': bpf_redirect_peer into the namespaces behind {names}; "
+                "bpf_redirect_neigh to other egresses"]
+
+
 class BridgeRuntime(ForwardingRuntime):
     kind = "bridge"
 
     def check(self, spec, stage: BridgeStage) -> list[str]:
-        notes = super().check(spec, stage) + require_capable(stage, stage.ports, spec)
+        notes = super().check(spec, stage)
+        if _tc(spec):
+            for p in stage.ports:
+                iface.info(p)  # refused with a hint when a port does not exist
+        else:
+            notes += require_capable(stage, stage.ports, spec)
         missing = [p for p in stage.ports if p not in spec.interfaces]
         if missing:
             notes.append(f"bridge '{stage.name}': ports {', '.join(missing)} are not among the "
@@ -350,6 +412,14 @@ class BridgeRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: BridgeStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
+        if _tc(spec):
+            infos = [iface.info(p) for p in stage.ports]
+            _set_tc_ports(built.map(map_name(stage, "ports")),
+                          {i.ifindex: tc_port_flags(i) for i in infos})
+            flood = built.map(map_name(stage, "flood")).with_codecs(U32, TC_PORT)
+            for n, i in enumerate(infos):
+                flood.update(n, TC_PORT.type(i.ifindex, tc_port_flags(i)))
+            return notes
         ready = make_capable(stage.ports, spec, replay=replay, stage=stage)
         _set_ports(built.map(map_name(stage, "ports")), [e.ifindex for e in ready])
         return notes
@@ -382,7 +452,11 @@ class RedirectRuntime(ForwardingRuntime):
     kind = "redirect"
 
     def check(self, spec, stage: RedirectStage) -> list[str]:
-        notes = super().check(spec, stage) + require_capable(stage, [stage.to], spec)
+        notes = super().check(spec, stage)
+        if _tc(spec):
+            iface.info(stage.to)  # refused with a hint when it does not exist
+        else:
+            notes += require_capable(stage, [stage.to], spec)
         if stage.macs == "peer":
             self._peer_mac(stage)
         return notes
@@ -400,6 +474,8 @@ class RedirectRuntime(ForwardingRuntime):
 
     def prepare(self, built, spec, stage: RedirectStage, *, replay: bool = False) -> list[str]:
         notes = super().prepare(built, spec, stage, replay=replay)
+        if _tc(spec):
+            return notes + self._prepare_tc(built, spec, stage)
         (target,) = make_capable([stage.to], spec, replay=replay, stage=stage)
         built.map(map_name(stage, "ports")).with_codecs(U32, U32).update(0, target.ifindex)
         cfg = built.map(map_name(stage, "config")).with_codecs(U32, MACS)
@@ -409,6 +485,17 @@ class RedirectRuntime(ForwardingRuntime):
         else:
             cfg.update(0, MACS.type(b"\0" * 6, b"\0" * 6, 0))
         return notes
+
+
+    def _prepare_tc(self, built, spec, stage: RedirectStage) -> list[str]:
+        info = iface.info(stage.to)
+        flags = tc_port_flags(info) if spec.hook == "tc-ingress" else 0
+        dmac, smac = self._peer_mac(stage) if stage.macs == "peer" else (b"\0" * 6, b"\0" * 6)
+        built.map(map_name(stage, "config")).with_codecs(U32, TC_REDIRECT).update(
+            0, TC_REDIRECT.type(info.ifindex, flags, dmac, smac, int(stage.macs == "peer")))
+        how = (f"bpf_redirect_peer into the namespace of {stage.to}'s veth peer" if flags
+               else f"bpf_redirect out of {stage.to}")
+        return [f"redirect '{stage.name}': {how}"]
 
 
 class TxRuntime(ForwardingRuntime):

@@ -4,6 +4,10 @@ The logic is reviewed C in ``forward.h``; each generator declares the stage's
 maps (named ``<prefix>_<stage>_<role>``, found again by the runtime through
 :func:`map_name`) and a thin stage function that calls the helper and counts the outcome
 in the stage's per-CPU counters, one slot per outcome (:data:`OUTCOMES`).
+
+At the tc hooks, ``route``, ``redirect`` and ``bridge`` call the skb versions of
+``stages/forward/forward_tc.h`` instead (bpf_redirect_peer, bpf_redirect_neigh, bpf_redirect),
+with their own counter slots (:data:`OUTCOMES_TC`); the XDP code is generated as before.
 """
 
 from __future__ import annotations
@@ -26,6 +30,15 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     "xsk": ("delivered", "no_socket", "other_queue", "no_match"),
 }
 SLOT_PREFIX = {"route": "RT", "bridge": "BR", "redirect": "RD", "tx": "TX", "xsk": "XSK"}
+# at the tc hooks (forward_tc.h): route has its own slots (EBP_TRT_<NAME>); bridge and
+# redirect add "peer" (EBP_BR_PEER, EBP_RD_PEER)
+OUTCOMES_TC: dict[str, tuple[str, ...]] = {
+    "route": ("forwarded", "peer", "neigh", "ttl_exceeded", "local", "blackhole", "frag", "mtu",
+              "not_ip", "other", "malformed"),
+    "bridge": OUTCOMES["bridge"] + ("peer",),
+    "redirect": OUTCOMES["redirect"] + ("peer",),
+}
+SLOT_PREFIX_TC = {"route": "TRT", "bridge": "BR", "redirect": "RD"}
 PREFIX = {"route": "rt", "bridge": "br", "redirect": "rd", "tx": "tx", "steer": "st",
           "xsk": "xsk"}
 ROUTE_PORTS_MAX = 1024   # interfaces of the namespace a route stage can redirect to
@@ -45,31 +58,53 @@ MACS = Layout("ebp_fwd_macs", [Field("dmac", "__u8", ETH_ALEN), Field("smac", "_
                                Field("rewrite", "__u32", comment="0: leave the frame as it is")],
               "redirect stage: MACs to write before sending")
 STRUCTS = (FDB_KEY, FDB_ENTRY, MACS)
+# forward_tc.h's: a port's flags, and a TC redirect stage's target
+TC_PORT_PEER = 1  # ebp_tc_port.flags: a veth whose peer sits in another namespace
+TC_PORT = Layout("ebp_tc_port", [Field("ifindex", "__u32"),
+                                 Field("flags", "__u32", comment="EBP_TC_PORT_*")],
+                 "a TC port: flags (EBP_TC_PORT_*) and the ifindex again (bridge flooding walks "
+                 "an array)")
+TC_REDIRECT = Layout("ebp_tc_redirect", [
+    Field("ifindex", "__u32"), Field("flags", "__u32", comment="EBP_TC_PORT_PEER"),
+    Field("dmac", "__u8", ETH_ALEN), Field("smac", "__u8", ETH_ALEN),
+    Field("rewrite", "__u32", comment="write dmac/smac before sending")],
+    "a TC redirect stage's target (ifindex 0: not set yet, the packet goes on to the kernel)")
+STRUCTS_TC = (TC_PORT, TC_REDIRECT)
 
 
-def c_defines() -> dict[str, int]:
-    """The slot numbers forward.h reads, from :data:`OUTCOMES`."""
+def c_defines(tc: bool = False) -> dict[str, int]:
+    """The numbers forward.h (and with ``tc`` forward_tc.h) reads, from :data:`OUTCOMES`
+    (:data:`OUTCOMES_TC`): the slots as ``EBP_<prefix>_<NAME>`` and ``EBP_<prefix>_SLOTS``."""
     d: dict[str, int] = {"EBP_ETH_ALEN": ETH_ALEN}
     for kind, prefix in SLOT_PREFIX.items():
         d.update({f"EBP_{prefix}_{n.upper()}": i for i, n in enumerate(OUTCOMES[kind])})
         d[f"EBP_{prefix}_SLOTS"] = len(OUTCOMES[kind])
+    if tc:
+        d["EBP_TC_PORT_PEER"] = TC_PORT_PEER
+        d["EBP_TC_BRIDGE_PORTS_MAX"] = BRIDGE_PORTS_MAX
+        for kind, prefix in SLOT_PREFIX_TC.items():
+            for i, n in enumerate(OUTCOMES_TC[kind]):
+                # (bridge and redirect: the XDP slots, same numbers, then theirs)
+                assert d.setdefault(f"EBP_{prefix}_{n.upper()}", i) == i, (kind, n)
+            d.setdefault(f"EBP_{prefix}_SLOTS", len(OUTCOMES_TC[kind]))
     return d
 
 
-def _header(out: Emit) -> None:
-    """forward.h with what it reads from here: every forwarding stage includes all of it."""
-    for name, value in c_defines().items():
+def _header(out: Emit, tc: bool = False) -> None:
+    """forward.h (``tc``: forward_tc.h, which includes it) with what it reads from here:
+    every forwarding stage includes all of it."""
+    for name, value in c_defines(tc).items():
         out.define(name, value)
-    for layout in STRUCTS:
+    for layout in STRUCTS + (STRUCTS_TC if tc else ()):
         out.struct(layout)
-    out.include("forward.h")
+    out.include("forward_tc.h" if tc else "forward.h")
 
 
 # kind -> role of each map (as the manifest keys it) -> suffix of its C name; every kind
 # also has "counters" (suffix cnt).  The one place these names are made.
 MAP_SUFFIXES: dict[str, dict[str, str]] = {
     "route": {"ports": "ports"},
-    "bridge": {"ports": "ports", "fdb": "fdb"},
+    "bridge": {"ports": "ports", "fdb": "fdb", "flood": "flood"},  # flood: at TC only
     "redirect": {"ports": "ports", "config": "cfg"},
     "tx": {},
     "steer": {"cpus": "cpus", "config": "sel"},
@@ -89,19 +124,38 @@ def map_name(stage, role: str) -> str:
     return map_names(stage)[role]
 
 
-def outcomes(stage) -> tuple[str, ...]:
-    """Names of the stage's counter slots."""
+def outcomes(stage, hook: str = "xdp") -> tuple[str, ...]:
+    """Names of the stage's counter slots in a program for ``hook``."""
     if isinstance(stage, SteerStage):
         return tuple(f"cpu{c}" for c in stage.cpus) + (STEER_NO_CPU,)
+    if hook != "xdp":
+        return OUTCOMES_TC[stage.kind]
     return OUTCOMES[stage.kind]
 
 
 def _counters(stage, out: Emit) -> str:
     cname = map_name(stage, "counters")
-    out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", len(outcomes(stage)),
-            f"{stage.kind} '{stage.name}': packets and bytes per outcome ({', '.join(outcomes(stage))})",
-            stage=stage.name, role="counters", slots=outcomes(stage))
+    names = outcomes(stage, out.hook)
+    out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", len(names),
+            f"{stage.kind} '{stage.name}': packets and bytes per outcome ({', '.join(names)})",
+            stage=stage.name, role="counters", slots=names)
     return cname
+
+
+def _tc_where(hook: str) -> tuple[str, int]:
+    """(the C expression of the interface a TC packet is seen on, whether bpf_redirect_peer
+    may be used) for ``hook``: see forward_tc.h."""
+    if hook == "tc-ingress":
+        return "ctx->ingress_ifindex", 1
+    return "ctx->ifindex", 0
+
+
+def _tc_ports(st, out: Emit, entries: int, what: str) -> str:
+    ports = map_name(st, "ports")
+    out.map(ports, "BPF_MAP_TYPE_HASH", "__u32", "struct ebp_tc_port", entries,
+            f"{st.kind} '{st.name}': {what}, by ifindex (flags: peer target)",
+            stage=st.name, role="ports")
+    return ports
 
 
 def _function(idx: int, stage, comment: str, body: list[str]) -> str:
@@ -122,6 +176,8 @@ class RouteGen(StageGen):
     kind = "route"
 
     def emit(self, idx: int, st: RouteStage, out: Emit) -> None:
+        if out.hook != "xdp":
+            return self._emit_tc(idx, st, out)
         _header(out)
         ports = map_name(st, "ports")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP_HASH", "__u32", "__u32", ROUTE_PORTS_MAX,
@@ -134,6 +190,19 @@ class RouteGen(StageGen):
             f"\tint act = ebp_fwd_route(ctx, pkt, malformed, &{ports}, &slot);",
             "", *_count_and_return(idx, cnt)]))
 
+    def _emit_tc(self, idx: int, st: RouteStage, out: Emit) -> None:
+        _header(out, tc=True)
+        ports = _tc_ports(st, out, ROUTE_PORTS_MAX, "veths whose peer is in another namespace")
+        cnt = _counters(st, out)
+        here, peer_ok = _tc_where(out.hook)
+        how = ("bpf_redirect_peer into a container's namespace, else bpf_redirect_neigh"
+               if peer_ok else "bpf_redirect_neigh")
+        out.functions.append(_function(idx, st, f"bpf_fib_lookup, then {how}; the kernel "
+                                       "takes what it must handle", [
+            "	__u32 slot = EBP_TRT_OTHER;",
+            f"	int act = ebp_tc_route(ctx, pkt, malformed, &{ports}, {here}, {peer_ok}, &slot);",
+            "", *_count_and_return(idx, cnt)]))
+
     def features(self, st: RouteStage, protocols) -> Features:
         return Features(ipv4=4 in st.families, ipv6=6 in st.families)
 
@@ -142,6 +211,8 @@ class BridgeGen(StageGen):
     kind = "bridge"
 
     def emit(self, idx: int, st: BridgeStage, out: Emit) -> None:
+        if out.hook != "xdp":
+            return self._emit_tc(idx, st, out)
         _header(out)
         ports, fdb = map_name(st, "ports"), map_name(st, "fdb")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP_HASH", "__u32", "__u32", BRIDGE_PORTS_MAX,
@@ -157,10 +228,31 @@ class BridgeGen(StageGen):
             "", *_count_and_return(idx, cnt)]))
 
 
+    def _emit_tc(self, idx: int, st: BridgeStage, out: Emit) -> None:
+        _header(out, tc=True)
+        ports = _tc_ports(st, out, BRIDGE_PORTS_MAX, "its ports")
+        by_index, fdb = map_name(st, "flood"), map_name(st, "fdb")
+        out.map(by_index, "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_tc_port", len(st.ports),
+                f"bridge '{st.name}': its ports in spec order (flooding)", stage=st.name,
+                role="flood")
+        out.map(fdb, "BPF_MAP_TYPE_LRU_HASH", "struct ebp_fdb_key", "struct ebp_fdb_entry",
+                st.capacity, f"bridge '{st.name}': (MAC, VLAN) -> port, last seen",
+                stage=st.name, role="fdb")
+        cnt = _counters(st, out)
+        here, peer_ok = _tc_where(out.hook)
+        out.functions.append(_function(idx, st, f"ports {', '.join(st.ports)}; ageing {st.ageing} s", [
+            "	__u32 slot = EBP_BR_RUNT;",
+            f"	int act = ebp_tc_bridge(ctx, pkt, &{ports}, &{by_index}, {len(st.ports)}, "
+            f"&{fdb}, &{cnt}, {st.ageing}ULL * 1000000000ULL, {here}, {peer_ok}, &slot);",
+            "", *_count_and_return(idx, cnt)]))
+
+
 class RedirectGen(StageGen):
     kind = "redirect"
 
     def emit(self, idx: int, st: RedirectStage, out: Emit) -> None:
+        if out.hook != "xdp":
+            return self._emit_tc(idx, st, out)
         _header(out)
         ports, cfg = map_name(st, "ports"), map_name(st, "config")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP", "__u32", "__u32", 1,
@@ -185,6 +277,42 @@ class RedirectGen(StageGen):
             f"\t\telse if ((m = bpf_map_lookup_elem(&{cfg}, &zero)) && m->rewrite)",
             "\t\t\tebp_set_macs(eth, m->dmac, m->smac);",
             "\t}",
+            *_count_and_return(idx, cnt)]))
+
+
+    def _emit_tc(self, idx: int, st: RedirectStage, out: Emit) -> None:
+        _header(out, tc=True)
+        cfg = map_name(st, "config")
+        out.map(cfg, "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_tc_redirect", 1,
+                f"redirect '{st.name}': {st.to}'s ifindex, whether it is a peer target, MACs "
+                f"to write ({st.macs})", stage=st.name, role="config")
+        cnt = _counters(st, out)
+        _, peer_ok = _tc_where(out.hook)
+        out.functions.append(_function(idx, st, f"out of {st.to}"
+                                       + (" (into its peer's namespace when a veth's peer "
+                                          "is in another one)" if peer_ok else ""), [
+            "	void *data = (void *)(long)ctx->data;",
+            "	struct ethhdr *eth = data;",
+            "	struct ebp_tc_redirect *r;",
+            "	__u32 zero = 0, slot = EBP_RD_REDIRECTED;",
+            "	int act;",
+            "",
+            "	if ((void *)(eth + 1) > (void *)(long)ctx->data_end) {",
+            "		slot = EBP_RD_RUNT;",
+            "		act = TC_ACT_SHOT;",
+            f"	}} else if (!(r = bpf_map_lookup_elem(&{cfg}, &zero)) || !r->ifindex) {{",
+            "		slot = EBP_RD_NO_PORT; /* not filled (yet): the kernel keeps the packet */",
+            "		act = TC_ACT_OK;",
+            "	} else {",
+            "		if (r->rewrite)",
+            "			ebp_set_macs(eth, r->dmac, r->smac);",
+            *(["		if (r->flags & EBP_TC_PORT_PEER) {",
+               "			slot = EBP_RD_PEER;",
+               "			act = bpf_redirect_peer(r->ifindex, 0);",
+               "		} else {",
+               "			act = bpf_redirect(r->ifindex, 0);",
+               "		}"] if peer_ok else ["		act = bpf_redirect(r->ifindex, 0);"]),
+            "	}",
             *_count_and_return(idx, cnt)]))
 
 

@@ -2,9 +2,11 @@
 
 These stages move packets instead of judging them: they end in XDP_REDIRECT (through a
 DEVMAP, CPUMAP or XSKMAP), XDP_TX, or hand the packet to the kernel (XDP_PASS) wherever the
-kernel must act (ARP/ND, ICMP errors, fragmentation).  They exist for the XDP hook only:
-the redirect maps, live-frame bulking and AF_XDP are XDP's; a tc hook is refused when the
-spec is validated (see :data:`FORWARDING_HOOKS`).
+kernel must act (ARP/ND, ICMP errors, fragmentation).  ``route`` and ``redirect`` also
+work at the tc hooks, ``bridge`` at tc-ingress (where a frame comes in on a port): there they
+end in bpf_redirect_peer / bpf_redirect_neigh / bpf_redirect and keep the skb (docs/forwarding.md,
+"Forwarding at TC").  ``tx``, ``steer`` and ``xsk`` are XDP's own (XDP_TX, CPUMAP, XSKMAP); a
+stage at a hook it does not work at is refused when the spec is validated.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from ebplane.spec.located import Where
 from ebplane.spec.stages import Stage, stage_name
 
 FORWARDING_HOOKS: tuple[str, ...] = ("xdp",)
+# the kinds that also work at TC, and where (a bridge learns the port a frame came in on)
+TC_FORWARDING_HOOKS: dict[str, tuple[str, ...]] = {
+    "route": ("xdp", "tc-ingress", "tc-egress"),
+    "redirect": ("xdp", "tc-ingress", "tc-egress"),
+    "bridge": ("xdp", "tc-ingress"),
+}
 IFNAME_PATTERN = r"(?!\.{1,2}$)[^/:\s]{1,15}"
 IFNAME_ALLOWED = "an interface name: 1-15 characters, no '/', ':' or spaces"
 
@@ -33,7 +41,7 @@ XSK_PROTOS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
 @dataclass(frozen=True)
 class ForwardingStage(Stage):
-    """Base of the forwarding stages: XDP only."""
+    """Base of the forwarding stages: XDP only, unless a kind says otherwise."""
 
     hooks: ClassVar[tuple[str, ...]] = FORWARDING_HOOKS
 
@@ -47,6 +55,7 @@ class RouteStage(ForwardingStage):
     """
 
     kind: ClassVar[str] = "route"
+    hooks: ClassVar[tuple[str, ...]] = TC_FORWARDING_HOOKS["route"]
     families: tuple[int, ...] = (4, 6)
 
     def body(self) -> dict[str, Any]:
@@ -62,6 +71,7 @@ class BridgeStage(ForwardingStage):
     """
 
     kind: ClassVar[str] = "bridge"
+    hooks: ClassVar[tuple[str, ...]] = TC_FORWARDING_HOOKS["bridge"]
     ports: tuple[str, ...] = ()
     ageing: int = BRIDGE_AGEING_DEFAULT
     capacity: int = BRIDGE_CAPACITY_DEFAULT
@@ -77,6 +87,7 @@ class RedirectStage(ForwardingStage):
     ``to``'s and the destination to its veth peer's, so the next node accepts the frame."""
 
     kind: ClassVar[str] = "redirect"
+    hooks: ClassVar[tuple[str, ...]] = TC_FORWARDING_HOOKS["redirect"]
     to: str = ""
     macs: str = "keep"
 
