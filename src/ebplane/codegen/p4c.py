@@ -24,7 +24,7 @@ from ebplane.errors import SpecError
 from ebplane.protocols import ir
 from ebplane.protocols.graph import FieldPath, ParserGraph
 
-USER_BYTES = 16  # EBP_USER_BYTES in ebplane.h
+USER_BYTES = 16  # bytes of ebp_pkt.user (EBP_USER_BYTES, generated with the parser's #defines)
 
 # Features flag -> header fields the bound ebp_pkt members need (when the header is parsed)
 WANTED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -402,7 +402,8 @@ class _Gen:
         return "\n".join(head + self.lines + tail)
 
     def defines(self) -> list[str]:
-        out = [f"#define EBP_NHDR {max(self.nhdr, 1)} /* header slots in ebp_pkt.hdr_off */"]
+        out = [f"#define EBP_NHDR {max(self.nhdr, 1)} /* header slots in ebp_pkt.hdr_off */",
+               f"#define EBP_USER_BYTES {USER_BYTES} /* bytes of ebp_pkt.user */"]
         for inst in self.g.instances.values():
             stack = f" /* .. + {inst.stack - 1} */" if inst.stack else ""
             out.append(f"#define EBP_HDR_{inst.name.upper()} {self.slots[inst.name]}{stack}")
