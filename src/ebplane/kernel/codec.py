@@ -80,7 +80,9 @@ class Struct(Codec):
 
     Field formats are ``struct`` module codes (``"4s"`` for a byte array); the layout is
     C's natural alignment on x86-64 (``@`` mode with native sizes), which is what clang
-    gives the BPF side for the same field list.
+    gives the BPF side for the same field list.  For a struct of ebplane's own programs use
+    a ``codegen.layout.Layout`` and :class:`Packed` instead: one definition gives the C and
+    the codec.
     """
 
     def __init__(self, name: str, fields: Sequence[tuple[str, str]]):
