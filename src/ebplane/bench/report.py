@@ -201,6 +201,23 @@ def _containers(ct: dict) -> list[str]:
                            "÷ kernel per turn, min / median / max", "handled"], rows)
 
 
+def _jumbo(j: dict) -> list[str]:
+    lines = [f"## 9. Jumbo frames (MTU {j['mtu']}): native multi-buffer XDP, generic XDP, kernel",
+             "", j["method"] + ".", ""]
+    rows = []
+    for r in j["rows"]:
+        if "error" in r:
+            rows.append([r["name"], r["what"], "–", "–", "–", "–", "–", "–", r["error"]])
+            continue
+        k, g = r["kpps"], r["gbit_s"]
+        rows.append([r["name"], r["what"], f"{k['min']:g} / **{k['median']:g}** / {k['max']:g}",
+                     f"{g['median']:g}", r["ns_per_frame"], r.get("forward_ns_per_frame", "–"),
+                     _x(r.get("speedup_vs_kernel")), f"{r['handled_fraction']:.2%}", ""])
+    return lines + _table(["DUT", "what", "kpps min / median / max", "Gbit/s (median)",
+                           "ns/frame", "ns/frame over the floor", "÷ kernel", "handled",
+                           "error"], rows)
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# ebplane benchmark", "",
@@ -209,9 +226,11 @@ def markdown(doc: dict) -> str:
              f"Command: `{doc['command']}`", "",
              "Absolute numbers are machine-specific; the ratios are the point.", ""]
     s = doc["sections"]
+    from ebplane.bench.balancer import markdown as _balancer
     for key, render in (("cost", _cost), ("live", _live), ("control", _control),
                         ("scaling", _scaling), ("xsk", _xsk), ("classbench", _classbench),
-                        ("containers", _containers)):
+                        ("containers", _containers), ("balancer", _balancer),
+                        ("jumbo", _jumbo)):
         if key in s:
             lines += render(s[key])
     return "\n".join(lines)

@@ -10,6 +10,9 @@ from ebplane.cli.output import agent, emit, progress, table, via
 def register(sub) -> None:
     p = sub.add_parser("apply", help="validate, compile, load and attach a pipeline spec")
     p.add_argument("spec", help="pipeline spec (YAML)")
+    p.add_argument("--replace-foreign", action="store_true",
+                   help="detach an XDP program that is not ebplane's (attached by netlink) "
+                        "where the pipeline attaches; without it the apply fails, naming it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apply)
 
@@ -49,11 +52,15 @@ def register(sub) -> None:
 def cmd_apply(args) -> int:
     c = agent()
     if c is not None:
+        if args.replace_foreign:  # done here, as root; the agent then attaches
+            from ebplane.runtime.pipeline import evict_foreign
+            for note in evict_foreign(args.spec):
+                progress(note)
         progress(f"applying {args.spec} through the agent")
         emit(args, via(c.apply(args.spec), "agent"), _apply_human)
         return 0
     from ebplane.runtime.pipeline import apply
-    res = apply(args.spec, progress=progress)
+    res = apply(args.spec, progress=progress, replace_foreign=args.replace_foreign)
     emit(args, via(res.to_dict(), "direct"), _apply_human)
     return 0
 
@@ -113,6 +120,17 @@ def _status_human(items: list[dict]) -> str:
                            o["type"], o["stage"] or "-", o["role"], o["pin"]]
                           for o in d["objects"]],
                           ["kind", "id", "kernel name", "type", "stage", "role", "pin"])
+    shown = set()
+    for d in items:  # composed pipelines: the members of each interface, in run order
+        for c in d.get("composition") or []:
+            key = (c["netns"], c["ifname"], c["hook"])
+            if key in shown:
+                continue
+            shown.add(key)
+            order = " -> ".join(f"{m['priority']}:{m['pipeline']}" for m in c["members"])
+            out += (f"\n\n{c['ifname']} ({c['hook']}{', netns ' + c['netns'] if c['netns'] else ''}): "
+                    f"{order}" + ("" if c["in_order"] else
+                                  f"  (kernel order differs: programs {c['kernel_order']})"))
     for d in items:  # what the kernel no longer agrees with, and the way out
         if d.get("problems"):
             out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])

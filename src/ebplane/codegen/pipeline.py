@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ebplane import __version__
-from ebplane.codegen import p4c
+from ebplane.codegen import dispatch, p4c
 from ebplane.codegen.capture import (CAP_RATE, CAP_REC, CAPTURE_COUNTERS, CAPTURE_MAPS,
                                      CaptureSpec, capture_c)
 from ebplane.codegen.layout import Field, Layout
@@ -332,6 +332,11 @@ class StageGen:
     def features(self, stage, protocols) -> Features:
         return Features()
 
+    def call(self, idx: int, stage) -> str:
+        """The call of the stage's function in ``main`` (a kind whose stages change the packet
+        and parse it again passes ``&malformed`` instead)."""
+        return f"stage_{idx}_{stage.kind}(ctx, &pkt, malformed)"
+
 
 # generators added at run time (register_generator); a kind of ebplane exports GENERATORS
 # from its package's gen.py, found through ebplane.stages.KINDS
@@ -369,16 +374,25 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
 
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
              filters: dict | None = None, frags: bool = False,
-             capture: CaptureSpec | None = None) -> GeneratedProgram:
+             capture: CaptureSpec | None = None, chain: bool = False,
+             chain_base: int | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program).  ``filters``:
     table -> ``FilterPlan`` of each filter (default: planned from the spec's rules).
     ``frags``: XDP programs are built as ``xdp.frags`` (they accept multi-buffer frames;
     the parser reads the headers in the first buffer, counters count the whole frame).
     ``capture``: the capture hooks of a running ``ebplane trace`` (see
-    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
+    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all.
+    ``chain``: the program is a member of a composition (the spec has a priority): a packet
+    it passes goes on to the next member (:mod:`ebplane.codegen.dispatch`); replay builds
+    without it (the pipeline alone); ``chain_base``: its one interface's base in the
+    dispatcher (constant slots), None to look it up per packet."""
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
+    chain = chain and spec.priority is not None
+    xdp_chain = chain and spec.hook == "xdp"
+    if xdp_chain:  # every program of a chain must agree on multi-buffer: all are frags
+        frags = True
     parser_frags = frags  # parser mode xdp: the XDP parser program next to a TC program
     frags = frags and spec.hook == "xdp"
     if frags:
@@ -411,6 +425,13 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 len(HANDOFF_COUNTERS), "packets whose parse the XDP parser left, packets "
                 "parsed here (no valid parse-info)", stage=None, role="handoff",
                 slots=HANDOFF_COUNTERS)
+    if xdp_chain:  # the shared maps of the namespace's dispatcher, reused at load
+        out.maps.append(dispatch.chain_maps_c())
+        prog.maps += [MapRole(dispatch.CHAIN_MAP, None, "chain", False, False, None,
+                              "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", dispatch.CHAIN_ENTRIES),
+                      MapRole(dispatch.BASE_MAP, None, "chain-base", False, False, None,
+                              "BPF_MAP_TYPE_HASH", "__u32", "struct ebp_chain_if",
+                              dispatch.MAX_INTERFACES)]
     out.map(M["verdicts"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts",
             slots=_verdict_slots(spec.hook))
@@ -433,9 +454,10 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 stage=None, role="capture-rate", pinned=False)
     for idx, st in enumerate(spec.stages):
         prog.stage_names.append(st.name)
-        generator(st.kind).emit(idx, st, out)
+        gen = generator(st.kind)
+        gen.emit(idx, st, out)
         out.calls.append(f"\t/* stage {idx}: {st.kind} '{st.name}' */\n"
-                         f"\taction = stage_{idx}_{st.kind}(ctx, &pkt, malformed);\n"
+                         f"\taction = {gen.call(idx, st)};\n"
                          f"\tif (action != EBP_NEXT)\n\t\tgoto out;")
 
     if spec.hook == "xdp":
@@ -514,14 +536,23 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     if trace or capture:
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
+    if xdp_chain:
+        end = ["\tif (action == XDP_PASS)", "\t\tebp_chain_next(ctx); /* returns if none follows */",
+               "\treturn action;"]
+    elif chain:  # tcx: the next program of the hook runs (TCX_NEXT)
+        end = ["\treturn action == TC_ACT_OK ? TC_ACT_UNSPEC : action; /* pass: next member */"]
+    else:
+        end = ["\treturn action;"]
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
              "out:", f"\tebp_count(&{M['verdicts']}, action, pkt.len);",
              *(["\tebp_capture(ctx, &pkt, action);"] if capture else []),
-             "\treturn action;", "}"]
+             *end, "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
              parser.source, *out.functions]
     if capture:
         parts.append(capture_c(capture, spec.hook))
+    if xdp_chain:
+        parts.append(dispatch.member_next_c(spec.priority, chain_base))
     if separate:
         parts.append(p4c.parse_info_c(prog.graph, prog.user_layout))
     if handoff:

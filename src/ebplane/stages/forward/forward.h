@@ -211,6 +211,28 @@ static __always_inline void ebp_bridge_learn(void *fdb, void *counters, struct e
 	bpf_map_update_elem(fdb, &key, &fresh, BPF_ANY);
 }
 
+#ifndef EBP_XDP_MULTI_BUFFER
+#define EBP_XDP_MULTI_BUFFER
+/* Whether the frame spans several buffers (only an xdp.frags program sees such frames). */
+static __always_inline int ebp_xdp_multi_buffer(struct xdp_md *ctx)
+{
+	return bpf_xdp_get_buff_len(ctx) > (__u64)(ctx->data_end - ctx->data);
+}
+#endif
+
+/* Flood: every port but the ingress; a multi-buffer frame, which the kernel's devmap
+ * broadcast would drop without a trace, goes to the kernel instead. */
+static __always_inline int ebp_bridge_flood(struct xdp_md *ctx, void *ports, __u32 slot,
+					    __u32 *out)
+{
+	if (ebp_xdp_multi_buffer(ctx)) {
+		*out = EBP_BR_MULTI_BUFFER;
+		return XDP_PASS;
+	}
+	*out = slot;
+	return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+}
+
 /* Bridge between the interfaces of @ports (a DEVMAP_HASH keyed by ifindex). */
 static __always_inline int ebp_fwd_bridge(struct xdp_md *ctx, struct ebp_pkt *pkt, void *ports,
 					  void *fdb, void *counters, __u64 ageing_ns, __u32 *slot)
@@ -235,10 +257,8 @@ static __always_inline int ebp_fwd_bridge(struct xdp_md *ctx, struct ebp_pkt *pk
 	}
 	now = bpf_ktime_get_ns();
 	ebp_bridge_learn(fdb, counters, eth, vlan, ingress, now, pkt->len);
-	if (eth->h_dest[0] & 1) {	/* broadcast and multicast */
-		*slot = EBP_BR_BROADCAST;
-		return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
-	}
+	if (eth->h_dest[0] & 1)	/* broadcast and multicast */
+		return ebp_bridge_flood(ctx, ports, EBP_BR_BROADCAST, slot);
 	__builtin_memcpy(key.mac, eth->h_dest, EBP_ETH_ALEN);
 	e = bpf_map_lookup_elem(fdb, &key);
 	if (e && now - e->seen_ns <= ageing_ns) {
@@ -252,8 +272,8 @@ static __always_inline int ebp_fwd_bridge(struct xdp_md *ctx, struct ebp_pkt *pk
 			return act;
 		}
 	}
-	*slot = EBP_BR_FLOODED;	/* unknown, aged, or its port left the bridge */
-	return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+	/* unknown, aged, or its port left the bridge */
+	return ebp_bridge_flood(ctx, ports, EBP_BR_FLOODED, slot);
 }
 
 /* A flow hash over addresses, protocol and ports (non-IP: the EtherType), so that all

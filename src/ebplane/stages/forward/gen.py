@@ -24,7 +24,7 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     "route": ("forwarded", "no_neigh", "ttl_exceeded", "local", "blackhole", "frag", "mtu",
               "not_ip", "no_port", "other", "malformed"),
     "bridge": ("forwarded", "flooded", "broadcast", "filtered", "not_port", "runt", "learned",
-               "moved"),
+               "moved", "multi_buffer"),
     "redirect": ("redirected", "no_port", "runt"),
     "tx": ("sent", "runt"),
     "xsk": ("delivered", "no_socket", "other_queue", "no_match"),
