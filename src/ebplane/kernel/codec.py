@@ -154,6 +154,7 @@ class Packed(Codec):
         self._s = struct.Struct(fmt)
         assert self._s.size == self.size, (layout, self._s.size)
         self._numeric = all(not f.nested and not f.as_bytes for f in fixed)
+        self._flat = all(how is None for _, how in self._parts)
 
     def encode(self, value) -> bytes:
         if isinstance(value, dict):
@@ -172,19 +173,20 @@ class Packed(Codec):
 
     def decode(self, data: bytes):
         flat = self._s.unpack_from(data)
+        if self._flat:  # scalars and byte arrays only: the unpacked tuple is the value
+            return self.type._make(flat)
         vals, i = [], 0
         for n, how in self._parts:
-            part = flat[i:i + n]
-            i += n
             if how is None:
-                vals.append(part[0])
+                vals.append(flat[i])
             elif how == "array":
-                vals.append(tuple(part))
+                vals.append(flat[i:i + n])
             elif isinstance(how, tuple):
-                vals.append(tuple(how[1].decode(x) for x in part))
+                vals.append(tuple(how[1].decode(x) for x in flat[i:i + n]))
             else:
-                vals.append(how.decode(part[0]))
-        return self.type(*vals)
+                vals.append(how.decode(flat[i]))
+            i += n
+        return self.type._make(vals)
 
     def add(self, a, b):
         if not self._numeric:
