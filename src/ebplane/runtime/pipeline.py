@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ebplane.codegen.capture import CAPTURE_MAPS, CaptureSpec
+from ebplane.codegen.p4c import UserLayout
 from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, PIPELINE_MAPS,
                                       VERDICTS,
                                       Features, Manifest, spec_features, user_layout_for,
@@ -341,7 +342,7 @@ def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] 
     # classified fails here, before anything changes
     layout = user_layout_for(spec.protocols, features)
     same_layout = old is not None and \
-        user_layout_for(spec.protocols, Features(**old.features)) == layout
+        running_user_layout(old, spec).to_dict() == layout.to_dict()
     compiled: dict[str, CompiledTable] = {}
     keep_groups: set[str] = set()
     for st in _filters(spec):
@@ -832,8 +833,8 @@ def _roll_forward(st: PipelineState) -> None:
             if _generation(st, t) == info["generation"]:
                 stage = next(f for f in _filters(spec) if f.name == t)
                 entries = _entries_from_state(st.live_rules[t], spec.protocols)
-                layout = user_layout_for(spec.protocols, Features(**st.features))
-                ct = compile_filter(stage, entries, layout, _running_plan(st, t, entries))
+                ct = compile_filter(stage, entries, running_user_layout(st, spec),
+                                    _running_plan(st, t, entries))
                 with _open_table(st.name, stage, spec, Features(**st.features)) as table:
                     table.install(ct, info["fresh"])
     except EbplaneError as e:
@@ -1155,6 +1156,15 @@ def kernel_objects(name: str) -> list[dict]:
     return out
 
 
+def running_user_layout(st: PipelineState, spec: PipelineSpec) -> UserLayout:
+    """Where the running program keeps the match: fields: as its manifest records it, or
+    (a state written before manifests were kept) computed from the features it was built
+    for."""
+    if st.manifest is not None and "user_layout" in st.manifest:
+        return UserLayout.from_dict(st.manifest["user_layout"])
+    return user_layout_for(spec.protocols, Features(**st.features))
+
+
 def manifest_of(st: PipelineState) -> Manifest:
     """The generation manifest of an applied pipeline: as apply stored it, or (a state
     written before manifests were kept) the maps by the generators' naming conventions."""
@@ -1371,7 +1381,7 @@ class RuleTable:
             compiled = None
             if running.covers(need):
                 # fails before any change when the rules cannot be classified
-                compiled = compile_filter(self.stage, new, user_layout_for(spec.protocols, running),
+                compiled = compile_filter(self.stage, new, running_user_layout(st, spec),
                                           running_plan)
             self.last_entries = new  # what the agent persists
             if compiled is None or not compiled.plan.same_code(running_plan):
