@@ -15,16 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from pathlib import Path
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from ebplane.codegen.p4c import USER_BYTES
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.programs import BpfObject
 from ebplane.net import attach as att
 from ebplane.net import netns
-from ebplane.stages.conntrack.gen import c_defines
+from ebplane.stages.conntrack.gen import CT_ENTRY, CT_KEY, c_defines
 from ebplane.toolchain.clang import compile_file
 
 SOURCE = Path(__file__).parent / "baselines" / "conntrack_cmp.bpf.c"
@@ -42,8 +44,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    elf = compile_file(SOURCE, extra_flags=[f"-I{SOURCE.parent}"], defines=c_defines(),
-                       use_cache=False).elf
+    with tempfile.TemporaryDirectory(prefix="ebp-ctk-") as tmp:
+        # the conntrack stage's structs, from their one definition (as a program gets them)
+        (Path(tmp) / "ct_layouts.h").write_text(f"{CT_KEY.c()}\n\n{CT_ENTRY.c()}\n")
+        elf = compile_file(SOURCE, extra_flags=[f"-I{SOURCE.parent}", f"-I{tmp}"],
+                           defines={"EBP_USER_BYTES": USER_BYTES, **c_defines()},
+                           use_cache=False).elf
     rows = []
     with netns.temporary("ebp-ctk") as ns, netns.enter(ns.name):
         netns.run(ns.name, ["ip", "link", "add", "ck0", "type", "veth", "peer", "name", "ck1"])

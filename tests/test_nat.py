@@ -585,3 +585,29 @@ def test_tcp_close_shortens_the_translation():
         v, q = n.into(IP(src=S, dst=OUT)/TCP(sport=80, dport=p[TCP].sport, flags="A"))
         assert q[IP].dst == OUT and n.count("expired") == 1
         assert translations(r.built.map("nat_nat_tab")) == []
+
+
+def test_generated_structs_match_the_layouts(tmp_path):
+    """The nat stage's structs, defined once as Layouts in gen.py, compile to the offsets the
+    control plane's codecs use (BTF of the compiled object)."""
+    import json
+    import subprocess
+
+    from ebplane.codegen.pipeline import generate
+    from ebplane.kernel.codec import Packed
+    from ebplane.stages.nat import gen as nat_gen
+    from ebplane.toolchain.clang import compile_c
+
+    prog = generate(parse_spec(NAT6))
+    anchors = "".join(f"struct {t.name} *ebp_anchor_{t.name};\n" for t in nat_gen.LAYOUTS)
+    path = tmp_path / "nat.o"
+    path.write_bytes(compile_c(prog.source + anchors, name="natlayouts").elf)
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    btf = {t["name"]: t for t in json.loads(out)["types"] if t["kind"] == "STRUCT"}
+    for layout in nat_gen.LAYOUTS:
+        assert layout in prog.types.values()
+        got = btf[layout.name]
+        assert [(m["name"], m["bits_offset"] // 8) for m in got["members"]] == \
+            list(zip((f.name for f in layout.fields), layout.offsets))
+        assert got["size"] == layout.size == Packed(layout).size

@@ -9,22 +9,14 @@ import time
 from typing import Callable
 
 from ebplane.errors import UsageError
-from ebplane.kernel.codec import COUNT, U32, Struct
+from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.stages.control import StageControl
+from ebplane.stages.nat import gen
 from ebplane.stages.nat.gen import COUNTERS, map_names
 from ebplane.stages.nat.spec import NatStage
 
-# nat.h: struct ebp_nat_key, ebp_nat_entry, ebp_nat_cfg (sizes are checked against the maps)
-NAT_KEY = Struct("ebp_nat_key", [("src", "16s"), ("dst", "16s"), ("sport", "2s"),
-                                 ("dport", "2s"), ("proto", "B"), ("dir", "B"), ("family", "B"),
-                                 ("pad", "B")])
-NAT_ENTRY = Struct("ebp_nat_entry", [("seen_ns", "Q"), ("timeout_ns", "Q"), ("packets", "Q"),
-                                     ("pair", f"{NAT_KEY.size}s"), ("addr", "16s"),
-                                     ("port", "2s"), ("kind", "B"), ("orig", "B"),
-                                     ("state", "B"), ("pad", "3s")])
-NAT_CFG = Struct("ebp_nat_cfg", [("addr", "16s"), ("addr6", "16s"), ("port_lo", "H"),
-                                 ("port_hi", "H"), ("pad", "I"), ("gc_last", "Q")])
+NAT_KEY, NAT_ENTRY, NAT_CFG = Packed(gen.NAT_KEY), Packed(gen.NAT_ENTRY), Packed(gen.NAT_CFG)
 KINDS = {1: "snat", 2: "dnat"}
 STATES = {0: "new", 1: "replied", 2: "closing"}
 PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
@@ -39,8 +31,9 @@ def _ep(raw: bytes, port: bytes, family: int) -> str:
     return f"{a}:{_port(port)}" if family == 4 else f"[{a}]:{_port(port)}"
 
 
-def _port(raw: bytes) -> int:
-    return int.from_bytes(raw, "big")
+def _port(value: int) -> int:
+    """A port kept in network order in a __u16 (decoded little-endian)."""
+    return int.from_bytes(value.to_bytes(2, "little"), "big")
 
 
 def outside_addresses(stage: NatStage) -> tuple[str | None, str | None]:
@@ -72,7 +65,7 @@ def translations(table: Map) -> list[dict]:
     for k, e in table.with_codecs(NAT_KEY, NAT_ENTRY).items():
         if not e.orig:
             continue
-        rk = NAT_KEY.decode(e.pair)
+        rk = e.pair
         f = k.family
         idle = max(0, now - e.seen_ns) / 1e9
         d = {"kind": KINDS.get(e.kind, str(e.kind)), "family": f,
@@ -114,8 +107,9 @@ class NatControl(StageControl):
                              f"IPv{fam} is not translated")
         cfg = built.map(map_names(stage.name)["config"]).with_codecs(U32, NAT_CFG)
         cfg.update(0, NAT_CFG.type(
-            ipaddress.IPv4Address(v4 or "0.0.0.0").packed + bytes(12),
-            ipaddress.IPv6Address(v6 or "::").packed, stage.ports[0], stage.ports[1], 0, 0))
+            addr=ipaddress.IPv4Address(v4 or "0.0.0.0").packed + bytes(12),
+            addr6=ipaddress.IPv6Address(v6 or "::").packed, port_lo=stage.ports[0],
+            port_hi=stage.ports[1], pad=0, gc_last=0))
         return notes
 
     def stats(self, maps: Callable[[str], Map], spec, stage: NatStage) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen, TC_PULL_LEN
 from ebplane.errors import SpecError
 from ebplane.stages.nat.spec import NAT_PROTOS, NatStage
@@ -26,6 +27,46 @@ COUNTERS: tuple[str, ...] = (
     "icmp_error",        # ICMP errors about a translated flow, translated
     "malformed",         # cut short: left unchanged
 )
+
+
+# the structs of the stage's maps, written into each program ahead of nat.h; addresses
+# (4 words, IPv4 in word 0) and ports are in network order
+NAT_KEY = Layout("ebp_nat_key", [
+    Field("src", "__u32", 4, raw=True),
+    Field("dst", "__u32", 4, raw=True),
+    Field("sport", "__u16", comment="ICMP echo: the identifier in both"),
+    Field("dport", "__u16"),
+    Field("proto", "__u8"),
+    Field("dir", "__u8", comment="EBP_NAT_OUT / EBP_NAT_IN"),
+    Field("family", "__u8", comment="4 or 6"),
+    Field("pad", "__u8")], "a packet's tuple as it appears on the wire where it is translated")
+NAT_ENTRY = Layout("ebp_nat_entry", [
+    Field("seen_ns", "__u64", comment="last packet of this direction, bpf_ktime_get_ns()"),
+    Field("timeout_ns", "__u64"),
+    Field("packets", "__u64"),
+    Field("pair", NAT_KEY, comment="the key of the other direction's entry"),
+    Field("addr", "__u32", 4, "write this address ...", raw=True),
+    Field("port", "__u16", comment="... and port (ICMP: identifier)"),
+    Field("kind", "__u8", comment="EBP_NAT_SNAT / EBP_NAT_DNAT: what made it"),
+    Field("orig", "__u8", comment="1: the direction of the flow's first packet"),
+    Field("state", "__u8", comment="EBP_NAT_ST_*"),
+    Field("pad", "__u8", 3)], "a translation, one direction")
+NAT_FRAG_KEY = Layout("ebp_nat_frag_key", [
+    Field("src", "__u32"), Field("dst", "__u32"), Field("id", "__u16"),
+    Field("proto", "__u8"), Field("dir", "__u8")],
+    "an IPv4 datagram in fragments (IPv6 fragments are not translated)")
+NAT_FRAG = Layout("ebp_nat_frag", [
+    Field("addr", "__u32", comment="the address the first fragment got"),
+    Field("pad", "__u32")], "what a datagram's first fragment got")
+NAT_CFG = Layout("ebp_nat_cfg", [
+    Field("addr", "__u32", 4, "the outside IPv4 address (word 0); 0: none", raw=True),
+    Field("addr6", "__u32", 4, "the outside IPv6 address; 0: none", raw=True),
+    Field("port_lo", "__u16"),
+    Field("port_hi", "__u16"),
+    Field("pad", "__u32"),
+    Field("gc_last", "__u64", comment="the stage's last collection of expired entries")],
+    "set by the control plane (outside addresses, port range); gc_last by the stage")
+LAYOUTS = (NAT_KEY, NAT_ENTRY, NAT_FRAG_KEY, NAT_FRAG, NAT_CFG)
 
 
 def c_defines() -> dict[str, int]:
@@ -83,6 +124,8 @@ class NatGen(StageGen):
                             hint="put all translations into one nat stage")
         for name, value in c_defines().items():
             out.define(name, value)
+        for layout in LAYOUTS:
+            out.struct(layout)
         out.include("nat.h")
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_nat_key", "struct ebp_nat_entry",

@@ -51,7 +51,7 @@
  * TRANSLATED_IN, NEW_SNAT, NEW_DNAT, UNTRANSLATED_OUT, UNTRANSLATED_IN, FULL, NO_PORT,
  * COLLECTED, EXPIRED, FRAGMENTS, FRAG_UNKNOWN, ICMP_ERROR, MALFORMED; EBP_NAT_NCOUNTERS. */
 #ifndef EBP_NAT_NCOUNTERS
-#error "nat.h needs the #defines ebplane/stages/nat/gen.py generates"
+#error "nat.h needs the #defines and structs ebplane/stages/nat/gen.py generates"
 #endif
 
 #define EBP_NAT_GC_NS 1000000000ULL	/* collect expired entries at most once a second */
@@ -65,53 +65,10 @@
 #endif
 
 /* addresses are 4 words; IPv4 uses word 0, the others are 0 */
-struct ebp_nat_key {
-	__be32 src[4];
-	__be32 dst[4];
-	__be16 sport;	/* ICMP echo: the identifier in both */
-	__be16 dport;
-	__u8   proto;
-	__u8   dir;	/* EBP_NAT_OUT / EBP_NAT_IN */
-	__u8   family;	/* 4 or 6 */
-	__u8   pad;
-};
-
-struct ebp_nat_entry {
-	__u64 seen_ns;		/* last packet of this direction, bpf_ktime_get_ns() */
-	__u64 timeout_ns;
-	__u64 packets;
-	struct ebp_nat_key pair;	/* the key of the other direction's entry */
-	__be32 addr[4];		/* write this address ... */
-	__be16 port;		/* ... and port (ICMP: identifier) */
-	__u8   kind;		/* EBP_NAT_SNAT / EBP_NAT_DNAT: what made it */
-	__u8   orig;		/* 1: the direction of the flow's first packet */
-	__u8   state;		/* EBP_NAT_ST_* */
-	__u8   pad[3];
-};
-
-/* (IPv4 only: IPv6 fragments are not translated) */
-struct ebp_nat_frag_key {
-	__be32 src;
-	__be32 dst;
-	__be16 id;
-	__u8   proto;
-	__u8   dir;
-};
-
-struct ebp_nat_frag {
-	__be32 addr;		/* the address the first fragment got */
-	__u32  pad;
-};
-
-/* set by the control plane (the outside address, the port range); gc_last by the stage */
-struct ebp_nat_cfg {
-	__be32 addr[4];		/* the outside IPv4 address (word 0); 0: none */
-	__be32 addr6[4];	/* the outside IPv6 address; 0: none */
-	__u16  port_lo;
-	__u16  port_hi;
-	__u32  pad;
-	__u64  gc_last;
-};
+/* struct ebp_nat_key, ebp_nat_entry, ebp_nat_frag_key, ebp_nat_frag and ebp_nat_cfg are
+ * generated into each program from their one definition in ebplane/stages/nat/gen.py
+ * (Layouts; the control plane decodes them with the same objects).  Addresses are 4 words
+ * (IPv4: word 0, the others 0), addresses and ports in network order. */
 
 static __always_inline int ebp_nat_addr_eq(const __be32 *a, const __be32 *b)
 {
