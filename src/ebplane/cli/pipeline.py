@@ -214,6 +214,10 @@ def stats_human(items: list[dict]) -> str:
             else:
                 out.append(table([[r.key, r.packets, r.bytes] for r in rows],
                                  ["class", "packets", "bytes"]))
+                if "table" in st:  # stateful kinds (conntrack, nat): entries against capacity
+                    t = st["table"]
+                    out.append(f"table: {t['entries']} of {t['capacity']} entries, "
+                               f"when full: {t['when_full']}")
     return "\n".join(out)
 
 

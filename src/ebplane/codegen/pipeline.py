@@ -194,6 +194,9 @@ class GeneratedProgram:
     # an XDP pipeline whose rules set marks: the TC ingress program that copies them from the
     # metadata area to the skb, which apply attaches next to the XDP program
     tc_marks: str | None = None
+    # a tc-egress pipeline whose stage also works before routing (nat): the TC ingress
+    # program apply attaches next to it on the same interfaces
+    tc_ingress: str | None = None
     # where `match:` fields sit in ebp_pkt.user: the control plane packs rule keys the same way
     user_layout: p4c.UserLayout = field(default_factory=p4c.UserLayout)
     graph: ParserGraph | None = None  # the specialised parse graph the parser comes from

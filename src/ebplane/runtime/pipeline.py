@@ -51,6 +51,7 @@ from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
 from ebplane.stages.control import control_for
+from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import map_names, tree_group
@@ -512,6 +513,7 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                      "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
                      "xdp_parser": built.xdp_parser is not None,
                      "tc_marks": built.tc_marks is not None,
+                     "tc_ingress": built.tc_ingress is not None,
                      "installs": {t.name: {"generation": t.generation(), "fresh": fresh}
                                   for t, _, fresh in deferred},
                      "detach": [a for a in (old.attachments if old else adopted)
@@ -635,6 +637,8 @@ def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
         bpffs.unpin(root / "xdp-parser")
     if not p.get("tc_marks"):  # no rule sets a mark from XDP any more
         bpffs.unpin(root / "tc-marks")
+    if not p.get("tc_ingress"):  # no nat stage any more
+        bpffs.unpin(root / "tc-ingress")
     if p["detach"]:
         with _netns_of(state):
             for a in p["detach"]:
@@ -845,15 +849,19 @@ def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
     XDP parser of parser mode xdp and the TC program that applies an XDP pipeline's marks."""
     return [("prog", built.program)] + ([("xdp-parser", built.xdp_parser)]
                                         if built.xdp_parser is not None else []) + \
-        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else [])
+        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else []) + \
+        ([("tc-ingress", built.tc_ingress)] if built.tc_ingress is not None else [])
 
 
 def _hook_of(prog: Program, spec: PipelineSpec) -> str:
     """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
     XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook (an XDP
-    pipeline's marks program: at tc-ingress)."""
+    pipeline's marks program: at tc-ingress; a nat stage's destination translation at
+    tc-ingress next to the tc-egress program)."""
     if prog.type_name == "xdp":
         return "xdp"
+    if spec.hook == "tc-egress" and prog.name == NAT_INGRESS_PROG:
+        return "tc-ingress"
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 

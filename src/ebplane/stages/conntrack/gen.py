@@ -73,8 +73,9 @@ class ConntrackGen(StageGen):
         out.include("conntrack.h")
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_ct_key", "struct ebp_ct_entry",
-                st.size, f"conntrack '{st.name}': connections by their original tuple",
-                stage=st.name, role="table", flags="BPF_F_NO_PREALLOC")
+                st.size, f"conntrack '{st.name}': connections by their original tuple"
+                + (", preallocated" if st.prealloc else ""),
+                stage=st.name, role="table", flags=None if st.prealloc else "BPF_F_NO_PREALLOC")
         out.map(n["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u64", 1,
                 f"conntrack '{st.name}': time of the last collection of expired entries",
                 stage=st.name, role="config")
