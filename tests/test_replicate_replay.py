@@ -388,3 +388,26 @@ def test_snooping_is_xdp_only():
         parse_spec(_spec("  - multicast: {snooping: true}\n", hook="tc-ingress"))
     with pytest.raises(SpecError, match="works at hook xdp or tc-ingress only"):
         parse_spec(_spec("  - multicast: {}\n", hook="tc-egress"))
+
+
+def test_removing_what_a_group_does_not_have_is_refused(ns, tmp_path):
+    """`groups remove` of a port or an address the group does not have (a typo, another
+    group's address) used to exit 0 and change nothing; it names what is absent, exit 2."""
+    from ebplane.errors import NotFound
+    from ebplane.runtime import pipeline
+    from ebplane.runtime.groups import Groups
+    spec = tmp_path / "mcg.yaml"
+    spec.write_text(MC.replace("pipeline: rp\nhook: xdp",
+                               f"pipeline: mcg\nhook: tc-ingress\nnetns: {ns}\ninterfaces: [p0]"))
+    pipeline.apply(spec)
+    try:
+        g = Groups("mcg")
+        before = g.list()
+        for kw in ({"members": ["p0"]}, {"addresses": ["01:00:5e:01:01:01"]},
+                   {"members": ["p1"], "addresses": ["239.9.9.9"]}):
+            with pytest.raises(NotFound, match="group video has no member or address"):
+                g.remove("video", **kw)
+            assert g.list() == before, kw
+        assert g.remove("video", members=["p1"])["members"] == ["p2"]
+    finally:
+        pipeline.detach("mcg")
