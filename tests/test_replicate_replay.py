@@ -411,3 +411,34 @@ def test_removing_what_a_group_does_not_have_is_refused(ns, tmp_path):
         assert g.remove("video", members=["p1"])["members"] == ["p2"]
     finally:
         pipeline.detach("mcg")
+
+
+def test_status_warns_when_a_mirror_target_or_member_is_gone(ebp_module_env, tmp_path):
+    """A mirror whose `to:` was deleted counts every copy `failed` while its attachment is
+    healthy: status said ok and nothing else.  It now warns, naming the stage and interface
+    (health stays ok: the program runs)."""
+    from ebplane.runtime import pipeline
+    with netns.temporary() as n:
+        for cmd in ("ip link add v0 type veth peer name v1", "ip link add m0 type veth peer "
+                    "name m1", "ip link add g0 type veth peer name g1"):
+            netns.run(n.name, cmd.split())
+        for dev in ("v0", "v1", "m0", "m1", "g0", "g1"):
+            netns.run(n.name, ["ip", "link", "set", dev, "up"])
+        spec = tmp_path / "mt.yaml"
+        spec.write_text(_spec("  - mirror: {to: m0}\n"
+                              "  - multicast: {groups: {g: {members: [m0, g0], "
+                              "addresses: [broadcast]}}}\n", hook="tc-ingress")
+                        .replace("pipeline: rp", f"pipeline: mt\nnetns: {n.name}\n"
+                                                 "interfaces: [v0]"))
+        pipeline.apply(spec)
+        try:
+            (st,) = pipeline.status("mt")
+            assert st["health"] == "ok" and st["warnings"] == []
+            netns.run(n.name, ["ip", "link", "del", "m0"])
+            (st,) = pipeline.status("mt")
+            assert st["health"] == "ok"
+            assert [w.split(":")[0] for w in st["warnings"]] == \
+                ["mirror 'mirror'", "multicast 'multicast'"]
+            assert all("m0 no longer exists" in w for w in st["warnings"])
+        finally:
+            pipeline.detach("mt")

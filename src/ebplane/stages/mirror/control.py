@@ -67,6 +67,9 @@ class MirrorControl(StageControl):
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in mirror_gen.map_names(stage.name).items()}
 
+    def targets(self, spec, stage: MirrorStage) -> list[str]:
+        return [n for n in (stage.to, stage.out) if n]
+
     def stats(self, maps: Callable[[str], Map], spec, stage: MirrorStage) -> dict:
         cm = maps(mirror_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
         counts = {}
