@@ -442,3 +442,17 @@ def test_status_warns_when_a_mirror_target_or_member_is_gone(ebp_module_env, tmp
             assert all("m0 no longer exists" in w for w in st["warnings"])
         finally:
             pipeline.detach("mt")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seconds", "-1"], "--seconds must be more than 0"),
+    (["--seconds", "0"], "--seconds must be more than 0"),
+    (["--seconds", "1", "--timeout", "-5"], "--timeout must be 0 or more"),
+])
+def test_snoop_refuses_negative_durations(ebp_module_env, args, words):
+    """`groups snoop --seconds -1` ended at once with exit 0 (nothing learnt), and a
+    negative --timeout would expire every member it learnt: both are bad input (exit 2)."""
+    from pipeline_fixtures import cli
+    proc = cli("groups", "nosuch", "snoop", *args, check=False)
+    assert proc.returncode == 2 and words in proc.stderr and "hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
