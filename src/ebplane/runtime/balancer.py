@@ -42,6 +42,13 @@ class Backends:
     @contextlib.contextmanager
     def _open(self, change: bool = False) -> Iterator[Balancer]:
         if change:
+            st = self._pl.require_state(self.pipeline)
+            if st.netns and not self._pl._netns_exists(st.netns):
+                # its program runs nowhere; and priming the next hops would send from
+                # this (the host's) namespace instead
+                raise NotFound(f"pipeline '{self.pipeline}' is DEAD: network namespace "
+                               f"{st.netns} is gone", hint=self._pl._repair_hint(
+                                   self.pipeline, st.spec_file))
             # a change ends with a grace period; its maps are made first, so that a process
             # without the privileges fails here, before it has written anything
             prepare_rcu_barrier()
