@@ -456,3 +456,24 @@ def test_snoop_refuses_negative_durations(ebp_module_env, args, words):
     proc = cli("groups", "nosuch", "snoop", *args, check=False)
     assert proc.returncode == 2 and words in proc.stderr and "hint:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("stage, key", [("mirror: {to: p0, out: p1}", "to"),
+                                        ("mirror: {to: p1, out: p0}", "out")])
+def test_xdp_mirror_to_or_out_of_its_own_interface_is_refused(ns, tmp_path, stage, key):
+    """At XDP the copy and the original leave by one broadcast with BPF_F_EXCLUDE_INGRESS:
+    a mirror whose to: (or out:) is the interface it is attached to would lose every copy
+    (or the originals of selected frames) of frames arriving there, without a counter.  It
+    was applied; it is refused, nothing attached or pinned."""
+    from ebplane.errors import UsageError
+    from ebplane.runtime import pipeline
+    from ebplane.runtime.state import all_names
+    spec = tmp_path / "mo.yaml"
+    spec.write_text(_spec(f"  - {stage}\n").replace(
+        "pipeline: rp", f"pipeline: mo\nnetns: {ns}\ninterfaces: [p0]"))
+    with pytest.raises(UsageError, match=f"{key}: p0 is an interface the pipeline is attached"):
+        pipeline.apply(spec)
+    assert "mo" not in all_names() and not (pipeline.pin_dir("mo")).exists()
+    with netns.enter(ns):
+        from ebplane.net import attach
+        assert not attach.query_xdp("p0")["prog_id"]
