@@ -44,6 +44,20 @@ def test_quick_run_writes_all_outputs(quick_run):
     assert doc["machine"]["nproc"] == os.cpu_count()
 
 
+def test_l4_section_compares_stateful_functions_with_nftables(quick_run):
+    l4 = quick_run[2]["sections"]["l4"]
+    names = {r["name"] for r in l4["rows"]}
+    assert {"kernel", "ebplane-firewall", "nftables-firewall", "ebplane-nat",
+            "nftables-nat"} <= names
+    for r in l4["rows"]:
+        assert "error" not in r, r
+        assert r["handled_fraction"] > 0.9, r  # what was sent reached the sink
+    assert set(l4["ratios"]) >= {"ebplane-firewall / nftables-firewall",
+                                 "ebplane-nat / nftables-nat"}
+    assert l4["checks"]["ebplane_nat_translated"] > 0  # the NAT rows did translate
+    assert "## L4: stateful firewall and NAT" in markdown(quick_run[2])
+
+
 def test_cost_section_compares_the_same_job(quick_run):
     cost = quick_run[2]["sections"]["cost"]
     assert cost["floor"]["ns_per_packet"]["median"] > 0

@@ -273,7 +273,7 @@ HEAD = "pipeline: edge\nhook: xdp\nprotocols: [ethernet, ipv4]\nstages:\n"
     ("  filter: {}\n", 5, 3, "stages", "expected a list of stages"),
     ("  - filter\n", 5, 5, "stages[0]", "exactly one key"),
     ("  - {filter: {}, count: {}}\n", 5, 5, "stages[0]", "exactly one key"),
-    ("  - nat: {}\n", 5, 5, "stages[0].nat", "unknown stage kind"),
+    ("  - shaper: {}\n", 5, 5, "stages[0].shaper", "unknown stage kind"),
     ("  - count: {name: c1, mode: x}\n", 5, 23, "stages[0].count.mode", "unknown key"),
     ("  - count: [1]\n", 5, 12, "stages[0].count", "expected a mapping"),
     ("  - filter: {name: Acl}\n", 5, 20, "stages[0].filter.name", "invalid name"),
@@ -300,8 +300,8 @@ def test_stage_errors(stages, line, column, field, reason):
 
 
 def test_unknown_stage_kind_lists_kinds():
-    err = spec_error(HEAD + "  - nat: {}\n")
-    assert err.given == "nat" and err.allowed == ", ".join(STAGE_KINDS)
+    err = spec_error(HEAD + "  - shaper: {}\n")
+    assert err.given == "shaper" and err.allowed == ", ".join(STAGE_KINDS)
     assert err.allowed.startswith("filter, count, route")
 
 

@@ -23,7 +23,7 @@ from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
 SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench",
-                             "containers", "balancer", "jumbo")
+                             "containers", "balancer", "jumbo", "l4")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             if "scaling" in sections:
                 results["scaling"] = run_scaling(harness, config.scale_rules,
                                                  config.scale_shapes, progress)
-        if {"live", "control", "balancer"} & set(sections) or ("classbench" in sections
+        if {"live", "control", "balancer", "l4"} & set(sections) or ("classbench" in sections
                                                     and config.classbench_live_size):
             progress("lab: bringing up ebp-bench (gen -- dut -- sink)")
             lab = stack.enter_context(LiveLab(suite, workdir))
@@ -152,6 +152,9 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             if "control" in sections:
                 results["control"] = run_control(lab, config.load_sizes, config.reapplies,
                                                  progress)
+            if "l4" in sections:
+                from ebplane.bench.l4 import run_l4
+                results["l4"] = run_l4(lab, config.live_seconds, config.live_repeats, progress)
         if "xsk" in sections:
             from ebplane.bench.xsk import run_xsk
             results["xsk"] = run_xsk(config.xsk_frames, config.xsk_runs, progress)

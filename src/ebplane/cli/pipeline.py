@@ -192,11 +192,8 @@ def cmd_stats(args) -> int:
     return 0
 
 
-def _rule_text(r: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in r.items() if k != "action") or "(any)"
-
-
 def stats_human(items: list[dict]) -> str:
+    from ebplane.stages.control import control_for
     out = []
     for d in items:
         out.append(f"pipeline {d['name']}")
@@ -209,19 +206,20 @@ def stats_human(items: list[dict]) -> str:
                              ["parse", "packets"]))
         for st in d["stages"]:
             out.append("")
-            if st["kind"] == "filter":
-                rows = [[r["index"], r["rule"]["action"], _rule_text(r["rule"]), r["packets"], r["bytes"]]
-                        for r in st["rules"]]
-                rows.append(["-", st["default"]["action"], "(default)", st["default"]["packets"],
-                             st["default"]["bytes"]])
-                rows.append(["-", st["malformed"]["action"], "(malformed)",
-                             st["malformed"]["packets"], st["malformed"]["bytes"]])
-                out.append(f"filter {st['stage']}")
-                out.append(table(rows, ["#", "action", "match", "packets", "bytes"]))
+            out.append(f"{st['kind']} {st['stage']}")
+            rows = control_for(st["kind"]).rows(st)  # what the kind's counters are
+            if any(r.action is not None for r in rows):  # rows that decide: rules, defaults
+                out.append(table([["-" if r.index is None else r.index, r.action,
+                                   r.match if r.index is not None else f"({r.key})",
+                                   r.packets, r.bytes] for r in rows],
+                                 ["#", "action", "match", "packets", "bytes"]))
             else:
-                out.append(f"{st['kind']} {st['stage']}")
-                out.append(table([[k, v["packets"], v["bytes"]] for k, v in st["counts"].items()],
+                out.append(table([[r.key, r.packets, r.bytes] for r in rows],
                                  ["class", "packets", "bytes"]))
+                if "table" in st:  # stateful kinds (conntrack, nat): entries against capacity
+                    t = st["table"]
+                    out.append(f"table: {t['entries']} of {t['capacity']} entries, "
+                               f"when full: {t['when_full']}")
     return "\n".join(out)
 
 

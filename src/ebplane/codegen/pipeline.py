@@ -16,7 +16,9 @@ from typing import Iterable
 
 from ebplane import __version__
 from ebplane.codegen import dispatch, p4c
-from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, CaptureSpec, capture_c, record_c
+from ebplane.codegen.capture import (CAP_RATE, CAP_REC, CAPTURE_COUNTERS, CAPTURE_MAPS,
+                                     CaptureSpec, capture_c)
+from ebplane.codegen.layout import Field, Layout
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -48,6 +50,11 @@ PIPELINE_MAPS: dict[str, str] = {"verdicts": "ebp_verdicts", "marks": "ebp_marks
                                  "trace": "ebp_trace", **CAPTURE_MAPS}
 M = PIPELINE_MAPS
 TRACE_NONE = 0xFF
+# the value of map ebp_trace (replay and trace read it)
+TRACE = Layout("ebp_trace", [Field("stage", "__u32", comment="0xff: no stage decided"),
+                             Field("slot", "__u32", comment="counter slot: rule id, default "
+                                                            "or malformed slot")],
+               "replay only: which stage and counter slot decided the last packet")
 # the verdicts a program returns (slots of map ebp_verdicts), per hook family: the kernel's
 # constant name -> value.  The one place they are written (stats, trace, the manifest)
 VERDICTS: dict[str, dict[str, int]] = {
@@ -187,6 +194,9 @@ class GeneratedProgram:
     # an XDP pipeline whose rules set marks: the TC ingress program that copies them from the
     # metadata area to the skb, which apply attaches next to the XDP program
     tc_marks: str | None = None
+    # a tc-egress pipeline whose stage also works before routing (nat): the TC ingress
+    # program apply attaches next to it on the same interfaces
+    tc_ingress: str | None = None
     # where `match:` fields sit in ebp_pkt.user: the control plane packs rule keys the same way
     user_layout: p4c.UserLayout = field(default_factory=p4c.UserLayout)
     graph: ParserGraph | None = None  # the specialised parse graph the parser comes from
@@ -195,6 +205,8 @@ class GeneratedProgram:
     # CompiledTable, so a loader installs them without compiling twice
     compiled_filters: dict = field(default_factory=dict)
     hook: str = "xdp"      # the spec's hook (xdp, tc-ingress, tc-egress)
+    # struct name -> Layout of the structs generated from Python (Emit.struct)
+    types: dict = field(default_factory=dict)
 
     def map_for(self, stage: str | None, role: str) -> str:
         for m in self.maps:
@@ -214,7 +226,8 @@ class GeneratedProgram:
                 "features": self.features.to_dict(),
                 "user_layout": self.user_layout.to_dict(),
                 "verdicts": VERDICTS[verdict_family(self.hook)],
-                "maps": [m.to_dict() for m in self.maps]}
+                "maps": [m.to_dict() for m in self.maps],
+                "types": {n: t.to_dict() for n, t in self.types.items()}}
 
 
 class Manifest:
@@ -299,6 +312,15 @@ class Emit:
         the same value: two stages of one kind share their header)."""
         if self.defines.setdefault(name, str(value)) != str(value):
             raise ValueError(f"#define {name}: {self.defines[name]} and {value}")
+
+    def struct(self, layout: Layout) -> None:
+        """Write the C of a struct defined as a :class:`~ebplane.codegen.layout.Layout`
+        (and of the structs it nests) ahead of the stage headers, which use it; the control
+        plane's codec is made from the same object (``kernel.codec.Packed``)."""
+        for t in layout.nested() + [layout]:
+            have = self.prog.types.setdefault(t.name, t)
+            if have != t:
+                raise ValueError(f"struct {t.name} defined twice, differently")
 
 
 class StageGen:
@@ -472,12 +494,14 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
              f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
              parser.defines, '#include "ebplane.h"']
     head += [f"#define {k} {v}" for k, v in out.defines.items()]
+    head += [t.c() + "\n" for t in prog.types.values()]
     head += [f'#include "{h}"' for h in out.includes]
-    trace_part = [
-        "/* replay only: which stage and counter slot decided the last packet */",
-        "struct ebp_trace {", "\t__u32 stage; /* 0xff: no stage decided */",
-        "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */", "};", "",
-    ] + ([record_c(), ""] if capture else [])
+    trace_part = [TRACE.c(), ""]
+    if capture:
+        trace_part += [CAP_REC.c(), CAP_RATE.c(), ""]
+        out.struct(CAP_REC)
+        out.struct(CAP_RATE)
+    out.struct(TRACE)
     trace_macro = ("#ifdef EBP_TRACE\n#define EBP_TRACE_SET(st, sl) do { __u32 z_ = 0; "
                    f"struct ebp_trace *t_ = bpf_map_lookup_elem(&{M['trace']}, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"

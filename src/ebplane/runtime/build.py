@@ -45,6 +45,12 @@ class Built:
         from the metadata area to the skb, attached next to the XDP program."""
         return self.obj.programs[self.gen.tc_marks] if self.gen.tc_marks else None
 
+    @property
+    def tc_ingress(self) -> Program | None:
+        """A tc-egress pipeline with a nat stage: the TC ingress program attached next to it
+        (destination translation before routing)."""
+        return self.obj.programs[self.gen.tc_ingress] if self.gen.tc_ingress else None
+
     def map(self, cname: str) -> Map:
         return self.obj.maps[cname]
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ebplane.codegen.capture import CAPTURE_MAPS, CaptureSpec
+from ebplane.codegen.p4c import UserLayout
 from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, PIPELINE_MAPS,
                                       VERDICTS,
                                       Features, Manifest, spec_features, user_layout_for,
@@ -50,6 +51,7 @@ from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
 from ebplane.stages.control import control_for
+from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import map_names, tree_group
@@ -340,7 +342,7 @@ def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] 
     # classified fails here, before anything changes
     layout = user_layout_for(spec.protocols, features)
     same_layout = old is not None and \
-        user_layout_for(spec.protocols, Features(**old.features)) == layout
+        running_user_layout(old, spec).to_dict() == layout.to_dict()
     compiled: dict[str, CompiledTable] = {}
     keep_groups: set[str] = set()
     for st in _filters(spec):
@@ -511,6 +513,7 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                      "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
                      "xdp_parser": built.xdp_parser is not None,
                      "tc_marks": built.tc_marks is not None,
+                     "tc_ingress": built.tc_ingress is not None,
                      "installs": {t.name: {"generation": t.generation(), "fresh": fresh}
                                   for t, _, fresh in deferred},
                      "detach": [a for a in (old.attachments if old else adopted)
@@ -634,6 +637,8 @@ def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
         bpffs.unpin(root / "xdp-parser")
     if not p.get("tc_marks"):  # no rule sets a mark from XDP any more
         bpffs.unpin(root / "tc-marks")
+    if not p.get("tc_ingress"):  # no nat stage any more
+        bpffs.unpin(root / "tc-ingress")
     if p["detach"]:
         with _netns_of(state):
             for a in p["detach"]:
@@ -828,8 +833,8 @@ def _roll_forward(st: PipelineState) -> None:
             if _generation(st, t) == info["generation"]:
                 stage = next(f for f in _filters(spec) if f.name == t)
                 entries = _entries_from_state(st.live_rules[t], spec.protocols)
-                layout = user_layout_for(spec.protocols, Features(**st.features))
-                ct = compile_filter(stage, entries, layout, _running_plan(st, t, entries))
+                ct = compile_filter(stage, entries, running_user_layout(st, spec),
+                                    _running_plan(st, t, entries))
                 with _open_table(st.name, stage, spec, Features(**st.features)) as table:
                     table.install(ct, info["fresh"])
     except EbplaneError as e:
@@ -844,15 +849,19 @@ def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
     XDP parser of parser mode xdp and the TC program that applies an XDP pipeline's marks."""
     return [("prog", built.program)] + ([("xdp-parser", built.xdp_parser)]
                                         if built.xdp_parser is not None else []) + \
-        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else [])
+        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else []) + \
+        ([("tc-ingress", built.tc_ingress)] if built.tc_ingress is not None else [])
 
 
 def _hook_of(prog: Program, spec: PipelineSpec) -> str:
     """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
     XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook (an XDP
-    pipeline's marks program: at tc-ingress)."""
+    pipeline's marks program: at tc-ingress; a nat stage's destination translation at
+    tc-ingress next to the tc-egress program)."""
     if prog.type_name == "xdp":
         return "xdp"
+    if spec.hook == "tc-egress" and prog.name == NAT_INGRESS_PROG:
+        return "tc-ingress"
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
@@ -1147,6 +1156,15 @@ def kernel_objects(name: str) -> list[dict]:
     return out
 
 
+def running_user_layout(st: PipelineState, spec: PipelineSpec) -> UserLayout:
+    """Where the running program keeps the match: fields: as its manifest records it, or
+    (a state written before manifests were kept) computed from the features it was built
+    for."""
+    if st.manifest is not None and "user_layout" in st.manifest:
+        return UserLayout.from_dict(st.manifest["user_layout"])
+    return user_layout_for(spec.protocols, Features(**st.features))
+
+
 def manifest_of(st: PipelineState) -> Manifest:
     """The generation manifest of an applied pipeline: as apply stored it, or (a state
     written before manifests were kept) the maps by the generators' naming conventions."""
@@ -1380,7 +1398,7 @@ class RuleTable:
             compiled = None
             if running.covers(need):
                 # fails before any change when the rules cannot be classified
-                compiled = compile_filter(self.stage, new, user_layout_for(spec.protocols, running),
+                compiled = compile_filter(self.stage, new, running_user_layout(st, spec),
                                           running_plan)
             self.last_entries = new  # what the agent persists
             if compiled is None or not compiled.plan.same_code(running_plan):

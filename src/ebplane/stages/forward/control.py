@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ebplane.errors import EbplaneError, NotSupported, UsageError
-from ebplane.kernel.codec import Struct, U32
+from ebplane.kernel.codec import Packed, Struct, U32
 from ebplane.kernel.libbpf import num_possible_cpus
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
@@ -36,6 +36,7 @@ from ebplane.net import attach, iface, netdev, netns
 from ebplane.net.blocks import BLOCKS
 from ebplane.kernel.codec import COUNT
 from ebplane.stages.control import StageControl, jumbo_interfaces
+from ebplane.stages.forward import gen
 from ebplane.stages.forward.gen import map_name, map_names, outcomes
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
@@ -44,13 +45,10 @@ from ebplane.toolchain.clang import compile_c
 # the driver features of redirect targets (the table of ebplane.net.blocks)
 TARGET, SG_TARGET = BLOCKS["redirect target"], BLOCKS["multi-buffer redirect target"]
 
-FDB_KEY = Struct("ebp_fdb_key", [("mac", "6s"), ("vlan", "H")])
-FDB_ENTRY = Struct("ebp_fdb_entry", [("ifindex", "I"), ("pad", "I"), ("seen_ns", "Q")])
-MACS = Struct("ebp_fwd_macs", [("dmac", "6s"), ("smac", "6s"), ("rewrite", "I")])
-TC_PORT = Struct("ebp_tc_port", [("ifindex", "I"), ("flags", "I")])
-TC_REDIRECT = Struct("ebp_tc_redirect", [("ifindex", "I"), ("flags", "I"), ("dmac", "6s"),
-                                         ("smac", "6s"), ("rewrite", "I")])
-TC_PORT_PEER = 1   # forward_tc.h EBP_TC_PORT_PEER
+FDB_KEY, FDB_ENTRY, MACS = Packed(gen.FDB_KEY), Packed(gen.FDB_ENTRY), Packed(gen.MACS)
+TC_PORT, TC_REDIRECT = Packed(gen.TC_PORT), Packed(gen.TC_REDIRECT)
+TC_PORT_PEER = gen.TC_PORT_PEER
+# the kernel's struct bpf_cpumap_val (linux/bpf.h), not one of ebplane's
 CPUMAP_VAL = Struct("bpf_cpumap_val", [("qsize", "I"), ("prog_fd", "i")])
 
 PASS_THROUGH_NAME = "ebp_passthru"
