@@ -50,7 +50,7 @@ from ebplane.net.probe import netns_enter
 from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
-from ebplane.stages.control import control_for
+from ebplane.stages.control import control_for, undo_to
 from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
@@ -474,8 +474,9 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
         # stage kinds with their own control plane fill their maps; plan the attachments
         attach_plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
-            for st in spec.stages:
-                notes += control_for(st.kind).prepare(built, spec, st)
+            with undo_to(undo.add):
+                for st in spec.stages:
+                    notes += control_for(st.kind).prepare(built, spec, st)
             old_atts = {}
             for a in (old.attachments if old else adopted):
                 health, why = _health(a, spec.netns)
