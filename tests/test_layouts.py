@@ -123,7 +123,7 @@ def _check_layouts(prog, btf) -> None:
 
 def test_generated_structs_have_the_layouts_offsets(program):
     prog, btf = program
-    want = {TRACE, CAP_REC, ct_gen.CT_KEY, ct_gen.CT_ENTRY, *fwd_gen.STRUCTS}
+    want = {TRACE, CAP_REC, *ct_gen.LAYOUTS, *fwd_gen.STRUCTS}
     if prog.hook != "xdp":
         want |= set(fwd_gen.STRUCTS_TC)
     assert want <= set(prog.types.values())
