@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from ebplane.codegen import dispatch
 from ebplane.codegen.capture import CAP_REC, CaptureSpec
 from ebplane.codegen.layout import COUNT as COUNT_LAYOUT, Field, Layout
 from ebplane.codegen.pipeline import TRACE, generate
@@ -139,6 +140,16 @@ def test_other_kinds_structs_have_the_layouts_offsets(kinds_program):
     _check_layouts(prog, btf)
     assert btf["ebp_encap"]["size"] == encap_gen.ENCAP.size == encap_gen.OUTER_MAX + 19
     assert prog.manifest()["types"]["ebp_mc_key"]["size"] == btf["ebp_mc_key"]["size"] == 20
+
+
+def test_dispatcher_chain_entry_has_its_layouts_offsets(tmp_path):
+    """struct ebp_chain_if (the composition's shared map, outside any pipeline's program)."""
+    source = "\n".join(["#include <linux/bpf.h>", "#include <bpf/bpf_helpers.h>",
+                        dispatch.chain_maps_c(), 'char LICENSE[] SEC("license") = "GPL";'])
+    btf = _btf_structs(compile_c(source, name="chainlayout").elf, tmp_path)
+    got, layout = btf["ebp_chain_if"], dispatch.CHAIN_IF
+    assert got["members"] == [(f.name, o) for f, o in zip(layout.fields, layout.offsets)]
+    assert got["size"] == layout.size == Packed(layout).size == 8
 
 
 def test_reviewed_header_structs_match_their_codecs(program):
