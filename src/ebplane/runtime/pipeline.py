@@ -1189,6 +1189,22 @@ def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     return roles
 
 
+def _target_warnings(spec: PipelineSpec) -> list[str]:
+    """The interfaces the stages send to (mirror targets, multicast members) that no longer
+    exist, in the current namespace: the program still runs (its attachments are healthy),
+    but what it sends there fails, and the next apply of the spec is refused."""
+    out = []
+    for stage in spec.stages:
+        for ifname in control_for(stage.kind).targets(spec, stage):
+            try:
+                iface.ifindex(ifname)
+            except UsageError:  # InterfaceNotFound
+                out.append(f"{stage.kind} '{stage.name}': {ifname} no longer exists (what the "
+                           f"stage sends there fails; the spec cannot be applied again until "
+                           f"{ifname} is back or out of the spec)")
+    return out
+
+
 def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
@@ -1207,6 +1223,7 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
             for a in st.attachments:
                 health, why = _health(a, st.netns)
                 atts.append({**a, "health": health, "why": why, "alive": health == "ok"})
+            warnings = _target_warnings(_spec_of(st))
         problems = [a["why"] for a in atts if a["health"] != "ok"]
         if not (pin_dir(n) / "maps").is_dir():
             problems.append(f"its maps are no longer pinned under {pin_dir(n)}")
@@ -1220,7 +1237,7 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters, "capture": st.capture,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes,
-                    "priority": _spec_of(st).priority})
+                    "priority": _spec_of(st).priority, "warnings": warnings})
         if out[-1]["priority"] is not None:
             out[-1]["composition"] = composition(n)
         if objects:

@@ -94,6 +94,12 @@ class StageControl:
         """:meth:`describe_slot` of the stage in a program for ``hook``."""
         return self.describe_slot(stage, slot, live)
 
+    def targets(self, spec, stage) -> list[str]:
+        """The interfaces, by name, the stage sends packets to, as the spec names them:
+        ``status`` warns when one no longer exists (the pipeline still runs, its copies or
+        redirects to it fail, and the next apply of the spec is refused)."""
+        return []
+
     def map_roles(self, stage) -> dict[str, str]:
         """C name -> role of every map the stage's program may have (status, without
         generating the program)."""
