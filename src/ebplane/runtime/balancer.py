@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from ebplane.errors import NotFound
+from ebplane.kernel.maps import prepare_rcu_barrier
 from ebplane.runtime.stage_edit import StageEdit
 from ebplane.stages.balancer.control import Balancer, prime_neighbours
 
@@ -19,7 +21,18 @@ class Backends(StageEdit):
     kind, noun = "balancer", "balancer stage"
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[Balancer]:
+    def _open(self, change: bool = False) -> Iterator[Balancer]:
+        if change:
+            st = self._pl.require_state(self.pipeline)
+            if st.netns and not self._pl._netns_exists(st.netns):
+                # its program runs nowhere; and priming the next hops would send from
+                # this (the host's) namespace instead
+                raise NotFound(f"pipeline '{self.pipeline}' is DEAD: network namespace "
+                               f"{st.netns} is gone", hint=self._pl._repair_hint(
+                                   self.pipeline, st.spec_file))
+            # a change ends with a grace period; its maps are made first, so that a process
+            # without the privileges fails here, before it has written anything
+            prepare_rcu_barrier()
         with self._pinned() as maps, self._pl._locked(self.pipeline):
             yield Balancer(maps, self.stage)
 
@@ -32,24 +45,24 @@ class Backends(StageEdit):
             return lb.connections()
 
     def add(self, address: str, *, weight: int = 1, vip: str | None = None) -> dict:
-        with self._open() as lb:
+        with self._open(change=True) as lb:
             res = lb.add(self.stage.vip(vip), address, weight)
         with self._pl._netns_of(self._pl.require_state(self.pipeline)):
             prime_neighbours([res["backend"]])
         return res
 
     def remove(self, address: str, *, vip: str | None = None) -> dict:
-        with self._open() as lb:
+        with self._open(change=True) as lb:
             return lb.remove(self.stage.vip(vip), address)
 
     def set_weight(self, address: str, weight: int, *, vip: str | None = None) -> dict:
-        with self._open() as lb:
+        with self._open(change=True) as lb:
             return lb.set_weight(self.stage.vip(vip), address, weight)
 
     def down(self, address: str, *, vip: str | None = None) -> dict:
-        with self._open() as lb:
+        with self._open(change=True) as lb:
             return lb.down(self.stage.vip(vip), address)
 
     def up(self, address: str, *, vip: str | None = None) -> dict:
-        with self._open() as lb:
+        with self._open(change=True) as lb:
             return lb.up(self.stage.vip(vip), address)

@@ -50,8 +50,7 @@ from ebplane.net.probe import netns_enter
 from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
-from ebplane.stages.control import control_for
-from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
+from ebplane.stages.control import control_for, undo_to
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import map_names, tree_group
@@ -474,8 +473,9 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
         # stage kinds with their own control plane fill their maps; plan the attachments
         attach_plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
-            for st in spec.stages:
-                notes += control_for(st.kind).prepare(built, spec, st)
+            with undo_to(undo.add):
+                for st in spec.stages:
+                    notes += control_for(st.kind).prepare(built, spec, st)
             old_atts = {}
             for a in (old.attachments if old else adopted):
                 health, why = _health(a, spec.netns)
@@ -485,8 +485,8 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                     old_atts[_attach_key(a)] = a
             moved = []  # XDP members whose priority changed: a new slot, the old one emptied
             for ifname in spec.interfaces:
-                for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
-                    hook = _hook_of(prog, spec)
+                for pin, prog in _pinned_progs(built):  # parser mode xdp: two per interface
+                    hook = _hook_of(pin, prog, spec)
                     o = old_atts.get((ifname, hook))
                     if o is not None and o.get("method") == "dispatch" and \
                             o.get("priority") != spec.priority:
@@ -536,7 +536,7 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                     kw: dict = {"replace_foreign": True} if replace_foreign else {}
                     if chain_base is not None:
                         kw["base"] = chain_base
-                    rec, link = _attach(prog, ifname, spec, **kw)
+                    rec, link = _attach(prog, ifname, spec, hook=hook, **kw)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
                     undo.add(f"detach the new attachment on {ifname} ({hook})",
@@ -817,7 +817,7 @@ def _roll_forward(st: PipelineState) -> None:
                 prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
                 try:
                     if a.get("planned"):
-                        rec, link = _attach(prog, a["ifname"], spec, **(
+                        rec, link = _attach(prog, a["ifname"], spec, hook=a["hook"], **(
                             {"base": a["base"]} if a.get("base") is not None else {}))
                         if link is not None:
                             bpffs.unpin(a["link_pin"])
@@ -853,24 +853,25 @@ def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
         ([("tc-ingress", built.tc_ingress)] if built.tc_ingress is not None else [])
 
 
-def _hook_of(prog: Program, spec: PipelineSpec) -> str:
-    """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
-    XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook (an XDP
-    pipeline's marks program: at tc-ingress; a nat stage's destination translation at
-    tc-ingress next to the tc-egress program)."""
+def _hook_of(pin: str, prog: Program, spec: PipelineSpec) -> str:
+    """Where a program of the pipeline (pinned as ``pin``, see :func:`_pinned_progs`)
+    attaches: an XDP program (an xdp pipeline's, or the XDP parser of parser mode xdp) at
+    XDP, the companion a stage asked for at tc-ingress (a nat stage's destination
+    translation, next to its tc-egress program) there, a sched_cls program at the spec's TC
+    hook (an XDP pipeline's marks program: at tc-ingress)."""
     if prog.type_name == "xdp":
         return "xdp"
-    if spec.hook == "tc-egress" and prog.name == NAT_INGRESS_PROG:
+    if pin == "tc-ingress":
         return "tc-ingress"
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
-def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, replace_foreign: bool = False,
+def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, hook: str,
+            replace_foreign: bool = False,
             base: int | None = None) -> tuple[dict, Link | None]:
     """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode.
     A pipeline with a priority joins the interface's composition (``runtime.dispatch``);
     ``base``: the interface's base compiled into an XDP member (None: looked up per packet)."""
-    hook = _hook_of(prog, spec)
     if spec.priority is not None and hook == spec.hook:
         if hook == "xdp":
             rec = dispatch.join(prog, ifname, spec.priority, netns=spec.netns,
@@ -1189,6 +1190,22 @@ def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     return roles
 
 
+def _target_warnings(spec: PipelineSpec) -> list[str]:
+    """The interfaces the stages send to (mirror targets, multicast members) that no longer
+    exist, in the current namespace: the program still runs (its attachments are healthy),
+    but what it sends there fails, and the next apply of the spec is refused."""
+    out = []
+    for stage in spec.stages:
+        for ifname in control_for(stage.kind).targets(spec, stage):
+            try:
+                iface.ifindex(ifname)
+            except UsageError:  # InterfaceNotFound
+                out.append(f"{stage.kind} '{stage.name}': {ifname} no longer exists (what the "
+                           f"stage sends there fails; the spec cannot be applied again until "
+                           f"{ifname} is back or out of the spec)")
+    return out
+
+
 def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
@@ -1207,6 +1224,7 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
             for a in st.attachments:
                 health, why = _health(a, st.netns)
                 atts.append({**a, "health": health, "why": why, "alive": health == "ok"})
+            warnings = _target_warnings(_spec_of(st))
         problems = [a["why"] for a in atts if a["health"] != "ok"]
         if not (pin_dir(n) / "maps").is_dir():
             problems.append(f"its maps are no longer pinned under {pin_dir(n)}")
@@ -1220,7 +1238,7 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters, "capture": st.capture,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes,
-                    "priority": _spec_of(st).priority})
+                    "priority": _spec_of(st).priority, "warnings": warnings})
         if out[-1]["priority"] is not None:
             out[-1]["composition"] = composition(n)
         if objects:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ebplane.errors import EbplaneError
-from ebplane.kernel.codec import U32, Struct
+from ebplane.errors import EbplaneError, UsageError
+from ebplane.kernel.codec import U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
 from ebplane.stages.control import OutcomeSlots, StageControl
@@ -16,8 +16,8 @@ from ebplane.stages.mirror import gen as mirror_gen
 from ebplane.stages.mirror.spec import MirrorStage
 from ebplane.stages.multicast.control import multi_buffer_note
 
-# struct ebp_mirror_cfg of mirror.h
-MIRROR_CFG = Struct("ebp_mirror_cfg", [("to", "I"), ("out", "I")])
+# the codec of struct ebp_mirror_cfg, made from its one definition (gen.py's Layout)
+MIRROR_CFG = Packed(mirror_gen.CFG)
 
 
 class MirrorControl(OutcomeSlots, StageControl):
@@ -25,6 +25,19 @@ class MirrorControl(OutcomeSlots, StageControl):
 
     def check(self, spec, stage: MirrorStage) -> list[str]:
         if spec.hook == "xdp":
+            # the selected frame goes out by one broadcast that leaves out the port it came
+            # in on (BPF_F_EXCLUDE_INGRESS): a port of the pipeline as to: would never get
+            # the copies of its own frames, as out: would lose their originals
+            for key, port in (("to", stage.to), ("out", stage.out)):
+                if port in spec.interfaces:
+                    raise UsageError(
+                        f"mirror '{stage.name}': {key}: {port} is an interface the pipeline is "
+                        f"attached to; at hook xdp the copy and the original leave by one "
+                        f"broadcast that skips the port a frame came in on, so selected frames "
+                        f"arriving on {port} would lose their "
+                        f"{'copy' if key == 'to' else 'original'} without a counter",
+                        hint=f"name another port as {key}:, or mirror at hook tc-ingress "
+                             "(bpf_clone_redirect sends the copy to any port)")
             fw = ForwardingRuntime()
             return (fw.check(spec, stage) + require_capable(stage, [stage.to, stage.out], spec)
                     + multi_buffer_note(spec, stage))
@@ -57,6 +70,9 @@ class MirrorControl(OutcomeSlots, StageControl):
 
     def map_names(self, stage) -> dict[str, str]:
         return mirror_gen.map_names(stage.name)
+
+    def targets(self, spec, stage: MirrorStage) -> list[str]:
+        return [n for n in (stage.to, stage.out) if n]
 
     def stats(self, maps: Callable[[str], Map], spec, stage: MirrorStage) -> dict:
         return {"counts": self.counts(maps, stage), "to": stage.to, "sample": stage.sample,
