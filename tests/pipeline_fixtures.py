@@ -88,6 +88,17 @@ def write_spec(path: Path, text: str) -> Path:
     return path
 
 
+def lab_firewall(ns: str, rules) -> str:
+    """The firewall spec the lab tests put on the DUT's eth0 (XDP, in namespace ``ns``): a
+    filter ``acl`` of ``rules`` (flow-style YAML mappings), default next, then a count."""
+    return ("pipeline: fw\nhook: xdp\n"
+            f"netns: {ns}\ninterfaces: [eth0]\n"
+            "protocols: [ethernet, vlan, ipv4, ipv6, tcp, udp, icmp, icmpv6]\nstages:\n"
+            "  - filter:\n      name: acl\n      default: next\n      rules:\n"
+            + "".join(f"        - {r}\n" for r in rules)
+            + "  - count: {}\n")
+
+
 def rule_counts(stats: dict, stage: str = "acl") -> list[int]:
     """Packets per rule, in rule order, of one filter in a ``stats()`` entry."""
     for st in stats["stages"]:
@@ -98,6 +109,36 @@ def rule_counts(stats: dict, stage: str = "acl") -> list[int]:
 
 def filter_stats(stats: dict, stage: str = "acl") -> dict:
     return next(st for st in stats["stages"] if st["stage"] == stage)
+
+
+def stage_stats(name: str, *, kind: str | None = None, stage: str | None = None) -> dict:
+    """The one stage of applied pipeline ``name`` of that ``kind`` (and/or named ``stage``),
+    as ``pipeline.stats`` gives it."""
+    from ebplane.runtime import pipeline
+    (st,) = [s for s in pipeline.stats(name)[0]["stages"]
+             if (kind is None or s["kind"] == kind) and (stage is None or s["stage"] == stage)]
+    return st
+
+
+def stage_counts(name: str, *, kind: str | None = None, stage: str | None = None
+                 ) -> dict[str, int]:
+    """Packets per outcome (counter) of :func:`stage_stats`' stage."""
+    return {k: v["packets"] for k, v in stage_stats(name, kind=kind, stage=stage)["counts"].items()}
+
+
+@contextlib.contextmanager
+def scratch_netns(commands, *, up=()) -> Iterator[str]:
+    """A throw-away namespace set up by ``commands`` (command lines run in it, e.g. ``ip
+    link add ...``), its interfaces ``up`` waited for; yields its name, removes it after."""
+    with _netns.temporary() as ns:
+        for cmd in commands:
+            _netns.run(ns.name, cmd.split())
+        if up:
+            from ebplane.net import iface
+            with _netns.enter(ns.name):
+                for dev in up:
+                    iface.wait_up(dev)
+        yield ns.name
 
 
 # -- traffic into a veth ----------------------------------------------------------------------

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_fixtures import Sender, dropped, ebp_env, mac, write_spec  # noqa: F401
+from pipeline_fixtures import (Sender, cli, cli_json, dropped, ebp_env, mac,  # noqa: F401
+                               write_spec)
 from test_crash import EBPLANE, RULE_EXTRA, in_force, spec_text
 from ebplane.lab.traffic import Flow
 from ebplane.net import netns as _netns
@@ -100,18 +101,6 @@ def agent(ebp_env, tmp_path, monkeypatch):
 @pytest.fixture
 def veth(veth_pair):
     return veth_pair[0]
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*EBPLANE, *args], capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ebplane {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return proc
-
-
-def cli_json(*args: str):
-    return json.loads(cli(*args, "--json").stdout)
 
 
 def link_pin(root: Path) -> Path:

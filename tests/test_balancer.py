@@ -17,7 +17,7 @@ from scapy.layers.inet6 import (ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment,
 from scapy.layers.l2 import Ether
 
 from pipeline_fixtures import (EBPLANE, cli, cli_json, ebp_env, ebp_module_env,  # noqa: F401
-                               write_spec)
+                               scratch_netns, write_spec)
 from ebplane.runtime import pipeline
 from ebplane.errors import SpecError, UsageError
 from ebplane.kernel.codec import COUNT, U32
@@ -73,13 +73,8 @@ def spec_text(vips: list[str], encap: str = "ipip", size: int = 4099, mtu: int =
 
 @pytest.fixture(scope="module")
 def lbns(ebp_module_env):
-    with netns.temporary() as ns:
-        for cmd in SETUP:
-            netns.run(ns.name, cmd.split())
-        with netns.enter(ns.name):
-            for dev in ("up0", "dn0"):
-                iface.wait_up(dev)
-        yield ns.name
+    with scratch_netns(SETUP, up=("up0", "dn0")) as ns:
+        yield ns
 
 
 class LB:

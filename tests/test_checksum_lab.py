@@ -11,14 +11,13 @@ defaults, and ``apply`` has to notice and fix them.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
-from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
+from lab_fixtures import fresh_lab
+from pipeline_fixtures import ebp_env, stage_counts  # noqa: F401  (fixture)
 from ebplane.lab import traffic
-from ebplane.lab.topology import Lab
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
 
@@ -27,28 +26,16 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _fresh_lab(topology: str, tag: str):
-    lab = Lab.load(EXAMPLES / topology, name=f"ebp-{tag}{secrets.token_hex(3)}")
-    lab.up()
-    return lab
-
-
 @pytest.fixture
 def route_lab():
-    lab = _fresh_lab("route-lab.yaml", "cr")
-    try:
+    with fresh_lab(EXAMPLES / "route-lab.yaml", "cr") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
 def bridge_lab():
-    lab = _fresh_lab("bridge-lab.yaml", "cb")
-    try:
+    with fresh_lab(EXAMPLES / "bridge-lab.yaml", "cb") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply_text(tmp_path: Path, name: str, text: str):
@@ -66,11 +53,6 @@ def _apply_example(tmp_path: Path, example: str, ns: str):
 def _offload(ns: str, dev: str = "eth0") -> bool | None:
     with netns.enter(ns):
         return iface.tx_checksum_offload(dev)
-
-
-def _counts(name: str, kind: str) -> dict[str, int]:
-    (st,) = [s for s in pipeline.stats(name)[0]["stages"] if s["kind"] == kind]
-    return {k: v["packets"] for k, v in st["counts"].items()}
 
 
 def _no_errors(*namespaces: str) -> None:
@@ -95,7 +77,7 @@ def test_route_carries_socket_traffic_from_default_veths(ebp_env, route_lab, tmp
         assert len(fixed) == 2 and all("tx off" in n for n in fixed)
         _exchange(client, server, ["198.18.2.2", "2001:db8:2::2"])
         _no_errors(client, server)
-        assert _counts(res.name, "route")["forwarded"] > 200   # by XDP, not the kernel
+        assert stage_counts(res.name, kind="route")["forwarded"] > 200   # by XDP, not the kernel
     finally:
         pipeline.detach(res.name)
 
@@ -127,7 +109,7 @@ def test_steer_carries_socket_traffic(ebp_env, route_lab, tmp_path):
         assert not _offload(client)
         _exchange(client, server, ["198.18.2.2", "2001:db8:2::2"])
         _no_errors(client, server)
-        n = _counts(res.name, "steer")
+        n = stage_counts(res.name, kind="steer")
         assert n["cpu0"] + n["cpu1"] > 200
     finally:
         pipeline.detach(res.name)
@@ -141,7 +123,7 @@ def test_bridge_carries_socket_traffic(ebp_env, bridge_lab, tmp_path):
         assert not any(_offload(bridge_lab.ns(h)) for h in ("h1", "h2", "h3"))
         _exchange(h1, h2, ["198.18.70.2", "2001:db8:70::2"])
         _no_errors(h1, h2)
-        assert _counts(res.name, "bridge")["forwarded"] > 200
+        assert stage_counts(res.name, kind="bridge")["forwarded"] > 200
     finally:
         pipeline.detach(res.name)
 
@@ -165,8 +147,8 @@ stages:
         assert not _offload(h1) and not _offload(h2)
         _exchange(h1, h2, ["198.18.70.2", "2001:db8:70::2"])
         _no_errors(h1, h2)
-        assert _counts(names[0], "redirect")["redirected"] > 100
-        assert _counts(names[1], "redirect")["redirected"] > 100
+        assert stage_counts(names[0], kind="redirect")["redirected"] > 100
+        assert stage_counts(names[1], kind="redirect")["redirected"] > 100
     finally:
         for n in names:
             pipeline.detach(n)

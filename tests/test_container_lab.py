@@ -11,14 +11,13 @@ Bridged (bridge-topology.yaml + bridge.yaml): containers on one segment, switche
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
-from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
+from lab_fixtures import fresh_lab
+from pipeline_fixtures import ebp_env, stage_counts  # noqa: F401  (fixture)
 from ebplane.lab import traffic
-from ebplane.lab.topology import Lab
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
 
@@ -28,28 +27,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "containers"
 CONTAINERS = ("c1", "c2", "c3", "c4")
 
 
-def _lab(topology: str, tag: str):
-    lab = Lab.load(EXAMPLES / topology, name=f"ebp-{tag}{secrets.token_hex(3)}")
-    lab.up()
-    return lab
-
-
 @pytest.fixture
 def routed():
-    lab = _lab("topology.yaml", "ct")
-    try:
+    with fresh_lab(EXAMPLES / "topology.yaml", "ct") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
 def bridged():
-    lab = _lab("bridge-topology.yaml", "cb")
-    try:
+    with fresh_lab(EXAMPLES / "bridge-topology.yaml", "cb") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, example: str, ns: str, interfaces: str | None = None):
@@ -59,11 +46,6 @@ def _apply(tmp_path: Path, example: str, ns: str, interfaces: str | None = None)
     spec = tmp_path / example
     spec.write_text(text + "\n")
     return pipeline.apply(spec)
-
-
-def _counts(name: str, kind: str) -> dict[str, int]:
-    (st,) = [s for s in pipeline.stats(name)[0]["stages"] if s["kind"] == kind]
-    return {k: v["packets"] for k, v in st["counts"].items()}
 
 
 def _forwarded_by_kernel(ns: str) -> int:
@@ -112,7 +94,7 @@ def test_routed_containers_forwarded_by_tc(ebp_env, routed, tmp_path):
         for a, b in ((0, 1), (2, 3), (1, 2), (3, 0)):
             _exchange(cs[a], cs[b], _addrs(b + 1))
         assert all(_offloads_on(c) for c in cs)
-        n = _counts(res.name, "route")
+        n = stage_counts(res.name, kind="route")
         assert n["peer"] > 200, n                  # data and acks, both ways (GRO merges some)
         assert n["neigh"] >= 1                     # first packets: the kernel resolved them
         assert _forwarded_by_kernel(host) - before == 0   # none went the kernel's way
@@ -121,14 +103,14 @@ def test_routed_containers_forwarded_by_tc(ebp_env, routed, tmp_path):
         # redirect here; a physical uplink takes bpf_redirect_neigh, see test_tc_forwarding)
         peer0 = n["peer"]
         _exchange(ext, cs[3], _addrs(4))
-        n = _counts(res.name, "route")
+        n = stage_counts(res.name, kind="route")
         assert n["peer"] - peer0 > 50, n   # GRO merges segments: fewer, larger packets
 
         # the host to a container: the host's own packets leave by its output routing;
         # the container's answers meet the program, which hands them to the host's stack
         local0 = n["local"]
         _exchange(host, cs[0], _addrs(1))
-        assert _counts(res.name, "route")["local"] - local0 > 20   # acks, echoes (GRO)
+        assert stage_counts(res.name, kind="route")["local"] - local0 > 20   # acks, echoes (GRO)
         _no_csum_errors(host, ext, *cs)
         assert _forwarded_by_kernel(host) - before == 0
     finally:
@@ -158,7 +140,7 @@ def test_an_uplink_that_is_no_veth_takes_bpf_redirect_neigh(ebp_env, routed, tmp
         assert not any("mv0" in n for n in res.notes), res.notes   # no peer target
         before = _forwarded_by_kernel(host)
         _exchange(ext, c4, _addrs(4))
-        n = _counts(res.name, "route")
+        n = stage_counts(res.name, kind="route")
         assert n["forwarded"] > 20 and n["peer"] > 20, n   # out of mv0 / into c4 (GRO: few)
         assert _forwarded_by_kernel(host) - before == 0
         _no_csum_errors(ext, c4)
@@ -173,7 +155,7 @@ def test_bridged_containers_switched_by_tc(ebp_env, bridged, tmp_path):
         for a, b in ((0, 1), (2, 3), (1, 3)):
             _exchange(cs[a], cs[b], [f"198.18.110.{b + 1}", f"2001:db8:110::{b + 1}"])
         assert all(_offloads_on(c) for c in cs)
-        n = _counts(res.name, "bridge")
+        n = stage_counts(res.name, kind="bridge")
         assert n["peer"] > 200, n                  # known unicast, straight into the container
         assert n["broadcast"] >= 3                 # ARP requests and IPv6 ND multicast, flooded
         assert n["learned"] == 4 and n["filtered"] == 0

@@ -7,24 +7,20 @@ into veth1 and reach veth0's hook; what passes XDP is seen by a packet socket on
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline_fixtures import Sender, dropped, ebp_env, mac, send_frames, write_spec  # noqa: F401
+from test_crash import EBPLANE, run as cli
 from ebplane.errors import AttachError, UsageError
 from ebplane.lab.traffic import Capture, Flow
 from ebplane.runtime import pipeline
 from ebplane.spec import parse_spec
 
 pytestmark = pytest.mark.lab
-
-EBPLANE = [str(Path(sys.executable).parent / "ebplane")] \
-    if (Path(sys.executable).parent / "ebplane").exists() else [sys.executable, "-m", "ebplane.cli.main"]
 
 DNS = Flow("udp", "198.18.0.1", "198.18.0.2", 40000, 53)
 PORT9 = Flow("udp", "198.18.0.1", "198.18.0.2", 40003, 9)
@@ -49,15 +45,6 @@ def apply(tmp_path: Path, ns: str, name: str, priority, stages: str, hook: str =
     path = write_spec(tmp_path / f"{name}.yaml",
                       spec_text(ns, name, priority, stages, hook, interfaces))
     return pipeline.apply(path, **kw)
-
-
-def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*EBPLANE, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ebplane {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return proc
 
 
 def passed(ns: str, n: int = 3) -> tuple[int, int]:

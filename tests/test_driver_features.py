@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_fixtures import cli, ebp_env  # noqa: F401  (fixture)
+from pipeline_fixtures import cli, ebp_env, scratch_netns  # noqa: F401  (fixture)
 from ebplane.errors import NotSupported
 from ebplane.net import netns
 from ebplane.net.blocks import BLOCKS, report
@@ -25,12 +25,10 @@ pytestmark = [pytest.mark.lab]
 
 @pytest.fixture
 def ns(ebp_env):
-    with netns.temporary() as n:
-        for cmd in ("ip link add br9 type bridge", "ip link set br9 up",
-                    "ip link add va type veth peer name vb", "ip link set va up",
-                    "ip link set vb up"):
-            netns.run(n.name, cmd.split())
-        yield n.name
+    with scratch_netns(("ip link add br9 type bridge", "ip link set br9 up",
+                        "ip link add va type veth peer name vb", "ip link set va up",
+                        "ip link set vb up")) as n:
+        yield n
 
 
 def _spec(tmp_path: Path, ns: str, ifname: str, mode: str, stages: str = "  - count: {}\n"):

@@ -22,7 +22,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import bind_layers
 
-from pipeline_fixtures import ebp_env, send_frames  # noqa: F401  (fixture)
+from pipeline_fixtures import ebp_env, send_frames, stage_counts  # noqa: F401  (fixture)
 from test_encap import Tenant
 from ebplane.net import iface, netns
 from ebplane.runtime import pipeline
@@ -107,11 +107,6 @@ def _recv(s: socket.socket) -> bytes | None:
         return None
 
 
-def _counts(name: str, stage: str) -> dict[str, int]:
-    (st,) = [x for x in pipeline.stats(name)[0]["stages"] if x["stage"] == stage]
-    return {k: v["packets"] for k, v in st["counts"].items()}
-
-
 def _outer(p: Pair) -> Ether:
     return Ether(src=p.a_mac, dst=p.b_mac) / IP(src=A_IP, dst=B_IP)
 
@@ -135,7 +130,7 @@ def test_vxlan_decap_delivers_inner_packet_without_a_vxlan_device(pair, ebp_env,
                       "decap: {name: untun, tunnels: [vxlan]}")
         send_frames(pair.b, "vb", [frame])
         assert _recv(sock) == b"via vxlan"
-        assert _counts(name, "untun")["decapsulated"] == 1
+        assert stage_counts(name, stage="untun")["decapsulated"] == 1
     finally:
         sock.close()
 
@@ -155,7 +150,7 @@ def test_tenant_header_removed_before_the_kernel(pair, ebp_env, tmp_path):
                       "filter: {default: pass, rules: [{match: {tenant.id: 7}, action: drop}]}")
         send_frames(pair.b, "vb", [frame])
         assert _recv(sock) == b"tenant 5"
-        assert _counts(name, "untenant")["decapsulated"] == 1
+        assert stage_counts(name, stage="untenant")["decapsulated"] == 1
     finally:
         sock.close()
 
@@ -218,7 +213,8 @@ def test_encap_reaches_the_kernel_vxlan_device(pair, ebp_env, tmp_path, where):
                                              / IP(src=A_IP, dst=B_VX_IP)
                                              / UDP(sport=7, dport=6005) / b"into vx0")])
         assert _recv(sock) == b"into vx0"
-        assert _counts(name, "tun")["encapsulated"] == 1   # only the one for vx0's address
+        # only the one for vx0's address
+        assert stage_counts(name, stage="tun")["encapsulated"] == 1
     finally:
         sock.close()
 
@@ -235,7 +231,7 @@ def test_encap_over_ipv6_reaches_the_kernel_vxlan_device(pair, ebp_env, tmp_path
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.sendto(b"into vx6", (B_VX6_IP, 6007))
         assert _recv(sock) == b"into vx6"
-        assert _counts(name, "tun6")["encapsulated"] == 1
+        assert stage_counts(name, stage="tun6")["encapsulated"] == 1
     finally:
         sock.close()
 
@@ -280,7 +276,7 @@ def test_tcp_stream_through_tc_encap_gso(pair, ebp_env, tmp_path):
     finally:
         srv.close()
     assert size[0] == len(data) and got.hexdigest() == hashlib.sha256(data).hexdigest()
-    c = _counts(name, "tun")
+    c = stage_counts(name, stage="tun")
     assert c["failed"] == 0 and c["too_big"] == 0
     # fewer encapsulated packets than 1398-byte segments: GSO packets were encapsulated whole
     assert 0 < c["encapsulated"] < len(data) // 1398

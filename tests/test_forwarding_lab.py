@@ -20,7 +20,8 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from pipeline_fixtures import cli, ebp_env, send_frames  # noqa: F401  (fixture)
+from lab_fixtures import fresh_lab
+from pipeline_fixtures import cli, ebp_env, send_frames, stage_counts  # noqa: F401  (fixture)
 from ebplane.lab import traffic
 from ebplane.lab.topology import Lab
 from ebplane.net import iface, netdev, netns
@@ -31,22 +32,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.fixture(scope="module")
 def route_lab():
-    lab = Lab.load(EXAMPLES / "route-lab.yaml", name=f"ebp-tr{secrets.token_hex(3)}")
-    lab.up()
-    try:
+    with fresh_lab(EXAMPLES / "route-lab.yaml", "tr") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="module")
 def bridge_lab():
-    lab = Lab.load(EXAMPLES / "bridge-lab.yaml", name=f"ebp-tb{secrets.token_hex(3)}")
-    lab.up()
-    try:
+    with fresh_lab(EXAMPLES / "bridge-lab.yaml", "tb") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, example: str, ns: str) -> str:
@@ -57,11 +50,6 @@ def _apply(tmp_path: Path, example: str, ns: str) -> str:
     spec = tmp_path / example
     spec.write_text(text + "\n")
     return pipeline.apply(spec).name
-
-
-def _counts(name: str, stage: str) -> dict[str, int]:
-    (st,) = [s for s in pipeline.stats(name)[0]["stages"] if s["stage"] == stage]
-    return {k: v["packets"] for k, v in st["counts"].items()}
 
 
 class Sniffer:
@@ -123,7 +111,7 @@ def routed(ebp_env, route_lab, tmp_path):
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_route_forwards_with_ttl_and_checksums(route_lab, routed, family):
-    before = _counts(routed, "route")["forwarded"]
+    before = stage_counts(routed, stage="route")["forwarded"]
     sniff = Sniffer(route_lab.ns("server"), "eth0")
     try:
         frames = [(_udp4 if family == 4 else _udp6)(route_lab, sport=4000 + i) for i in range(50)]
@@ -150,12 +138,13 @@ def test_route_forwards_with_ttl_and_checksums(route_lab, routed, family):
             clean = pkt.copy()
             del clean[UDP].chksum
             assert Ether(bytes(clean))[UDP].chksum == pkt[UDP].chksum
-    assert _counts(routed, "route")["forwarded"] - before >= 50   # by XDP, not the kernel
+    # by XDP, not the kernel
+    assert stage_counts(routed, stage="route")["forwarded"] - before >= 50
 
 
 def test_route_missing_neighbour_goes_to_the_kernel(route_lab, routed):
     netns.run(route_lab.ns("router"), ["ip", "neigh", "flush", "dev", "eth1"])
-    before = _counts(routed, "route")["no_neigh"]
+    before = stage_counts(routed, stage="route")["no_neigh"]
     sniff = Sniffer(route_lab.ns("server"), "eth0")
     try:
         send_frames(route_lab.ns("client"), "eth0", [_udp4(route_lab, sport=4999)])
@@ -163,7 +152,7 @@ def test_route_missing_neighbour_goes_to_the_kernel(route_lab, routed):
     finally:
         sniff.close()
     assert len(got) == 1                    # the kernel resolved the neighbour and forwarded
-    assert _counts(routed, "route")["no_neigh"] == before + 1
+    assert stage_counts(routed, stage="route")["no_neigh"] == before + 1
 
 
 def _icmp_from_router(lab: Lab, frame: bytes, icmp_type: int, code: int) -> int:
@@ -177,13 +166,13 @@ def _icmp_from_router(lab: Lab, frame: bytes, icmp_type: int, code: int) -> int:
 
 
 def test_route_ttl_1_gets_time_exceeded_from_the_kernel(route_lab, routed):
-    before = _counts(routed, "route")["ttl_exceeded"]
+    before = stage_counts(routed, stage="route")["ttl_exceeded"]
     assert _icmp_from_router(route_lab, _udp4(route_lab, ttl=1), 11, 0) == 1
-    assert _counts(routed, "route")["ttl_exceeded"] == before + 1
+    assert stage_counts(routed, stage="route")["ttl_exceeded"] == before + 1
 
 
 def test_route_mtu_overflow_goes_to_the_kernel(route_lab, routed):
-    c = _counts(routed, "route")
+    c = stage_counts(routed, stage="route")
     # DF set: the kernel answers "fragmentation needed" (MTU 1280 towards the server)
     assert _icmp_from_router(route_lab, _udp4(route_lab, size=1400, df=True), 3, 4) == 1
     # DF clear: the kernel fragments; both fragments arrive
@@ -195,7 +184,7 @@ def test_route_mtu_overflow_goes_to_the_kernel(route_lab, routed):
     finally:
         sniff.close()
     assert len(frags) == 2 and any(Ether(f)[IP].flags.MF for f in frags)
-    after = _counts(routed, "route")
+    after = stage_counts(routed, stage="route")
     assert (after["mtu"], after["frag"]) == (c["mtu"] + 1, c["frag"] + 1)
 
 
@@ -221,7 +210,7 @@ def test_steer_spreads_flows_over_cpus(ebp_env, route_lab, tmp_path):
         finally:
             sniff.close()
         assert len(got) == 128                # the kernel stack forwarded every one
-        n = _counts(name, "steer")
+        n = stage_counts(name, stage="steer")
         assert n["no_cpu"] == 0 and n["cpu0"] + n["cpu1"] >= 128
         assert n["cpu0"] >= 16 and n["cpu1"] >= 16
     finally:
@@ -240,7 +229,7 @@ def bridged(ebp_env, bridge_lab, tmp_path):
 def test_bridge_learns_and_forwards(bridge_lab, bridged):
     assert traffic.ping(bridge_lab.ns("h1"), "198.18.70.2", count=3) == 3
     assert traffic.ping(bridge_lab.ns("h3"), "2001:db8:70::2", count=2) == 2
-    n = _counts(bridged, "bridge")
+    n = stage_counts(bridged, stage="bridge")
     assert n["forwarded"] >= 5 and n["broadcast"] >= 1 and n["learned"] >= 3
     fdb = next(s for s in pipeline.stats(bridged)[0]["stages"] if s["kind"] == "bridge")["fdb"]
     where = {e["mac"]: e["port"] for e in fdb}
@@ -266,7 +255,7 @@ def test_bridge_floods_broadcast_to_every_port_but_the_ingress(bridge_lab, bridg
                   / IP(src="198.18.70.2", dst="198.18.70.99") / UDP() / marker)
     sniffers = {h: Sniffer(bridge_lab.ns(h), "eth0") for h in ("h1", "h3")}
     try:
-        before = _counts(bridged, "bridge")["flooded"]
+        before = stage_counts(bridged, stage="bridge")["flooded"]
         send_frames(bridge_lab.ns("h2"), "eth0", [ghost])
         seen = {h: len(s.frames(lambda f: marker in f and UDP in Ether(f), 1, timeout=1))
                 for h, s in sniffers.items()}
@@ -274,7 +263,7 @@ def test_bridge_floods_broadcast_to_every_port_but_the_ingress(bridge_lab, bridg
         for s in sniffers.values():
             s.close()
     assert seen == {"h1": 1, "h3": 1}
-    assert _counts(bridged, "bridge")["flooded"] == before + 1
+    assert stage_counts(bridged, stage="bridge")["flooded"] == before + 1
 
 
 # -- the service chain -------------------------------------------------------------------------

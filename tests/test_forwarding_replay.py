@@ -16,45 +16,22 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
-from ebplane.codegen.forwarding import OUTCOMES, map_name, outcomes
+from forwarding_helpers import (HOST_MAC, NEXT_HOP_MAC, ROUTER_SETUP, StageRun,
+                                ipv4_checksum_ok as _ipv4_checksum_ok, veth_pairs)
+from pipeline_fixtures import ebp_module_env, mac as _mac, scratch_netns  # noqa: F401  (fixture)
+from ebplane.codegen.forwarding import OUTCOMES
 from ebplane.errors import SpecError
-from ebplane.kernel.codec import U32
 from ebplane.kernel.programs import XdpMd
 from ebplane.net import iface, netns
-from ebplane.runtime.replay import Replayer
-from ebplane.kernel.codec import COUNT
 from ebplane.spec import parse_spec
 
-NEXT_HOP_MAC = "02:00:00:00:00:02"
-HOST_MAC = "02:00:00:00:00:09"
-SETUP = [
-    "sysctl -qw net.ipv4.ip_forward=1", "sysctl -qw net.ipv6.conf.all.forwarding=1",
-    "ip link add up0 type veth peer name up1", "ip link set up0 up", "ip link set up1 up",
-    "ip addr add 198.18.10.1/24 dev up0", "ip addr add 2001:db8:10::1/64 dev up0 nodad",
-    f"ip neigh add 198.18.10.2 lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
-    f"ip neigh add 2001:db8:10::2 lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
-    "ip route add 198.18.20.0/24 via 198.18.10.2",
-    "ip route add 198.18.30.0/24 via 198.18.10.3",        # no neighbour entry
-    "ip route add blackhole 198.18.40.0/24",
-    "ip route add unreachable 198.18.41.0/24",
-    "ip route add 198.18.50.0/24 via 198.18.10.2 mtu lock 1000",
-    "ip -6 route add 2001:db8:20::/64 via 2001:db8:10::2",
-    "ip -6 route add 2001:db8:30::/64 via 2001:db8:10::3",  # no neighbour entry
-    *[c for i in range(3) for c in (f"ip link add p{i} type veth peer name q{i}",
-                                    f"ip link set p{i} up", f"ip link set q{i} up")],
-]
+SETUP = [*ROUTER_SETUP, "ip route add unreachable 198.18.41.0/24", *veth_pairs(3)]
 
 
 @pytest.fixture(scope="module")
 def router(ebp_module_env):
-    with netns.temporary() as ns:
-        for cmd in SETUP:
-            netns.run(ns.name, cmd.split())
-        with netns.enter(ns.name):
-            for dev in ("up0", "p0", "p1", "p2"):
-                iface.wait_up(dev)
-        yield ns.name
+    with scratch_netns(SETUP, up=("up0", "p0", "p1", "p2")) as ns:
+        yield ns
 
 
 def _spec(stages: str, protocols: str = "ethernet, vlan, ipv4, ipv6, tcp, udp") -> str:
@@ -62,14 +39,8 @@ def _spec(stages: str, protocols: str = "ethernet, vlan, ipv4, ipv6, tcp, udp") 
             + "".join(f"  - {s}\n" for s in stages.split(";")))
 
 
-class Run:
+class Run(StageRun):
     """A replayer inside the router namespace; frames run with a chosen ingress port."""
-
-    def __init__(self, ns: str, spec_text: str):
-        self.ns = ns
-        self.spec = parse_spec(spec_text)
-        with netns.enter(ns):
-            self.rp = Replayer(self.spec)
 
     def __call__(self, frame, ingress: str | None = None):
         data = bytes(frame)
@@ -79,26 +50,6 @@ class Run:
                 ctx = XdpMd(data_end=len(data), ingress_ifindex=iface.ifindex(ingress))
             res = self.rp.program.test_run(data, ctx=ctx)
         return res.verdict, res.data
-
-    def counts(self, stage: str) -> dict[str, int]:
-        st = self.spec.stage(stage)
-        m = self.rp.built.map(map_name(st, "counters")).with_codecs(U32, COUNT)
-        return {name: m.lookup_sum(i).packets for i, name in enumerate(outcomes(st))}
-
-    def close(self):
-        self.rp.close()
-
-
-def _mac(ns: str, dev: str) -> str:
-    with netns.enter(ns):
-        return iface.info(dev).mac
-
-
-def _ipv4_checksum_ok(hdr: bytes) -> bool:
-    total = sum(int.from_bytes(hdr[i:i + 2], "big") for i in range(0, len(hdr), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total == 0xFFFF
 
 
 @pytest.fixture(scope="module")

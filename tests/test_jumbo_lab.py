@@ -10,14 +10,13 @@ bridge and redirect.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
-from pipeline_fixtures import ebp_env  # noqa: F401  (fixture)
+from lab_fixtures import fresh_lab, topology_file
+from pipeline_fixtures import ebp_env, stage_stats  # noqa: F401  (fixture)
 from ebplane.lab import traffic
-from ebplane.lab.topology import Lab
 from ebplane.runtime import pipeline
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -47,30 +46,16 @@ links:
 """
 
 
-def _lab(tmp_path: Path, text: str, tag: str):
-    path = tmp_path / f"{tag}.yaml"
-    path.write_text(text)
-    lab = Lab.load(path, name=f"ebp-{tag}{secrets.token_hex(3)}")
-    lab.up()
-    return lab
-
-
 @pytest.fixture
 def routed_lab(tmp_path):
-    lab = _lab(tmp_path, ROUTED, "jr")
-    try:
+    with fresh_lab(topology_file(tmp_path, "jr", ROUTED), "jr") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
 def switched_lab(tmp_path):
-    lab = _lab(tmp_path, SWITCHED, "js")
-    try:
+    with fresh_lab(topology_file(tmp_path, "js", SWITCHED), "js") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, name: str, ns: str, interfaces: str, stages: str):
@@ -79,10 +64,6 @@ def _apply(tmp_path: Path, name: str, ns: str, interfaces: str, stages: str):
                     f"interfaces: {interfaces}\nprotocols: [ethernet, ipv4, ipv6, tcp, udp]\n"
                     f"stages:\n{stages}")
     return pipeline.apply(spec)
-
-
-def _stage(name: str, kind: str) -> dict:
-    return next(s for s in pipeline.stats(name)[0]["stages"] if s["kind"] == kind)
 
 
 def _native(name: str) -> None:
@@ -111,7 +92,7 @@ def test_filter_on_jumbo_frames(ebp_env, routed_lab, tmp_path):
         assert traffic.socket_udp(client, server, "198.18.92.2", count=20, size=8000) == 20
         assert traffic.socket_udp(client, server, "198.18.92.2", port=5001, count=10,
                                   size=8000, timeout=0.5) == 0
-        acl = _stage(res.name, "filter")
+        acl = stage_stats(res.name, kind="filter")
         (rule,) = acl["rules"]
         assert rule["packets"] == 10
         assert rule["bytes"] >= 10 * 8000      # every buffer of the frame is counted
@@ -126,9 +107,9 @@ def test_route_on_jumbo_frames(ebp_env, routed_lab, tmp_path):
         _native(res.name)
         for dst in ("198.18.92.2", "2001:db8:92::2"):
             assert traffic.ping(client, dst, count=1) == 1
-        before = _stage(res.name, "route")["counts"]["forwarded"]
+        before = stage_stats(res.name, kind="route")["counts"]["forwarded"]
         _jumbo_traffic(client, server, ["198.18.92.2", "2001:db8:92::2"])
-        after = _stage(res.name, "route")["counts"]["forwarded"]
+        after = stage_stats(res.name, kind="route")["counts"]["forwarded"]
         assert after["packets"] - before["packets"] > 400
         assert (after["bytes"] - before["bytes"]) / (after["packets"] - before["packets"]) > 4000
     finally:
@@ -142,7 +123,7 @@ def test_bridge_on_jumbo_frames(ebp_env, switched_lab, tmp_path):
     try:
         _native(res.name)
         _jumbo_traffic(h1, h2, ["198.18.93.2", "2001:db8:93::2"])
-        c = _stage(res.name, "bridge")["counts"]["forwarded"]
+        c = stage_stats(res.name, kind="bridge")["counts"]["forwarded"]
         assert c["packets"] > 400 and c["bytes"] / c["packets"] > 4000
     finally:
         pipeline.detach(res.name)
@@ -158,7 +139,7 @@ def test_redirect_on_jumbo_frames(ebp_env, switched_lab, tmp_path):
         for n in names:
             _native(n)
         _jumbo_traffic(h1, h2, ["198.18.93.2", "2001:db8:93::2"])
-        c = _stage(names[0], "redirect")["counts"]["redirected"]
+        c = stage_stats(names[0], kind="redirect")["counts"]["redirected"]
         assert c["packets"] > 200 and c["bytes"] / c["packets"] > 4000
     finally:
         for n in names:
@@ -178,7 +159,7 @@ def test_bridge_counts_jumbo_floods_the_kernel_cannot_broadcast(ebp_env, switche
                 traffic.send(h1, "eth0", flow, 5, dst_mac="02:99:00:00:00:01",   # unknown
                              payload=bytes(size))
                 assert cap.wait(5, timeout=1.0 if want else 0.3) == want, size
-        c = _stage(res.name, "bridge")["counts"]
+        c = stage_stats(res.name, kind="bridge")["counts"]
         assert c["multi_buffer"]["packets"] == 5 and c["flooded"]["packets"] == 5
     finally:
         pipeline.detach(res.name)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from lab_fixtures import fresh_lab, topology_file
 from pipeline_fixtures import cli, cli_json, ebp_env  # noqa: F401  (fixture)
 from ebplane.lab import traffic
 from ebplane.lab.topology import Lab
@@ -44,14 +45,8 @@ FLOW6 = traffic.Flow("udp", "2001:db8:94::1", "ff0e::1:1", 4000, 5000)
 
 @pytest.fixture
 def lab(tmp_path):
-    path = tmp_path / "mc.yaml"
-    path.write_text(LAB)
-    lab = Lab.load(path, name=f"ebp-mc{secrets.token_hex(3)}")
-    lab.up()
-    try:
+    with fresh_lab(topology_file(tmp_path, "mc", LAB), "mc") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _apply(tmp_path: Path, name: str, ns: str, stages: str, hook: str = "xdp",

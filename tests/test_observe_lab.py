@@ -12,28 +12,17 @@ import time
 
 import pytest
 
-from pipeline_fixtures import EBPLANE, cli, ebp_env, rule_counts, write_spec  # noqa: F401
+from pipeline_fixtures import (EBPLANE, cli, ebp_env, lab_firewall, rule_counts,  # noqa: F401
+                               write_spec)
 from ebplane.kernel.programs import Program
 from ebplane.lab import traffic
 from ebplane.lab.traffic import Flow
 from ebplane.runtime import pipeline
 from ebplane.runtime.state import PipelineState, pin_dir
 
-FIREWALL = """\
-pipeline: fw
-hook: xdp
-netns: {ns}
-interfaces: [eth0]
-protocols: [ethernet, vlan, ipv4, ipv6, tcp, udp, icmp, icmpv6]
-stages:
-  - filter:
-      name: acl
-      default: next
-      rules:
-        - {{dst: 198.18.2.2, proto: udp, dport: 53, action: drop}}
-        - {{dst: "2001:db8:2::2", proto: tcp, dport: 80, action: pass}}
-  - count: {{}}
-"""
+# the firewall's rules (filter acl on the DUT: pipeline_fixtures.lab_firewall)
+RULES = ['{dst: 198.18.2.2, proto: udp, dport: 53, action: drop}',
+         '{dst: "2001:db8:2::2", proto: tcp, dport: 80, action: pass}']
 
 # flow, frames, (verdict, stage, rule) the comment must carry
 FLOWS = [
@@ -82,7 +71,7 @@ def test_trace_to_pcapng_read_back_with_tshark(ebp_env, lab, tmp_path):
     client, dut = lab.ns("client"), lab.ns("dut")
     assert traffic.ping(client, "198.18.2.2", 1) == 1
     assert traffic.ping(client, "2001:db8:2::2", 1) == 1
-    pipeline.apply(write_spec(tmp_path / "fw.yaml", FIREWALL.format(ns=dut)))
+    pipeline.apply(write_spec(tmp_path / "fw.yaml", lab_firewall(dut, RULES)))
     try:
         prog_before, insns_before = _insns("fw")
         out = tmp_path / "cap.pcapng"
@@ -123,7 +112,7 @@ def test_trace_to_pcapng_read_back_with_tshark(ebp_env, lab, tmp_path):
 def test_trace_json_by_verdict_and_orphan_removed(ebp_env, lab, tmp_path):
     client, dut = lab.ns("client"), lab.ns("dut")
     assert traffic.ping(client, "198.18.2.2", 1) == 1
-    pipeline.apply(write_spec(tmp_path / "fw.yaml", FIREWALL.format(ns=dut)))
+    pipeline.apply(write_spec(tmp_path / "fw.yaml", lab_firewall(dut, RULES)))
     try:
         _, insns_before = _insns("fw")
         proc = _start_trace("--json", "--verdict", "drop", "--count", "3", "--duration", "30")

@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline_fixtures import ebp_env, filter_stats, rule_counts, write_spec  # noqa: F401
+from pipeline_fixtures import (ebp_env, filter_stats, lab_firewall, rule_counts,  # noqa: F401
+                               write_spec)
 from ebplane.lab import traffic
 from ebplane.lab.traffic import Capture, Flow
 from ebplane.net import attach as att
 from ebplane.net import netns
 from ebplane.runtime import pipeline
 
-FIREWALL = """\
-pipeline: fw
-hook: xdp
-netns: {ns}
-interfaces: [eth0]
-protocols: [ethernet, vlan, ipv4, ipv6, tcp, udp, icmp, icmpv6]
-stages:
-  - filter:
-      name: acl
-      default: next
-      rules:
-        - {{dst: 198.18.2.2, proto: udp, dport: 53, action: drop}}
-        - {{dst: "2001:db8:2::/64", proto: tcp, dport: "22-23", action: drop}}
-        - {{dst: "2001:db8:2::2", proto: tcp, dport: 80, action: pass}}
-        - {{src: 198.18.1.0/24, proto: udp, sport: "7000-7999", action: drop}}
-  - count: {{}}
-"""
+# the firewall's rules (filter acl on the DUT: pipeline_fixtures.lab_firewall)
+RULES = ['{dst: 198.18.2.2, proto: udp, dport: 53, action: drop}',
+         '{dst: "2001:db8:2::/64", proto: tcp, dport: "22-23", action: drop}',
+         '{dst: "2001:db8:2::2", proto: tcp, dport: 80, action: pass}',
+         '{src: 198.18.1.0/24, proto: udp, sport: "7000-7999", action: drop}']
 
 # flow, frames sent, rule index that decides it (None: no rule, passes), arrives?
 FLOWS = [
@@ -50,7 +39,7 @@ def test_firewall_on_the_dut(ebp_env, lab, tmp_path):
     assert traffic.ping(client, "198.18.2.2", 1) == 1
     assert traffic.ping(client, "2001:db8:2::2", 1) == 1
 
-    spec = write_spec(tmp_path / "fw.yaml", FIREWALL.format(ns=dut))
+    spec = write_spec(tmp_path / "fw.yaml", lab_firewall(dut, RULES))
     res = pipeline.apply(spec)
     [a] = res.attachments
     assert (a["ifname"], a["hook"]) == ("eth0", "xdp")

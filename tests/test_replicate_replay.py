@@ -15,7 +15,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
+from forwarding_helpers import veth_pairs
+from pipeline_fixtures import ebp_module_env, scratch_netns  # noqa: F401  (fixture)
 from ebplane.errors import SpecError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.libbpf import SkBuff, XdpMd
@@ -33,12 +34,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "ebplane" / "stages"
 
 @pytest.fixture(scope="module")
 def ns(ebp_module_env):
-    with netns.temporary() as n:
-        for i in range(3):
-            for cmd in (f"ip link add p{i} type veth peer name q{i}", f"ip link set p{i} up",
-                        f"ip link set q{i} up"):
-                netns.run(n.name, cmd.split())
-        yield n.name
+    with scratch_netns(veth_pairs(3)) as n:
+        yield n
 
 
 class Run:

@@ -20,41 +20,28 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from pipeline_fixtures import ebp_module_env  # noqa: F401  (fixture)
-from ebplane.codegen.forwarding import OUTCOMES_TC, map_name, outcomes
+from forwarding_helpers import (HOST_MAC, ROUTER_SETUP, StageRun,
+                                ipv4_checksum_ok as _ipv4_checksum_ok, veth_pairs)
+from pipeline_fixtures import ebp_module_env, mac as _mac  # noqa: F401  (fixture)
+from ebplane.codegen.forwarding import OUTCOMES_TC
 from ebplane.errors import SpecError
-from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.libbpf import SkBuff
 from ebplane.net import iface, netns
 from ebplane.runtime.pcap import write_pcap
-from ebplane.runtime.replay import Replayer
 from ebplane.spec import parse_spec
 
-NEXT_HOP_MAC = "02:00:00:00:00:02"
 CONTAINER_MAC = "02:00:00:00:00:c0"
-HOST_MAC = "02:00:00:00:00:09"
 
 
 def _setup(container: str) -> list[str]:
     return [
-        "sysctl -qw net.ipv4.ip_forward=1", "sysctl -qw net.ipv6.conf.all.forwarding=1",
-        "ip link add up0 type veth peer name up1", "ip link set up0 up", "ip link set up1 up",
-        "ip addr add 198.18.10.1/24 dev up0", "ip addr add 2001:db8:10::1/64 dev up0 nodad",
-        f"ip neigh add 198.18.10.2 lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
-        f"ip neigh add 2001:db8:10::2 lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
-        "ip route add 198.18.20.0/24 via 198.18.10.2",
-        "ip route add 198.18.30.0/24 via 198.18.10.3",        # no neighbour entry
-        "ip route add blackhole 198.18.40.0/24",
-        "ip route add 198.18.50.0/24 via 198.18.10.2 mtu lock 1000",
-        "ip -6 route add 2001:db8:20::/64 via 2001:db8:10::2",
-        "ip -6 route add 2001:db8:30::/64 via 2001:db8:10::3",  # no neighbour entry
+        *ROUTER_SETUP,
         # the "container": c0 here, its peer eth0 in another namespace
         f"ip link add c0 type veth peer name eth0 netns {container}", "ip link set c0 up",
         "ip addr add 198.18.60.1/24 dev c0", "ip addr add 2001:db8:60::1/64 dev c0 nodad",
         f"ip neigh add 198.18.60.2 lladdr {CONTAINER_MAC} dev c0 nud permanent",
         f"ip neigh add 2001:db8:60::2 lladdr {CONTAINER_MAC} dev c0 nud permanent",
-        *[c for i in range(2) for c in (f"ip link add p{i} type veth peer name q{i}",
-                                        f"ip link set p{i} up", f"ip link set q{i} up")],
+        *veth_pairs(2),
     ]
 
 
@@ -75,14 +62,11 @@ def _spec(stage: str, hook: str = "tc-ingress",
     return f"pipeline: tcf\nhook: {hook}\nprotocols: [{protocols}]\nstages:\n  - {stage}\n"
 
 
-class Run:
+class Run(StageRun):
     """A replayer inside the host namespace; frames run as received on a chosen port."""
 
     def __init__(self, ns: str, spec_text: str):
-        self.ns = ns
-        self.spec = parse_spec(spec_text, "tcf.yaml")
-        with netns.enter(ns):
-            self.rp = Replayer(self.spec)
+        super().__init__(ns, spec_text, "tcf.yaml")
 
     def __call__(self, frame, on: str = "up0", *, to_me: bool = True):
         """Run ``frame`` as received on ``on``; ``to_me``: addressed to ``on``'s MAC (a
@@ -94,15 +78,6 @@ class Run:
                 data = bytes.fromhex(iface.info(on).mac.replace(":", "")) + data[6:]
             res = self.rp.program.test_run(data, ctx=SkBuff(ifindex=idx, ingress_ifindex=idx))
         return res.verdict, res.data
-
-    def counts(self, stage: str) -> dict[str, int]:
-        st = self.spec.stage(stage)
-        m = self.rp.built.map(map_name(st, "counters")).with_codecs(U32, COUNT)
-        return {name: m.lookup_sum(i).packets
-                for i, name in enumerate(outcomes(st, self.spec.hook))}
-
-    def close(self):
-        self.rp.close()
 
 
 @pytest.fixture
@@ -116,18 +91,6 @@ def run(host):
     yield make
     for r in made:
         r.close()
-
-
-def _mac(ns: str, dev: str) -> str:
-    with netns.enter(ns):
-        return iface.info(dev).mac
-
-
-def _ipv4_checksum_ok(hdr: bytes) -> bool:
-    total = sum(int.from_bytes(hdr[i:i + 2], "big") for i in range(0, len(hdr), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total == 0xFFFF
 
 
 def v4(dst: str, ttl: int = 64, size: int = 20, df: bool = False):

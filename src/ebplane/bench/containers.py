@@ -18,8 +18,6 @@ Pairs, each measured in the same run:
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -27,9 +25,8 @@ from pathlib import Path
 import yaml
 
 from ebplane.bench.harness import BENCH_BPF_DIR, FRAME_SIZE, Progress, Spread, load_c, only_program
-from ebplane.bench.live import CHUNK, XDP_TX, _alive, _record_pid, pinned
-from ebplane.errors import EbplaneError, UsageError
-from ebplane.kernel.programs import BPF_F_TEST_XDP_LIVE_FRAMES, XdpMd
+from ebplane.bench.live import CHUNK, LiveFrames, _percpu_u64_sum
+from ebplane.errors import EbplaneError
 from ebplane.lab.topology import Lab, Topology
 from ebplane.lab import traffic
 from ebplane.lab.traffic import Flow
@@ -44,42 +41,14 @@ CASES = (
 )
 
 
-def _percpu_sum(obj, cname: str) -> int:
-    return sum(int.from_bytes(v, "little") for v in obj.maps[cname].lookup((0).to_bytes(4, "little")))
-
-
-class ContainerLab:
+class ContainerLab(LiveFrames):
     """One container lab up, the generator in c1, the sink on c2's eth0."""
+
+    gen_node = "c1"
 
     def __init__(self, topology: str, workdir: Path):
         topo = Topology.load(EXAMPLE_DIR / topology)
-        self.lab = Lab(topo.renamed(f"{LAB_PREFIX}{topology[0]}"))
-        self.workdir = workdir
-        self.cpu = max(os.sched_getaffinity(0))
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> ContainerLab:
-        owner = _record_pid(self.lab.record_path)
-        if owner is not None and owner != os.getpid() and _alive(owner):
-            raise UsageError(f"another benchmark (pid {owner}) is using the lab {self.lab.name}",
-                             hint="wait for it to finish: two benchmarks on one machine "
-                                  "would measure each other")
-        if self.lab.record_path.exists() or any(netns.exists(n) for n in self.lab.namespaces()):
-            self.lab.down()  # left over by an interrupted benchmark: the names are ours
-        self.lab.up()
-        self._stack.callback(self.lab.down)
-        try:
-            self._setup()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-
-    def ns(self, node: str) -> str:
-        return self.lab.ns(node)
+        super().__init__(Lab(topo.renamed(f"{LAB_PREFIX}{topology[0]}")), workdir)
 
     def _setup(self) -> None:
         host, c1, c2 = self.ns("host"), self.ns("c1"), self.ns("c2")
@@ -90,13 +59,10 @@ class ContainerLab:
         with netns.enter(c2):
             link = attach.attach_tc(only_program(self.sink).fd, "eth0", "ingress").link
         self._stack.callback(link.close)
-        self.gen = load_c(BENCH_BPF_DIR / "gen.bpf.c")
-        self._stack.callback(self.gen.close)
+        self._load_generator()
         with netns.enter(c1):
-            link = attach.attach_xdp(only_program(self.gen).fd, "lo", mode="generic").link
-            self.c1_ifindex = iface.ifindex("eth0")
+            self.gen_ifindex = iface.ifindex("eth0")
             c1_mac = iface.info("eth0").mac
-        self._stack.callback(link.close)
         with netns.enter(host):
             host_mac = iface.info("c1").mac
         self.c1_mac, self.host_c1_mac = c1_mac, host_mac
@@ -122,21 +88,7 @@ class ContainerLab:
             traffic.ping(self.ns("c2"), "198.18.110.1", count=1, timeout=0.3)
 
     def received(self) -> int:
-        return _percpu_sum(self.sink, "sink_received")
-
-    def generate(self, seconds: float) -> tuple[int, float]:
-        self.gen.maps["gen_config"].update_raw((0).to_bytes(4, "little"),
-                                              self.frame[:64] + XDP_TX.to_bytes(4, "little"))
-        prog = only_program(self.gen)
-        ctx = XdpMd(data_end=len(self.frame), ingress_ifindex=self.c1_ifindex)
-        n = 0
-        with netns.enter(self.ns("c1")), pinned(self.cpu):
-            t0 = time.perf_counter()
-            while True:
-                prog.test_run(self.frame, repeat=CHUNK, flags=BPF_F_TEST_XDP_LIVE_FRAMES, ctx=ctx)
-                n += CHUNK
-                if (elapsed := time.perf_counter() - t0) >= seconds:
-                    return n, elapsed
+        return _percpu_u64_sum(self.sink, "sink_received")
 
     @contextlib.contextmanager
     def linux_bridge(self) -> Iterator[None]:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ebplane.bench.harness import Progress, Spread
-from ebplane.bench.live import _pin_cpu, pinned
+from ebplane.bench.live import BenchLab, pinned
 from ebplane.errors import EbplaneError
 from ebplane.lab.topology import Lab, Topology
 from ebplane.net import iface, netns
@@ -60,36 +60,21 @@ def _spec(path: Path, name: str, ns: str, interfaces: list[str], mode: str, stag
     return path
 
 
-class JumboLab:
+class JumboLab(BenchLab):
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.lab = Lab(Topology.parse(TOPOLOGY, "<bench jumbo lab>"))
-        self.cpu = _pin_cpu()
-        self._stack = contextlib.ExitStack()
+        super().__init__(Lab(Topology.parse(TOPOLOGY, "<bench jumbo lab>")), workdir)
 
-    def __enter__(self) -> "JumboLab":
+    def _setup(self) -> None:
         from ebplane.runtime.pipeline import apply, detach
-        if self.lab.record_path.exists() or any(netns.exists(n) for n in self.lab.namespaces()):
-            self.lab.down()  # left over by an interrupted benchmark: the names are ours
-        self.lab.up()
-        self._stack.callback(self.lab.down)
-        try:
-            dut, sink, gen = self.lab.ns("dut"), self.lab.ns("sink"), self.lab.ns("gen")
-            with netns.enter(sink):
-                sink_mac = iface.info("eth0").mac
-            # the sink drops everything at XDP, ARP too: the DUT knows its MAC
-            netns.run(dut, ["ip", "neigh", "replace", SINK_ADDR, "lladdr", sink_mac, "dev",
-                            "eth1", "nud", "permanent"])
-            self.sink = apply(_spec(self.workdir / "jsink.yaml", "jsink", sink, ["eth0"],
-                                    "native", "  - filter: {default: drop}\n")).name
-            self._stack.callback(detach, self.sink)
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
+        dut, sink = self.lab.ns("dut"), self.lab.ns("sink")
+        with netns.enter(sink):
+            sink_mac = iface.info("eth0").mac
+        # the sink drops everything at XDP, ARP too: the DUT knows its MAC
+        netns.run(dut, ["ip", "neigh", "replace", SINK_ADDR, "lladdr", sink_mac, "dev",
+                        "eth1", "nud", "permanent"])
+        self.sink = apply(_spec(self.workdir / "jsink.yaml", "jsink", sink, ["eth0"],
+                                "native", "  - filter: {default: drop}\n")).name
+        self._stack.callback(detach, self.sink)
 
     def received(self) -> int:
         from ebplane.runtime.pipeline import stats

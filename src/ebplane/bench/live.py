@@ -65,22 +65,22 @@ def pinned(cpu: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-class LiveLab:
-    """The lab, the generator (attached to gen's loopback so that test_run skips the RCU
-    sync), the sink, and ways to put a device under test on dut:eth0."""
+class BenchLab:
+    """A benchmark's lab, up for the ``with`` block: refused while another benchmark's
+    process uses it, one left over by an interrupted run is taken down first, and everything
+    ``_setup`` registers on ``self._stack`` is undone on exit (or when ``_setup`` fails).
+    ``self.cpu``: the CPU the sender runs on (:func:`_pin_cpu`)."""
 
-    def __init__(self, suite: Suite, workdir: Path):
-        self.suite = suite
+    def __init__(self, lab: Lab, workdir: Path):
+        self.lab = lab
         self.workdir = workdir
-        self.lab = Lab(Topology.parse(TOPOLOGY, "<bench lab>"))
         self.cpu = _pin_cpu()
         self._stack = contextlib.ExitStack()
 
-    # -- set-up -----------------------------------------------------------------------
-    def __enter__(self) -> LiveLab:
+    def __enter__(self):
         owner = _record_pid(self.lab.record_path)
         if owner is not None and owner != os.getpid() and _alive(owner):
-            raise UsageError(f"another benchmark (pid {owner}) is using the lab {LAB}",
+            raise UsageError(f"another benchmark (pid {owner}) is using the lab {self.lab.name}",
                              hint="wait for it to finish: two benchmarks on one machine "
                                   "would measure each other")
         if self.lab.record_path.exists() or any(netns.exists(n) for n in self.lab.namespaces()):
@@ -101,6 +101,58 @@ class LiveLab:
         return self.lab.ns(node)
 
     def _setup(self) -> None:
+        pass
+
+
+class LiveFrames(BenchLab):
+    """A lab whose sender is the live-frames generator (``bpf/gen.bpf.c``, ``self.gen``)
+    XDP_TXing ``self.frame`` out of ``gen_ifindex`` in namespace node ``gen_node``."""
+
+    gen_node = "gen"
+    gen_ifindex = 0
+    frame = b""
+
+    def _load_generator(self) -> None:
+        """Load the generator, attached to the loopback of ``gen_node`` (so that test_run
+        skips the RCU sync); ``gen_ifindex`` is set by the caller."""
+        self.gen = load_c(BENCH_BPF_DIR / "gen.bpf.c")
+        self._stack.callback(self.gen.close)
+        with netns.enter(self.ns(self.gen_node)):
+            link = attach.attach_xdp(only_program(self.gen).fd, "lo", mode="generic").link
+        self._stack.callback(link.close)
+
+    def _configure(self, action: int) -> None:
+        self.gen.maps["gen_config"].update_raw((0).to_bytes(4, "little"),
+                                              self.frame + action.to_bytes(4, "little"))
+
+    def generate(self, seconds: float, *, action: int = XDP_TX,
+                 stop: Callable[[], bool] | None = None) -> tuple[int, float]:
+        """Send for ``seconds`` (or until ``stop()``) from the calling thread, pinned; return
+        (packets the generator produced, wall seconds)."""
+        self._configure(action)
+        prog = only_program(self.gen)
+        ctx = XdpMd(data_end=len(self.frame), ingress_ifindex=self.gen_ifindex)
+        n = 0
+        with netns.enter(self.ns(self.gen_node)), pinned(self.cpu):
+            t0 = time.perf_counter()
+            while True:
+                prog.test_run(self.frame, repeat=CHUNK, flags=BPF_F_TEST_XDP_LIVE_FRAMES, ctx=ctx)
+                n += CHUNK
+                elapsed = time.perf_counter() - t0
+                if (stop is None and elapsed >= seconds) or (stop is not None and stop()):
+                    return n, elapsed
+
+
+class LiveLab(LiveFrames):
+    """The lab, the generator (attached to gen's loopback so that test_run skips the RCU
+    sync), the sink, and ways to put a device under test on dut:eth0."""
+
+    def __init__(self, suite: Suite, workdir: Path):
+        super().__init__(Lab(Topology.parse(TOPOLOGY, "<bench lab>")), workdir)
+        self.suite = suite
+
+    # -- set-up -----------------------------------------------------------------------
+    def _setup(self) -> None:
         dut, sink, gen = self.ns("dut"), self.ns("sink"), self.ns("gen")
         with netns.enter(sink):
             sink_mac = iface.info("eth0").mac
@@ -116,13 +168,10 @@ class LiveLab:
         with netns.enter(sink):
             link = attach.attach_xdp(only_program(self.sink).fd, "eth0", mode="native").link
         self._stack.callback(link.close)
-        self.gen = load_c(BENCH_BPF_DIR / "gen.bpf.c")
-        self._stack.callback(self.gen.close)
+        self._load_generator()
         with netns.enter(gen):
-            link = attach.attach_xdp(only_program(self.gen).fd, "lo", mode="generic").link
-            self.g0 = iface.ifindex("g0")
+            self.gen_ifindex = iface.ifindex("g0")
             g0_mac = iface.info("g0").mac
-        self._stack.callback(link.close)
         self.g0_mac, self.dut_mac = g0_mac, dut_mac
         self.frame = self.frame_of(self.suite.traffic)
 
@@ -142,29 +191,8 @@ class LiveLab:
             self.frame = saved
 
     # -- traffic ----------------------------------------------------------------------
-    def _configure(self, action: int) -> None:
-        self.gen.maps["gen_config"].update_raw((0).to_bytes(4, "little"),
-                                              self.frame + action.to_bytes(4, "little"))
-
     def sent(self) -> int:
         return _percpu_u64_sum(self.gen, "gen_sent")
-
-    def generate(self, seconds: float, *, action: int = XDP_TX,
-                 stop: Callable[[], bool] | None = None) -> tuple[int, float]:
-        """Send for ``seconds`` (or until ``stop()``) from the calling thread, pinned; return
-        (packets the generator produced, wall seconds)."""
-        self._configure(action)
-        prog = only_program(self.gen)
-        ctx = XdpMd(data_end=len(self.frame), ingress_ifindex=self.g0)
-        n = 0
-        with netns.enter(self.ns("gen")), pinned(self.cpu):
-            t0 = time.perf_counter()
-            while True:
-                prog.test_run(self.frame, repeat=CHUNK, flags=BPF_F_TEST_XDP_LIVE_FRAMES, ctx=ctx)
-                n += CHUNK
-                elapsed = time.perf_counter() - t0
-                if (stop is None and elapsed >= seconds) or (stop is not None and stop()):
-                    return n, elapsed
 
     # -- counters -----------------------------------------------------------------------
     def dut_rx(self) -> int:

@@ -8,36 +8,17 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from ebplane.errors import NotFound, UsageError
-from ebplane.kernel.maps import Map, prepare_rcu_barrier
+from ebplane.errors import NotFound
+from ebplane.kernel.maps import prepare_rcu_barrier
+from ebplane.runtime.stage_edit import StageEdit
 from ebplane.stages.balancer.control import Balancer, prime_neighbours
 
 
-class Backends:
+class Backends(StageEdit):
     """The backends of one balancer stage of an applied pipeline.  Each change runs under
     the pipeline's lock and is atomic for packets (see ebplane.stages.balancer.control)."""
 
-    def __init__(self, pipeline: str, stage: str | None = None):
-        from ebplane.runtime import pipeline as pl  # the applied pipelines' state and pins
-        self._pl = pl
-        self.pipeline = pipeline
-        st = pl.require_state(pipeline)
-        spec = pl._spec_of(st)
-        lbs = [s for s in spec.stages if s.kind == "balancer"]
-        if not lbs:
-            raise UsageError(f"pipeline '{pipeline}' has no balancer stage",
-                             hint="see `ebplane status`")
-        if stage is None:
-            if len(lbs) > 1:
-                raise UsageError(f"pipeline '{pipeline}' has several balancers "
-                                 f"({', '.join(s.name for s in lbs)})", hint="name one with --stage")
-            self.stage = lbs[0]
-        else:
-            match = [s for s in lbs if s.name == stage]
-            if not match:
-                raise NotFound(f"pipeline '{pipeline}' has no balancer '{stage}'",
-                               hint="balancers: " + ", ".join(s.name for s in lbs))
-            self.stage = match[0]
+    kind, noun = "balancer", "balancer stage"
 
     @contextlib.contextmanager
     def _open(self, change: bool = False) -> Iterator[Balancer]:
@@ -52,18 +33,8 @@ class Backends:
             # a change ends with a grace period; its maps are made first, so that a process
             # without the privileges fails here, before it has written anything
             prepare_rcu_barrier()
-        opened: list[Map] = []
-
-        def maps(cname: str) -> Map:
-            m = self._pl._pinned_map(self.pipeline, cname)
-            opened.append(m)
-            return m
-        try:
-            with self._pl._locked(self.pipeline):
-                yield Balancer(maps, self.stage)
-        finally:
-            for m in opened:
-                m.close()
+        with self._pinned() as maps, self._pl._locked(self.pipeline):
+            yield Balancer(maps, self.stage)
 
     def list(self) -> list[dict]:
         with self._open() as lb:

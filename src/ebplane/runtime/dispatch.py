@@ -336,19 +336,17 @@ def leave(rec: dict, prog_id: int | None, *, netns: str | None) -> None:
                 _set_bit(basemap, _ifindex(rec), rec["priority"], False)
                 with contextlib.suppress(KeyError, EbplaneError):
                     chain.delete(slot)
-            _collect(netns, chain, basemap)
-            empty = not list(basemap.items())
+            empty = _collect(netns, chain, basemap)
         finally:
             chain.close()
             basemap.close()
         if empty:
-            bpffs.unpin(domain_dir(netns))
-            with contextlib.suppress(OSError):
-                (domain_dir(netns).parent).rmdir()
+            _drop_domain(netns)
 
 
-def _collect(netns: str | None, chain: Map, basemap: Map) -> None:
-    """Detach the roots of interfaces with no member left (or gone)."""
+def _collect(netns: str | None, chain: Map, basemap: Map) -> bool:
+    """Detach the roots of interfaces with no member left (or gone); whether no root is left
+    (the domain can go: :func:`_drop_domain`)."""
     by_base = {v.base: i for i, v in basemap.items()}
     links = domain_dir(netns) / "links"
     names = {}
@@ -373,6 +371,14 @@ def _collect(netns: str | None, chain: Map, basemap: Map) -> None:
                 dead = link.ifindex() == 0
             if dead:
                 bpffs.unpin(p)
+    return not list(basemap.items())
+
+
+def _drop_domain(netns: str | None) -> None:
+    """Unpin the domain of ``netns`` (its maps), and its directory once empty."""
+    bpffs.unpin(domain_dir(netns))
+    with contextlib.suppress(OSError):
+        domain_dir(netns).parent.rmdir()
 
 
 def members(ifname: str, *, netns: str | None) -> list[dict]:
@@ -442,23 +448,18 @@ def tidy(netns: str | None) -> None:
             return
         chain, basemap = maps
         try:
-            _collect(netns, chain, basemap)
-            empty = not list(basemap.items())
+            empty = _collect(netns, chain, basemap)
         finally:
             chain.close()
             basemap.close()
         if empty:
-            bpffs.unpin(domain_dir(netns))
-            with contextlib.suppress(OSError):
-                domain_dir(netns).parent.rmdir()
+            _drop_domain(netns)
 
 
 def forget(netns: str) -> None:
     """The domain of a network namespace that is gone (its interfaces and roots with it)."""
     with _lock(netns):
-        bpffs.unpin(domain_dir(netns))
-        with contextlib.suppress(OSError):
-            domain_dir(netns).parent.rmdir()
+        _drop_domain(netns)
 
 
 class Member(att.Attached):

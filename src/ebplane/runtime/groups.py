@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ebplane.errors import EbplaneError, NotFound, UsageError
 from ebplane.net import iface, netns
+from ebplane.runtime.stage_edit import StageEdit
 from ebplane.spec.located import Where
 from ebplane.stages.forward.control import require_capable
 from ebplane.stages.multicast import gen as mc_gen
@@ -23,7 +24,7 @@ from ebplane.stages.multicast.spec import (check_address_parsed, parse_group,
                                            parse_group_address)
 
 
-class Groups:
+class Groups(StageEdit):
     """The groups of a multicast stage of an applied pipeline, changed at run time.
 
     Every change is atomic for the frames in flight (a member set is swapped whole) and
@@ -31,44 +32,14 @@ class Groups:
     the pipeline has more than one).
     """
 
-    def __init__(self, pipeline: str, stage: str | None = None):
-        from ebplane.runtime import pipeline as pl
-        self._pl = pl
-        self.pipeline = pipeline
-        st = pl.require_state(pipeline)
-        spec = pl._spec_of(st)
-        kinds = [s for s in spec.stages if s.kind == "multicast"]
-        if not kinds:
-            raise UsageError(f"pipeline '{pipeline}' has no multicast stage",
-                             hint="add `- multicast: {groups: {...}}` to its stages and apply")
-        if stage is None:
-            if len(kinds) > 1:
-                raise UsageError(f"pipeline '{pipeline}' has {len(kinds)} multicast stages",
-                                 hint="name one with --stage: "
-                                      + ", ".join(s.name for s in kinds))
-            self.stage = kinds[0]
-        else:
-            found = [s for s in kinds if s.name == stage]
-            if not found:
-                raise NotFound(f"pipeline '{pipeline}' has no multicast stage '{stage}'",
-                               hint="its multicast stages: " + ", ".join(s.name for s in kinds))
-            self.stage = found[0]
-        self.spec = spec
+    kind, noun = "multicast", "multicast stage"
+    none_hint = "add `- multicast: {groups: {...}}` to its stages and apply"
 
     @contextlib.contextmanager
     def _maps(self):
-        opened: list[Map] = []
-
-        def maps(cname: str) -> Map:
-            m = self._pl._pinned_map(self.pipeline, cname)
-            opened.append(m)
-            return m
-        try:
+        with self._pinned() as maps:
             with netns.enter(self.spec.netns) if self.spec.netns else contextlib.nullcontext():
                 yield GroupMaps(self.stage, maps, self.spec.hook)
-        finally:
-            for m in opened:
-                m.close()
 
     def list(self) -> list[dict]:
         with self._maps() as gm:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from ebplane.codegen.pipeline import FRAGS_MTU
+from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
 
@@ -130,6 +131,47 @@ class StageControl:
         """C name -> role of every map the stage's program may have (status, without
         generating the program)."""
         return {}
+
+
+class OutcomeSlots:
+    """For a kind whose counter slots are its outcomes, the same at every hook (mirror,
+    multicast, encap, decap): the slots a trace record names, the maps' roles and the
+    per-outcome counts, from the kind's ``gen`` tables.  Put it before the control's base:
+    ``class MirrorControl(OutcomeSlots, StageControl)``."""
+
+    def outcomes(self, stage) -> Sequence[str]:
+        """The outcome of each counter slot, in slot order."""
+        raise NotImplementedError
+
+    def map_names(self, stage) -> dict[str, str]:
+        """Role -> C name of the stage's maps (one with the role ``counters``)."""
+        raise NotImplementedError
+
+    def slots(self, stage, live: Sequence[dict] = ()) -> dict[int, tuple[int | None, str]]:
+        return {i: (None, name) for i, name in enumerate(self.outcomes(stage))}
+
+    def slots_at(self, stage, hook: str, live: Sequence[dict] = ()
+                 ) -> dict[int, tuple[int | None, str]]:
+        return self.slots(stage, live)  # the same slots at every hook
+
+    def describe_slot(self, stage, slot: int, live: Sequence[dict] = ()) -> tuple[int | None, str]:
+        return self.slots(stage).get(slot, (None, f"slot {slot}"))
+
+    def describe_slot_at(self, stage, hook: str, slot: int, live: Sequence[dict] = ()
+                         ) -> tuple[int | None, str]:
+        return self.describe_slot(stage, slot, live)
+
+    def map_roles(self, stage) -> dict[str, str]:
+        return {c: r for r, c in self.map_names(stage).items()}
+
+    def counts(self, maps: Callable[[str], Map], stage) -> dict[str, dict[str, int]]:
+        """Outcome -> {packets, bytes}, summed over the CPUs, for ``ebplane stats``."""
+        cm = maps(self.map_names(stage)["counters"]).with_codecs(U32, COUNT)
+        out = {}
+        for i, name in enumerate(self.outcomes(stage)):
+            c = cm.lookup_sum(i)
+            out[name] = {"packets": c.packets, "bytes": c.bytes}
+        return out
 
 
 _EXTRA: dict[str, StageControl] = {}  # controls added at run time (register_control)

@@ -42,16 +42,6 @@
 #include "ebplane.h"
 #include "filter.h"	/* the fragment table: ebp_frag_key, ebp_frag_read, ebp_frag_record */
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#ifndef IPPROTO_ICMPV6
-#define IPPROTO_ICMPV6 58
-#endif
-
 /* Counter slots (EBP_LB_NEW, EBP_LB_KNOWN, ... EBP_LB_NCOUNTERS), backend states
  * (EBP_LB_UNUSED, _UP, _DOWN), encapsulations (EBP_LB_ENCAP_IPIP, _GUE) and the Maglev
  * entry of a VIP without backends up (EBP_LB_EMPTY) are #defines the
@@ -129,36 +119,60 @@ static __always_inline __u16 ebp_lb_ip_csum(const struct ebp_ipv4_hdr *ip)
 #define EBP_LB_QUOTE4 (20 + 8)
 #define EBP_LB_QUOTE6 (40 + 8)
 
-static __always_inline int ebp_lb_answer_too_big4(struct xdp_md *ctx, __u32 mtu)
+/* Turn the frame into a reply: @grow bytes more in front (the new IP and ICMP headers), cut
+ * after @keep bytes, the Ethernet header written back with its addresses swapped and type
+ * @proto.  The frame's start, NULL where it cannot be made. */
+static __always_inline void *ebp_lb_reply_frame(struct xdp_md *ctx, __u32 grow, __u32 keep,
+						__u16 proto)
 {
 	void *data, *data_end;
 	struct ethhdr *eth, old;
-	struct ebp_ipv4_hdr *ip, *q;
-	__u8 *icmp;
 	__u32 len;
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (data + sizeof(old) > data_end)
-		return XDP_DROP;
+		return NULL;
 	__builtin_memcpy(&old, data, sizeof(old));
-	if (bpf_xdp_adjust_head(ctx, -(int)(20 + 8)))
-		return XDP_DROP;
+	if (bpf_xdp_adjust_head(ctx, -(int)grow))
+		return NULL;
 	len = bpf_xdp_get_buff_len(ctx);
-	if (len > 14 + 28 + EBP_LB_QUOTE4 &&
-	    bpf_xdp_adjust_tail(ctx, (int)(14 + 28 + EBP_LB_QUOTE4) - (int)len))
-		return XDP_DROP;
+	if (len > keep && bpf_xdp_adjust_tail(ctx, (int)keep - (int)len))
+		return NULL;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (data + 14 + 28 + EBP_LB_QUOTE4 > data_end)
-		return XDP_DROP;
+	if (data + keep > data_end)
+		return NULL;
 	eth = data;
+	__builtin_memcpy(eth->h_dest, old.h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old.h_dest, ETH_ALEN);
+	eth->h_proto = bpf_htons(proto);
+	return data;
+}
+
+/* the ICMP message's checksum (@len bytes, even): @s (the pseudo-header's sum, if any) plus
+ * the message */
+static __always_inline void ebp_lb_icmp_csum(__u8 *icmp, __u32 len, __u64 s)
+{
+	const __u16 *w = (const void *)icmp;
+
+#pragma unroll
+	for (int i = 0; i < len / 2; i++)
+		s += w[i];
+	*(__u16 *)(icmp + 2) = ebp_lb_fold(s);
+}
+
+static __always_inline int ebp_lb_answer_too_big4(struct xdp_md *ctx, __u32 mtu)
+{
+	void *data = ebp_lb_reply_frame(ctx, 20 + 8, 14 + 28 + EBP_LB_QUOTE4, ETH_P_IP);
+	struct ebp_ipv4_hdr *ip, *q;
+	__u8 *icmp;
+
+	if (!data)
+		return XDP_DROP;
 	ip = data + 14;
 	icmp = data + 14 + 20;
 	q = data + 14 + 28;
-	__builtin_memcpy(eth->h_dest, old.h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, old.h_dest, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IP);
 	ip->ver_ihl = 0x45;
 	ip->tos = 0;
 	ip->tot_len = bpf_htons(28 + EBP_LB_QUOTE4);
@@ -175,48 +189,23 @@ static __always_inline int ebp_lb_answer_too_big4(struct xdp_md *ctx, __u32 mtu)
 	icmp[2] = icmp[3] = icmp[4] = icmp[5] = 0;
 	icmp[6] = mtu >> 8;
 	icmp[7] = mtu & 0xff;
-	{
-		const __u16 *w = (const void *)icmp;
-		__u64 s = 0;
-
-#pragma unroll
-		for (int i = 0; i < (8 + EBP_LB_QUOTE4) / 2; i++)
-			s += w[i];
-		*(__u16 *)(icmp + 2) = ebp_lb_fold(s);
-	}
+	ebp_lb_icmp_csum(icmp, 8 + EBP_LB_QUOTE4, 0);
 	return XDP_TX;
 }
 
 static __always_inline int ebp_lb_answer_too_big6(struct xdp_md *ctx, __u32 mtu)
 {
-	void *data, *data_end;
-	struct ethhdr *eth, old;
+	void *data = ebp_lb_reply_frame(ctx, 40 + 8, 14 + 48 + EBP_LB_QUOTE6, ETH_P_IPV6);
 	struct ebp_ipv6_hdr *ip6, *q;
+	const __u16 *a;
 	__u8 *icmp;
-	__u32 len;
+	__u64 s;
 
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if (data + sizeof(old) > data_end)
+	if (!data)
 		return XDP_DROP;
-	__builtin_memcpy(&old, data, sizeof(old));
-	if (bpf_xdp_adjust_head(ctx, -(int)(40 + 8)))
-		return XDP_DROP;
-	len = bpf_xdp_get_buff_len(ctx);
-	if (len > 14 + 48 + EBP_LB_QUOTE6 &&
-	    bpf_xdp_adjust_tail(ctx, (int)(14 + 48 + EBP_LB_QUOTE6) - (int)len))
-		return XDP_DROP;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if (data + 14 + 48 + EBP_LB_QUOTE6 > data_end)
-		return XDP_DROP;
-	eth = data;
 	ip6 = data + 14;
 	icmp = data + 14 + 40;
 	q = data + 14 + 48;
-	__builtin_memcpy(eth->h_dest, old.h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, old.h_dest, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IPV6);
 	ip6->ver_tc_flow = bpf_htonl(0x60000000);
 	ip6->payload_len = bpf_htons(8 + EBP_LB_QUOTE6);
 	ip6->nexthdr = IPPROTO_ICMPV6;
@@ -230,19 +219,13 @@ static __always_inline int ebp_lb_answer_too_big6(struct xdp_md *ctx, __u32 mtu)
 	icmp[5] = mtu >> 16;
 	icmp[6] = mtu >> 8;
 	icmp[7] = mtu & 0xff;
-	{
-		const __u16 *w = (const void *)icmp;
-		const __u16 *a = (const void *)ip6->saddr;	/* saddr and daddr: 32 bytes */
-		__u64 s = bpf_htons(8 + EBP_LB_QUOTE6) + bpf_htons(IPPROTO_ICMPV6);
-
+	/* the pseudo-header: saddr and daddr (32 bytes), the length and the next header */
+	a = (const void *)ip6->saddr;
+	s = bpf_htons(8 + EBP_LB_QUOTE6) + bpf_htons(IPPROTO_ICMPV6);
 #pragma unroll
-		for (int i = 0; i < 16; i++)
-			s += a[i];
-#pragma unroll
-		for (int i = 0; i < (8 + EBP_LB_QUOTE6) / 2; i++)
-			s += w[i];
-		*(__u16 *)(icmp + 2) = ebp_lb_fold(s);
-	}
+	for (int i = 0; i < 16; i++)
+		s += a[i];
+	ebp_lb_icmp_csum(icmp, 8 + EBP_LB_QUOTE6, s);
 	return XDP_TX;
 }
 
@@ -253,6 +236,16 @@ static __always_inline int ebp_lb_answer_too_big6(struct xdp_md *ctx, __u32 mtu)
  * hash, 49152-65535; destination the GUE port; checksum 0: IPv4 allows it and RFC 6935 lets
  * tunnels over IPv6 do so, see docs/l4.md) directly followed by the inner IP
  * packet (GUE variant 1, what `ip fou add PORT gue` and `ipproto 4|41` both decapsulate). */
+/* the GUE (UDP) header after the outer IP header */
+static __always_inline void ebp_lb_gue(__be16 *udp, const struct ebp_lb_params *p,
+				       __u32 inner_len, __u32 hash)
+{
+	udp[0] = bpf_htons(0xc000 | (hash & 0x3fff));
+	udp[1] = bpf_htons(p->gue_port);
+	udp[2] = bpf_htons(inner_len + 8);
+	udp[3] = 0;
+}
+
 static __always_inline int ebp_lb_encap(struct xdp_md *ctx, const struct ebp_lb_params *p,
 					const struct ebp_lb_backend *be, __u8 inner_family,
 					__u32 inner_len, __u8 tos, __u32 hash)
@@ -291,14 +284,8 @@ static __always_inline int ebp_lb_encap(struct xdp_md *ctx, const struct ebp_lb_
 		ip->saddr = p->src4;
 		ip->daddr = be->addr[0];
 		ip->check = ebp_lb_ip_csum(ip);
-		if (gue) {
-			__be16 *udp = (void *)(ip + 1);
-
-			udp[0] = bpf_htons(0xc000 | (hash & 0x3fff));
-			udp[1] = bpf_htons(p->gue_port);
-			udp[2] = bpf_htons(inner_len + 8);
-			udp[3] = 0;
-		}
+		if (gue)
+			ebp_lb_gue((void *)(ip + 1), p, inner_len, hash);
 	} else {
 		struct ethhdr *eth = data;
 		struct ebp_ipv6_hdr *ip6 = data + sizeof(*eth);
@@ -313,14 +300,8 @@ static __always_inline int ebp_lb_encap(struct xdp_md *ctx, const struct ebp_lb_
 		ip6->hop_limit = 64;
 		__builtin_memcpy(ip6->saddr, p->src6, 16);
 		__builtin_memcpy(ip6->daddr, be->addr, 16);
-		if (gue) {
-			__be16 *udp = (void *)(ip6 + 1);
-
-			udp[0] = bpf_htons(0xc000 | (hash & 0x3fff));
-			udp[1] = bpf_htons(p->gue_port);
-			udp[2] = bpf_htons(inner_len + 8);
-			udp[3] = 0;
-		}
+		if (gue)
+			ebp_lb_gue((void *)(ip6 + 1), p, inner_len, hash);
 	}
 	return 0;
 }

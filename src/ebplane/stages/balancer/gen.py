@@ -12,6 +12,7 @@ import struct
 
 from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.codegen.stagefn import counters_map, stage_function
 from ebplane.stages.balancer.spec import BalancerStage
 from ebplane.stages.filter.gen import FRAG_TABLE
 
@@ -139,9 +140,7 @@ class BalancerGen(StageGen):
                 "struct ebp_lb_conn", st.connections,
                 f"balancer '{st.name}': flow -> backend (LRU)",
                 stage=st.name, role="connections")
-        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                len(COUNTERS), f"balancer '{st.name}': {', '.join(COUNTERS)}",
-                stage=st.name, role="counters", slots=COUNTERS)
+        counters_map(out, n["counters"], st, COUNTERS)
         out.map(n["flows"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 st.max_backends, f"balancer '{st.name}': new flows per backend slot",
                 stage=st.name, role="flows")
@@ -152,12 +151,9 @@ class BalancerGen(StageGen):
                     stage=None, role="frags")
         src4 = _c_words(st.source4, 1)
         src6 = _c_words(st.source6, 4)
-        out.functions.append("\n".join([
-            f"/* balancer '{st.name}': {len(st.vips)} VIPs, Maglev M = {st.table_size}, "
-            f"{st.encap} encapsulation, MTU {st.mtu} */",
-            f"static __always_inline int stage_{idx}_balancer(EBP_CTX *ctx, struct ebp_pkt *pkt, "
-            "int malformed)",
-            "{",
+        out.functions.append(stage_function(
+            idx, st, f"{len(st.vips)} VIPs, Maglev M = {st.table_size}, {st.encap} encapsulation, "
+            f"MTU {st.mtu}", [
             "\tconst struct ebp_lb_params p = {",
             f"\t\t.table_size = {st.table_size}, .mtu = {st.mtu}, .src4 = {src4},",
             f"\t\t.src6 = {{ {src6} }}, .gue_port = {st.gue_port}, "
@@ -171,7 +167,6 @@ class BalancerGen(StageGen):
             "\tif (action != EBP_NEXT)",
             f"\t\tEBP_TRACE_SET({idx}, outcome);",
             "\treturn action;",
-            "}",
         ]))
 
     def features(self, st: BalancerStage, protocols) -> Features:

@@ -52,10 +52,6 @@
 #error "conntrack.h needs the #defines ebplane/stages/conntrack/gen.py generates"
 #endif
 
-#ifndef IPPROTO_ICMPV6
-#define IPPROTO_ICMPV6 58
-#endif
-
 #define EBP_CT_GC_NS 1000000000ULL	/* collect expired entries at most once a second */
 
 #define EBP_TCP_FIN 0x01

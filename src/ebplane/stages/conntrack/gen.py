@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.codegen.stagefn import counters_map
 from ebplane.spec.rules import STATES
 from ebplane.stages.conntrack.spec import ConntrackStage
 
@@ -84,9 +85,7 @@ class ConntrackGen(StageGen):
         out.map(n["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u64", 1,
                 f"conntrack '{st.name}': time of the last collection of expired entries",
                 stage=st.name, role="config")
-        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                len(COUNTERS), f"conntrack '{st.name}': {', '.join(COUNTERS)}",
-                stage=st.name, role="counters", slots=COUNTERS)
+        counters_map(out, n["counters"], st, COUNTERS)
         to = ", ".join(f".{TIMEOUT_FIELDS[k]} = {v}" for k, v in st.timeouts)
         full = "EBP_V_DROP" if st.when_full == "drop" else "EBP_NEXT"
         out.functions.append("\n".join([

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ebplane.codegen.pipeline import Emit, StageGen
+from ebplane.codegen.stagefn import counters_map
 from ebplane.stages.count.spec import CountStage
 
 # counter slots of map cnt_<stage> (the C below indexes them by name through this tuple)
@@ -20,9 +21,7 @@ class CountGen(StageGen):
     def emit(self, idx: int, st: CountStage, out: Emit) -> None:
         cname = map_names(st.name)["counters"]
         slot = {name: i for i, name in enumerate(COUNTERS)}
-        out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", len(COUNTERS),
-                f"count '{st.name}': {', '.join(COUNTERS)}", stage=st.name, role="counters",
-                slots=COUNTERS)
+        counters_map(out, cname, st, COUNTERS)
         out.functions.append("\n".join([
             f"/* count '{st.name}': every packet reaching it, and by family */",
             f"static __always_inline int stage_{idx}_count(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",

@@ -12,12 +12,6 @@
 
 #include "ebplane.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
 #define EBP_IP_DF 0x4000
 
 /* Generated into each program from ebplane/stages/forward/gen.py, their one definition:

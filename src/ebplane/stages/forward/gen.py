@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.codegen.stagefn import count_and_return, counters_map, stage_function
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
 
@@ -134,12 +135,10 @@ def outcomes(stage, hook: str = "xdp") -> tuple[str, ...]:
 
 
 def _counters(stage, out: Emit) -> str:
-    cname = map_name(stage, "counters")
     names = outcomes(stage, out.hook)
-    out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", len(names),
-            f"{stage.kind} '{stage.name}': packets and bytes per outcome ({', '.join(names)})",
-            stage=stage.name, role="counters", slots=names)
-    return cname
+    return counters_map(out, map_name(stage, "counters"), stage, names,
+                        f"{stage.kind} '{stage.name}': packets and bytes per outcome "
+                        f"({', '.join(names)})")
 
 
 def _tc_where(hook: str) -> tuple[str, int]:
@@ -158,20 +157,6 @@ def _tc_ports(st, out: Emit, entries: int, what: str) -> str:
     return ports
 
 
-def _function(idx: int, stage, comment: str, body: list[str]) -> str:
-    return "\n".join([
-        f"/* {stage.kind} '{stage.name}': {comment} */",
-        f"static __always_inline int stage_{idx}_{stage.kind}(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",
-        "{", *body, "}"])
-
-
-def _count_and_return(idx: int, cnt: str, action: str = "act") -> list[str]:
-    return [f"\tebp_count(&{cnt}, slot, pkt->len);",
-            f"\tif ({action} != EBP_NEXT)",
-            f"\t\tEBP_TRACE_SET({idx}, slot);",
-            f"\treturn {action};"]
-
-
 class RouteGen(StageGen):
     kind = "route"
 
@@ -184,11 +169,11 @@ class RouteGen(StageGen):
                 f"route '{st.name}': interfaces that can take redirected frames, by ifindex",
                 stage=st.name, role="ports")
         cnt = _counters(st, out)
-        out.functions.append(_function(idx, st, "bpf_fib_lookup, then redirect; the kernel "
+        out.functions.append(stage_function(idx, st, "bpf_fib_lookup, then redirect; the kernel "
                                        "takes what it must handle", [
             "\t__u32 slot = EBP_RT_OTHER;",
             f"\tint act = ebp_fwd_route(ctx, pkt, malformed, &{ports}, &slot);",
-            "", *_count_and_return(idx, cnt)]))
+            "", *count_and_return(idx, cnt)]))
 
     def _emit_tc(self, idx: int, st: RouteStage, out: Emit) -> None:
         _header(out, tc=True)
@@ -197,11 +182,11 @@ class RouteGen(StageGen):
         here, peer_ok = _tc_where(out.hook)
         how = ("bpf_redirect_peer into a container's namespace, else bpf_redirect_neigh"
                if peer_ok else "bpf_redirect_neigh")
-        out.functions.append(_function(idx, st, f"bpf_fib_lookup, then {how}; the kernel "
+        out.functions.append(stage_function(idx, st, f"bpf_fib_lookup, then {how}; the kernel "
                                        "takes what it must handle", [
             "	__u32 slot = EBP_TRT_OTHER;",
             f"	int act = ebp_tc_route(ctx, pkt, malformed, &{ports}, {here}, {peer_ok}, &slot);",
-            "", *_count_and_return(idx, cnt)]))
+            "", *count_and_return(idx, cnt)]))
 
     def features(self, st: RouteStage, protocols) -> Features:
         return Features(ipv4=4 in st.families, ipv6=6 in st.families)
@@ -221,11 +206,11 @@ class BridgeGen(StageGen):
                 st.capacity, f"bridge '{st.name}': (MAC, VLAN) -> port, last seen",
                 stage=st.name, role="fdb")
         cnt = _counters(st, out)
-        out.functions.append(_function(idx, st, f"ports {', '.join(st.ports)}; ageing {st.ageing} s", [
+        out.functions.append(stage_function(idx, st, f"ports {', '.join(st.ports)}; ageing {st.ageing} s", [
             "\t__u32 slot = EBP_BR_RUNT;",
             f"\tint act = ebp_fwd_bridge(ctx, pkt, &{ports}, &{fdb}, &{cnt}, "
             f"{st.ageing}ULL * 1000000000ULL, &slot);",
-            "", *_count_and_return(idx, cnt)]))
+            "", *count_and_return(idx, cnt)]))
 
 
     def _emit_tc(self, idx: int, st: BridgeStage, out: Emit) -> None:
@@ -240,11 +225,11 @@ class BridgeGen(StageGen):
                 stage=st.name, role="fdb")
         cnt = _counters(st, out)
         here, peer_ok = _tc_where(out.hook)
-        out.functions.append(_function(idx, st, f"ports {', '.join(st.ports)}; ageing {st.ageing} s", [
+        out.functions.append(stage_function(idx, st, f"ports {', '.join(st.ports)}; ageing {st.ageing} s", [
             "	__u32 slot = EBP_BR_RUNT;",
             f"	int act = ebp_tc_bridge(ctx, pkt, &{ports}, &{by_index}, {len(st.ports)}, "
             f"&{fdb}, &{cnt}, {st.ageing}ULL * 1000000000ULL, {here}, {peer_ok}, &slot);",
-            "", *_count_and_return(idx, cnt)]))
+            "", *count_and_return(idx, cnt)]))
 
 
 class RedirectGen(StageGen):
@@ -260,7 +245,7 @@ class RedirectGen(StageGen):
         out.map(cfg, "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_fwd_macs", 1,
                 f"redirect '{st.name}': MACs to write ({st.macs})", stage=st.name, role="config")
         cnt = _counters(st, out)
-        out.functions.append(_function(idx, st, f"out of {st.to}", [
+        out.functions.append(stage_function(idx, st, f"out of {st.to}", [
             "\tvoid *data = (void *)(long)ctx->data;",
             "\tstruct ethhdr *eth = data;",
             "\tstruct ebp_fwd_macs *m;",
@@ -277,7 +262,7 @@ class RedirectGen(StageGen):
             f"\t\telse if ((m = bpf_map_lookup_elem(&{cfg}, &zero)) && m->rewrite)",
             "\t\t\tebp_set_macs(eth, m->dmac, m->smac);",
             "\t}",
-            *_count_and_return(idx, cnt)]))
+            *count_and_return(idx, cnt)]))
 
 
     def _emit_tc(self, idx: int, st: RedirectStage, out: Emit) -> None:
@@ -288,7 +273,7 @@ class RedirectGen(StageGen):
                 f"to write ({st.macs})", stage=st.name, role="config")
         cnt = _counters(st, out)
         _, peer_ok = _tc_where(out.hook)
-        out.functions.append(_function(idx, st, f"out of {st.to}"
+        out.functions.append(stage_function(idx, st, f"out of {st.to}"
                                        + (" (into its peer's namespace when a veth's peer "
                                           "is in another one)" if peer_ok else ""), [
             "	void *data = (void *)(long)ctx->data;",
@@ -313,7 +298,7 @@ class RedirectGen(StageGen):
                "			act = bpf_redirect(r->ifindex, 0);",
                "		}"] if peer_ok else ["		act = bpf_redirect(r->ifindex, 0);"]),
             "	}",
-            *_count_and_return(idx, cnt)]))
+            *count_and_return(idx, cnt)]))
 
 
 class TxGen(StageGen):
@@ -322,7 +307,7 @@ class TxGen(StageGen):
     def emit(self, idx: int, st: TxStage, out: Emit) -> None:
         _header(out)
         cnt = _counters(st, out)
-        out.functions.append(_function(idx, st, "back out of the ingress port"
+        out.functions.append(stage_function(idx, st, "back out of the ingress port"
                                        + (", MACs swapped" if st.swap_macs else ""), [
             "\tstruct ethhdr *eth = (void *)(long)ctx->data;",
             "\t__u32 slot = EBP_TX_SENT;",
@@ -333,7 +318,7 @@ class TxGen(StageGen):
             "\t\tact = XDP_DROP;",
             "\t}",
             *(["\telse", "\t\tebp_swap_macs(eth);"] if st.swap_macs else []),
-            *_count_and_return(idx, cnt)]))
+            *count_and_return(idx, cnt)]))
 
 
 class SteerGen(StageGen):
@@ -349,14 +334,14 @@ class SteerGen(StageGen):
         out.map(sel, "BPF_MAP_TYPE_ARRAY", "__u32", "__u32", n,
                 f"steer '{st.name}': hash bucket -> CPU", stage=st.name, role="config")
         cnt = _counters(st, out)
-        out.functions.append(_function(idx, st, f"flows spread over CPUs {list(st.cpus)}", [
+        out.functions.append(stage_function(idx, st, f"flows spread over CPUs {list(st.cpus)}", [
             f"\t__u32 bucket = ebp_flow_hash(pkt) % {n}, slot = bucket;",
             f"\t__u32 *cpu = bpf_map_lookup_elem(&{sel}, &bucket);",
             f"\tint act = cpu ? bpf_redirect_map(&{cpus}, *cpu, XDP_PASS) : XDP_PASS;",
             "",
             "\tif (act != XDP_REDIRECT)",
             f"\t\tslot = {n}; /* no CPU entry: the kernel runs it here */",
-            *_count_and_return(idx, cnt)]))
+            *count_and_return(idx, cnt)]))
 
     def features(self, st: SteerStage, protocols) -> Features:
         listed = set(protocols)
@@ -374,8 +359,8 @@ class XskGen(StageGen):
                 f"xsk '{st.name}': AF_XDP socket of rx queue {st.queue}", stage=st.name,
                 role="socks")
         cnt = _counters(st, out)
-        match = " || ".join(f"({_match_expr(m)})" for m in st.match) or "1"
-        out.functions.append(_function(idx, st, f"rx queue {st.queue} to AF_XDP", [
+        match = matches_expr(st.match)
+        out.functions.append(stage_function(idx, st, f"rx queue {st.queue} to AF_XDP", [
             f"\t__u32 q = {st.queue}, slot = EBP_XSK_DELIVERED;",
             "\tint act = EBP_NEXT;",
             "",
@@ -387,14 +372,25 @@ class XskGen(StageGen):
             "\t\tslot = EBP_XSK_NO_SOCKET;",
             "\telse",
             f"\t\tact = bpf_redirect_map(&{socks}, q, XDP_PASS);",
-            *_count_and_return(idx, cnt)]))
+            *count_and_return(idx, cnt)]))
 
     def features(self, st: XskStage, protocols) -> Features:
-        listed = set(protocols)
-        ip = any(m.proto is not None or m.dport is not None for m in st.match)
-        ports = any(m.dport is not None for m in st.match)
-        return Features(ipv4=ip and "ipv4" in listed, ipv6=ip and "ipv6" in listed,
-                        tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
+        return match_features(st.match, protocols)
+
+
+def matches_expr(matches) -> str:
+    """The C condition that a packet is selected by any of ``matches`` (a stage's ``match:``
+    list: ethertype, proto, dport); none: every packet."""
+    return " || ".join(f"({_match_expr(m)})" for m in matches) or "1"
+
+
+def match_features(matches, protocols) -> Features:
+    """What the parser must read for ``matches`` (of the listed ``protocols``)."""
+    listed = set(protocols)
+    ip = any(m.proto is not None or m.dport is not None for m in matches)
+    ports = any(m.dport is not None for m in matches)
+    return Features(ipv4=ip and "ipv4" in listed, ipv6=ip and "ipv6" in listed,
+                    tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
 
 
 def _match_expr(m) -> str:

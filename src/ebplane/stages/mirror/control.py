@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Callable
 
 from ebplane.errors import EbplaneError, UsageError
-from ebplane.kernel.codec import COUNT, U32, Packed
+from ebplane.kernel.codec import U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
-from ebplane.stages.control import StageControl
+from ebplane.stages.control import OutcomeSlots, StageControl
 from ebplane.stages.forward.control import ForwardingRuntime, make_capable, require_capable
 from ebplane.stages.mirror import gen as mirror_gen
 from ebplane.stages.mirror.spec import MirrorStage
@@ -20,7 +20,7 @@ from ebplane.stages.multicast.control import multi_buffer_note
 MIRROR_CFG = Packed(mirror_gen.CFG)
 
 
-class MirrorControl(StageControl):
+class MirrorControl(OutcomeSlots, StageControl):
     kind = "mirror"
 
     def check(self, spec, stage: MirrorStage) -> list[str]:
@@ -65,31 +65,17 @@ class MirrorControl(StageControl):
         cfg.update(0, MIRROR_CFG.type(ready.get(stage.to, 0), ready.get(stage.out, 0)))
         return notes
 
+    def outcomes(self, stage) -> list[str]:
+        return mirror_gen.OUTCOMES
 
-    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
-        return {i: (None, name) for i, name in enumerate(mirror_gen.OUTCOMES)}
-
-    def slots_at(self, stage, hook: str, live=()) -> dict[int, tuple[int | None, str]]:
-        return self.slots(stage, live)  # the same slots at every hook
-
-    def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
-        return self.slots(stage).get(slot, (None, f"slot {slot}"))
-
-    def describe_slot_at(self, stage, hook: str, slot: int, live=()) -> tuple[int | None, str]:
-        return self.describe_slot(stage, slot, live)
-    def map_roles(self, stage) -> dict[str, str]:
-        return {c: r for r, c in mirror_gen.map_names(stage.name).items()}
+    def map_names(self, stage) -> dict[str, str]:
+        return mirror_gen.map_names(stage.name)
 
     def targets(self, spec, stage: MirrorStage) -> list[str]:
         return [n for n in (stage.to, stage.out) if n]
 
     def stats(self, maps: Callable[[str], Map], spec, stage: MirrorStage) -> dict:
-        cm = maps(mirror_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
-        counts = {}
-        for i, name in enumerate(mirror_gen.OUTCOMES):
-            c = cm.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
-        return {"counts": counts, "to": stage.to, "sample": stage.sample,
+        return {"counts": self.counts(maps, stage), "to": stage.to, "sample": stage.sample,
                 **({"out": stage.out} if stage.out else {})}
 
 

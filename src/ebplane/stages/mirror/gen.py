@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
-from ebplane.stages.forward.gen import _match_expr
+from ebplane.codegen.stagefn import count_and_return, counters_map, stage_function
+from ebplane.stages.forward.gen import match_features, matches_expr
 from ebplane.stages.mirror.spec import MirrorStage
 
 # counter slots (EBP_MR_<OUTCOME> in mirror.h)
@@ -33,7 +34,7 @@ def map_names(stage: str) -> dict[str, str]:
 
 
 def selected_expr(st: MirrorStage) -> str:
-    return " || ".join(f"({_match_expr(m)})" for m in st.match) or "1"
+    return matches_expr(st.match)
 
 
 class MirrorGen(StageGen):
@@ -53,34 +54,20 @@ class MirrorGen(StageGen):
         out.map(n["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_mirror_cfg", 1,
                 f"mirror '{st.name}': ifindexes of {st.to}" + (f" and {st.out}" if xdp else ""),
                 stage=st.name, role="config")
-        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                len(OUTCOMES), f"mirror '{st.name}': {', '.join(OUTCOMES)}",
-                stage=st.name, role="counters", slots=OUTCOMES)
+        counters_map(out, n["counters"], st, OUTCOMES)
         sel = selected_expr(st)
         call = (f"ebp_mirror_xdp(ctx, selected, {st.sample}, &{n['ports']}, &{n['config']}, &slot)"
                 if xdp else f"ebp_mirror_tc(ctx, selected, {st.sample}, &{n['config']}, &slot)")
         what = f"to {st.to}" + (f", original out of {st.out}" if xdp else ", original goes on")
-        out.functions.append("\n".join([
-            f"/* mirror '{st.name}': a copy of 1 in {st.sample} selected packets {what} */",
-            f"static __always_inline int stage_{idx}_mirror(EBP_CTX *ctx, struct ebp_pkt *pkt, "
-            "int malformed)",
-            "{",
+        out.functions.append(stage_function(idx, st, f"a copy of 1 in {st.sample} selected packets {what}", [
             f"\t__u32 slot = {OUTCOMES.index('not_selected')}; /* EBP_MR_NOT_SELECTED */",
             f"\tint selected = !malformed && ({sel});",
             f"\tint act = {call};",
             "",
-            f"\tebp_count(&{n['counters']}, slot, pkt->len);",
-            "\tif (act != EBP_NEXT)",
-            f"\t\tEBP_TRACE_SET({idx}, slot);",
-            "\treturn act;",
-            "}"]))
+            *count_and_return(idx, n["counters"])]))
 
     def features(self, st: MirrorStage, protocols) -> Features:
-        listed = set(protocols)
-        ip = any(m.proto is not None or m.dport is not None for m in st.match)
-        ports = any(m.dport is not None for m in st.match)
-        return Features(ipv4=ip and "ipv4" in listed, ipv6=ip and "ipv6" in listed,
-                        tcp=ports and "tcp" in listed, udp=ports and "udp" in listed)
+        return match_features(st.match, protocols)
 
 
 GENERATORS = {"mirror": MirrorGen()}

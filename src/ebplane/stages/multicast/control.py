@@ -23,7 +23,7 @@ from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
 from ebplane.spec.located import Where
-from ebplane.stages.control import jumbo_interfaces
+from ebplane.stages.control import OutcomeSlots, jumbo_interfaces
 from ebplane.stages.forward.control import (ForwardingRuntime, _ifaces_of, make_capable,
                                             require_capable)
 from ebplane.stages.multicast import gen as mc_gen
@@ -189,7 +189,7 @@ def _ifindexes(stage, ifnames, spec, *, replay: bool) -> list[int]:
     return [e.ifindex for e in make_capable(ifnames, spec, replay=replay, stage=stage)]
 
 
-class MulticastControl(ForwardingRuntime):
+class MulticastControl(OutcomeSlots, ForwardingRuntime):
     kind = "multicast"
 
     def check(self, spec, stage: MulticastStage) -> list[str]:
@@ -212,30 +212,17 @@ class MulticastControl(ForwardingRuntime):
                            g.addresses)
         return notes
 
+    def outcomes(self, stage) -> list[str]:
+        return mc_gen.OUTCOMES
 
-    def slots(self, stage, live=()) -> dict[int, tuple[int | None, str]]:
-        return {i: (None, name) for i, name in enumerate(mc_gen.OUTCOMES)}
-
-    def slots_at(self, stage, hook: str, live=()) -> dict[int, tuple[int | None, str]]:
-        return self.slots(stage, live)  # the same slots at every hook
-
-    def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
-        return self.slots(stage).get(slot, (None, f"slot {slot}"))
-
-    def describe_slot_at(self, stage, hook: str, slot: int, live=()) -> tuple[int | None, str]:
-        return self.describe_slot(stage, slot, live)
-    def map_roles(self, stage) -> dict[str, str]:
-        return {c: r for r, c in mc_gen.map_names(stage.name).items()}
+    def map_names(self, stage) -> dict[str, str]:
+        return mc_gen.map_names(stage.name)
 
     def targets(self, spec, stage: MulticastStage) -> list[str]:
         return list(dict.fromkeys(m for g in stage.groups for m in g.members))
 
     def stats(self, maps: Callable[[str], Map], spec, stage: MulticastStage) -> dict:
-        cm = maps(mc_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
-        d = {"counts": {}}
-        for i, name in enumerate(mc_gen.OUTCOMES):
-            c = cm.lookup_sum(i)
-            d["counts"][name] = {"packets": c.packets, "bytes": c.bytes}
+        d = {"counts": self.counts(maps, stage)}
         gm = GroupMaps(stage, maps, spec.hook)
         names = {i.ifindex: i.name for i in _ifaces_of(spec)}
         d["groups"] = gm.describe(names)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, MapRole, StageGen
+from ebplane.codegen.stagefn import count_and_return, counters_map, stage_function
 from ebplane.stages.multicast.spec import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
 
 # counter slots (EBP_MC_<OUTCOME> in multicast.h)
@@ -93,9 +94,7 @@ class MulticastGen(StageGen):
         out.map(n["names"], "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_mc_name", st.max_groups,
                 f"multicast '{st.name}': group slot -> group name (control plane)",
                 stage=st.name, role="names")
-        out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
-                len(OUTCOMES), f"multicast '{st.name}': {', '.join(OUTCOMES)}",
-                stage=st.name, role="counters", slots=OUTCOMES)
+        counters_map(out, n["counters"], st, OUTCOMES)
         out.map(n["group_counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 st.max_groups, f"multicast '{st.name}': frames sent per group slot",
                 stage=st.name, role="group-counters")
@@ -108,23 +107,15 @@ class MulticastGen(StageGen):
             out.prog.maps.append(MapRole(n["snoop"], st.name, "snoop", reusable=False,
                                          mtype="BPF_MAP_TYPE_RINGBUF",
                                          max_entries=SNOOP_RING_BYTES))
-        out.functions.append("\n".join([
-            f"/* multicast '{st.name}': up to {st.max_groups} groups, each to its members but "
-            "the ingress port */",
-            f"static __always_inline int stage_{idx}_multicast(EBP_CTX *ctx, struct ebp_pkt *pkt, "
-            "int malformed)",
-            "{",
+        out.functions.append(stage_function(
+            idx, st, f"up to {st.max_groups} groups, each to its members but the ingress port", [
             f"\t__u32 slot = {OUTCOMES.index('runt')}; /* EBP_MC_RUNT */",
             *([f"\tif (!malformed)\n\t\tebp_mc_snoop(ctx, pkt, &{n['snoop']});"]
               if st.snooping else []),
             f"\tint act = ebp_multicast{'' if xdp else '_tc'}(ctx, pkt, &{n['addresses']}, "
             f"&{n['groups']}, &{n['group_counters']}, &slot);",
             "",
-            f"\tebp_count(&{n['counters']}, slot, pkt->len);",
-            "\tif (act != EBP_NEXT)",
-            f"\t\tEBP_TRACE_SET({idx}, slot);",
-            "\treturn act;",
-            "}"]))
+            *count_and_return(idx, n["counters"])]))
 
     def features(self, st: MulticastStage, protocols) -> Features:
         # groups with IP addresses may be added at run time: parse what is listed
