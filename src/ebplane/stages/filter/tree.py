@@ -60,24 +60,14 @@ class Tree:
     depth: int
     max_leaf: int
 
-    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes]:
-        """The node and leaf arrays as they go into the maps at the given bases."""
-        return pack_nodes(self.nodes, node_base, leaf_base), \
-            (self.leaf + box_base).astype("<u4").tobytes()
 
 
-def pack_nodes(nodes: np.ndarray, node_base: int, leaf_base: int) -> bytes:
-    """``struct ebp_flt_node`` records of (thresh, left, right, dim) rows whose child and leaf
-    indices are relative: inner nodes' children get ``node_base``, leaves' first entry
-    ``leaf_base`` (the one place tree indices become map bytes)."""
-    out = np.zeros(len(nodes), dtype=NODE_DTYPE)
-    if not len(nodes):
-        return b""
-    leaf = nodes[:, 3] == LEAF_DIM
-    out["thresh"] = nodes[:, 0]
-    out["left"] = nodes[:, 1] + np.where(leaf, leaf_base, node_base).astype(np.uint64)
-    out["right"] = nodes[:, 2] + np.where(leaf, 0, node_base).astype(np.uint64)
-    out["dim"] = nodes[:, 3]
+def node_bytes(rows: np.ndarray) -> bytes:
+    """``struct ebp_flt_node`` records of (thresh, left, right, dim) rows with absolute
+    indices: the one place tree nodes become map bytes."""
+    out = np.zeros(len(rows), dtype=NODE_DTYPE)
+    if len(rows):
+        out["thresh"], out["left"], out["right"], out["dim"] = rows.T
     return out.tobytes()
 
 
@@ -284,6 +274,7 @@ class Forest:
     trees: list[Tree]
     min_prio: list[int]
     nboxes: int
+    groups: list[np.ndarray] | None = None  # per tree, the box indices it was built over
 
     @property
     def nodes(self) -> int:
@@ -301,29 +292,40 @@ class Forest:
     def max_leaf(self) -> int:
         return max((t.max_leaf for t in self.trees), default=0)
 
-    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes, int]:
-        """``(nodes, leaf, root)``: the node array from ``node_base`` (the tree headers
-        first), the leaf array from ``leaf_base``, and the index of the first header."""
+    def layout(self, node_base: int, leaf_base: int, box_base: int
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(nodes, leaf, root)`` with absolute indices: the (m, 4) node rows from
+        ``node_base`` (the tree headers first: (best priority, tree root, next header,
+        TREE_DIM)), the leaf array's box slots from ``leaf_base``, and the first header."""
         if not self.trees:
-            return b"", b"", EMPTY
+            return np.zeros((0, 4), np.uint64), np.zeros(0, np.int64), EMPTY
         k = len(self.trees)
-        headers, bodies, leaves = [], [], []
+        rows = [np.array([[self.min_prio[i], 0, node_base + i + 1 if i + 1 < k else EMPTY,
+                           TREE_DIM] for i in range(k)], dtype=np.uint64)]
+        leaves = []
         nb, lb = node_base + k, leaf_base
         for i, t in enumerate(self.trees):
-            nxt = node_base + i + 1 if i + 1 < k else EMPTY
-            headers.append(NODE.pack(self.min_prio[i], nb, nxt, TREE_DIM))
-            nodes, leaf = t.pack(nb, lb, box_base)
-            bodies.append(nodes)
-            leaves.append(leaf)
+            rows[0][i, 1] = nb
+            nodes = t.nodes.copy()
+            leaf = nodes[:, 3] == LEAF_DIM
+            nodes[:, 1] += np.where(leaf, lb, nb).astype(np.uint64)
+            nodes[:, 2] += np.where(leaf, 0, nb).astype(np.uint64)
+            rows.append(nodes)
+            leaves.append(t.leaf + box_base)
             nb += len(t.nodes)
             lb += len(t.leaf)
-        return b"".join(headers + bodies), b"".join(leaves), node_base
+        return np.concatenate(rows), np.concatenate(leaves), node_base
+
+    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes, int]:
+        """``(nodes, leaf, root)`` as map bytes (see :meth:`layout`)."""
+        nodes, leaf, root = self.layout(node_base, leaf_base, box_base)
+        return node_bytes(nodes), leaf.astype("<u4").tobytes(), root
 
 
 def build_forest(boxes: Sequence[Box], *, binth: int = BINTH, use: str | None = None) -> Forest:
     """One tree per :func:`partition` of ``boxes``; leaf entries index ``boxes``.  ``use``:
     the builder (see :func:`build`)."""
-    trees, prios = [], []
+    trees, prios, groups = [], [], []
     arrays = box_arrays(boxes)
     lo, hi, plain = arrays
     for group in partition(boxes, arrays):
@@ -331,10 +333,11 @@ def build_forest(boxes: Sequence[Box], *, binth: int = BINTH, use: str | None = 
         t = build([boxes[i] for i in group], binth=binth, arrays=(lo[g], hi[g], plain[g]),
                   use=use)
         t.leaf = g[t.leaf]
+        groups.append(g)
         t.nboxes = len(boxes)
         trees.append(t)
         prios.append(boxes[group[0]].prio)
-    return Forest(trees, prios, len(boxes))
+    return Forest(trees, prios, len(boxes), groups)
 
 
 def forest_lookup(forest: Forest, boxes: Sequence[Box], key: Sequence[int],
