@@ -175,6 +175,50 @@ def test_swaps_under_traffic_never_mix(ebp_env, veth_pair, tmp_path, classifier)
     print(f"\n{swaps} rule-set swaps under {sent} packets: A (drop) {x}, B (pass) {y}")
 
 
+def test_incremental_tree_edits_under_traffic_never_mix(ebp_env, veth_pair, tmp_path):
+    """Adds and deletes of a tree-form table edit the tree in place (copy-on-write paths, one
+    root flip): under a flood of FLOW, X is deleted ([Y, Z, ...]: pass) and added again at
+    the front ([X, Y, Z, ...]: drop), a never-matching rule appended and deleted; every edit
+    is incremental, no packet reaches Z (it would have seen a rule set without X and Y), and
+    every packet is counted as dropped or passed."""
+    ns, _, _ = veth_pair
+    fillers = [f"{{dst: 198.19.{i}.0/24, proto: tcp, dport: {i + 1}, action: drop}}"
+               for i in range(100)]
+    pipeline.apply(write_spec(tmp_path / "ru.yaml", spec_text(ns, [X, Y, Z, *fillers],
+                                                              classifier="tree")))
+    t = RuleTable("ru")
+    first = t.add(rule(W))  # the first edit of this table object: a full install
+    assert first["regenerated"] is False and not first.get("incremental")
+    frame = FLOW.frame(mac(ns, "veth1"), mac(ns, "veth0"))
+    results = []
+    with Capture(ns, "veth0", FLOW) as cap:
+        with Sender(ns, "veth1", frame, burst=4) as sender:
+            for _ in range(10):
+                for step in (lambda: t.delete([0]),                 # B: Y passes
+                             lambda: t.add(rule(X), at=0),          # A: X drops
+                             lambda: t.delete([len(fillers) + 3]),  # W goes
+                             lambda: t.add(rule(W))):               # W comes back at the end
+                    results.append(step())
+                    cap.wait(1 << 30, timeout=0.001)
+        sent = sender.sent
+        time.sleep(0.1)
+        passed = cap.wait(1 << 30, timeout=0.2)
+    # a full install now and then: when the free slots of the half in force run out, and
+    # for X added in front of a rule whose priority the full install made 0
+    full = [r["incremental_refused"] for r in results if not r.get("incremental")]
+    assert len(full) <= len(results) // 4, full
+    assert all("no free" in why or "no priority" in why for why in full), full
+    assert [r["rule"] for r in t.list()][:3] == [rule(X).to_dict(), rule(Y).to_dict(),
+                                                rule(Z).to_dict()]
+    s = stats()
+    assert counter_slots(3)[2] == 0, "a packet saw neither X nor Y: two rule sets mixed"
+    drops = s["verdicts"]["XDP_DROP"]["packets"]
+    assert sent > 200 and drops > 0 and passed > 0
+    assert drops + passed == sent - dropped(ns, "veth0") - dropped(ns, "veth1")
+    print(f"\n{len(results)} incremental edits under {sent} packets: {drops} dropped, "
+          f"{passed} passed")
+
+
 def test_reapplies_that_rebuild_maps_never_let_a_dropped_flow_through(ebp_env, veth_pair,
                                                                       tmp_path):
     """Issue 9.1: a re-apply that changed `capacity:` let 23-37 dropped packets through (the

@@ -21,9 +21,11 @@ Pins found without any state are adopted by apply (:func:`_adopt`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import ipaddress
+import itertools
 import os
 import signal
 import threading
@@ -45,11 +47,11 @@ from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime.stages import runtime_for
-from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
+from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir, state_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
-from ebplane.stages.filter.table import FilterTable
+from ebplane.stages.filter.table import FilterTable, NeedRebuild
 from ebplane.spec.located import Where
 from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import COUNT, U32
@@ -619,6 +621,16 @@ def _repair_hint(name: str, spec_file: str | None) -> str:
             f"{spec_file or 'SPEC'}), or remove it (ebplane detach {name})")
 
 
+def _state_key(name: str) -> tuple | None:
+    """What changes whenever a pipeline's state file is written (a cache of it is valid
+    while this stays the same)."""
+    try:
+        s = (state_dir() / f"{name}.json").stat()
+    except OSError:
+        return None
+    return (s.st_ino, s.st_mtime_ns, s.st_size)
+
+
 @contextlib.contextmanager
 def _open_table(pipeline: str, stage: FilterStage, spec: PipelineSpec, features: Features):
     """The pinned maps of a filter of an applied pipeline, as a FilterTable (maps are opened
@@ -1140,7 +1152,7 @@ class RuleTable:
                 st.save()
                 _crash_point("rules-intent")
                 try:
-                    info = table.install(compiled, fresh_ids(new, entries))
+                    info = table.install(compiled, fresh_ids(new, entries), keep_mirror=True)
                 except BaseException:
                     if table.generation() == st.pending["generation"]:  # not flipped
                         st.live_rules[self.name] = previous_rules
@@ -1152,22 +1164,134 @@ class RuleTable:
                 _crash_point("rules-installed")
             st.pending = None
             st.save()
+            self._remember(st, spec, new, running, table.mirror)
             return {"table": self.name, "rules": len(new), "regenerated": False,
                     "why": compiled.plan.why, **info}
+
+    # -- incremental edits of a table in the tree form -------------------------------------
+    # After an install this object keeps the parsed rules, the state it read and a mirror of
+    # the tree arrays in force (ebplane.stages.filter.edit); the next add or delete, when the
+    # state file and the kernel's root are still what it left, edits the tree in place (the
+    # rule's leaves and their paths, copy-on-write, one root flip) instead of re-reading and
+    # re-parsing every rule and rebuilding the forest.  Anything else takes the full path.
+    _cache: dict | None = None
+    fallback: str | None = None  # why the last edit could not be incremental
+
+    def _remember(self, st: PipelineState, spec: PipelineSpec, entries: list[RuleEntry],
+                  running: Features, mirror) -> None:
+        self._cache = None
+        if mirror is None:
+            return
+        self._cache = {"key": _state_key(self.pipeline), "st": st, "spec": spec,
+                       "entries": entries, "running": running, "mirror": mirror,
+                       "ids": {e.id for e in entries},
+                       "rules": collections.Counter(e.rule for e in entries),
+                       "layout": user_layout_for(spec.protocols, running)}
+
+    def _fast(self, kind: str, arg) -> dict | None:
+        """An add (``arg`` = (rule, position)) or delete (``arg`` = indexes) as an
+        incremental tree edit; None when it does not apply (the caller takes the full path)."""
+        c = self._cache
+        self.fallback = None
+        if c is None or c["key"] != _state_key(self.pipeline):
+            return None
+        st, spec, entries, mirror = c["st"], c["spec"], c["entries"], c["mirror"]
+        if spec.protocols != self._protocols or st.pending:
+            return None
+        if kind == "add":
+            rule, pos = arg
+            pos = len(entries) if pos is None else pos
+            if not 0 <= pos <= len(entries) or len(entries) + 1 > self.stage.capacity \
+                    or c["rules"][rule] or not c["running"].covers(
+                        spec_features(spec, {self.name: [rule]})):
+                return None  # the full path reports it, or keeps ids as assign_ids does
+            rid = next(i for i in itertools.count() if i not in c["ids"])
+            new = entries[:pos] + [RuleEntry(rid, rule)] + entries[pos:]
+            remove: list[int] = []
+            add = [(rid, rule, entries[pos - 1].id if pos else None,
+                    entries[pos].id if pos < len(entries) else None)]
+            fresh = [rid]
+        else:
+            drop = set(arg)
+            if not drop or any(not 0 <= i < len(entries) for i in drop):
+                return None
+            new = [e for i, e in enumerate(entries) if i not in drop]
+            remove, add, fresh = [entries[i].id for i in sorted(drop)], [], []
+        with _open_table(self.pipeline, self.stage, spec, c["running"]) as table:
+            if table.root() != mirror.root:
+                self._cache = None
+                return None
+            previous_rules = st.live_rules.get(self.name, [])
+            st.live_rules[self.name] = [e.to_state() for e in new] if kind != "add" else \
+                previous_rules[:pos] + [new[pos].to_state()] + previous_rules[pos:]
+            st.pending = {"op": "rules", "table": self.name, "generation": mirror.root,
+                          "previous_rules": previous_rules,
+                          "previous_plan": st.filters.get(self.name)}
+            self._cache = None  # stale from here on, until the edit is through
+            st.save()
+            _crash_point("rules-intent")
+            try:
+                info = table.install_edit(mirror, remove, add, c["layout"], fresh)
+            except BaseException as e:
+                if table.root() == st.pending["generation"]:  # not flipped
+                    st.live_rules[self.name] = previous_rules
+                    st.pending = None
+                    st.save()
+                    if isinstance(e, NeedRebuild):
+                        self.fallback = str(e)
+                        return None
+                    raise
+                st.pending = None
+                st.save()
+                raise
+            _crash_point("rules-installed")
+        st.pending = None
+        st.save()
+        self.last_entries = new
+        c.update(key=_state_key(self.pipeline), entries=new)
+        if kind == "add":
+            c["ids"].add(new[pos].id)
+            c["rules"][rule] += 1
+        else:
+            for i in drop:
+                c["ids"].discard(entries[i].id)
+                c["rules"][entries[i].rule] -= 1
+        self._cache = c
+        return {"table": self.name, "rules": len(new), "regenerated": False, **info}
 
     def replace(self, rules: Sequence[Rule]) -> dict:
         """Install ``rules`` as the whole rule set, atomically."""
         return self._edit(lambda _current: list(rules))
 
     def add(self, rule: Rule, at: int | None = None) -> dict:
+        t0 = time.monotonic()
+        with _locked(self.pipeline):
+            res = self._fast("add", (rule, at))
+        if res is not None:
+            _observe("rules", self.pipeline, self.name, time.monotonic() - t0)
+            return res
+
         def insert(rules: list[Rule]) -> list[Rule]:
             pos = len(rules) if at is None else at
             if not 0 <= pos <= len(rules):
                 raise UsageError(f"position {pos} is out of range (0..{len(rules)})")
             return rules[:pos] + [rule] + rules[pos:]
-        return self._edit(insert)
+        return self._full(insert)
+
+    def _full(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
+        """The full path, saying why an incremental edit was refused (when it was)."""
+        why = self.fallback
+        res = self._edit(change)
+        return {**res, "incremental_refused": why} if why else res
 
     def delete(self, indexes: Sequence[int]) -> dict:
+        t0 = time.monotonic()
+        with _locked(self.pipeline):
+            res = self._fast("delete", list(indexes))
+        if res is not None:
+            _observe("rules", self.pipeline, self.name, time.monotonic() - t0)
+            return res
+
         def remove(rules: list[Rule]) -> list[Rule]:
             bad = [i for i in indexes if not 0 <= i < len(rules)]
             if bad:
@@ -1175,7 +1299,7 @@ class RuleTable:
                                   f"({len(rules)} rules)")
             drop = set(indexes)
             return [r for i, r in enumerate(rules) if i not in drop]
-        return self._edit(remove)
+        return self._full(remove)
 
     @contextlib.contextmanager
     def batch(self):
