@@ -79,9 +79,9 @@ class Mirror:
         self.plain = np.zeros(boxes_cap, bool)
         self.tree = np.full(boxes_cap, -1, np.int64)
         if n:
-            lo, hi, plain = box_arrays(boxes)
+            lo, hi, plain = forest.arrays if forest.arrays is not None else box_arrays(boxes)
             self.lo[:n], self.hi[:n], self.plain[:n] = lo, hi, plain
-            self.prio[:n] = [b.prio for b in boxes]
+            self.prio[:n] = np.fromiter((b.prio for b in boxes), np.int64, count=n)
             for t, g in enumerate(forest.groups or ()):
                 self.tree[g] = t
         self.box: list[Box | None] = list(boxes) + [None] * (boxes_cap - n)

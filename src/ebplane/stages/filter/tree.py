@@ -90,6 +90,11 @@ def box_arrays(boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return lo.reshape(n, NDIMS), hi.reshape(n, NDIMS), plain
 
 
+def used_dims(lo: np.ndarray, hi: np.ndarray) -> list[int]:
+    """The dimensions in which some box is not the whole range."""
+    return _used_dims(lo, hi)
+
+
 def _used_dims(lo: np.ndarray, hi: np.ndarray) -> list[int]:
     return [d for d in range(NDIMS) if (lo[:, d] != 0).any() or (hi[:, d] != _U64_MAX).any()]
 
@@ -275,6 +280,7 @@ class Forest:
     min_prio: list[int]
     nboxes: int
     groups: list[np.ndarray] | None = None  # per tree, the box indices it was built over
+    arrays: tuple | None = None             # box_arrays() of the boxes
 
     @property
     def nodes(self) -> int:
@@ -322,11 +328,12 @@ class Forest:
         return node_bytes(nodes), leaf.astype("<u4").tobytes(), root
 
 
-def build_forest(boxes: Sequence[Box], *, binth: int = BINTH, use: str | None = None) -> Forest:
+def build_forest(boxes: Sequence[Box], *, binth: int = BINTH, use: str | None = None,
+                 arrays=None) -> Forest:
     """One tree per :func:`partition` of ``boxes``; leaf entries index ``boxes``.  ``use``:
-    the builder (see :func:`build`)."""
+    the builder (see :func:`build`); ``arrays``: the boxes' :func:`box_arrays`, if known."""
     trees, prios, groups = [], [], []
-    arrays = box_arrays(boxes)
+    arrays = arrays if arrays is not None else box_arrays(boxes)
     lo, hi, plain = arrays
     for group in partition(boxes, arrays):
         g = np.asarray(group, dtype=np.int64)
@@ -337,7 +344,7 @@ def build_forest(boxes: Sequence[Box], *, binth: int = BINTH, use: str | None = 
         t.nboxes = len(boxes)
         trees.append(t)
         prios.append(boxes[group[0]].prio)
-    return Forest(trees, prios, len(boxes), groups)
+    return Forest(trees, prios, len(boxes), groups, arrays)
 
 
 def forest_lookup(forest: Forest, boxes: Sequence[Box], key: Sequence[int],
