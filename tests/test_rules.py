@@ -459,3 +459,70 @@ def test_stored_rules_read_back_as_validated():
     items = [{"id": i, "rule": r.to_dict()} for i, r in enumerate(rules)]
     assert _stored_entries(items, protos) == _entries_from_state(items, protos)
     assert [e.rule for e in _stored_entries(items, protos)] == rules
+
+
+@pytest.mark.slow
+def test_100k_classbench_acl_apply_and_one_rule_edits(ebp_env, veth_pair, tmp_path):
+    """A 100k-rule ClassBench-style ACL applied from a spec file, then rules added and
+    deleted one at a time through RuleTable: after the first edit (a full install that keeps
+    the mirror), each is an incremental tree edit.  Times are printed (docs/benchmarks.md),
+    not bounded: the assertions are on the path taken and on the verdicts."""
+    import json as _json
+
+    from ebplane.bench import classbench as cb
+    from ebplane.runtime.state import PipelineState
+    ns, _, _ = veth_pair
+    rules = cb.generate(100_000, kind="acl", family=4, seed=1)
+    text = (f"pipeline: ru\nhook: xdp\nmode: native\nnetns: {ns}\ninterfaces: [veth0]\n"
+            "protocols: [ethernet, ipv4, tcp, udp, icmp]\nstages:\n"
+            "  - filter:\n      name: acl\n      default: pass\n      capacity: 100100\n"
+            "      rules:\n" + "".join(f"        - {_json.dumps(r)}\n" for r in rules))
+    path = write_spec(tmp_path / "acl.yaml", text)
+    t0 = time.monotonic()
+    pipeline.apply(path)
+    apply_s = time.monotonic() - t0
+    assert pipeline.status("ru")[0]["filters"]["acl"]["form"] == "tree"
+    t = RuleTable("ru")
+    t0 = time.monotonic()
+    first = t.add(rule(W))
+    first_s = time.monotonic() - t0
+    assert not first.get("incremental")
+    adds, deletes = [], []
+    for k in range(5):
+        t0 = time.monotonic()
+        r = t.add(rule({"src": f"198.19.254.{k}", "proto": "udp", "dport": 53 + k,
+                        "action": "drop"}))
+        adds.append(time.monotonic() - t0)
+        assert r.get("incremental"), r
+        t0 = time.monotonic()
+        r = t.delete([len(rules) + 1])  # the rule just added (after W)
+        deletes.append(time.monotonic() - t0)
+        assert r.get("incremental"), r
+    print(f"\n100k ClassBench acl: apply {apply_s:.2f} s; first edit (full) {first_s:.2f} s; "
+          f"one-rule add {1000 * statistics.median(adds):.0f} ms, delete "
+          f"{1000 * statistics.median(deletes):.0f} ms (median of 5)")
+    # a packet no rule matches passes; a rule added for it drops it; deleted, it passes again
+    import random as _random
+    miss = cb.miss_packet(4, _random.Random(1))
+    assert cb.Reference(rules).expected(miss) is None
+    flow = cb.to_flow(miss)
+    drops = lambda: stats()["verdicts"].get("XDP_DROP", {}).get("packets", 0)  # noqa: E731
+    before = drops()
+    send_frames(ns, "veth1", [flow.frame(mac(ns, "veth1"), mac(ns, "veth0"))], 2)
+    assert drops() == before
+    r = t.add(rule({"src": miss["src"], "dst": miss["dst"], "proto": miss["proto"],
+                    "action": "drop"}))
+    assert r.get("incremental"), r
+    send_frames(ns, "veth1", [flow.frame(mac(ns, "veth1"), mac(ns, "veth0"))], 3)
+    assert drops() == before + 3
+    st = PipelineState.require("ru")
+    t0 = time.monotonic()
+    st.save()
+    print(f"one write of the state file: {1000 * (time.monotonic() - t0):.0f} ms")
+    assert t.delete([len(rules) + 1]).get("incremental")
+    send_frames(ns, "veth1", [flow.frame(mac(ns, "veth1"), mac(ns, "veth0"))], 2)
+    assert drops() == before + 3
+    st = PipelineState.require("ru")
+    t0 = time.monotonic()
+    st.save()
+    print(f"one write of the state file: {1000 * (time.monotonic() - t0):.0f} ms")

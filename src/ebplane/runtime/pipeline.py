@@ -660,13 +660,24 @@ def _generation(st: PipelineState, table: str) -> int | None:
         return None
 
 
+def _undo(items: list[dict], undo: dict) -> None:
+    """Reverse an incremental edit of a table's stored rules (see ``RuleTable._fast``)."""
+    if "delete" in undo:
+        del items[undo["delete"]]
+    for pos, item in undo.get("insert", []):
+        items.insert(pos, item)
+
+
 def _settle(st: PipelineState) -> PipelineState | None:
     """Compare a pending record with the kernel and roll it forward or back (lock held)."""
     p = st.pending
     if p["op"] == "rules":
         gen = _generation(st, p["table"])
         if gen is None or gen == p["generation"]:  # the flip did not happen: back
-            st.live_rules[p["table"]] = p["previous_rules"]
+            if "undo" in p:  # an incremental edit: its inverse
+                _undo(st.live_rules[p["table"]], p["undo"])
+            else:
+                st.live_rules[p["table"]] = p["previous_rules"]
             if p.get("previous_plan") is not None:
                 st.filters[p["table"]] = p["previous_plan"]
         st.pending = None
@@ -1212,21 +1223,28 @@ class RuleTable:
                     entries[pos].id if pos < len(entries) else None)]
             fresh = [rid]
         else:
-            drop = set(arg)
+            drop = sorted(set(arg))
             if not drop or any(not 0 <= i < len(entries) for i in drop):
                 return None
-            new = [e for i, e in enumerate(entries) if i not in drop]
-            remove, add, fresh = [entries[i].id for i in sorted(drop)], [], []
+            gone = set(drop)
+            new = [e for i, e in enumerate(entries) if i not in gone]
+            remove, add, fresh = [entries[i].id for i in drop], [], []
         with _open_table(self.pipeline, self.stage, spec, c["running"]) as table:
             if table.root() != mirror.root:
                 self._cache = None
                 return None
-            previous_rules = st.live_rules.get(self.name, [])
-            st.live_rules[self.name] = [e.to_state() for e in new] if kind != "add" else \
-                previous_rules[:pos] + [new[pos].to_state()] + previous_rules[pos:]
+            items = st.live_rules.setdefault(self.name, [])
+            if kind == "add":
+                items.insert(pos, new[pos].to_state())
+                undo: dict = {"delete": pos}
+            else:
+                undo = {"insert": [[i, items[i]] for i in drop]}
+                for i in reversed(drop):
+                    del items[i]
+            # the new rules with the intent record: the root before the flip and the inverse
+            # edit (a command that finds it settles it: forward if the root moved, else back)
             st.pending = {"op": "rules", "table": self.name, "generation": mirror.root,
-                          "previous_rules": previous_rules,
-                          "previous_plan": st.filters.get(self.name)}
+                          "undo": undo}
             self._cache = None  # stale from here on, until the edit is through
             st.save()
             _crash_point("rules-intent")
@@ -1234,16 +1252,14 @@ class RuleTable:
                 info = table.install_edit(mirror, remove, add, c["layout"], fresh)
             except BaseException as e:
                 if table.root() == st.pending["generation"]:  # not flipped
-                    st.live_rules[self.name] = previous_rules
+                    _undo(items, undo)
                     st.pending = None
                     st.save()
                     if isinstance(e, NeedRebuild):
                         self.fallback = str(e)
                         return None
                     raise
-                st.pending = None
-                st.save()
-                raise
+                raise  # flipped: the record settles forward
             _crash_point("rules-installed")
         st.pending = None
         st.save()

@@ -132,12 +132,11 @@ class Mirror:
     def _query(self, t: int, rlo: list[int], rhi: list[int], drop: int) -> list[int]:
         """The boxes of tree ``t`` overlapping a region, in priority order, without ``drop``
         and without those a covering box hides (what the builder would put in a leaf)."""
-        end = self.box_end
-        m = (self.tree[:end] == t) & \
-            (self.lo[:end] <= np.array(rhi, np.uint64)).all(axis=1) & \
-            (self.hi[:end] >= np.array(rlo, np.uint64)).all(axis=1)
-        m[drop] = False
-        cand = np.flatnonzero(m)
+        cand = np.flatnonzero(self.tree[:self.box_end] == t)
+        cand = cand[cand != drop]
+        for d in self.dims:  # the other dimensions are the whole range in every box
+            cand = cand[(self.lo[cand, d] <= np.uint64(rhi[d])) &
+                        (self.hi[cand, d] >= np.uint64(rlo[d]))]
         out = []
         for s in cand[np.argsort(self.prio[cand], kind="stable")]:
             out.append(int(s))
