@@ -13,7 +13,7 @@ from ebplane.bench import classbench as cb
 from ebplane.bench.classbench_run import ruleset_spec
 from ebplane.codegen.p4c import UserLayout
 from ebplane.stages.filter import model, plan, tree
-from ebplane.stages.filter.edit import Mirror, NeedRebuild
+from ebplane.stages.filter.edit import PRIO_GAP, Mirror, NeedRebuild
 from ebplane.stages.filter.model import compile_boxes
 from test_filter_forms import first_match, random_packet, random_rule
 
@@ -22,7 +22,7 @@ def mirror_of(rules, ids) -> Mirror:
     ct = plan.compile_table(rules, ids, name="t", choice="tree")
     p = ct.plan
     return Mirror(p.nodes, p.leaf, p.boxes, 1, [model.D[d] for d in model.DIMS], True,
-                  ct.tree, ct.boxes)
+                  ct.tree, ct.boxes, prio_scale=PRIO_GAP)
 
 
 def check(m: Mirror, rules, ids, rng, n=60) -> int:

@@ -34,6 +34,7 @@ from ebplane.stages.filter.tree import (BINTH, EMPTY, LEAF_DIM, MAX_DEPTH, MAX_L
                                         TREE_DIM,
                                         Forest, _wide, box_arrays, build)
 
+PRIO_GAP = 16  # a full install spaces the priorities so: 15 insertions fit between two rules
 MAX_TOUCHED_LEAVES = 256  # beyond this many leaves changed by one edit, a full install is cheaper
 _FULL = (1 << 64) - 1
 
@@ -60,13 +61,13 @@ class Mirror:
     rule list at the last full install; edits keep the order with values in between)."""
 
     def __init__(self, nodes_cap: int, leaf_cap: int, boxes_cap: int, gen: int, dims: Sequence[int],
-                 user: bool, forest: Forest, boxes: Sequence[Box]):
+                 user: bool, forest: Forest, boxes: Sequence[Box], *, prio_scale: int = 1):
         self.gen = gen
         self.nbase, self.lbase, self.bbase = gen * nodes_cap, gen * leaf_cap, gen * boxes_cap
         self.ncap, self.lcap, self.bcap = nodes_cap, leaf_cap, boxes_cap
         self.dims = set(dims)
         self.user = user
-        rows, leaf, self.root = forest.layout(self.nbase, self.lbase, self.bbase)
+        rows, leaf, self.root = forest.layout(self.nbase, self.lbase, self.bbase, prio_scale)
         self.nodes = np.zeros((nodes_cap, 4), np.uint64)
         self.nodes[:len(rows)] = rows
         self.leaf = np.zeros(leaf_cap, np.int64)
@@ -81,15 +82,15 @@ class Mirror:
         if n:
             lo, hi, plain = forest.arrays if forest.arrays is not None else box_arrays(boxes)
             self.lo[:n], self.hi[:n], self.plain[:n] = lo, hi, plain
-            self.prio[:n] = np.fromiter((b.prio for b in boxes), np.int64, count=n)
+            self.prio[:n] = np.fromiter((b.prio for b in boxes), np.int64, count=n) * prio_scale
             for t, g in enumerate(forest.groups or ()):
                 self.tree[g] = t
         self.box: list[Box | None] = list(boxes) + [None] * (boxes_cap - n)
         self.slots: dict[int, list[int]] = {}
         for i, b in enumerate(boxes):
             self.slots.setdefault(b.rule_id, []).append(i)
-        self.prios: dict[int, int] = {b.rule_id: b.prio for b in boxes}
-        self.headers = [[int(forest.min_prio[i]), int(rows[i][1])]
+        self.prios: dict[int, int] = {b.rule_id: b.prio * prio_scale for b in boxes}
+        self.headers = [[int(forest.min_prio[i]) * prio_scale, int(rows[i][1])]
                         for i in range(len(forest.trees))]
         # the tree a new box of each partition class goes into (the mixed tree: the rest)
         self.class_tree: dict[int, int] = {}
@@ -285,13 +286,13 @@ class Mirror:
 
     def lookup(self, key: Sequence[int], user: Sequence[int], user_valid: int) -> Box | None:
         """Walk the mirror's arrays from its root as the BPF program does: for tests."""
-        best = None
+        best, best_prio = None, 0
         idx = self.root
         for _ in range(MAX_TREES):
             if idx == EMPTY:
                 break
             th, left, right, d = self._node(idx)
-            if d != TREE_DIM or (best is not None and th > best.prio):
+            if d != TREE_DIM or (best is not None and th > best_prio):
                 break
             idx = right
             n = left
@@ -304,9 +305,10 @@ class Mirror:
                 continue
             _, first, count, _ = self._node(n)
             for j in range(min(count, MAX_LEAF)):
-                b = self.box[int(self.leaf[first - self.lbase + j]) - self.bbase]
+                slot = int(self.leaf[first - self.lbase + j]) - self.bbase
+                b = self.box[slot]
                 if b.holds(key, user, user_valid):
-                    if best is None or b.prio < best.prio:
-                        best = b
+                    if best is None or self.prio[slot] < best_prio:
+                        best, best_prio = b, int(self.prio[slot])
                     break
         return best

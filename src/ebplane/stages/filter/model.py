@@ -97,10 +97,12 @@ class Box:
     mark: int = 0
     klass: int = 0
 
-    def pack(self) -> bytes:
+    def pack(self, prio_scale: int = 1) -> bytes:
+        """``struct ebp_flt_box``; the priority times ``prio_scale`` (installed tables leave
+        gaps between priorities, so that a rule inserted later can take one in between)."""
         return BOX.pack(*self.lo, *self.hi, *self.user_mask, *self.user_value,
-                        self.user_need, self.prio, self.rule_id, self.action, self.mark,
-                        self.klass)
+                        self.user_need, self.prio * prio_scale, self.rule_id, self.action,
+                        self.mark, self.klass)
 
     def used_dims(self) -> set[int]:
         return {d for d in range(NDIMS) if (self.lo[d], self.hi[d]) != ANY}

@@ -19,7 +19,7 @@ from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map, rcu_barrier
 from ebplane.stages.filter.gen import map_names
 from ebplane.stages.filter.plan import CompiledTable
-from ebplane.stages.filter.edit import Mirror, NeedRebuild  # noqa: F401 (re-exported)
+from ebplane.stages.filter.edit import PRIO_GAP, Mirror, NeedRebuild  # noqa: F401
 from ebplane.errors import NotFound
 from ebplane.stages.filter.tree import EMPTY, node_bytes
 
@@ -70,9 +70,9 @@ class FilterTable:
         gen = 1 if root != EMPTY and root < plan.nodes else 0  # the half not in force
         forest = compiled.tree
         nb, lb, bb = gen * plan.nodes, gen * plan.leaf, gen * plan.boxes
-        nodes, leaf, new_root = forest.pack(nb, lb, bb)
+        nodes, leaf, new_root = forest.pack(nb, lb, bb, PRIO_GAP)
         if compiled.boxes:
-            boxes = b"".join(b.pack() for b in compiled.boxes)
+            boxes = b"".join(b.pack(PRIO_GAP) for b in compiled.boxes)
             self._maps(self.names["boxes"]).update_batch(_indices(bb, len(compiled.boxes)), boxes)
             self._maps(self.names["leaf"]).update_batch(_indices(lb, forest.leaf), leaf)
             self._maps(self.names["nodes"]).update_batch(_indices(nb, forest.nodes), nodes)
@@ -82,7 +82,8 @@ class FilterTable:
         if keep_mirror:
             from ebplane.stages.filter.model import D
             self.mirror = Mirror(plan.nodes, plan.leaf, plan.boxes, gen,
-                                 [D[d] for d in plan.dims], plan.user, forest, compiled.boxes)
+                                 [D[d] for d in plan.dims], plan.user, forest, compiled.boxes,
+                                 prio_scale=PRIO_GAP)
         return {"form": "tree", "boxes": len(compiled.boxes), "trees": len(forest.trees),
                 "nodes": forest.nodes, "depth": forest.depth, "generation": gen}
 

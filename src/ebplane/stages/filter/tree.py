@@ -298,15 +298,16 @@ class Forest:
     def max_leaf(self) -> int:
         return max((t.max_leaf for t in self.trees), default=0)
 
-    def layout(self, node_base: int, leaf_base: int, box_base: int
+    def layout(self, node_base: int, leaf_base: int, box_base: int, prio_scale: int = 1
                ) -> tuple[np.ndarray, np.ndarray, int]:
         """``(nodes, leaf, root)`` with absolute indices: the (m, 4) node rows from
         ``node_base`` (the tree headers first: (best priority, tree root, next header,
-        TREE_DIM)), the leaf array's box slots from ``leaf_base``, and the first header."""
+        TREE_DIM)), the leaf array's box slots from ``leaf_base``, and the first header.
+        Priorities are multiplied by ``prio_scale`` (see ``Box.pack``)."""
         if not self.trees:
             return np.zeros((0, 4), np.uint64), np.zeros(0, np.int64), EMPTY
         k = len(self.trees)
-        rows = [np.array([[self.min_prio[i], 0, node_base + i + 1 if i + 1 < k else EMPTY,
+        rows = [np.array([[self.min_prio[i] * prio_scale, 0, node_base + i + 1 if i + 1 < k else EMPTY,
                            TREE_DIM] for i in range(k)], dtype=np.uint64)]
         leaves = []
         nb, lb = node_base + k, leaf_base
@@ -322,9 +323,10 @@ class Forest:
             lb += len(t.leaf)
         return np.concatenate(rows), np.concatenate(leaves), node_base
 
-    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes, int]:
+    def pack(self, node_base: int, leaf_base: int, box_base: int, prio_scale: int = 1
+             ) -> tuple[bytes, bytes, int]:
         """``(nodes, leaf, root)`` as map bytes (see :meth:`layout`)."""
-        nodes, leaf, root = self.layout(node_base, leaf_base, box_base)
+        nodes, leaf, root = self.layout(node_base, leaf_base, box_base, prio_scale)
         return node_bytes(nodes), leaf.astype("<u4").tobytes(), root
 
 
