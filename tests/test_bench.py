@@ -71,6 +71,21 @@ def test_live_section_has_every_device_under_test(quick_run):
         assert "mpps" in row, row
 
 
+def test_containers_section_compares_tc_with_the_kernel(quick_run):
+    """TC forwarding against the kernel's own path in the container lab, in one run."""
+    ct = quick_run[2]["sections"]["containers"]
+    for pair in ("routed", "bridged"):
+        kernel, tc = ct[pair]
+        assert (kernel["name"], tc["name"]) == ("kernel", "ebplane-tc")
+        for r in (kernel, tc):
+            assert r["mpps"]["min"] > 0 and r["handled_fraction"] > 0.5, r
+        assert tc["speedup_per_turn"]["n"] >= 1 and "_pps" not in tc
+        assert tc["speedup_vs_kernel"] == round(tc["mpps"]["median"]
+                                                / kernel["mpps"]["median"], 2)
+    assert "## 7. Forwarding at TC in the container lab" in markdown(quick_run[2])
+    assert not [n for n in netns.list_ours() if n.startswith("ebp-bct")]
+
+
 def test_control_section_loses_no_packet(quick_run):
     control = quick_run[2]["sections"]["control"]
     r = control["reapply_under_traffic"]

@@ -258,14 +258,15 @@ def test_xsk_without_socket_goes_on_and_match_selects(router):
         r.close()
 
 
-def test_forwarding_stages_are_refused_at_tc_hooks():
-    text = _spec("route: {}").replace("hook: xdp", "hook: tc-ingress")
+def test_xdp_only_forwarding_stages_are_refused_at_tc_hooks():
+    """tx, steer and xsk are XDP's own (route, redirect, bridge at TC: test_tc_forwarding)."""
+    text = _spec("tx: {}").replace("hook: xdp", "hook: tc-ingress")
     with pytest.raises(SpecError, match="works at hook xdp only"):
         parse_spec(text, "x.yaml")
 
 
 def test_slot_names_match_forward_h():
-    header = (Path(__file__).resolve().parent.parent / "src/ebplane/codegen/bpf/forward.h").read_text()
+    header = (Path(__file__).resolve().parent.parent / "src/ebplane/stages/forward/forward.h").read_text()
     for kind, prefix in (("route", "EBP_RT_"), ("bridge", "EBP_BR_"), ("redirect", "EBP_RD_"),
                          ("tx", "EBP_TX_"), ("xsk", "EBP_XSK_")):
         body = re.search(r"enum ebp_%s_slot \{(.*?)\};" % kind, header, re.S).group(1)

@@ -65,6 +65,8 @@ class EbplaneError(Exception):
         d = {"error": type(self).__name__, "message": self.message}
         if self.hint:
             d["hint"] = self.hint
+        if getattr(self, "__notes__", None):  # e.g. rollback steps that failed
+            d["notes"] = list(self.__notes__)
         return d
 
 

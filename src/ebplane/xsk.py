@@ -248,11 +248,13 @@ class XskSocket:
 
     def attach(self, pipeline: str, stage: str | None = None) -> None:
         """Register in the XSKMAP of the xsk stage ``stage`` of the applied ``pipeline``."""
-        from ebplane.runtime.state import pin_dir  # the runtime layer: only when asked
+        # the runtime layer: only when asked
+        from ebplane.runtime.pipeline import manifest_of
+        from ebplane.runtime.state import PipelineState, pin_dir
         maps = pin_dir(pipeline) / "maps"
-        found = sorted(p.name for p in maps.glob("xsk_*_socks")) if maps.is_dir() else []
-        if stage is not None:
-            found = [n for n in found if n == f"xsk_{stage}_socks"]
+        state = PipelineState.load(pipeline)
+        socks = manifest_of(state).maps_in_role("socks") if state is not None else []
+        found = sorted(m["cname"] for m in socks if stage is None or m["stage"] == stage)
         if len(found) != 1:
             raise NotFound(f"pipeline '{pipeline}' has {'no' if not found else 'several'} "
                            f"xsk stage{'' if stage is None else ' ' + repr(stage)}",

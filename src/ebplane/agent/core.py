@@ -47,8 +47,7 @@ RTMGRP_LINK = 1
 
 
 def _filters(spec) -> list:
-    from ebplane.spec import FilterStage
-    return [s for s in spec.stages if isinstance(s, FilterStage)]
+    return [s for s in spec.stages if s.has_rules]
 
 
 class Agent:

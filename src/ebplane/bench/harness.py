@@ -28,7 +28,7 @@ from ebplane.kernel.programs import BpfObject, Program
 from ebplane.lab.traffic import Flow
 from ebplane.net import attach, netns
 from ebplane.runtime.build import Built, build
-from ebplane.runtime.stages import runtime_for
+from ebplane.stages.control import control_for
 from ebplane.spec import FilterStage, PipelineSpec
 from ebplane.toolchain.clang import compile_file
 
@@ -167,8 +167,7 @@ def load_pipeline(spec: PipelineSpec) -> Built:
     try:
         built.install_spec_rules()
         for st in spec.stages:
-            if not isinstance(st, FilterStage) and (rt := runtime_for(st.kind)) is not None:
-                rt.prepare(built, spec, st, replay=True)
+            control_for(st.kind).prepare(built, spec, st, replay=True)
     except BaseException:
         built.close()
         raise

@@ -182,6 +182,25 @@ def _classbench(cb: dict) -> list[str]:
     return lines
 
 
+def _containers(ct: dict) -> list[str]:
+    lines = ["## 7. Forwarding at TC in the container lab", "", ct["method"] + ".", ""]
+    rows = []
+    for pair in ("routed", "bridged"):
+        for r in ct.get(pair, []):
+            if "error" in r:
+                rows.append([pair, r["name"], r["what"], "–", "–", "–", "–", r["error"]])
+                continue
+            m, turn = r["mpps"], r.get("speedup_per_turn")
+            rows.append([pair, r["name"], r["what"],
+                         f"{m['min']:g} / **{m['median']:g}** / {m['max']:g}",
+                         r["ns_per_packet"], _x(r.get("speedup_vs_kernel")),
+                         f"{turn['min']:g} / **{turn['median']:g}** / {turn['max']:g}"
+                         if turn else "–", f"{r['handled_fraction']:.2%}"])
+    return lines + _table(["lab", "path", "what", "Mpps min / median / max",
+                           "ns/pkt (all on one CPU)", "÷ kernel (medians)",
+                           "÷ kernel per turn, min / median / max", "handled"], rows)
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# ebplane benchmark", "",
@@ -191,14 +210,15 @@ def markdown(doc: dict) -> str:
              "Absolute numbers are machine-specific; the ratios are the point.", ""]
     s = doc["sections"]
     for key, render in (("cost", _cost), ("live", _live), ("control", _control),
-                        ("scaling", _scaling), ("xsk", _xsk), ("classbench", _classbench)):
+                        ("scaling", _scaling), ("xsk", _xsk), ("classbench", _classbench),
+                        ("containers", _containers)):
         if key in s:
             lines += render(s[key])
     return "\n".join(lines)
 
 
 def chart(doc: dict, path: Path) -> None:
-    """One panel per section present (xsk has none)."""
+    """One panel per section present (xsk and containers have none)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

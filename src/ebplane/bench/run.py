@@ -22,7 +22,8 @@ from ebplane import __version__
 from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
-SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench")
+SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench",
+                             "containers")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             results["xsk"] = run_xsk(config.xsk_frames, config.xsk_runs, progress)
         if "classbench" in sections:
             results["classbench"] = run_classbench(harness, lab, config, progress)
+        if "containers" in sections:
+            from ebplane.bench.containers import run_containers
+            results["containers"] = run_containers(workdir, config.live_seconds,
+                                                   config.live_repeats, progress)
     doc = {"ebplane": __version__, "command": command,
            "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
            "seconds": round(time.time() - started, 1), "machine": machine(),

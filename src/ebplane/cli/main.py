@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
+        for note in getattr(e, "__notes__", ()):  # e.g. rollback steps that failed
+            print(f"note: {note}", file=sys.stderr)
         if args.verbose and getattr(e, "log", None):
             print(e.log, file=sys.stderr)
         return e.exit_code

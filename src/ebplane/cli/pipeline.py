@@ -39,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("spec")
     p.add_argument("--pcap", required=True, help="input pcap (Ethernet)")
     p.add_argument("--out", help="write every packet as the program left it to this pcap")
+    p.add_argument("--ingress", metavar="IF",
+                   help="run the packets as received on interface IF of the current "
+                        "namespace (what route and bridge look up; default: none)")
     p.add_argument("--json", action="store_true", help="one JSON object per packet, one per line")
     p.set_defaults(func=cmd_replay)
 
@@ -212,7 +215,7 @@ def cmd_replay(args) -> int:
     frames = list(read_pcap(args.pcap))
     out_frames = []
     totals: dict[str, int] = {}
-    with Replayer(spec) as rp:
+    with Replayer(spec, ingress=args.ingress) as rp:
         for d in rp.run_all(frames):
             verdict = d.verdict or d.reason  # a frame not run: "skipped"
             totals[verdict] = totals.get(verdict, 0) + 1

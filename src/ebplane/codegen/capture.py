@@ -23,6 +23,9 @@ from ebplane.errors import UsageError
 
 CAPTURE_COUNTERS = ("selected", "filtered_out", "rate_limited", "ring_full", "captured",
                     "copy_failed")
+# role -> C name of the maps of the capture hooks (the one place these names are made)
+CAPTURE_MAPS: dict[str, str] = {"capture": "ebp_cap_ring", "capture-counters": "ebp_cap_cnt",
+                                "capture-rate": "ebp_cap_rate"}
 RING_MIN_BYTES = 1 << 20
 SNAPLEN_MAX = 9216
 REC_HEADER = 40  # bytes of struct ebp_cap_rec before the frame
@@ -218,24 +221,24 @@ def capture_c(cap: CaptureSpec, hook: str) -> str:
     ]
     if conds:
         body += [f"\tif ({' || '.join(conds)})", "\t\treturn;"]
-    body.append(f"\tebp_count(&ebp_cap_cnt, {CAPTURE_COUNTERS.index('selected')}, pkt->len);")
+    body.append(f"\tebp_count(&{CAPTURE_MAPS['capture-counters']}, {CAPTURE_COUNTERS.index('selected')}, pkt->len);")
     if cap.filter:
         body += ["\tif (!ebp_cap_match(ctx, pkt->len)) {",
-                 f"\t\tebp_count(&ebp_cap_cnt, {CAPTURE_COUNTERS.index('filtered_out')}, pkt->len);",
+                 f"\t\tebp_count(&{CAPTURE_MAPS['capture-counters']}, {CAPTURE_COUNTERS.index('filtered_out')}, pkt->len);",
                  "\t\treturn;", "\t}"]
     if cap.rate:
-        body += ["\tstruct ebp_cap_rate *r = bpf_map_lookup_elem(&ebp_cap_rate, &z);",
+        body += [f"\tstruct ebp_cap_rate *r = bpf_map_lookup_elem(&{CAPTURE_MAPS['capture-rate']}, &z);",
                  "\tif (r) {",
                  "\t\t__u64 now = bpf_ktime_get_ns();",
                  "\t\tif (now - r->window >= 1000000000ull) {",
                  "\t\t\tr->window = now;", "\t\t\tr->n = 0;", "\t\t}",
                  f"\t\tif (r->n >= {cap.rate}) {{",
-                 f"\t\t\tebp_count(&ebp_cap_cnt, {CAPTURE_COUNTERS.index('rate_limited')}, pkt->len);",
+                 f"\t\t\tebp_count(&{CAPTURE_MAPS['capture-counters']}, {CAPTURE_COUNTERS.index('rate_limited')}, pkt->len);",
                  "\t\t\treturn;", "\t\t}", "\t\tr->n++;", "\t}"]
     body += [
-        "\trec = bpf_ringbuf_reserve(&ebp_cap_ring, sizeof(*rec), 0);",
+        f"\trec = bpf_ringbuf_reserve(&{CAPTURE_MAPS['capture']}, sizeof(*rec), 0);",
         "\tif (!rec) {",
-        f"\t\tebp_count(&ebp_cap_cnt, {CAPTURE_COUNTERS.index('ring_full')}, pkt->len);",
+        f"\t\tebp_count(&{CAPTURE_MAPS['capture-counters']}, {CAPTURE_COUNTERS.index('ring_full')}, pkt->len);",
         "\t\treturn;", "\t}",
         "\trec->ts = bpf_ktime_get_ns();",
         f"\trec->ifindex = {ifindex};",
@@ -244,11 +247,11 @@ def capture_c(cap: CaptureSpec, hook: str) -> str:
         "\trec->cpu = bpf_get_smp_processor_id();", "\trec->pad = 0;",
         "\tlen = pkt->len < EBP_CAP_SNAPLEN ? pkt->len : EBP_CAP_SNAPLEN;",
         f"\tif (len < 1 || len > EBP_CAP_SNAPLEN || {load}(ctx, 0, rec->data, len)) {{",
-        f"\t\tebp_count(&ebp_cap_cnt, {CAPTURE_COUNTERS.index('copy_failed')}, pkt->len);",
+        f"\t\tebp_count(&{CAPTURE_MAPS['capture-counters']}, {CAPTURE_COUNTERS.index('copy_failed')}, pkt->len);",
         "\t\tlen = 0;", "\t}",
         "\trec->cap_len = len;",
         "\tbpf_ringbuf_submit(rec, 0);",
-        f"\tebp_count(&ebp_cap_cnt, {CAPTURE_COUNTERS.index('captured')}, pkt->len);",
+        f"\tebp_count(&{CAPTURE_MAPS['capture-counters']}, {CAPTURE_COUNTERS.index('captured')}, pkt->len);",
         "}",
     ]
     out.append("\n".join(body))

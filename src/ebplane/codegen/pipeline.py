@@ -9,16 +9,18 @@ skipped by offset, a stage kind the pipeline lacks has no code.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from ebplane import __version__
 from ebplane.codegen import p4c
-from ebplane.codegen.capture import CAPTURE_COUNTERS, CaptureSpec, capture_c, record_c
+from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, CaptureSpec, capture_c, record_c
 from ebplane.protocols import ParserGraph, build_parser
-from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule
+from ebplane.spec import PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
+from ebplane.stages import kind_part
 
 # hook -> (section, context type, pass verdict, drop verdict)
 HOOKS = {
@@ -39,7 +41,25 @@ HANDOFF_COUNTERS = ("parse_info_from_xdp", "parsed_in_tc")
 # XDP pipelines that set marks: slots of map ebp_marks, counted by ebp_tc_marks
 MARK_COUNTERS = ("set_from_xdp",)
 MAX_VERDICTS = 8
+# role -> C name of the pipeline's own maps (stage == None in the manifest); the one place
+# these names are made (stage kinds make theirs in their gen.py)
+PIPELINE_MAPS: dict[str, str] = {"verdicts": "ebp_verdicts", "marks": "ebp_marks",
+                                 "handoff": "ebp_handoff", "progs": "ebp_progs",
+                                 "trace": "ebp_trace", **CAPTURE_MAPS}
+M = PIPELINE_MAPS
 TRACE_NONE = 0xFF
+# the verdicts a program returns (slots of map ebp_verdicts), per hook family: the kernel's
+# constant name -> value.  The one place they are written (stats, trace, the manifest)
+VERDICTS: dict[str, dict[str, int]] = {
+    "xdp": {"XDP_ABORTED": 0, "XDP_DROP": 1, "XDP_PASS": 2, "XDP_TX": 3, "XDP_REDIRECT": 4},
+    "tc": {"TC_ACT_OK": 0, "TC_ACT_SHOT": 2, "TC_ACT_REDIRECT": 7},
+}
+MANIFEST_VERSION = 1
+
+
+def verdict_family(hook: str) -> str:
+    """``xdp`` or ``tc``: whose return codes a program at ``hook`` uses."""
+    return "xdp" if hook == "xdp" else "tc"
 
 
 _FLAGS = ("vlan", "ipv4", "ipv6", "tcp", "udp")
@@ -109,15 +129,13 @@ def rule_features(rules: Iterable[Rule], protocols: Iterable[str]) -> Features:
 
 
 def spec_features(spec: PipelineSpec, live_rules: dict[str, list[Rule]] | None = None) -> Features:
-    """What the parser must read for all stages (filters: their live rules when given)."""
-    _load_stage_modules()
+    """What the parser must read for all stages (stages with rules: their live rules when
+    given)."""
     total = Features(vlan="vlan" in spec.protocols)
     for st in spec.stages:
-        if isinstance(st, FilterStage):
-            f = rule_features((live_rules or {}).get(st.name, list(st.rules)), spec.protocols)
-        else:
-            f = STAGE_GENERATORS[st.kind].features(st, spec.protocols)
-        total = total.merge(f)
+        if st.has_rules and live_rules and st.name in live_rules:
+            st = dataclasses.replace(st, rules=tuple(live_rules[st.name]))
+        total = total.merge(generator(st.kind).features(st, spec.protocols))
     return total
 
 
@@ -134,6 +152,23 @@ class MapRole:
     # maps of one group are reused together or not at all (a filter's tree arrays and the
     # root that indexes them must come from one version)
     group: str | None = None
+    # the layout, as declared in the C (BPF_MAP_TYPE_*, key and value types, entries, flags)
+    mtype: str = ""
+    key: str = ""
+    value: str = ""
+    max_entries: int | str = 0
+    flags: str | None = None
+    # names of the counter slots of a map with fixed slots (index = slot)
+    slots: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        d = {"cname": self.cname, "stage": self.stage, "role": self.role, "pinned": self.pinned,
+             "reusable": self.reusable, "group": self.group, "type": self.mtype,
+             "key": self.key, "value": self.value, "max_entries": self.max_entries,
+             "flags": self.flags}
+        if self.slots is not None:
+            d["slots"] = list(self.slots)
+        return d
 
 
 @dataclass
@@ -159,6 +194,7 @@ class GeneratedProgram:
     # tables the generator compiled itself from the spec's rules (no plan given): table ->
     # CompiledTable, so a loader installs them without compiling twice
     compiled_filters: dict = field(default_factory=dict)
+    hook: str = "xdp"      # the spec's hook (xdp, tc-ingress, tc-egress)
 
     def map_for(self, stage: str | None, role: str) -> str:
         for m in self.maps:
@@ -166,9 +202,57 @@ class GeneratedProgram:
                 return m.cname
         raise KeyError((stage, role))
 
+    def manifest(self) -> dict:
+        """What the control plane needs to know of this program, made by generation and
+        stored with the pipeline's state: every map by (stage, role) with its C name,
+        layout and counter slot names, the features, the parse-info (user area) layout,
+        the hook, the programs and the verdict names.  See :class:`Manifest`."""
+        return {"version": MANIFEST_VERSION, "hook": self.hook, "section": self.section,
+                "programs": {"main": self.name, "stages": self.stage_prog,
+                             "xdp_parser": self.xdp_parser, "tc_marks": self.tc_marks},
+                "stages": list(self.stage_names),
+                "features": self.features.to_dict(),
+                "user_layout": self.user_layout.to_dict(),
+                "verdicts": VERDICTS[verdict_family(self.hook)],
+                "maps": [m.to_dict() for m in self.maps]}
+
+
+class Manifest:
+    """A generation manifest read back (from :meth:`GeneratedProgram.manifest`, as a state
+    file keeps it): the names the control plane resolves instead of spelling them."""
+
+    def __init__(self, data: dict):
+        if data.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"manifest version {data.get('version')!r}, this ebplane reads "
+                             f"{MANIFEST_VERSION}")
+        self.data = data
+        self.maps = data["maps"]
+
+    def map(self, stage: str | None, role: str) -> dict:
+        """The map of ``stage`` (None: the pipeline's own) in ``role``."""
+        for m in self.maps:
+            if m["stage"] == stage and m["role"] == role:
+                return m
+        raise KeyError((stage, role))
+
+    def cname(self, stage: str | None, role: str) -> str:
+        return self.map(stage, role)["cname"]
+
+    def maps_in_role(self, role: str) -> list[dict]:
+        return [m for m in self.maps if m["role"] == role]
+
+    def roles(self) -> dict[str, tuple[str | None, str]]:
+        """C name -> (stage, role) of every map."""
+        return {m["cname"]: (m["stage"], m["role"]) for m in self.maps}
+
+    def verdicts(self) -> dict[int, str]:
+        """Slot of ebp_verdicts -> the verdict's name."""
+        return {v: k for k, v in self.data["verdicts"].items()}
+
 
 def _map(cname: str, mtype: str, key: str, value: str, entries, comment: str,
          flags: str | None = None) -> str:
+    """The C declaration of a map (the layout the manifest records beside it)."""
     lines = [f"/* {comment} */", "struct {", f"\t__uint(type, {mtype});",
              f"\t__uint(max_entries, {entries});", f"\t__type(key, {key});",
              f"\t__type(value, {value});"]
@@ -187,6 +271,9 @@ class Emit:
     functions: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     includes: list[str] = field(default_factory=list)
+    # name -> value of the #defines a stage's reviewed header reads, generated from the
+    # Python tables that are their one definition (before the headers are included)
+    defines: dict[str, str] = field(default_factory=dict)
 
     @property
     def hook(self) -> str:
@@ -194,13 +281,24 @@ class Emit:
 
     def map(self, cname: str, mtype: str, key: str, value: str, entries, comment: str, *,
             stage: str | None, role: str, flags: str | None = None, pinned: bool = True,
-            reusable: bool = True, group: str | None = None) -> None:
+            reusable: bool = True, group: str | None = None,
+            slots: tuple[str, ...] | None = None) -> None:
+        """Declare a map in the C and in the manifest (``slots``: names of its counter
+        slots, when they are fixed)."""
         self.maps.append(_map(cname, mtype, key, value, entries, comment, flags))
-        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable, group))
+        self.prog.maps.append(MapRole(cname, stage, role, pinned, reusable, group, mtype, key,
+                                      value, entries, flags,
+                                      tuple(slots) if slots is not None else None))
 
     def include(self, header: str) -> None:
         if header not in self.includes:
             self.includes.append(header)
+
+    def define(self, name: str, value) -> None:
+        """``#define name value`` ahead of the stage headers (the same name twice must have
+        the same value: two stages of one kind share their header)."""
+        if self.defines.setdefault(name, str(value)) != str(value):
+            raise ValueError(f"#define {name}: {self.defines[name]} and {value}")
 
 
 class StageGen:
@@ -215,12 +313,27 @@ class StageGen:
     def features(self, stage, protocols) -> Features:
         return Features()
 
+    def call(self, idx: int, stage) -> str:
+        """The call of the stage's function in ``main`` (a kind whose stages change the packet
+        and parse it again passes ``&malformed`` instead)."""
+        return f"stage_{idx}_{stage.kind}(ctx, &pkt, malformed)"
 
+
+# generators added at run time (register_generator); a kind of ebplane exports GENERATORS
+# from its package's gen.py, found through ebplane.stages.KINDS
 STAGE_GENERATORS: dict[str, StageGen] = {}
 
 
 def register_generator(gen: StageGen) -> StageGen:
     STAGE_GENERATORS[gen.kind] = gen
+    return gen
+
+
+def generator(kind: str) -> StageGen:
+    """The code generator of a stage kind."""
+    gen = STAGE_GENERATORS.get(kind) or kind_part(kind, "gen")
+    if gen is None:  # the spec layer only accepts kinds that are registered
+        raise NotImplementedError(f"no code generator for stage kind '{kind}'")
     return gen
 
 
@@ -250,7 +363,6 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     the parser reads the headers in the first buffer, counters count the whole frame).
     ``capture``: the capture hooks of a running ``ebplane trace`` (see
     :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
-    _load_stage_modules()
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
     parser_frags = frags  # parser mode xdp: the XDP parser program next to a TC program
@@ -259,6 +371,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         section = "xdp.frags"
     prog_name = "ebp_" + spec.name.replace("-", "_")
     prog = GeneratedProgram(prog_name[:15], section, "", features)
+    prog.hook = spec.hook
     prog.graph, prog.user_layout, parser = spec_parser(spec.protocols, features)
     separate = spec.parser_mode == "separate"
     handoff = spec.parser_mode == "xdp"
@@ -272,43 +385,44 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     out = Emit(spec, prog)
     if spec.hook == "xdp" and features.marks:
         prog.tc_marks = "ebp_tc_marks"
-        out.map("ebp_marks", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+        out.map(M["marks"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(MARK_COUNTERS), "TC program ebp_tc_marks: packets whose mark/class it set "
-                "from the XDP program's metadata", stage=None, role="marks")
+                "from the XDP program's metadata", stage=None, role="marks", slots=MARK_COUNTERS)
     if separate:
-        out.map("ebp_progs", "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
+        out.map(M["progs"], "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", 1,
                 "slot 0: the stage program the parser program tail-calls",
                 stage=None, role="progs", reusable=False)
     if handoff:
-        out.map("ebp_handoff", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+        out.map(M["handoff"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(HANDOFF_COUNTERS), "packets whose parse the XDP parser left, packets "
-                "parsed here (no valid parse-info)", stage=None, role="handoff")
-    out.map("ebp_verdicts", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
-            "packets and bytes per returned verdict", stage=None, role="verdicts")
+                "parsed here (no valid parse-info)", stage=None, role="handoff",
+                slots=HANDOFF_COUNTERS)
+    out.map(M["verdicts"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
+            "packets and bytes per returned verdict", stage=None, role="verdicts",
+            slots=_verdict_slots(spec.hook))
     if trace or capture:
-        out.map("ebp_trace", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
+        out.map(M["trace"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_trace", 1,
                 "which stage and counter slot decided the last packet (replay, trace)",
                 stage=None, role="trace", pinned=False)
     if capture:
         out.maps.append("\n".join([
             f"/* frames captured by a running trace ({capture.ring_bytes} bytes) */",
             "struct {", "\t__uint(type, BPF_MAP_TYPE_RINGBUF);",
-            f"\t__uint(max_entries, {capture.ring_bytes});", "} ebp_cap_ring SEC(\".maps\");"]))
-        prog.maps.append(MapRole("ebp_cap_ring", None, "capture", reusable=False))
-        out.map("ebp_cap_cnt", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
+            f"\t__uint(max_entries, {capture.ring_bytes});", f"}} {M['capture']} SEC(\".maps\");"]))
+        prog.maps.append(MapRole(M["capture"], None, "capture", reusable=False,
+                                 mtype="BPF_MAP_TYPE_RINGBUF", max_entries=capture.ring_bytes))
+        out.map(M["capture-counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(CAPTURE_COUNTERS), "capture: " + ", ".join(CAPTURE_COUNTERS),
-                stage=None, role="capture-counters", reusable=False)
-        out.map("ebp_cap_rate", "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_cap_rate", 1,
+                stage=None, role="capture-counters", reusable=False, slots=CAPTURE_COUNTERS)
+        out.map(M["capture-rate"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_cap_rate", 1,
                 "capture: frames of the current second, per CPU (rate limit)",
                 stage=None, role="capture-rate", pinned=False)
     for idx, st in enumerate(spec.stages):
         prog.stage_names.append(st.name)
-        gen = STAGE_GENERATORS.get(st.kind)
-        if gen is None:  # the spec layer only registers kinds that have a generator
-            raise NotImplementedError(f"no code generator for stage kind '{st.kind}'")
+        gen = generator(st.kind)
         gen.emit(idx, st, out)
         out.calls.append(f"\t/* stage {idx}: {st.kind} '{st.name}' */\n"
-                         f"\taction = stage_{idx}_{st.kind}(ctx, &pkt, malformed);\n"
+                         f"\taction = {gen.call(idx, st)};\n"
                          f"\tif (action != EBP_NEXT)\n\t\tgoto out;")
 
     if spec.hook == "xdp":
@@ -341,6 +455,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     head += [f"#define EBP_CTX {ctx_decl.rsplit(' ', 1)[0].rstrip(' *')}",
              f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
              parser.defines, '#include "ebplane.h"']
+    head += [f"#define {k} {v}" for k, v in out.defines.items()]
     head += [f'#include "{h}"' for h in out.includes]
     trace_part = [
         "/* replay only: which stage and counter slot decided the last packet */",
@@ -348,7 +463,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */", "};", "",
     ] + ([record_c(), ""] if capture else [])
     trace_macro = ("#ifdef EBP_TRACE\n#define EBP_TRACE_SET(st, sl) do { __u32 z_ = 0; "
-                   "struct ebp_trace *t_ = bpf_map_lookup_elem(&ebp_trace, &z_); "
+                   f"struct ebp_trace *t_ = bpf_map_lookup_elem(&{M['trace']}, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"
                    "#else\n#define EBP_TRACE_SET(st, sl) do { } while (0)\n#endif")
     main = [f'SEC("{section}")', f"int {prog.stage_prog or prog.name}({ctx_decl})", "{",
@@ -367,11 +482,11 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                  "\tint malformed, action;", "",
                  "\tif ((void *)(pi + 1) <= data && pi->magic == (EBP_PINFO_MAGIC ^ ctx->len)) {",
                  "\t\tmalformed = ebp_pinfo_read(pi, data, data_end, &pkt);",
-                 f"\t\tebp_count(&ebp_handoff, {HANDOFF_COUNTERS.index('parse_info_from_xdp')}, "
+                 f"\t\tebp_count(&{M['handoff']}, {HANDOFF_COUNTERS.index('parse_info_from_xdp')}, "
                  "ctx->len);",
                  "\t} else {",
                  "\t\tmalformed = ebp_parse(data, data_end, &pkt) == EBP_MALFORMED;",
-                 f"\t\tebp_count(&ebp_handoff, {HANDOFF_COUNTERS.index('parsed_in_tc')}, "
+                 f"\t\tebp_count(&{M['handoff']}, {HANDOFF_COUNTERS.index('parsed_in_tc')}, "
                  "ctx->len);",
                  "\t}"]
     else:
@@ -385,7 +500,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
-             "out:", "\tebp_count(&ebp_verdicts, action, pkt.len);",
+             "out:", f"\tebp_count(&{M['verdicts']}, action, pkt.len);",
              *(["\tebp_capture(ctx, &pkt, action);"] if capture else []),
              "\treturn action;", "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
@@ -411,6 +526,12 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     return prog
 
 
+def _verdict_slots(hook: str) -> tuple[str, ...]:
+    """Names of the slots of ebp_verdicts (``""``: a value no verdict has)."""
+    names = {v: k for k, v in VERDICTS[verdict_family(hook)].items()}
+    return tuple(names.get(i, "") for i in range(MAX_VERDICTS))
+
+
 def _parser_program(name: str, *, tail_call: bool, frags: bool = False) -> str:
     """The XDP program that parses and leaves the parse-info in front of the packet, then
     tail-calls the stage program (separate mode) or passes the frame on to the TC program
@@ -418,8 +539,8 @@ def _parser_program(name: str, *, tail_call: bool, frags: bool = False) -> str:
     _, ctx_decl, _, _ = HOOKS["xdp"]
     if tail_call:
         what = "continue in the stage program"
-        end = ["\tbpf_tail_call(ctx, &ebp_progs, 0);",
-               "\treturn XDP_PASS; /* no stage program in ebp_progs */"]
+        end = [f"\tbpf_tail_call(ctx, &{M['progs']}, 0);",
+               f"\treturn XDP_PASS; /* no stage program in {M['progs']} */"]
     else:
         what = "the TC program reads it (or parses itself when it is missing)"
         end = ["\treturn XDP_PASS;"]
@@ -450,39 +571,5 @@ def _tc_marks_program(name: str) -> str:
         "\t\treturn TC_ACT_UNSPEC; /* no record for this frame */",
         "\tif (m->flags & EBP_ACT_MARK)", "\t\tctx->mark = m->mark;",
         "\tif (m->flags & EBP_ACT_CLASS)", "\t\tctx->priority = m->klass;",
-        f"\tebp_count(&ebp_marks, {MARK_COUNTERS.index('set_from_xdp')}, ctx->len);",
+        f"\tebp_count(&{M['marks']}, {MARK_COUNTERS.index('set_from_xdp')}, ctx->len);",
         "\treturn TC_ACT_UNSPEC;", "}"])
-
-
-def _load_stage_modules() -> None:
-    """Stage kinds beyond filter and count register their generators on import."""
-    import importlib
-    for mod in STAGE_MODULES:
-        importlib.import_module(mod)
-
-
-# the filter stage kind lives in its own package (spec model, generator, C header, control
-# plane) and registers itself; forwarding kinds register from their module
-STAGE_MODULES: list[str] = ["ebplane.stages.filter.gen", "ebplane.codegen.forwarding",
-                             "ebplane.stages.conntrack.gen"]
-
-
-class CountGen(StageGen):
-    kind = "count"
-
-    def emit(self, idx: int, st: CountStage, out: Emit) -> None:
-        cname = f"cnt_{st.name}"
-        out.map(cname, "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", 4,
-                f"count '{st.name}': all, IPv4, IPv6, other", stage=st.name, role="counters")
-        out.functions.append("\n".join([
-            f"/* count '{st.name}': every packet reaching it, and by family */",
-            f"static __always_inline int stage_{idx}_count(EBP_CTX *ctx, struct ebp_pkt *pkt, int malformed)",
-            "{",
-            f"\tebp_count(&{cname}, 0, pkt->len);",
-            f"\tebp_count(&{cname}, pkt->eth_proto == ETH_P_IP ? 1 : pkt->eth_proto == ETH_P_IPV6 ? 2 : 3, pkt->len);",
-            "\treturn EBP_NEXT;",
-            "}",
-        ]))
-
-
-register_generator(CountGen())

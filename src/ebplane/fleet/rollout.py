@@ -49,9 +49,8 @@ def definition(etcd: Etcd, name: str) -> tuple[dict | None, int]:
 
 
 def _spec_rules(spec) -> dict[str, list[dict]]:
-    from ebplane.spec import FilterStage
     return {st.name: [r.to_dict() for r in st.rules] for st in spec.stages
-            if isinstance(st, FilterStage)}
+            if st.has_rules}
 
 
 def _parse(spec_text: str, spec_file: str):

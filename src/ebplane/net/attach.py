@@ -7,11 +7,14 @@ Every function works on the interfaces of the calling thread's network namespace
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from ebplane.errors import AttachError, EbplaneError, KernelError, kernel_error
+from ebplane.errors import AttachError, EbplaneError, KernelError, NotFound, kernel_error
+from ebplane.kernel import bpffs
 from ebplane.kernel.libbpf import (ATTACH_TYPES, XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE,
                                    XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, LinkCreateOpts,
                                    TcHook, TcOpts, XdpAttachOpts, XdpQueryOpts, lib)
@@ -231,3 +234,163 @@ def query_clsact(ifname: str, direction: str, priority: int = 1, handle: int = 1
     if ret < 0:
         return None
     return opts.prog_id
+
+
+# -- attachments as records ----------------------------------------------------------------
+# A state file keeps each attachment as a dict (Attachment.to_dict() plus "prog_id" and, for
+# links, "link_pin"); these types say what each kind of record means to the kernel, so the
+# control plane never dispatches on the "method" string itself.
+
+class Attached:
+    """An attachment as recorded: which program runs for it, replace, detach."""
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, rec: dict):
+        self.rec = rec
+
+    @property
+    def ifname(self) -> str:
+        return self.rec["ifname"]
+
+    @property
+    def direction(self) -> str:
+        return self.rec["hook"].split("-", 1)[1]
+
+    def running(self) -> int | None:
+        """Id of the program the kernel runs for this attachment (None: nothing runs)."""
+        raise NotImplementedError
+
+    def replace(self, prog_fd: int, old_prog_id: int) -> None:
+        """Swap the program atomically (``old_prog_id``: the one attached now)."""
+        raise NotImplementedError
+
+    def detach(self, *, prog_id: int | None = None) -> None:
+        """Remove the attachment (``prog_id``: only if that program still runs there, for
+        attachments that a foreign program could have replaced)."""
+        raise NotImplementedError
+
+    def to_record(self) -> dict:
+        return dict(self.rec)
+
+
+class PinnedLink(Attached):
+    """A bpf_link pinned at ``rec["link_pin"]`` (XDP link, tcx)."""
+
+    def _open(self) -> Link | None:
+        if not self.rec.get("link_pin"):
+            return None
+        try:
+            return Link.from_pin(self.rec["link_pin"])
+        except NotFound:
+            return None
+
+    def running(self) -> int | None:
+        link = self._open()
+        if link is None:
+            return None
+        with link:
+            return link.prog_id() if link.ifindex() else None
+
+    def replace(self, prog_fd: int, old_prog_id: int) -> None:
+        link = Link.from_pin(self.rec["link_pin"])
+        try:
+            link.update(prog_fd)
+        finally:
+            link.close()
+
+    def detach(self, *, prog_id: int | None = None) -> None:
+        link = self._open()
+        if link is not None:
+            with contextlib.suppress(EbplaneError):
+                link.detach()
+            link.close()
+        if self.rec.get("link_pin"):
+            bpffs.unpin(self.rec["link_pin"])
+
+
+class XdpLink(PinnedLink):
+    method = "link"
+
+
+class TcxLink(PinnedLink):
+    method = "tcx"
+
+
+class XdpNetlink(Attached):
+    """An XDP program attached by netlink (no link: it stays until detached)."""
+
+    method = "netlink"
+
+    def running(self) -> int | None:
+        return query_xdp(self.ifname)["prog_id"]
+
+    def replace(self, prog_fd: int, old_prog_id: int) -> None:
+        old = Program.from_id(old_prog_id)
+        try:
+            replace_xdp(self.ifname, prog_fd, old.fd, self.rec["mode"])
+        finally:
+            old.close()
+
+    def detach(self, *, prog_id: int | None = None) -> None:
+        with contextlib.suppress(EbplaneError):
+            if prog_id is None or query_xdp(self.ifname)["prog_id"] == prog_id:
+                detach_xdp(self.ifname, self.rec["mode"])
+
+
+class ClsactFilter(Attached):
+    """A cls_bpf direct-action filter on the clsact qdisc, at (priority, handle)."""
+
+    method = "clsact"
+
+    def _at(self) -> tuple[int, int]:
+        return self.rec.get("tc_priority") or 1, self.rec.get("tc_handle") or 1
+
+    def running(self) -> int | None:
+        return query_clsact(self.ifname, self.direction, *self._at())
+
+    def replace(self, prog_fd: int, old_prog_id: int) -> None:
+        replace_clsact(prog_fd, self.ifname, self.direction, *self._at())
+
+    def detach(self, *, prog_id: int | None = None) -> None:
+        with contextlib.suppress(EbplaneError):
+            detach_clsact(self.ifname, self.direction, *self._at())
+
+
+class Planned(Attached):
+    """An attachment an apply recorded before making it (its intent): a link pinned at
+    ``link_pin`` if it got that far, or at a TC hook a clsact filter (tcx refused)."""
+
+    def running(self) -> int | None:
+        if self.rec.get("link_pin"):
+            link = PinnedLink(self.rec)._open()
+            if link is not None:
+                with link:
+                    return link.prog_id() if link.ifindex() else None
+        if self.rec["hook"].startswith("tc-"):
+            return ClsactFilter(self.rec).running()
+        return None
+
+    def replace(self, prog_fd: int, old_prog_id: int) -> None:
+        PinnedLink(self.rec).replace(prog_fd, old_prog_id)
+
+    def detach(self, *, prog_id: int | None = None) -> None:
+        if self.rec.get("link_pin"):
+            PinnedLink(self.rec).detach(prog_id=prog_id)
+
+
+ATTACHED_TYPES: dict[str, type[Attached]] = {
+    t.method: t for t in (XdpLink, TcxLink, XdpNetlink, ClsactFilter)}
+
+
+def attached(rec: dict) -> Attached:
+    """The typed view of an attachment record."""
+    if rec.get("planned"):
+        return Planned(rec)
+    kind = ATTACHED_TYPES.get(rec.get("method", ""))
+    if kind is None:
+        raise EbplaneError(f"attachment record of {rec.get('ifname')} ({rec.get('hook')}) has "
+                           f"an unknown method {rec.get('method')!r}",
+                           hint="written by another ebplane version? detach the pipeline "
+                                "with that version, or remove its pins and state")
+    return kind(rec)

@@ -39,8 +39,9 @@ class IfaceInfo:
 
     ``peer_ifindex``/``peer_netns`` describe the other end of a veth
     (``peer_netns`` is the ``ip netns`` name of the namespace holding it, or
-    None when that namespace has no name, e.g. the host's).  ``gro`` is None
-    when the driver does not report it.
+    None when that namespace has no name, e.g. the host's); ``peer_elsewhere``
+    says whether it is in another namespace than this end (named or not).  ``gro``
+    is None when the driver does not report it.
     """
 
     name: str
@@ -57,6 +58,7 @@ class IfaceInfo:
     peer_netns: str | None
     gro: bool | None
     xdp_prog_id: int | None
+    peer_elsewhere: bool = False
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -152,10 +154,12 @@ def _from_link(ip: IPRoute, msg) -> IfaceInfo:
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
     peer_ifindex = peer_netns = None
+    peer_elsewhere = False
     if kind == "veth":
         peer_ifindex = msg.get_attr("IFLA_LINK")
         nsid = msg.get_attr("IFLA_LINK_NETNSID")
         peer_netns = netns.current_name() if nsid is None else _netns_by_nsid(ip, nsid)
+        peer_elsewhere = nsid is not None
     xdp = msg.get_attr("IFLA_XDP")
     prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
     driver, gro = _driver_and_gro(name)
@@ -165,7 +169,8 @@ def _from_link(ip: IPRoute, msg) -> IfaceInfo:
         operstate=msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN", up=bool(msg["flags"] & IFF_UP),
         rx_queues=msg.get_attr("IFLA_NUM_RX_QUEUES") or 1,
         tx_queues=msg.get_attr("IFLA_NUM_TX_QUEUES") or 1,
-        peer_ifindex=peer_ifindex, peer_netns=peer_netns, gro=gro, xdp_prog_id=prog_id or None)
+        peer_ifindex=peer_ifindex, peer_netns=peer_netns, gro=gro, xdp_prog_id=prog_id or None,
+        peer_elsewhere=peer_elsewhere)
 
 
 def info(name: str) -> IfaceInfo:

@@ -8,15 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebplane.codegen.pipeline import FRAGS_MTU, Features, GeneratedProgram, generate
+from ebplane.codegen.pipeline import PIPELINE_MAPS, Features, GeneratedProgram, generate
 from ebplane.errors import NotFound
 from ebplane.kernel.codec import U32
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
-from ebplane.net import iface
 from ebplane.runtime.tables import RuleEntry, assign_ids
 from ebplane.spec import FilterStage, PipelineSpec
 from ebplane.stages.filter.plan import CompiledTable, compile_table
+from ebplane.stages.control import jumbo_interfaces  # noqa: F401  (apply reads it here)
 from ebplane.stages.filter.table import FilterTable
 from ebplane.toolchain.clang import compile_c
 
@@ -56,7 +56,7 @@ class Built:
         (replay, benchmarks: a program loaded from a spec alone).  Returns the entries."""
         out = {}
         for st in self.spec.stages:
-            if isinstance(st, FilterStage):
+            if st.has_rules:
                 out[st.name] = entries = assign_ids(st.rules, [], st.capacity)
                 ct = self.gen.compiled_filters.get(st.name) or \
                     compile_filter(st, entries, self.gen.user_layout)
@@ -129,23 +129,10 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                 m.close()
         obj.load()
         if gen.stage_prog is not None:  # separate parser: it tail-calls the stage program
-            obj.maps["ebp_progs"].update_raw(U32.encode(0),
+            obj.maps[PIPELINE_MAPS["progs"]].update_raw(U32.encode(0),
                                              U32.encode(obj.programs[gen.stage_prog].fd))
     except BaseException:
         obj.close()
         raise
     return built
-
-
-def jumbo_interfaces(spec: PipelineSpec) -> list[tuple[str, int]]:
-    """(name, MTU) of the pipeline's interfaces (calling thread's namespace) whose MTU needs
-    multi-buffer XDP (``xdp.frags``); none for a TC pipeline without an XDP parser."""
-    if spec.hook != "xdp" and spec.parser_mode != "xdp":
-        return []
-    out = []
-    for name in spec.interfaces:
-        mtu = iface.info(name).mtu
-        if mtu > FRAGS_MTU:
-            out.append((name, mtu))
-    return out
 

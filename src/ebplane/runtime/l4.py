@@ -1,73 +1,8 @@
-"""Control-plane side of the L4 stages: conntrack's counters and its table (entries against
-capacity, connections by state) for ``ebplane stats``."""
+"""Moved: conntrack's control side is :mod:`ebplane.stages.conntrack.control` (one package per stage kind).  This name stays
+an alias of that module for code written against it."""
 
-from __future__ import annotations
+import sys
 
-import ipaddress
-import time
-from typing import Callable
+import ebplane.stages.conntrack.control
 
-from ebplane.kernel.codec import COUNT, U32, Struct
-from ebplane.kernel.maps import Map
-from ebplane.runtime.stages import StageRuntime, register_runtime
-from ebplane.spec.l4 import ConntrackStage
-from ebplane.stages.conntrack.gen import COUNTERS, map_names
-
-CT_KEY = Struct("ebp_ct_key", [("src", "16s"), ("dst", "16s"), ("sport", "H"), ("dport", "H"),
-                               ("family", "B"), ("proto", "B"), ("pad", "H")])
-CT_ENTRY = Struct("ebp_ct_entry", [("seen_ns", "Q"), ("created_ns", "Q"), ("orig", "Q"),
-                                   ("reply", "Q"), ("timeout_ns", "Q"), ("state", "B"), ("replied", "B"),
-                                   ("fin", "B"), ("pad", "5s")])
-ENTRY_STATES = {1: "syn_sent", 2: "syn_recv", 3: "established", 4: "fin_wait", 5: "close",
-                6: "udp", 7: "icmp"}
-_TIMEOUT_OF = {1: "tcp_syn", 2: "tcp_syn", 3: "tcp_established", 4: "tcp_fin", 5: "tcp_close",
-               7: "icmp"}
-
-
-def _addr(raw: bytes, family: int) -> str:
-    return str(ipaddress.ip_address(raw[:4] if family == 4 else raw))
-
-
-def entry_timeout(stage: ConntrackStage, e) -> int:
-    if e.state == 6:
-        return stage.timeout("udp_replied" if e.replied else "udp")
-    return stage.timeout(_TIMEOUT_OF.get(e.state, "icmp"))
-
-
-def connections(table: Map, stage: ConntrackStage) -> list[dict]:
-    """The table's entries, decoded (``expired``: idle past its timeout, not yet deleted)."""
-    now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
-    out = []
-    for k, e in table.with_codecs(CT_KEY, CT_ENTRY).items():
-        idle = max(0, now - e.seen_ns) / 1e9
-        out.append({"family": k.family, "proto": k.proto,
-                    "src": _addr(k.src, k.family), "dst": _addr(k.dst, k.family),
-                    "sport": k.sport, "dport": k.dport,
-                    "state": ENTRY_STATES.get(e.state, str(e.state)), "replied": bool(e.replied),
-                    "packets": {"original": e.orig, "reply": e.reply},
-                    "idle": round(idle, 1), "expired": idle > entry_timeout(stage, e)})
-    return out
-
-
-class ConntrackRuntime(StageRuntime):
-    kind = "conntrack"
-
-    def stats(self, maps: Callable[[str], Map], spec, stage: ConntrackStage) -> dict:
-        n = map_names(stage.name)
-        cm = maps(n["counters"]).with_codecs(U32, COUNT)
-        counts = {}
-        for i, name in enumerate(COUNTERS):
-            c = cm.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
-        conns = connections(maps(n["table"]), stage)
-        by_state: dict[str, int] = {}
-        for c in conns:
-            by_state[c["state"]] = by_state.get(c["state"], 0) + 1
-        return {"counts": counts,
-                "table": {"entries": len(conns), "capacity": stage.size,
-                          "expired": sum(c["expired"] for c in conns), "by_state": by_state,
-                          "when_full": stage.when_full},
-                "timeouts": dict(stage.timeouts)}
-
-
-register_runtime(ConntrackRuntime())
+sys.modules[__name__] = ebplane.stages.conntrack.control

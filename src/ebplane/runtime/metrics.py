@@ -38,6 +38,7 @@ import logging
 import threading
 from pathlib import Path
 
+from ebplane.codegen.capture import CAPTURE_MAPS
 from ebplane.errors import EbplaneError, UsageError
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import Program
@@ -137,7 +138,7 @@ class PipelineCollector:
                                 [name, stg["stage"], stg["kind"], outcome], c["bytes"])
             spec = pl._spec_of(st)
             for stage in spec.stages:
-                if stage.kind == "filter":
+                if stage.has_rules:
                     fam("g", "ebplane_table_capacity", "Rule capacity of a filter",
                         ["pipeline", "table"]).add_metric([name, stage.name], stage.capacity)
             self._maps(name, fam)
@@ -196,7 +197,7 @@ class PipelineCollector:
         from ebplane.codegen.capture import CAPTURE_COUNTERS
         from ebplane.kernel.codec import COUNT, U32
         try:
-            m = Map.from_pin(pin_dir(name) / "maps" / "ebp_cap_cnt").with_codecs(U32, COUNT)
+            m = Map.from_pin(pin_dir(name) / "maps" / CAPTURE_MAPS["capture-counters"]).with_codecs(U32, COUNT)
         except EbplaneError:
             return
         with m:

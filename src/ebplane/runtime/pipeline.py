@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import functools
 import ipaddress
 import itertools
@@ -34,9 +35,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ebplane.codegen.capture import CaptureSpec
-from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MARK_COUNTERS, Features, spec_features,
-                                      user_layout_for)
+from ebplane.codegen.capture import CAPTURE_MAPS, CaptureSpec
+from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, PIPELINE_MAPS,
+                                      VERDICTS,
+                                      Features, Manifest, spec_features, user_layout_for,
+                                      verdict_family)
 from ebplane.errors import EbplaneError, KeyNotFound, NotFound, UsageError
 from ebplane.kernel import bpffs
 from ebplane.kernel.links import Link
@@ -46,18 +49,19 @@ from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
-from ebplane.runtime.stages import runtime_for
+from ebplane.stages.control import control_for
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir, state_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
-from ebplane.stages.filter.gen import frag_slots, map_names, slots as filter_slots, tree_group
+from ebplane.stages.filter.gen import map_names, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
 from ebplane.stages.filter.table import FilterTable, NeedRebuild
 from ebplane.spec.located import Where
-from ebplane.spec import CountStage, FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
+from ebplane.spec import FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.spec.rules import PROTO_NUMBERS
 
 Progress = Callable[[str], None]
+log = logging.getLogger("ebplane.apply")
 
 # called as f("apply" | "rules", pipeline, table or None, seconds) after each apply and rule
 # change of this process (ebplane.runtime.metrics observes latencies through it)
@@ -102,7 +106,8 @@ def _crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 def _filters(spec: PipelineSpec) -> list[FilterStage]:
-    return [s for s in spec.stages if isinstance(s, FilterStage)]
+    """The stages with rule tables (filter)."""
+    return [s for s in spec.stages if s.has_rules]
 
 
 def _entries_from_state(items: list[dict], protocols: Sequence[str]) -> list[RuleEntry]:
@@ -244,13 +249,32 @@ def _proc_start(pid: int) -> int | None:
         return None
 
 
-def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
-           live_override: dict[str, list[RuleEntry]] | None = None,
-           capture: dict | None | str = KEEP) -> ApplyResult:
-    """Apply ``spec`` (see the module's docstring).  ``capture``: the record of the capture
-    hooks the program carries (``ebplane trace``), None for none, KEEP (default) for those of
-    the running program if their trace still runs (an orphaned capture is dropped here)."""
-    t0 = time.monotonic()
+@dataclass
+class ApplyPlan:
+    """Everything an apply decides before it changes anything (:func:`plan_apply`), computed
+    once: the rules of each table, the features and user-area layout the program is built
+    for, each table compiled for that layout, the tree arrays it shares with the running
+    program, the notes."""
+    spec: PipelineSpec
+    old: PipelineState | None
+    adopted: list[dict]           # attachments pinned without a state file (taken over)
+    created_dir: bool             # the pin directory is new: a failure removes it whole
+    capture: dict | None          # the capture hooks the program carries (ebplane trace)
+    jumbo: list[tuple[str, int]]  # interfaces whose MTU needs xdp.frags
+    live: dict[str, list[RuleEntry]]         # table -> the rules the kernel will hold
+    previous_of: dict[str, list[RuleEntry]]  # table -> the rules it holds now
+    features: Features
+    compiled: dict[str, CompiledTable]
+    keep_groups: set[str]         # tree arrays the new program shares with the running one
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] | None = None,
+               capture: dict | None | str = KEEP) -> ApplyPlan:
+    """Decide an apply of ``spec`` against the current state: read the state, check the
+    interfaces and each stage kind against the system, decide each table's rules and
+    compile them.  Changes nothing; bad input and rule sets that cannot be classified fail
+    here."""
     bpffs.ensure_mounted()
     old = load_state(spec.name)
     notes: list[str] = []
@@ -271,7 +295,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                      f"state file (an interrupted apply or a lost state directory): their "
                      f"program is replaced through the pinned link")
 
-    # 1. interfaces exist; decide each table's rules and check they classify
+    # interfaces exist; decide each table's rules and check they classify
     if spec.netns and not _netns_exists(spec.netns):  # errors name the spec's field
         raise NotFound(f"{spec.source}: netns: network namespace '{spec.netns}' does not exist",
                        hint="see `ip netns list`; the lab's namespaces are created by "
@@ -285,9 +309,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                               hint=e.hint) from None
         jumbo = jumbo_interfaces(spec)
         for st in spec.stages:
-            rt = runtime_for(st.kind)
-            if rt:
-                notes += rt.check(spec, st)
+            notes += control_for(st.kind).check(spec, st)
     if jumbo:
         notes.append("multi-buffer: " + ", ".join(f"{n} has MTU {m}" for n, m in jumbo)
                      + ": the XDP program is built as xdp.frags, so native XDP takes jumbo "
@@ -313,27 +335,88 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
     same_layout = old is not None and \
         user_layout_for(spec.protocols, Features(**old.features)) == layout
     compiled: dict[str, CompiledTable] = {}
-    keep_groups: set[str] = set()  # tree arrays the new program shares with the running one
+    keep_groups: set[str] = set()
     for st in _filters(spec):
         running = _running_plan(old, st.name, previous_of[st.name]) if same_layout else None
         compiled[st.name] = compile_filter(st, live[st.name], layout, running)
         if compiled[st.name].plan.form == "tree" and compiled[st.name].plan.same_code(running):
             keep_groups.add(tree_group(st.name))
+    return ApplyPlan(spec, old, adopted, created_dir, capture, jumbo, live, previous_of,
+                     features, compiled, keep_groups, notes)
 
-    # 2. build, reusing compatible pinned maps
+
+class Rollback:
+    """The undo of each step a commit has taken, registered as it takes it; :meth:`run`
+    undoes them newest first.  A failed undo is logged and returned (the caller reports
+    it with the error that made it roll back), never swallowed."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], None]]] = []
+
+    def add(self, what: str, undo: Callable[[], None]) -> None:
+        self.steps.append((what, undo))
+
+    def run(self) -> list[str]:
+        failed: list[str] = []
+        for what, undo in reversed(self.steps):
+            _undo(failed, what, undo)
+        self.steps.clear()
+        return failed
+
+
+def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
+           live_override: dict[str, list[RuleEntry]] | None = None,
+           capture: dict | None | str = KEEP) -> ApplyResult:
+    """Apply ``spec`` (see the module's docstring): plan (:func:`plan_apply`), then commit
+    (:func:`_commit`).  ``capture``: the record of the capture hooks the program carries
+    (``ebplane trace``), None for none, KEEP (default) for those of the running program if
+    their trace still runs (an orphaned capture is dropped here)."""
+    t0 = time.monotonic()
+    plan = plan_apply(spec, live_override=live_override, capture=capture)
+    return _commit(plan, spec_text, spec_file, progress=progress, t0=t0)
+
+
+def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progress,
+            t0: float) -> ApplyResult:
+    """Carry out an apply plan: build (reusing compatible pinned maps), fill the tables,
+    stage the pins, prepare the stage kinds, write the intent record, attach or replace,
+    then rename the pins (:func:`_finish`).  Each step registers its undo; a failure rolls
+    back what this apply did, and only that."""
+    spec, old, adopted = plan.spec, plan.old, plan.adopted
+    live, previous_of, compiled = plan.live, plan.previous_of, plan.compiled
+    notes = plan.notes
+    root = pin_dir(spec.name)
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
-    maps_dir = pin_dir(spec.name) / "maps"
-    built = build(spec, features, reuse_pins=maps_dir if old else None,
-                  filters={k: c.plan for k, c in compiled.items()}, keep_groups=keep_groups,
-                  frags=bool(jumbo),
-                  capture=CaptureSpec.from_dict(capture["spec"]) if capture else None)
+    maps_dir = root / "maps"
+    built = build(spec, plan.features, reuse_pins=maps_dir if old else None,
+                  filters={k: c.plan for k, c in compiled.items()},
+                  keep_groups=plan.keep_groups, frags=bool(plan.jumbo),
+                  capture=CaptureSpec.from_dict(plan.capture["spec"]) if plan.capture else None)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
-    created: list[Path] = []  # pins this apply made: the only ones a failure removes
+    undo = Rollback()
     state: PipelineState | None = None  # the intent record, once written
+
+    def restore_record() -> None:  # the record says what is in force again
+        if state is not None:
+            if old is not None:
+                old.save()
+            else:
+                state.delete()
+
+    # registered first, so run last: the record, then the directory, once the rest is undone
+    undo.add("restore the previous state record", restore_record)
+    if plan.created_dir:
+        undo.add(f"remove {root}", lambda: bpffs.unpin(root))
+
+    def created(path: Path) -> None:
+        """A pin this apply made: the only kind a failure removes (pins found here, of a
+        running pipeline without state say, are not this apply's to remove)."""
+        undo.add(f"remove pin {path}", lambda: bpffs.unpin(path))
+
     try:
-        # 3a. tables the program does not share with the running version get their rules
+        # tables the program does not share with the running version get their rules
         # now; shared tree arrays get a changed rule set after the swap (same plan, so
         # both versions read them alike)
         deferred: list[tuple[FilterTable, CompiledTable, list[int]]] = []
@@ -343,12 +426,12 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             counters_kept = names["counters"] in built.reused_maps
             fresh = fresh_ids(live[st.name], previous_of[st.name]) if counters_kept \
                 else [e.id for e in live[st.name]]
-            if tree_group(st.name) in keep_groups and names["config"] in built.reused_maps:
+            if tree_group(st.name) in plan.keep_groups and names["config"] in built.reused_maps:
                 if live[st.name] != previous_of[st.name]:
                     deferred.append((table, compiled[st.name], fresh))
             else:
                 table.install(compiled[st.name], fresh)
-        # 3b. pin the new objects under temporary names (renamed over the old pins at the end),
+        # pin the new objects under temporary names (renamed over the old pins at the end),
         # so that a command that finds this apply interrupted can finish it; the programs too:
         # a link's reference is all an XDP parser has, and a failed re-apply must find the
         # previous one to put it back
@@ -358,20 +441,18 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                 tmp = maps_dir / f"{role.cname}-new"
                 bpffs.unpin(tmp)
                 built.map(role.cname).pin(tmp)
-                created.append(tmp)
+                created(tmp)
                 staged.append((tmp, maps_dir / role.cname))
         for pin, prog in _pinned_progs(built):
             bpffs.unpin(root / f"{pin}-new")
             prog.pin(root / f"{pin}-new")
-            created.append(root / f"{pin}-new")
+            created(root / f"{pin}-new")
             staged.append((root / f"{pin}-new", root / pin))
-        # 3c. stage kinds with their own control plane fill their maps; plan the attachments
-        plan: list[tuple[str, str, Program, dict | None]] = []
+        # stage kinds with their own control plane fill their maps; plan the attachments
+        attach_plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
             for st in spec.stages:
-                rt = runtime_for(st.kind)
-                if rt:
-                    notes += rt.prepare(built, spec, st)
+                notes += control_for(st.kind).prepare(built, spec, st)
             old_atts = {}
             for a in (old.attachments if old else adopted):
                 health, why = _health(a, spec.netns)
@@ -382,21 +463,23 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
-                    plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
-        planned_keys = {(i, h) for i, h, _, _ in plan}
-        # 3d. the intent record, before the first kernel commit (see load_state)
+                    attach_plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
+        planned_keys = {(i, h) for i, h, _, _ in attach_plan}
+        # the intent record, before the first kernel commit (see load_state)
         state = PipelineState(
             name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
-            netns=spec.netns, prog_id=built.program.id, features=features.to_dict(),
+            netns=spec.netns, prog_id=built.program.id, features=plan.features.to_dict(),
             attachments=[{**o, "prog_id": p.id} if o else
                          {"ifname": i, "hook": h, "prog_id": p.id, "planned": True,
-                          "link_pin": str(_link_pin(spec.name, i, h))} for i, h, p, o in plan],
+                          "link_pin": str(_link_pin(spec.name, i, h))}
+                         for i, h, p, o in attach_plan],
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
             filters={k: c.plan.to_dict() for k, c in compiled.items()},
-            applied_at=time.time(), notes=notes, capture=capture,
+            applied_at=time.time(), notes=notes, capture=plan.capture,
+            manifest=built.gen.manifest(),
             pending={"op": "apply", "previous": asdict(old) if old else None,
-                     "created_dir": created_dir,
+                     "created_dir": plan.created_dir,
                      "staged": [[str(t), str(f)] for t, f in staged],
                      "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
                      "xdp_parser": built.xdp_parser is not None,
@@ -407,53 +490,41 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                                 if _attach_key(a) not in planned_keys]})
         state.save()
         _crash_point("apply-intent")
-        # 3e. attach / replace: the kernel commit points
+        # attach / replace: the kernel commit points
         with netns_enter(spec.netns):
-            for ifname, hook, prog, old_a in plan:
+            for ifname, hook, prog, old_a in attach_plan:
                 if old_a is not None:
                     progress(f"replacing program on {ifname} ({hook})")
                     _replace(old_a, prog, old_a["prog_id"])
                     replaced.append((old_a, prog))
+                    undo.add(f"put program {old_a['prog_id']} back on {ifname} ({hook})",
+                             functools.partial(_in_netns, spec.netns, _put_back, old_a, prog))
                     _crash_point("apply-replaced")
                 else:
                     progress(f"attaching to {ifname} ({hook})")
                     rec, link = _attach(prog, ifname, spec)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
+                    undo.add(f"detach the new attachment on {ifname} ({hook})",
+                             functools.partial(_in_netns, spec.netns, _detach_one, rec, link))
                     if link is not None:  # pinned at once: the pin is what a crash leaves
                         path = _link_pin(spec.name, rec["ifname"], rec["hook"])
                         bpffs.unpin(path)
                         link.pin(path)
-                        created.append(path)
+                        created(path)
                         rec["link_pin"] = str(path)
                         _crash_point("apply-link-pinned")
-        # 4. changed rules into shared tables, now that the new program is in place
+        # changed rules into shared tables, now that the new program is in place
         for table, ct, fresh in deferred:
             table.install(ct, fresh)
             _crash_point("apply-installed")
-    except BaseException:
-        with netns_enter(spec.netns):
-            for rec, link in new_links:
-                with contextlib.suppress(Exception):
-                    _detach_one(rec, link)
-            for rec, prog in replaced:  # put the previous program back
-                with contextlib.suppress(Exception):
-                    _replace(rec, Program.from_id(rec["prog_id"]), prog.id)
-        # remove only what this apply made: pins found here (a running pipeline without
-        # state, say) are not this apply's to remove
-        for path in created:
-            bpffs.unpin(path)
-        if created_dir:
-            bpffs.unpin(root)
-        if state is not None:  # the record says what is in force again
-            if old is not None:
-                old.save()
-            else:
-                state.delete()
+    except BaseException as exc:
+        for what in undo.run():  # reported with the error that made the apply fail
+            exc.add_note(f"rollback: could not {what}")
         built.close()
         raise
 
-    # 5. commit: rename the staged pins over the old ones, drop what is no longer used, record
+    # commit: rename the staged pins over the old ones, drop what is no longer used, record
     by_key = {}
     for rec, link in new_links:
         if link is not None:
@@ -461,7 +532,7 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
         by_key[_attach_key(rec)] = rec
     for a, prog in replaced:
         by_key[_attach_key(a)] = {**a, "prog_id": prog.id}
-    state.attachments = [by_key[(i, h)] for i, h, _, _ in plan]
+    state.attachments = [by_key[(i, h)] for i, h, _, _ in attach_plan]
     state.apply_seconds = round(time.monotonic() - t0, 3)
     _finish(state, progress)
     _observe("apply", spec.name, None, time.monotonic() - t0)
@@ -471,6 +542,20 @@ def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Prog
                          round(time.monotonic() - t0, 3))
     built.close()  # pins and links keep everything alive
     return result
+
+
+def _in_netns(netns: str | None, fn: Callable, *args) -> None:
+    with netns_enter(netns):
+        fn(*args)
+
+
+def _put_back(rec: dict, new_prog: Program) -> None:
+    """Undo a replace: the attachment runs its previous program (``rec["prog_id"]``) again."""
+    prev = Program.from_id(rec["prog_id"])
+    try:
+        _replace(rec, prev, new_prog.id)
+    finally:
+        prev.close()
 
 
 def drop_orphan_capture(name: str) -> bool:
@@ -580,24 +665,9 @@ def _kernel_prog(a: dict) -> int | None:
     """The program the kernel runs for attachment record ``a`` (in the pipeline's netns), or
     None when nothing runs there (link gone or detached, filter gone)."""
     try:
-        if a.get("link_pin"):
-            try:
-                link = Link.from_pin(a["link_pin"])
-            except NotFound:
-                link = None
-            if link is not None:
-                with link:
-                    return link.prog_id() if link.ifindex() else None
-            if not a.get("planned"):
-                return None
-        if a.get("method") == "clsact" or (a.get("planned") and a["hook"].startswith("tc-")):
-            return att.query_clsact(a["ifname"], a["hook"].split("-", 1)[1],
-                                    a.get("tc_priority") or 1, a.get("tc_handle") or 1)
-        if a.get("method") == "netlink":
-            return att.query_xdp(a["ifname"])["prog_id"]
+        return att.attached(a).running()
     except EbplaneError:
         return None
-    return None
 
 
 def _health(a: dict, netns: str | None) -> tuple[str, str]:
@@ -790,24 +860,18 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link 
     return rec, a.link
 
 
+def _undo(failed: list[str], what: str, step: Callable[[], None]) -> None:
+    """Run one rollback step; a failure is logged and kept in ``failed`` (the caller reports
+    it with the error that made it roll back), never swallowed."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001 - every failure of an undo is reported
+        log.warning("rollback: could not %s: %s", what, e)
+        failed.append(f"{what}: {e}")
+
+
 def _replace(rec: dict, prog: Program, old_prog_id: int) -> None:
-    if rec.get("link_pin"):
-        link = Link.from_pin(rec["link_pin"])
-        try:
-            link.update(prog.fd)
-        finally:
-            link.close()
-    elif rec["method"] == "netlink":
-        old = Program.from_id(old_prog_id)
-        try:
-            att.replace_xdp(rec["ifname"], prog.fd, old.fd, rec["mode"])
-        finally:
-            old.close()
-    elif rec["method"] == "clsact":
-        att.replace_clsact(prog.fd, rec["ifname"], rec["hook"].split("-", 1)[1],
-                           rec["tc_priority"], rec["tc_handle"])
-    else:
-        raise EbplaneError(f"cannot replace attachment {rec}")
+    att.attached(rec).replace(prog.fd, old_prog_id)
 
 
 def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> None:
@@ -815,22 +879,7 @@ def _detach_one(rec: dict, link: Link | None, *, prog_id: int | None = None) -> 
         link.detach()
         link.close()
         return
-    if rec.get("link_pin"):
-        with contextlib.suppress(NotFound):
-            l2 = Link.from_pin(rec["link_pin"])
-            with contextlib.suppress(EbplaneError):
-                l2.detach()
-            l2.close()
-        bpffs.unpin(rec["link_pin"])
-    elif rec["method"] == "netlink":
-        with contextlib.suppress(EbplaneError):
-            q = att.query_xdp(rec["ifname"])
-            if prog_id is None or q["prog_id"] == prog_id:
-                att.detach_xdp(rec["ifname"], rec["mode"])
-    elif rec["method"] == "clsact":
-        with contextlib.suppress(EbplaneError):
-            att.detach_clsact(rec["ifname"], rec["hook"].split("-", 1)[1], rec["tc_priority"],
-                              rec["tc_handle"])
+    att.attached(rec).detach(prog_id=prog_id)
 
 
 # -- detach / status --------------------------------------------------------------------------
@@ -899,10 +948,9 @@ def kernel_objects(name: str) -> list[dict]:
     roles: dict[str, tuple[str | None, str]] = {}
     if st is not None:
         with contextlib.suppress(Exception):
-            roles.update(_map_roles(_spec_of(st)))
+            roles.update(manifest_of(st).roles())
         if st.capture:
-            roles.update({"ebp_cap_ring": (None, "capture"),
-                          "ebp_cap_cnt": (None, "capture-counters")})
+            roles.update({CAPTURE_MAPS[r]: (None, r) for r in ("capture", "capture-counters")})
     d = root / "maps"
     for pin in sorted(d.iterdir()) if d.is_dir() else []:
         with contextlib.suppress(EbplaneError):
@@ -915,22 +963,27 @@ def kernel_objects(name: str) -> list[dict]:
     return out
 
 
+def manifest_of(st: PipelineState) -> Manifest:
+    """The generation manifest of an applied pipeline: as apply stored it, or (a state
+    written before manifests were kept) the maps by the generators' naming conventions."""
+    if st.manifest is not None:
+        return Manifest(st.manifest)
+    spec = _spec_of(st)
+    return Manifest({"version": MANIFEST_VERSION, "hook": spec.hook,
+                     "verdicts": VERDICTS[verdict_family(spec.hook)], "features": st.features,
+                     "maps": [{"cname": c, "stage": stage, "role": role}
+                              for c, (stage, role) in _map_roles(spec).items()]})
+
+
 def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     """C (pin) name -> (stage, role) of the maps a pipeline's program may have, from the
     naming conventions of the generators (no code generation)."""
-    from ebplane.codegen.forwarding import PREFIX, map_name
     from ebplane.stages.filter.gen import FRAG_TABLE
     roles: dict[str, tuple[str | None, str]] = {
-        "ebp_verdicts": (None, "verdicts"), "ebp_handoff": (None, "handoff"),
-        "ebp_progs": (None, "progs"), FRAG_TABLE: (None, "fragments")}
+        **{PIPELINE_MAPS[r]: (None, r) for r in ("verdicts", "handoff", "progs", "marks")},
+        FRAG_TABLE: (None, "frags")}
     for st in spec.stages:
-        if isinstance(st, FilterStage):
-            roles.update({c: (st.name, r) for r, c in map_names(st.name).items()})
-        elif isinstance(st, CountStage):
-            roles[f"cnt_{st.name}"] = (st.name, "counters")
-        elif st.kind in PREFIX:
-            for r in ("ports", "fdb", "cfg", "cpus", "sel", "socks", "counters"):
-                roles[map_name(st, r)] = (st.name, r)
+        roles.update({c: (st.name, r) for c, r in control_for(st.kind).map_roles(st).items()})
     return roles
 
 
@@ -972,8 +1025,8 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
 
 # -- stats ------------------------------------------------------------------------------------
 
-VERDICT_NAMES = {"xdp": {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"},
-                 "tc": {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}}
+# slot of ebp_verdicts -> name, per hook family (from codegen's VERDICTS)
+VERDICT_NAMES = {fam: {v: k for k, v in names.items()} for fam, names in VERDICTS.items()}
 
 
 def _pinned_map(name: str, cname: str) -> Map:
@@ -988,41 +1041,21 @@ def _pinned_map(name: str, cname: str) -> Map:
 def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, list[dict]]) -> dict:
     """Counters of a pipeline from its maps (``maps(cname)``): per verdict, per rule, per stage.
     ``live``: per filter, its rules as the state file keeps them (``{"id", "rule"}``)."""
-    vmap = maps("ebp_verdicts").with_codecs(U32, COUNT)
-    names = VERDICT_NAMES["xdp" if spec.hook == "xdp" else "tc"]
+    vmap = maps(PIPELINE_MAPS["verdicts"]).with_codecs(U32, COUNT)
+    names = VERDICT_NAMES[verdict_family(spec.hook)]
     verdicts = {}
     for i, vname in names.items():
         c = vmap.lookup_sum(i)
         verdicts[vname] = {"packets": c.packets, "bytes": c.bytes}
     stages = []
     for st in spec.stages:
-        if isinstance(st, FilterStage):
-            cm = maps(map_names(st.name)["counters"]).with_codecs(U32, COUNT)
-            rules = []
-            for pos, e in enumerate(live.get(st.name, [])):
-                c = cm.lookup_sum(e["id"])
-                rules.append({"index": pos, "id": e["id"], "rule": e["rule"],
-                              "packets": c.packets, "bytes": c.bytes})
-            d_slot, m_slot = filter_slots(st)
-            d, m = cm.lookup_sum(d_slot), cm.lookup_sum(m_slot)
-            stages.append({"stage": st.name, "kind": "filter", "rules": rules,
-                           "default": {"action": st.default, "packets": d.packets, "bytes": d.bytes},
-                           "malformed": {"action": st.malformed, "packets": m.packets, "bytes": m.bytes},
-                           "fragments": {"mode": st.fragments, "unseen": st.unseen_fragments,
-                                         **{k: {"packets": c.packets, "bytes": c.bytes}
-                                            for k, c in ((k, cm.lookup_sum(slot)) for k, slot
-                                                         in frag_slots(st).items())}}})
-        elif isinstance(st, CountStage):
-            cm = maps(f"cnt_{st.name}").with_codecs(U32, COUNT)
-            vals = {k: cm.lookup_sum(i) for i, k in enumerate(("all", "ipv4", "ipv6", "other"))}
-            stages.append({"stage": st.name, "kind": "count",
-                           "counts": {k: {"packets": v.packets, "bytes": v.bytes} for k, v in vals.items()}})
-        elif (rt := runtime_for(st.kind)) is not None:
-            stages.append({"stage": st.name, "kind": st.kind, **rt.stats(maps, spec, st)})
+        ctl = control_for(st.kind)
+        extra = {"live": live.get(st.name, [])} if st.has_rules else {}
+        stages.append({"stage": st.name, "kind": st.kind, **ctl.stats(maps, spec, st, **extra)})
     out = {"verdicts": verdicts, "stages": stages}
     if spec.hook == "xdp":  # marks set from XDP: how often the TC program applied them
         try:
-            mm = maps("ebp_marks").with_codecs(U32, COUNT)
+            mm = maps(PIPELINE_MAPS["marks"]).with_codecs(U32, COUNT)
         except NotFound:
             mm = None  # no rule sets a mark
         if mm is not None:
@@ -1031,7 +1064,7 @@ def read_stats(maps: Callable[[str], Map], spec: PipelineSpec, live: dict[str, l
                 c = mm.lookup_sum(i)
                 out["marks"][what] = {"packets": c.packets, "bytes": c.bytes}
     if spec.parser_mode == "xdp":  # how often the XDP parser's parse-info reached TC
-        hm = maps("ebp_handoff").with_codecs(U32, COUNT)
+        hm = maps(PIPELINE_MAPS["handoff"]).with_codecs(U32, COUNT)
         out["handoff"] = {}
         for i, what in enumerate(HANDOFF_COUNTERS):
             c = hm.lookup_sum(i)

@@ -13,19 +13,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ebplane.codegen.pipeline import TRACE_NONE, spec_features
+from ebplane.codegen.pipeline import PIPELINE_MAPS, TRACE_NONE, spec_features
 from ebplane.kernel.codec import Struct, U32
+from ebplane.kernel.libbpf import SkBuff, XdpMd
+from ebplane.net import iface
 from ebplane.runtime.build import Built, build
-from ebplane.runtime.stages import runtime_for
+from ebplane.stages.control import control_for
 from ebplane.runtime.tables import RuleEntry
-from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
-from ebplane.spec import FilterStage, PipelineSpec
+from ebplane.spec import PipelineSpec
 
 TRACE = Struct("ebp_trace", [("stage", "I"), ("slot", "I")])
 
 
 # BPF_PROG_TEST_RUN refuses a frame shorter than an Ethernet header
 MIN_FRAME = 14
+# ... and, for a TC (sched_cls) program, an IPv4 / IPv6 frame shorter than its fixed IP
+# header (EtherType -> bytes the kernel wants after Ethernet); such frames do reach tc ingress
+# on a real interface (ip_rcv drops them later), but cannot be replayed there
+TC_MIN_L3 = {0x0800: 20, 0x86DD: 40}
 
 
 @dataclass
@@ -49,15 +54,17 @@ class Decision:
 class Replayer:
     """A pipeline loaded for replay.  Use as a context manager; :meth:`run` per packet."""
 
-    def __init__(self, spec: PipelineSpec):
+    def __init__(self, spec: PipelineSpec, *, ingress: str | None = None):
+        """``ingress``: run every frame as received on that interface of the current
+        namespace (its ifindex in the context: what route's FIB lookup and a bridge read)."""
         self.spec = spec
+        self.ingress = iface.ifindex(ingress) if ingress else None
         self.built: Built = build(spec, spec_features(spec), trace=True)
         try:
             self.entries: dict[str, list[RuleEntry]] = self.built.install_spec_rules()
             for st in spec.stages:
-                if not isinstance(st, FilterStage) and (rt := runtime_for(st.kind)) is not None:
-                    rt.prepare(self.built, spec, st, replay=True)
-            self.trace = self.built.map("ebp_trace").with_codecs(U32, TRACE)
+                control_for(st.kind).prepare(self.built, spec, st, replay=True)
+            self.trace = self.built.map(PIPELINE_MAPS["trace"]).with_codecs(U32, TRACE)
             self.program = self.built.program
         except BaseException:
             self.built.close()
@@ -65,16 +72,8 @@ class Replayer:
         # slot -> (rule index | None, reason), per stage index
         self._slots: list[dict[int, tuple[int | None, str]]] = []
         for st in spec.stages:
-            m: dict[int, tuple[int | None, str]] = {}
-            if isinstance(st, FilterStage):
-                for pos, e in enumerate(self.entries[st.name]):
-                    m[e.id] = (pos, "rule")
-                d, mal = filter_slots(st)
-                m[d] = (None, "default")
-                m[mal] = (None, "malformed")
-                for what, slot in frag_slots(st).items():
-                    m[slot] = (None, f"fragment_{what}")
-            self._slots.append(m)
+            self._slots.append(control_for(st.kind).slots_at(st, spec.hook,
+                                                             self.entries.get(st.name, ())))
 
     def run(self, index: int, frame: bytes) -> Decision:
         """Run one frame; ``index`` is only copied into the decision.  A frame the kernel
@@ -84,10 +83,17 @@ class Replayer:
             return Decision(index, None, None, None, "skipped", frame,
                             f"frame of {len(frame)} bytes is shorter than an Ethernet header "
                             f"({MIN_FRAME} bytes): not run")
+        if self.spec.hook != "xdp":
+            need = TC_MIN_L3.get(int.from_bytes(frame[12:14], "big"))
+            if need and len(frame) < MIN_FRAME + need:
+                return Decision(index, None, None, None, "skipped", frame,
+                                f"frame of {len(frame)} bytes cuts its IP header short: "
+                                f"BPF_PROG_TEST_RUN of a TC program refuses it (needs "
+                                f"{MIN_FRAME + need}); not run")
         # the program clears the trace slot of the CPU it runs on, but a slot of another CPU
         # may still hold an earlier packet's record: clear them all first
         self._reset_trace()
-        res = self.program.test_run(frame)
+        res = self.program.test_run(frame, ctx=self._ctx(frame))
         # the record sits in the slot of the CPU the run used; the others hold TRACE_NONE
         decided = [x for x in self.trace.lookup(0) if x.stage != TRACE_NONE]
         rec = decided[0] if decided else None
@@ -96,6 +102,13 @@ class Replayer:
         stage = self.spec.stages[rec.stage]
         rule, reason = self._slots[rec.stage].get(rec.slot, (None, "rule"))
         return Decision(index, res.verdict, stage.name, rule, reason, res.data)
+
+    def _ctx(self, frame: bytes):
+        if self.ingress is None:
+            return None
+        if self.spec.hook == "xdp":
+            return XdpMd(data_end=len(frame), ingress_ifindex=self.ingress)
+        return SkBuff(ifindex=self.ingress, ingress_ifindex=self.ingress)
 
     def run_all(self, frames: Iterable[bytes]) -> Iterator[Decision]:
         for i, fr in enumerate(frames):

@@ -136,6 +136,10 @@ class PipelineState:
     # the program then carries the capture hooks (ebplane.runtime.trace)
     capture: dict | None = None
     apply_seconds: float = 0.0  # how long the last apply took
+    # what generation said of the program (GeneratedProgram.manifest(): maps by stage and
+    # role with their C names, layouts and counter slots, features, hook); None in states
+    # written before ebplane kept it (names then follow the generators' conventions)
+    manifest: dict | None = None
 
     @property
     def path(self) -> Path:

@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from ebplane.codegen.capture import CAPTURE_COUNTERS, REC_HEADER, CaptureSpec
-from ebplane.codegen.forwarding import OUTCOMES, outcomes
-from ebplane.codegen.pipeline import TRACE_NONE
+from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, REC_HEADER, CaptureSpec
+from ebplane.codegen.pipeline import TRACE_NONE, VERDICTS as CODEGEN_VERDICTS
 from ebplane.errors import Busy, EbplaneError, NotFound, UsageError
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.maps import Map
@@ -35,15 +34,19 @@ from ebplane.net.probe import netns_enter
 from ebplane.runtime import pipeline as pl
 from ebplane.runtime.pcap import LINKTYPE_ETHERNET
 from ebplane.runtime.state import PipelineState, pin_dir, state_dir
-from ebplane.spec import FilterStage, PipelineSpec
-from ebplane.stages.filter.gen import frag_slots, slots as filter_slots
+from ebplane.spec import PipelineSpec
+from ebplane.stages.control import control_for
 
 _REC = struct.Struct("<QIIIIIiII")
 assert _REC.size == REC_HEADER
 
 # --verdict words -> the hook's action value
-VERDICTS = {"xdp": {"aborted": 0, "drop": 1, "pass": 2, "tx": 3, "redirect": 4},
-            "tc": {"pass": 0, "ok": 0, "drop": 2, "shot": 2, "redirect": 7}}
+# a verdict as --verdict names it (drop, pass, XDP_TX, tc_act_shot, ...) -> its value, from
+# codegen's VERDICTS; at tc, pass and drop are aliases of ok and shot
+VERDICTS = {fam: {k.lower().removeprefix("xdp_").removeprefix("tc_act_"): v
+                  for k, v in names.items()} for fam, names in CODEGEN_VERDICTS.items()}
+VERDICTS["tc"] = {"pass": VERDICTS["tc"]["ok"], **VERDICTS["tc"],
+                  "drop": VERDICTS["tc"]["shot"]}
 
 
 @dataclass
@@ -107,7 +110,7 @@ def capture_spec(spec: PipelineSpec, st: PipelineState, req: TraceRequest) -> Ca
                            hint=f"stages: {', '.join(names)}")
         stage_idx = names.index(req.stage)
     if req.rule is not None:
-        filters = [(i, s) for i, s in enumerate(spec.stages) if isinstance(s, FilterStage)]
+        filters = [(i, s) for i, s in enumerate(spec.stages) if s.has_rules]
         if stage_idx is not None:
             filters = [(i, s) for i, s in filters if i == stage_idx]
         if len(filters) != 1:
@@ -142,23 +145,9 @@ def decision(spec: PipelineSpec, live: dict[str, list[dict]], stage: int,
     if stage == TRACE_NONE or stage >= len(spec.stages):
         return None, None, None, "end of pipeline"
     st = spec.stages[stage]
-    if isinstance(st, FilterStage):
-        d_slot, m_slot = filter_slots(st)
-        if slot == d_slot:
-            return st.name, st.kind, None, f"default {st.default}"
-        if slot == m_slot:
-            return st.name, st.kind, None, f"malformed {st.malformed}"
-        for what, fslot in frag_slots(st).items():
-            if slot == fslot:
-                return st.name, st.kind, None, f"IP fragment ({what})"
-        for pos, e in enumerate(live.get(st.name, [])):
-            if e["id"] == slot:
-                return st.name, st.kind, pos, f"rule {pos} {e['rule'].get('action', '')}".strip()
-        return st.name, st.kind, None, f"rule id {slot} (edited since)"
-    if st.kind in OUTCOMES or st.kind == "steer":
-        names = outcomes(st)
-        return st.name, st.kind, None, names[slot] if slot < len(names) else f"slot {slot}"
-    return st.name, st.kind, None, f"slot {slot}"
+    rule, reason = control_for(st.kind).describe_slot_at(st, spec.hook, slot,
+                                                         live.get(st.name, []))
+    return st.name, st.kind, rule, reason
 
 
 @contextlib.contextmanager
@@ -226,8 +215,8 @@ class Trace:
             self.live = pl.PipelineState.require(self.name).live_rules
         try:
             maps = pin_dir(self.name) / "maps"
-            self.ring = Map.from_pin(maps / "ebp_cap_ring")
-            self.counts = Map.from_pin(maps / "ebp_cap_cnt").with_codecs(U32, COUNT)
+            self.ring = Map.from_pin(maps / CAPTURE_MAPS["capture"])
+            self.counts = Map.from_pin(maps / CAPTURE_MAPS["capture-counters"]).with_codecs(U32, COUNT)
             self._rb = RingBuffer(self.ring, self._on_record)
             with netns_enter(self.spec.netns):
                 self.ifnames = {}

@@ -101,11 +101,11 @@ def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
             raise (root / "stages" / i / st.kind).error(
                 f"stage kind {st.kind} works at hook {' or '.join(st.hooks)} only", given=hook,
                 key=True, hint=f"use hook: {st.hooks[0]} (or move the stage to a pipeline of its own)")
-    tracked = False  # a conntrack stage runs before: rules may match state:
+    provided: set[str] = set()  # what the stages so far give later ones (Stage.provides)
     for i, st in enumerate(stages):
-        tracked |= st.kind == "conntrack"
-        for j, rule in enumerate(getattr(st, "rules", ()) if st.kind == "filter" else ()):
-            if rule.state is not None and not tracked:
+        provided.update(st.provides)
+        for j, rule in enumerate(st.rules if st.has_rules else ()):
+            if rule.state is not None and "ct_state" not in provided:
                 raise (root / "stages" / i / st.kind / "rules" / j / "state").error(
                     "a state: rule needs a conntrack stage before its filter", key=True,
                     hint="add `- conntrack: {}` to stages:, before this filter")

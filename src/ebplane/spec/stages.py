@@ -1,8 +1,11 @@
-"""Pipeline stages: the typed models and a registry of stage kinds.
+"""Pipeline stages: the base of every stage model and the spec's view of the stage kinds.
 
-A stage is written in the spec as a one-key mapping, ``- <kind>: {...}``.
-:data:`STAGE_KINDS` maps each kind to the function that validates its body, so
-a new stage kind is one dataclass plus one ``@register_stage`` parser.
+A stage is written in the spec as a one-key mapping, ``- <kind>: {...}``.  Each kind is a
+package of :mod:`ebplane.stages` (its model and parser in ``<package>/spec.py``), listed
+in the one registry :data:`ebplane.stages.KINDS`.  :data:`STAGE_KINDS` maps each keyword
+to the parser of its body; it loads a kind's ``spec`` module on first use.
+``register_stage`` is kept for code that adds a parser at run time (tests, plug-ins); a
+stage kind of ebplane itself is a package listed in ``KINDS``.
 """
 
 from __future__ import annotations
@@ -13,18 +16,10 @@ from typing import Any, ClassVar
 
 from ebplane.spec import check
 from ebplane.spec.located import Where
-from ebplane.spec.rules import Rule, parse_rule
+from ebplane.stages import KINDS, kind_part
 
 STAGE_NAME_PATTERN = r"[a-z0-9_]{1,15}"
 STAGE_NAME_ALLOWED = "1-15 characters from a-z, 0-9, _"
-
-FILTER_DEFAULTS: tuple[str, ...] = ("pass", "drop", "next")
-FILTER_MALFORMED: tuple[str, ...] = ("drop", "pass")
-FILTER_CLASSIFIERS: tuple[str, ...] = ("auto", "inline", "tree")
-FILTER_FRAGMENTS: tuple[str, ...] = ("track", "drop", "pass", "stack")
-FILTER_UNSEEN_FRAGMENTS: tuple[str, ...] = ("drop", "stack", "pass")
-FILTER_CAPACITY_DEFAULT = 65536
-FILTER_CAPACITY_MAX = 4194304
 
 
 @dataclass(frozen=True)
@@ -33,6 +28,11 @@ class Stage:
 
     kind: ClassVar[str]
     hooks: ClassVar[tuple[str, ...] | None] = None  # the hooks it works at; None: all
+    # whether the stage has a rule table edited at run time (ebplane rules, RuleTable), kept
+    # in the state file per stage name (filter)
+    has_rules: ClassVar[bool] = False
+    # what the stage gives the stages after it (conntrack: "ct_state", which state: rules read)
+    provides: ClassVar[tuple[str, ...]] = ()
     name: str
 
     def body(self) -> dict[str, Any]:
@@ -43,103 +43,36 @@ class Stage:
         return {self.kind: self.body()}
 
 
-@dataclass(frozen=True)
-class FilterStage(Stage):
-    """An ordered rule list; the first matching rule decides pass or drop.
-
-    ``default`` applies when no rule matches (``next``: go on to the next stage);
-    ``malformed`` applies to packets whose headers cannot be parsed.
-    ``capacity`` bounds the number of rules (also at run time).
-    ``classifier`` chooses the compiled form: ``auto`` (by the number of rules), ``inline``
-    (rules compiled into the program) or ``tree`` (a decision tree in maps).
-    ``fragments`` says what later IP fragments (no ports) get: ``track`` the decision of
-    their first fragment, ``drop`` (every fragment), ``pass`` (on to the next stage) or
-    ``stack`` (to the kernel); ``unseen_fragments`` what a tracked later fragment gets when
-    its first fragment has not been seen (``drop``, ``stack``, ``pass``).
-    """
-
-    kind: ClassVar[str] = "filter"
-    default: str = "next"
-    malformed: str = "drop"
-    capacity: int = FILTER_CAPACITY_DEFAULT
-    rules: tuple[Rule, ...] = ()
-    classifier: str = "auto"
-    fragments: str = "track"
-    unseen_fragments: str = "drop"
-
-    def body(self) -> dict[str, Any]:
-        d = {"name": self.name, "default": self.default, "malformed": self.malformed,
-             "capacity": self.capacity, "rules": [r.to_dict() for r in self.rules]}
-        if self.classifier != "auto":
-            d["classifier"] = self.classifier
-        if self.fragments != "track":
-            d["fragments"] = self.fragments
-        if self.unseen_fragments != "drop":
-            d["unseen_fragments"] = self.unseen_fragments
-        return d
-
-
-@dataclass(frozen=True)
-class CountStage(Stage):
-    """Counts the packets and bytes that reach it."""
-
-    kind: ClassVar[str] = "count"
-
-
 StageParser = Callable[[Any, Where, tuple[str, ...]], Stage]
 
-# stage keyword -> parser(body, where, protocols)
-STAGE_KINDS: dict[str, StageParser] = {}
+
+def _registered(kind: str) -> StageParser:
+    """The parser of ``kind``, loaded from its package on first call."""
+    def parse(obj: Any, where: Where, protocols: tuple[str, ...]) -> Stage:
+        return kind_part(kind, "spec")(obj, where, protocols)
+    parse.__name__ = f"parse_{kind}"
+    return parse
+
+
+# stage keyword -> parser(body, where, protocols), in the order of ebplane.stages.KINDS
+STAGE_KINDS: dict[str, StageParser] = {kind: _registered(kind) for kind in KINDS}
 
 
 def register_stage(kind: str) -> Callable[[StageParser], StageParser]:
-    """Register the parser of a stage kind under its spec keyword."""
+    """Register a parser under a spec keyword at run time (a kind of ebplane is listed in
+    :data:`ebplane.stages.KINDS` instead)."""
     def add(parser: StageParser) -> StageParser:
         STAGE_KINDS[kind] = parser
         return parser
     return add
 
 
-def _stage_name(body: dict[str, Any], where: Where, default: str) -> str:
+def stage_name(body: dict[str, Any], where: Where, default: str) -> str:
+    """The ``name:`` of a stage's body (``default``: the kind), validated."""
     if "name" not in body:
         return default
     return check.name(body["name"], where / "name", pattern=STAGE_NAME_PATTERN,
                       allowed=STAGE_NAME_ALLOWED)
 
 
-@register_stage("filter")
-def parse_filter(obj: Any, where: Where, protocols: tuple[str, ...]) -> FilterStage:
-    body = check.mapping({} if obj is None else obj, where,
-                         allowed=("name", "default", "malformed", "capacity", "classifier",
-                                  "fragments", "unseen_fragments", "rules"))
-    name = _stage_name(body, where, "filter")
-    default = check.choice(body.get("default", "next"), where / "default", FILTER_DEFAULTS)
-    malformed = check.choice(body.get("malformed", "drop"), where / "malformed",
-                             FILTER_MALFORMED)
-    capacity = check.integer(body.get("capacity", FILTER_CAPACITY_DEFAULT), where / "capacity",
-                             1, FILTER_CAPACITY_MAX, what="capacity")
-    classifier = check.choice(body.get("classifier", "auto"), where / "classifier",
-                              FILTER_CLASSIFIERS)
-    fragments = check.choice(body.get("fragments", "track"), where / "fragments",
-                             FILTER_FRAGMENTS)
-    unseen = check.choice(body.get("unseen_fragments", "drop"), where / "unseen_fragments",
-                          FILTER_UNSEEN_FRAGMENTS)
-    if "unseen_fragments" in body and fragments != "track":
-        raise (where / "unseen_fragments").error(
-            f"unseen_fragments applies to fragments: track, not fragments: {fragments}",
-            hint="remove unseen_fragments: or set fragments: track")
-    raw_rules = check.sequence(body.get("rules", []), where / "rules", what="a list of rules")
-    if len(raw_rules) > capacity:
-        raise (where / "rules").error(f"{len(raw_rules)} rules exceed the capacity {capacity}",
-                                      hint="raise capacity: or remove rules")
-    rules = tuple(parse_rule(r, protocols=protocols, where=where / "rules" / i)
-                  for i, r in enumerate(raw_rules))
-    return FilterStage(name=name, default=default, malformed=malformed, capacity=capacity,
-                       rules=rules, classifier=classifier, fragments=fragments,
-                       unseen_fragments=unseen)
-
-
-@register_stage("count")
-def parse_count(obj: Any, where: Where, protocols: tuple[str, ...]) -> CountStage:
-    body = check.mapping({} if obj is None else obj, where, allowed=("name",))
-    return CountStage(name=_stage_name(body, where, "count"))
+_stage_name = stage_name  # the name stage kinds written before the registry import

@@ -2,7 +2,8 @@
 // (43), destination options (60) and fragment (44).  The chain is walked with
 // header stacks, so it is bounded: at most four option/routing headers and one
 // fragment header (more overflow the stack and the packet is rejected).
-// info.l4_proto follows the chain and ends as the transport protocol.
+// info.l4_proto follows the chain and ends as the transport protocol.  GRE (47)
+// is parsed here too (GRE over IPv6, RFC 7676).
 #include <core.p4>
 
 header ipv6_t {
@@ -62,6 +63,7 @@ parser Ipv6Parser(packet_in pkt, out headers_t hdr, inout parse_info_t info) {
             6: parse_tcp;
             17: parse_udp;
             58: parse_icmpv6;
+            47: parse_gre;
             default: accept;
         }
     }

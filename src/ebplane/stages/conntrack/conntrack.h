@@ -35,27 +35,19 @@
 		 default: bpf_skb_load_bytes)((ctx), (off), (to), (len))
 #endif
 
-/* ebp_pkt.ct_state (rule `state:` values, ebplane.spec.rules.STATES) */
-#define EBP_CT_UNTRACKED   0
-#define EBP_CT_NEW         1
-#define EBP_CT_ESTABLISHED 2
-#define EBP_CT_RELATED     3
-#define EBP_CT_INVALID     4
-
-/* entry states */
-#define EBP_CTS_SYN_SENT    1
-#define EBP_CTS_SYN_RECV    2
-#define EBP_CTS_ESTABLISHED 3
-#define EBP_CTS_FIN_WAIT    4
-#define EBP_CTS_CLOSE       5
-#define EBP_CTS_UDP         6
-#define EBP_CTS_ICMP        7
-
-/* counter slots of a conntrack stage: one per packet state, then these */
-#define EBP_CT_CNT_FULL    5	/* a new connection found the table full */
-#define EBP_CT_CNT_GC      6	/* expired entries the collector deleted */
-#define EBP_CT_CNT_EXPIRED 7	/* expired entries a packet of their tuple deleted */
-#define EBP_CT_NCOUNTERS   8
+/* The numbers below are generated into each program from their one definition in
+ * ebplane/stages/conntrack/gen.py (c_defines):
+ *   EBP_CT_<STATE>      ebp_pkt.ct_state, the values `state:` rules match (UNTRACKED, NEW,
+ *                       ESTABLISHED, RELATED, INVALID)
+ *   EBP_CT_CNT_<EVENT>  counter slots after the one per packet state: FULL (a new
+ *                       connection found the table full), COLLECTED (expired entries the
+ *                       collector deleted), EXPIRED (expired entries a packet of their tuple
+ *                       deleted); EBP_CT_NCOUNTERS slots in all
+ *   EBP_CTS_<STATE>     states of a table entry, in this order: SYN_SENT, SYN_RECV,
+ *                       ESTABLISHED, FIN_WAIT, CLOSE, UDP, ICMP (compared by order) */
+#ifndef EBP_CT_NCOUNTERS
+#error "conntrack.h needs the #defines ebplane/stages/conntrack/gen.py generates"
+#endif
 
 #ifndef IPPROTO_ICMPV6
 #define IPPROTO_ICMPV6 58
@@ -308,7 +300,7 @@ static __always_inline int ebp_ct_track(EBP_CTX *ctx, const struct ebp_pkt *pkt,
 				bpf_for_each_map_elem(table, ebp_ct_gc_one, &g, 0);
 				/* (no branch on g.deleted: the verifier would have to tell apart
 				 * every count the callback can reach) */
-				c = bpf_map_lookup_elem(counters, &(__u32){EBP_CT_CNT_GC});
+				c = bpf_map_lookup_elem(counters, &(__u32){EBP_CT_CNT_COLLECTED});
 				if (c)
 					c->packets += g.deleted;
 			}

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator
-from ebplane.spec.l4 import ConntrackStage
+from ebplane.codegen.pipeline import Emit, Features, StageGen
+from ebplane.spec.rules import STATES
+from ebplane.stages.conntrack.spec import ConntrackStage
 
-# counter slots (conntrack.h: one per packet state, then EBP_CT_CNT_*)
-COUNTERS: tuple[str, ...] = ("untracked", "new", "established", "related", "invalid",
-                             "full", "collected", "expired")
+# The numbers conntrack.h works with, defined here once and written into each program as
+# #defines (the header has none of its own):
+# packet states (ebp_pkt.ct_state, what `state:` rules match): EBP_CT_<STATE>
+PACKET_STATES: tuple[str, ...] = tuple(sorted(STATES, key=STATES.get))
+# counter slots: one per packet state, then these (EBP_CT_CNT_<NAME>), EBP_CT_NCOUNTERS
+EVENTS: tuple[str, ...] = ("full",        # a new connection found the table full
+                           "collected",   # expired entries the collector deleted
+                           "expired")     # expired entries a packet of their tuple deleted
+COUNTERS: tuple[str, ...] = PACKET_STATES + EVENTS
+# states of a table entry (value = index; 0 is no entry): EBP_CTS_<STATE>.  conntrack.h
+# compares them by order (FIN_WAIT and after: closing)
+ENTRY_STATES: tuple[str, ...] = ("none", "syn_sent", "syn_recv", "established", "fin_wait",
+                                 "close", "udp", "icmp")
+
+
+def c_defines() -> dict[str, int]:
+    """The #defines conntrack.h reads, from the tables above."""
+    d = {f"EBP_CT_{n.upper()}": STATES[n] for n in PACKET_STATES}
+    d.update({f"EBP_CT_CNT_{n.upper()}": COUNTERS.index(n) for n in EVENTS})
+    d["EBP_CT_NCOUNTERS"] = len(COUNTERS)
+    d.update({f"EBP_CTS_{n.upper()}": i for i, n in enumerate(ENTRY_STATES) if i})
+    return d
 TIMEOUT_FIELDS = {"tcp_syn": "syn", "tcp_established": "established", "tcp_fin": "fin",
                   "tcp_close": "close", "udp": "udp", "udp_replied": "udp_replied",
                   "icmp": "icmp"}
@@ -23,6 +43,8 @@ class ConntrackGen(StageGen):
     kind = "conntrack"
 
     def emit(self, idx: int, st: ConntrackStage, out: Emit) -> None:
+        for name, value in c_defines().items():
+            out.define(name, value)
         out.include("conntrack.h")
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_ct_key", "struct ebp_ct_entry",
@@ -33,7 +55,7 @@ class ConntrackGen(StageGen):
                 stage=st.name, role="config")
         out.map(n["counters"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 len(COUNTERS), f"conntrack '{st.name}': {', '.join(COUNTERS)}",
-                stage=st.name, role="counters")
+                stage=st.name, role="counters", slots=COUNTERS)
         to = ", ".join(f".{TIMEOUT_FIELDS[k]} = {v}" for k, v in st.timeouts)
         full = "EBP_V_DROP" if st.when_full == "drop" else "EBP_NEXT"
         out.functions.append("\n".join([
@@ -68,4 +90,4 @@ class ConntrackGen(StageGen):
                         udp="udp" in listed)
 
 
-register_generator(ConntrackGen())
+GENERATORS = {"conntrack": ConntrackGen()}

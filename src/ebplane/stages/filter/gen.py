@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ebplane.codegen.p4c import UserLayout
-from ebplane.codegen.pipeline import Emit, Features, StageGen, register_generator, rule_features
-from ebplane.spec import FilterStage, Rule
+from ebplane.codegen.pipeline import Emit, Features, StageGen, rule_features
+from ebplane.spec import Rule
 from ebplane.spec.rules import PORT_PROTOS
 from ebplane.stages.filter.model import action_code, user_blocks
+from ebplane.stages.filter.spec import FilterStage
 from ebplane.stages.filter.plan import FilterPlan, compile_table
 
 OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
@@ -315,4 +316,4 @@ class FilterGen(StageGen):
         return rule_features(st.rules, protocols)
 
 
-register_generator(FilterGen())
+GENERATORS = {"filter": FilterGen()}

@@ -7,7 +7,7 @@
  * cannot (resolve a neighbour, send an ICMP error, fragment, deliver locally) the helper
  * returns XDP_PASS without having touched the frame.
  *
- * The slot enums below are listed in the same order in ebplane/codegen/forwarding.py
+ * The slot enums below are listed in the same order in ebplane/stages/forward/gen.py
  * (OUTCOMES); a test compares them.
  */
 #ifndef EBPLANE_FORWARD_H
