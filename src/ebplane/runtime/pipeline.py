@@ -730,7 +730,7 @@ def _generation(st: PipelineState, table: str) -> int | None:
         return None
 
 
-def _undo(items: list[dict], undo: dict) -> None:
+def _undo_rules(items: list[dict], undo: dict) -> None:
     """Reverse an incremental edit of a table's stored rules (see ``RuleTable._fast``)."""
     if "delete" in undo:
         del items[undo["delete"]]
@@ -745,7 +745,7 @@ def _settle(st: PipelineState) -> PipelineState | None:
         gen = _generation(st, p["table"])
         if gen is None or gen == p["generation"]:  # the flip did not happen: back
             if "undo" in p:  # an incremental edit: its inverse
-                _undo(st.live_rules[p["table"]], p["undo"])
+                _undo_rules(st.live_rules[p["table"]], p["undo"])
             else:
                 st.live_rules[p["table"]] = p["previous_rules"]
             if p.get("previous_plan") is not None:
@@ -1285,7 +1285,7 @@ class RuleTable:
                 info = table.install_edit(mirror, remove, add, c["layout"], fresh)
             except BaseException as e:
                 if table.root() == st.pending["generation"]:  # not flipped
-                    _undo(items, undo)
+                    _undo_rules(items, undo)
                     st.pending = None
                     st.save()
                     if isinstance(e, NeedRebuild):
