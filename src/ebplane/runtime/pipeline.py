@@ -1237,8 +1237,21 @@ class RuleTable:
         incremental tree edit; None when it does not apply (the caller takes the full path)."""
         c = self._cache
         self.fallback = None
-        if c is None or c["key"] != _state_key(self.pipeline):
+        if c is None:
             return None
+        if c["key"] != _state_key(self.pipeline):
+            # written by someone else (a status or stats that settled or reaped, another
+            # table's edit): still ours if this table's rules, plan and program are unchanged
+            # (reading the record costs far less than re-parsing every rule)
+            st2 = PipelineState.load(self.pipeline)
+            old = c["st"]
+            if st2 is None or st2.pending or st2.spec_text != old.spec_text \
+                    or st2.features != old.features or st2.prog_id != old.prog_id \
+                    or st2.filters.get(self.name) != old.filters.get(self.name) \
+                    or st2.live_rules.get(self.name) != old.live_rules.get(self.name):
+                self._cache = None
+                return None
+            c.update(st=st2, key=_state_key(self.pipeline))
         st, spec, entries, mirror = c["st"], c["spec"], c["entries"], c["mirror"]
         if spec.protocols != self._protocols or st.pending:
             return None
