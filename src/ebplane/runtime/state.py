@@ -110,6 +110,12 @@ def _own_file(fd: int, mode: int, gid: int | None) -> None:
         os.fchmod(fd, mode)
 
 
+# fields holding rule lists ({table: [dict, ...]}), and per record name the JSON of the rule
+# dicts its last write encoded, by object identity (the dict is kept, so the id stays its own)
+_RULE_FIELDS = ("live_rules", "spec_rules")
+_ENCODED: dict[str, dict[int, tuple[object, str]]] = {}
+
+
 @dataclass
 class PipelineState:
     name: str
@@ -145,14 +151,39 @@ class PipelineState:
     def path(self) -> Path:
         return state_dir() / f"{check_name(self.name)}.json"
 
+    def _json(self) -> str:
+        """The record as compact JSON.  The fields are plain JSON values already: no deep
+        copy (asdict), and the C encoder (with indent= it is the pure-Python one: 0.5 s at 5k
+        rules).  The rule lists are encoded rule by rule, and a rule dict this process
+        encoded at the previous write of this record is not encoded again: one rule edit of
+        a 100k-rule table rewrote the record in 0.5-1.6 s, nearly all of it encoding rules
+        that had not changed (the dicts are never changed in place: an edit makes new ones)."""
+        head = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _RULE_FIELDS}
+        cache = _ENCODED.get(self.name, {})
+        fresh: dict[int, tuple[object, str]] = {}
+        parts = []
+        for name in _RULE_FIELDS:
+            tables = []
+            for table, items in getattr(self, name).items():
+                enc = []
+                for it in items:
+                    hit = cache.get(id(it))
+                    if hit is None or hit[0] is not it:
+                        hit = (it, json.dumps(it, separators=(",", ":")))
+                    fresh[id(it)] = hit
+                    enc.append(hit[1])
+                tables.append(f"{json.dumps(table)}:[{','.join(enc)}]")
+            parts.append(f"{json.dumps(name)}:{{{','.join(tables)}}}")
+        _ENCODED[self.name] = fresh  # only what this write used: no growth across edits
+        text = json.dumps(head, separators=(",", ":"))
+        return text[:-1] + ("," if len(text) > 2 else "") + ",".join(parts) + "}"
+
     def save(self) -> None:
         d = _private_dir()
         gid = _group()
         tmp = d / f".{check_name(self.name)}.json.{os.getpid()}"
-        # the fields are plain JSON values already: no deep copy (asdict), and compact JSON,
-        # which the C encoder writes (with indent= it is the pure-Python one: 0.5 s at 5k rules)
-        data = json.dumps({f.name: getattr(self, f.name) for f in fields(self)},
-                          separators=(",", ":")).encode()
+        data = self._json().encode()
         try:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
