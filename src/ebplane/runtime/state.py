@@ -110,10 +110,10 @@ def _own_file(fd: int, mode: int, gid: int | None) -> None:
         os.fchmod(fd, mode)
 
 
-# fields holding rule lists ({table: [dict, ...]}), and per record name the JSON of the rule
-# dicts its last write encoded, by object identity (the dict is kept, so the id stays its own)
+# fields holding rule lists ({table: [dict, ...]}), and per record name the rule dicts its
+# writes encoded (kept alive, so that an id stays its own) and their JSON by id
 _RULE_FIELDS = ("live_rules", "spec_rules")
-_ENCODED: dict[str, dict[int, tuple[object, str]]] = {}
+_ENCODED: dict[str, tuple[list, dict[int, str]]] = {}
 
 
 @dataclass
@@ -155,27 +155,29 @@ class PipelineState:
         """The record as compact JSON.  The fields are plain JSON values already: no deep
         copy (asdict), and the C encoder (with indent= it is the pure-Python one: 0.5 s at 5k
         rules).  The rule lists are encoded rule by rule, and a rule dict this process
-        encoded at the previous write of this record is not encoded again: one rule edit of
+        encoded for an earlier write of this record is not encoded again: one rule edit of
         a 100k-rule table rewrote the record in 0.5-1.6 s, nearly all of it encoding rules
-        that had not changed (the dicts are never changed in place: an edit makes new ones)."""
+        that had not changed (the dicts are never changed in place: an edit makes new ones).
+        The encoded dicts stay referenced until the cache is dropped, so an id is never
+        another object's."""
         head = {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in _RULE_FIELDS}
-        cache = _ENCODED.get(self.name, {})
-        fresh: dict[int, tuple[object, str]] = {}
-        parts = []
+        refs, enc = _ENCODED.setdefault(self.name, ([], {}))
+        parts, used = [], 0
         for name in _RULE_FIELDS:
             tables = []
             for table, items in getattr(self, name).items():
-                enc = []
-                for it in items:
-                    hit = cache.get(id(it))
-                    if hit is None or hit[0] is not it:
-                        hit = (it, json.dumps(it, separators=(",", ":")))
-                    fresh[id(it)] = hit
-                    enc.append(hit[1])
-                tables.append(f"{json.dumps(table)}:[{','.join(enc)}]")
+                ids = list(map(id, items))
+                out = list(map(enc.get, ids))
+                for i, s in enumerate(out):
+                    if s is None:  # not encoded yet: keep the dict, so its id stays its own
+                        out[i] = enc[ids[i]] = json.dumps(items[i], separators=(",", ":"))
+                        refs.append(items[i])
+                used += len(ids)
+                tables.append(f"{json.dumps(table)}:[{','.join(out)}]")
             parts.append(f"{json.dumps(name)}:{{{','.join(tables)}}}")
-        _ENCODED[self.name] = fresh  # only what this write used: no growth across edits
+        if len(refs) > 2 * used + 1024:  # forget dicts no longer in the record
+            _ENCODED.pop(self.name)
         text = json.dumps(head, separators=(",", ":"))
         return text[:-1] + ("," if len(text) > 2 else "") + ",".join(parts) + "}"
 
