@@ -169,10 +169,14 @@ class PipelineState:
             for table, items in getattr(self, name).items():
                 ids = list(map(id, items))
                 out = list(map(enc.get, ids))
-                for i, s in enumerate(out):
-                    if s is None:  # not encoded yet: keep the dict, so its id stays its own
-                        out[i] = enc[ids[i]] = json.dumps(items[i], separators=(",", ":"))
-                        refs.append(items[i])
+                i = -1
+                while True:  # the few not encoded yet (list.index scans in C)
+                    try:
+                        i = out.index(None, i + 1)
+                    except ValueError:
+                        break
+                    out[i] = enc[ids[i]] = json.dumps(items[i], separators=(",", ":"))
+                    refs.append(items[i])  # kept, so that its id stays its own
                 used += len(ids)
                 tables.append(f"{json.dumps(table)}:[{','.join(out)}]")
             parts.append(f"{json.dumps(name)}:{{{','.join(tables)}}}")
