@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from typing import Iterator
 import pytest
 
 from ebplane.net import netns as _netns
+from pins import private_root
 
 EBPLANE = [sys.executable, "-m", "ebplane.cli.main"]
 TEST_BPFFS = Path("/sys/fs/bpf")
@@ -40,7 +40,7 @@ def _cache_dir(factory: pytest.TempPathFactory) -> Path:
 def _environment(state: Path, cache: Path) -> Iterator[Path]:
     """Point ebplane's state, pin root and compile cache at throw-away places; afterwards
     detach whatever pipeline is still applied and remove the pin root."""
-    root = TEST_BPFFS / f"ebp-test-{secrets.token_hex(4)}"
+    root = private_root()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EBPLANE_STATE_DIR", str(state))
         mp.setenv("EBPLANE_BPFFS_ROOT", str(root))

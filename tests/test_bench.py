@@ -44,6 +44,20 @@ def test_quick_run_writes_all_outputs(quick_run):
     assert doc["machine"]["nproc"] == os.cpu_count()
 
 
+def test_l4_section_compares_stateful_functions_with_nftables(quick_run):
+    l4 = quick_run[2]["sections"]["l4"]
+    names = {r["name"] for r in l4["rows"]}
+    assert {"kernel", "ebplane-firewall", "nftables-firewall", "ebplane-nat",
+            "nftables-nat"} <= names
+    for r in l4["rows"]:
+        assert "error" not in r, r
+        assert r["handled_fraction"] > 0.9, r  # what was sent reached the sink
+    assert set(l4["ratios"]) >= {"ebplane-firewall / nftables-firewall",
+                                 "ebplane-nat / nftables-nat"}
+    assert l4["checks"]["ebplane_nat_translated"] > 0  # the NAT rows did translate
+    assert "## L4: stateful firewall and NAT" in markdown(quick_run[2])
+
+
 def test_cost_section_compares_the_same_job(quick_run):
     cost = quick_run[2]["sections"]["cost"]
     assert cost["floor"]["ns_per_packet"]["median"] > 0
@@ -102,6 +116,23 @@ def test_scaling_section(quick_run):
     assert len(sc["protocols"]) >= 2
 
 
+def test_balancer_section_compares_the_same_job(quick_run):
+    b = quick_run[2]["sections"]["balancer"]
+    cost = b["cost"]
+    # ebplane and the hand-written baseline both balanced and sent every packet
+    for name in ("ebplane", "baseline"):
+        for kind in ("established", "new"):
+            assert cost[name][kind]["verdicts"] == ["XDP_TX"], (name, kind)
+            assert cost[name][kind]["ns_per_packet"]["median"] > \
+                cost["floor"][kind]["ns_per_packet"]["median"]
+    assert b["summary"]["cost_ratio_established"] > 0
+    rows = {r["name"]: r for r in b["live"]["rows"]}
+    assert set(rows) == {"ebplane", "baseline", "nftables-dnat"}
+    for r in rows.values():
+        assert "mpps" in r and r["mpps"]["min"] > 0, r
+    assert "## 8. Balancer" in (quick_run[1] / "bench.md").read_text()
+
+
 def test_nothing_left_behind(quick_run):
     assert not [n for n in netns.list_ours() if n.startswith(LAB)]
     assert not list(Path("/sys/fs/bpf").glob(f"ebplane-bench-{os.getpid()}"))
@@ -118,3 +149,16 @@ def test_missing_suite_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError) as e:
         Suite.load(tmp_path)
     assert "cases.yaml" in str(e.value) and "--suite" in e.value.hint
+
+
+def test_jumbo_section_measures_every_row(tmp_path):
+    out = tmp_path / "jumbo"
+    assert main(["bench", "--quick", "--sections", "jumbo", "--out", str(out)]) == 0
+    doc = json.loads((out / "bench.json").read_text())
+    j = doc["sections"]["jumbo"]
+    assert [r["name"] for r in j["rows"]] == ["sender-floor", "kernel", "generic", "native"]
+    for r in j["rows"]:
+        assert "error" not in r, r
+        assert r["kpps"]["median"] > 0 and r["handled_fraction"] > 0.9
+    assert "## 9. Jumbo frames (MTU 9000)" in (out / "bench.md").read_text()
+    assert not any(n.startswith("ebp-bjumbo") for n in netns.list_ours())

@@ -136,8 +136,14 @@ def test_a_flow_that_times_out_is_forgotten():
         assert counts.with_codecs(U32, COUNT).lookup_sum(7).packets == 1  # expired
 
 
-def test_a_full_table_refuses_new_flows_not_established_ones():
-    with Replayer(_spec(size=4)) as r:
+@pytest.mark.parametrize("prealloc", [False, True])
+def test_a_full_table_refuses_new_flows_not_established_ones(prealloc):
+    spec = _spec(size=4)
+    if prealloc:  # the whole table allocated up front: full is full all the same
+        spec = parse_spec(FIREWALL.format(size=4, extra="").replace(
+            "when_full: drop,", "when_full: drop, prealloc: true,"))
+        assert spec.stages[0].prealloc
+    with Replayer(spec) as r:
         for port in range(4):
             assert _run(r, E/IP(src=C, dst=S)/UDP(sport=4000 + port, dport=9))[0] == "TC_ACT_OK"
         assert _run(r, E/IP(src=C, dst=S)/UDP(sport=4100, dport=9)) == ("TC_ACT_SHOT", None)

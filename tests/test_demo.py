@@ -2,19 +2,19 @@
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pins import private_root
 
 EBPLANE = Path(sys.executable).with_name("ebplane")
 
 
 @pytest.fixture
 def isolated_env(tmp_path):
-    root = f"/sys/fs/bpf/ebp-test-demo-{secrets.token_hex(3)}"
+    root = str(private_root("ebp-test-demo"))
     env = dict(os.environ, EBPLANE_STATE_DIR=str(tmp_path / "state"), EBPLANE_BPFFS_ROOT=root,
                EBPLANE_CACHE_DIR=str(tmp_path / "cache"))
     yield env

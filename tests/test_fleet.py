@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -16,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pins import private_root
 
 from fleet_fixtures import EtcdCluster, Forwarder, stop
-from pipeline_fixtures import TEST_BPFFS, write_spec
+from pipeline_fixtures import write_spec
 from test_crash import EBPLANE, RULE_EXTRA, in_force, spec_text
 from ebplane.bench import classbench as cb
 from ebplane.fleet import layout, rollout
@@ -36,7 +36,7 @@ class Node:
         self.name, self.labels, self.ns, self.fwd = name, labels, ns, fwd
         self.dir = tmp / name
         self.dir.mkdir()
-        self.root = TEST_BPFFS / f"ebp-test-{secrets.token_hex(4)}"
+        self.root = private_root()
         self.env = {**os.environ, "EBPLANE_DATA_DIR": str(self.dir / "data"),
                     "EBPLANE_SOCKET": str(self.dir / "agent.sock"),
                     "EBPLANE_STATE_DIR": str(self.dir / "state"),

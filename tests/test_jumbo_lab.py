@@ -163,3 +163,22 @@ def test_redirect_on_jumbo_frames(ebp_env, switched_lab, tmp_path):
     finally:
         for n in names:
             pipeline.detach(n)
+
+
+def test_bridge_counts_jumbo_floods_the_kernel_cannot_broadcast(ebp_env, switched_lab, tmp_path):
+    """A devmap broadcast drops multi-buffer frames without a counter: the bridge gives such
+    a flood to the kernel and counts it (multi_buffer); single-buffer floods still arrive."""
+    h1, h2 = switched_lab.ns("h1"), switched_lab.ns("h2")
+    res = _apply(tmp_path, "jflood", switched_lab.ns("sw"), "[p1, p2]",
+                 "  - bridge: {ports: [p1, p2]}\n")
+    try:
+        flow = traffic.Flow("udp", "198.18.93.1", "198.18.93.2", 4000, 5000)
+        for size, want in ((2000, 5), (8000, 0)):
+            with traffic.Capture(h2, "eth0", flow) as cap:
+                traffic.send(h1, "eth0", flow, 5, dst_mac="02:99:00:00:00:01",   # unknown
+                             payload=bytes(size))
+                assert cap.wait(5, timeout=1.0 if want else 0.3) == want, size
+        c = _stage(res.name, "bridge")["counts"]
+        assert c["multi_buffer"]["packets"] == 5 and c["flooded"]["packets"] == 5
+    finally:
+        pipeline.detach(res.name)

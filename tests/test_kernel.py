@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pins import private_root
 
 from ebplane.errors import KernelError, KeyNotFound, NotFound, UsageError, VerifierError
 from ebplane.kernel import bpffs
@@ -41,7 +42,7 @@ Counter = Struct("Counter", [("packets", "Q"), ("bytes", "Q")])
 @pytest.fixture(scope="module", autouse=True)
 def environment(tmp_path_factory):
     """A private compile cache and a private bpffs pin root, removed afterwards."""
-    pin_root = bpffs.BPFFS / f"ebplane-test-{secrets.token_hex(4)}"
+    pin_root = private_root("ebplane-test")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EBPLANE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.setenv("EBPLANE_BPFFS_ROOT", str(pin_root))

@@ -92,3 +92,23 @@ def test_a_state_without_manifest_resolves_maps_by_naming(tmp_path):
         assert old.roles().get(cname) == where, cname
     with pytest.raises(ValueError, match="manifest version"):
         Manifest({**prog.manifest(), "version": 99})
+
+
+def test_user_layout_is_read_from_the_manifest(tmp_path):
+    from ebplane.codegen.p4c import UserLayout
+    from ebplane.runtime.pipeline import running_user_layout
+
+    spec = load_spec(ROOT / "examples" / "tenant.yaml")
+    prog = generate(spec)
+    layout = prog.user_layout.to_dict()
+    assert len(layout) >= 2  # tenant.yaml's rules match on several fields
+    st = PipelineState(name=spec.name, spec_text="", spec_file="", hook=spec.hook, netns=None,
+                       prog_id=0, features=prog.features.to_dict(), manifest=prog.manifest())
+    assert running_user_layout(st, spec).to_dict() == layout
+    assert UserLayout.from_dict(layout, prog.graph) == prog.user_layout
+    # the manifest is what the program was built with: it wins over a recomputation
+    moved = [{**f, "offset": f["offset"] + 1} for f in layout]
+    st.manifest = {**prog.manifest(), "user_layout": moved}
+    assert running_user_layout(st, spec).to_dict() == moved
+    st.manifest = None  # a state written before manifests were kept: from its features
+    assert running_user_layout(st, spec).to_dict() == layout

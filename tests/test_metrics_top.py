@@ -210,3 +210,55 @@ def test_grafana_dashboard_uses_only_metrics_ebplane_serves():
     documented = set(re.findall(r"``(ebplane_[a-z_]+)``", metrics.__doc__))
     documented = {re.sub(r"_total$", "", n) for n in documented}
     assert used <= fams | documented, used - fams - documented
+
+
+def test_stats_consumers_show_any_kind_by_its_rows():
+    """stats, top, the chain demo and /metrics show a stage by what its kind says its
+    counters are (StageControl.rows): a kind they do not know shows with its outcomes, a
+    kind whose rows decide (as a filter's) with its rules and actions."""
+    from ebplane.cli.chain import _human as chain_human
+    from ebplane.cli.pipeline import stats_human
+    from ebplane.cli.top import counters
+    from ebplane.runtime.metrics import stage_samples
+    from ebplane.stages.control import StageControl, StatRow, register_control
+
+    class Limiter(StageControl):  # a kind that decides, with its own stats shape
+        kind = "test-limiter"
+
+        def rows(self, stats):
+            return [StatRow("over", stats["over"], stats["over"] * 100, "drop"),
+                    StatRow("under", stats["under"], 0)]
+
+    register_control(Limiter())
+    new = {"kind": "test-newkind", "stage": "nk", "counts": {"hit": {"packets": 3, "bytes": 300},
+                                                              "miss": {"packets": 0, "bytes": 0}}}
+    lim = {"kind": "test-limiter", "stage": "lim", "over": 4, "under": 9}
+    filt = {"kind": "filter", "stage": "acl",
+            "rules": [{"index": 0, "id": 1, "rule": {"dport": 53, "action": "drop"},
+                       "packets": 7, "bytes": 700}],
+            "default": {"action": "pass", "packets": 2, "bytes": 200},
+            "malformed": {"action": "drop", "packets": 1, "bytes": 60}}
+    item = {"name": "p", "verdicts": {"XDP_PASS": {"packets": 1, "bytes": 1}},
+            "stages": [new, lim, filt]}
+    c = counters([item])
+    assert c[("p", "nk", "hit", "")] == (3, 300) and c[("p", "nk", "miss", "")] == (0, 0)
+    assert c[("p", "lim", "(over)", "drop")] == (4, 400)
+    assert c[("p", "acl", "#0 dport=53", "drop")] == (7, 700)
+    assert c[("p", "acl", "(malformed)", "drop")] == (1, 60)
+    text = stats_human([item])
+    assert re.search(r"test-newkind nk\n.*class.*\n(.*\n)*.*hit\s+3\s+300", text)
+    assert re.search(r"filter acl\n.*#.*action.*match(.*\n)*.*0\s+drop\s+dport=53\s+7\s+700", text)
+    assert re.search(r"-\s+pass\s+\(default\)\s+2\s+200", text)
+    chain = chain_human({"lab": "l", "ping": {"answered": 1, "sent": 1}, "flows": {},
+                         "hops": {"fw": item}})
+    assert re.search(r"test-newkind nk\s+hit\s+3", chain) and "miss" not in chain
+    assert re.search(r"filter acl\s+rule 0 \(drop\)\s+7", chain)
+    got = {(f, labels): v for s in (new, lim, filt) for f, labels, v in stage_samples("p", s)}
+    assert got[("ebplane_stage_packets", ("p", "nk", "test-newkind", "hit"))] == 3
+    assert got[("ebplane_packets", ("p", "lim", "over", "drop"))] == 4
+    assert got[("ebplane_drops", ("p", "lim", "over"))] == 4
+    assert got[("ebplane_stage_bytes", ("p", "lim", "test-limiter", "under"))] == 0
+    assert got[("ebplane_packets", ("p", "acl", "0", "drop"))] == 7
+    assert got[("ebplane_drops", ("p", "acl", "rule 0"))] == 7
+    assert got[("ebplane_drops", ("p", "acl", "malformed"))] == 1
+    assert got[("ebplane_table_rules", ("p", "acl"))] == 1

@@ -70,7 +70,7 @@ def _run(hook: str, cap: CaptureSpec, frames: list[bytes]) -> tuple[list[bytes],
         c = {k: counts.lookup_sum(i).packets for i, k in enumerate(CAPTURE_COUNTERS)}
     finally:
         b.close()
-    recs = [_REC.unpack_from(r) for r in got]
+    recs = [_REC.decode(r) for r in got]
     return [r[REC_HEADER:REC_HEADER + rec[3]] for r, rec in zip(got, recs)], c, recs
 
 

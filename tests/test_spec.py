@@ -139,23 +139,23 @@ def test_cli_rule_errors_name_the_root():
 
 
 def test_stage_registry_accepts_new_kinds():
-    assert {"filter", "count"} <= set(STAGE_KINDS) and "mirror" not in STAGE_KINDS
+    assert {"filter", "count"} <= set(STAGE_KINDS) and "sample" not in STAGE_KINDS
 
     @dataclasses.dataclass(frozen=True)
-    class Mirror(CountStage):
-        kind = "mirror"
+    class Sample(CountStage):
+        kind = "sample"
 
-    @register_stage("mirror")
-    def parse_mirror(obj, where, protocols):
-        return Mirror(name="mirror")
+    @register_stage("sample")
+    def parse_sample(obj, where, protocols):
+        return Sample(name="sample")
 
     try:
         spec = parse_spec("pipeline: p\nhook: xdp\nprotocols: [ethernet]\nstages:\n"
-                          "  - mirror: {}\n")
-        assert spec.stages == (Mirror(name="mirror"),)
-        assert spec.to_dict()["stages"] == [{"mirror": {"name": "mirror"}}]
+                          "  - sample: {}\n")
+        assert spec.stages == (Sample(name="sample"),)
+        assert spec.to_dict()["stages"] == [{"sample": {"name": "sample"}}]
     finally:
-        del STAGE_KINDS["mirror"]
+        del STAGE_KINDS["sample"]
 
 
 def test_protocol_set_helpers():
@@ -259,7 +259,7 @@ def test_top_level_errors(text, line, column, field, reason):
 
 def test_unknown_top_level_key_lists_allowed():
     err = spec_error("pipeline: edge\nhook: xdp\nprotocol: [ethernet]\n")
-    assert err.allowed == "pipeline, hook, interfaces, mode, netns, protocols, stages, parser"
+    assert err.allowed == "pipeline, hook, interfaces, mode, netns, protocols, stages, parser, priority"
     assert "allowed: pipeline, hook" in str(err)
 
 
@@ -273,7 +273,7 @@ HEAD = "pipeline: edge\nhook: xdp\nprotocols: [ethernet, ipv4]\nstages:\n"
     ("  filter: {}\n", 5, 3, "stages", "expected a list of stages"),
     ("  - filter\n", 5, 5, "stages[0]", "exactly one key"),
     ("  - {filter: {}, count: {}}\n", 5, 5, "stages[0]", "exactly one key"),
-    ("  - nat: {}\n", 5, 5, "stages[0].nat", "unknown stage kind"),
+    ("  - shaper: {}\n", 5, 5, "stages[0].shaper", "unknown stage kind"),
     ("  - count: {name: c1, mode: x}\n", 5, 23, "stages[0].count.mode", "unknown key"),
     ("  - count: [1]\n", 5, 12, "stages[0].count", "expected a mapping"),
     ("  - filter: {name: Acl}\n", 5, 20, "stages[0].filter.name", "invalid name"),
@@ -300,8 +300,8 @@ def test_stage_errors(stages, line, column, field, reason):
 
 
 def test_unknown_stage_kind_lists_kinds():
-    err = spec_error(HEAD + "  - nat: {}\n")
-    assert err.given == "nat" and err.allowed == ", ".join(STAGE_KINDS)
+    err = spec_error(HEAD + "  - shaper: {}\n")
+    assert err.given == "shaper" and err.allowed == ", ".join(STAGE_KINDS)
     assert err.allowed.startswith("filter, count, route")
 
 

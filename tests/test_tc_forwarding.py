@@ -275,13 +275,24 @@ def test_spec_hooks_of_the_forwarding_kinds():
             parse_spec(_spec(kind), "x.yaml")
 
 
-def test_tc_slot_names_match_forward_tc_h():
+def test_tc_slot_numbers_are_generated_from_outcomes_tc():
+    """forward_tc.h has no slot numbers of its own: a TC program gets them from OUTCOMES_TC
+    (bridge and redirect: the XDP slots, same numbers, then peer), and every slot name the
+    header uses is among them."""
     import re
-    src = Path(__file__).resolve().parent.parent / "src/ebplane/stages/forward/forward_tc.h"
-    body = re.search(r"enum ebp_tc_route_slot \{(.*?)\};", src.read_text(), re.S).group(1)
-    names = re.findall(r"\bEBP_TRT_([A-Z_]+)\b", body)
-    want = [n.upper() for n in OUTCOMES_TC["route"]]
-    assert names[-1] == "SLOTS" and [n.replace("TTL", "TTL_EXCEEDED") for n in names[:-1]] == want
+    from ebplane.codegen.pipeline import generate
+    for stage in ("route: {}", "bridge: {ports: [a, b]}", "redirect: {to: a}"):
+        src = generate(parse_spec(_spec(stage), "x.yaml")).source
+        defines = dict(re.findall(r"^#define (EBP_(?:TRT|BR|RD|TC)_\w+) (\d+)$", src, re.M))
+        for kind, prefix in (("route", "TRT"), ("bridge", "BR"), ("redirect", "RD")):
+            for i, name in enumerate(OUTCOMES_TC[kind]):
+                assert defines[f"EBP_{prefix}_{name.upper()}"] == str(i), (stage, kind, name)
+        assert defines["EBP_TRT_SLOTS"] == str(len(OUTCOMES_TC["route"]))
+        header = (Path(__file__).resolve().parent.parent
+                  / "src/ebplane/stages/forward/forward_tc.h").read_text()
+        assert not re.search(r"enum ebp_tc_\w+_slot|#define EBP_(TRT|BR|RD)_", header)
+        used = set(re.findall(r"\bEBP_(?:TRT|BR|RD|TC)_[A-Z_]+\b", header)) - {"EBP_TC_PORT_"}
+        assert used and used <= set(defines), used - set(defines)
 
 
 def test_ebplane_replay_at_tc_ingress(host, tmp_path):

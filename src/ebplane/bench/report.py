@@ -80,6 +80,22 @@ def _live(lv: dict) -> list[str]:
     return lines
 
 
+def _l4(l4: dict) -> list[str]:
+    g = l4["generator"]
+    head = ["DUT", "what", "Mpps min / median / max", "ns/pkt (with generator)",
+            "ns/pkt DUT alone", "speed-up", "DUT cost ratio", "handled"]
+    lines = ["## L4: stateful firewall and NAT against nftables with conntrack", "",
+             l4["method"] + ".", f"Traffic: {l4['traffic']}.",
+             f"Generator alone: {g['mpps']['median']:g} Mpps = {g['ns_per_packet']} ns/packet.",
+             "", "Ratios to kernel forwarding without filtering:", ""]
+    lines += _table(head, _live_rows(l4["rows"], "kernel"))
+    lines += _table(["ebplane / nftables", "rate", "DUT cost"],
+                    [[k, _x(v["rate"]), _x(v["dut_cost"])] for k, v in l4["ratios"].items()])
+    if l4.get("checks"):
+        lines += [f"Checks: {', '.join(f'{k} = {v}' for k, v in l4['checks'].items())}.", ""]
+    return lines
+
+
 def _control(ct: dict) -> list[str]:
     lines = ["## 3. Control plane", "", "### Rule and table load (batched)", ""]
     rows = [[_n(r["entries"]), f"{r['install_s']:g} s", _n(r["install_rules_per_s"], "/s"),
@@ -205,6 +221,23 @@ def _containers(ct: dict) -> list[str]:
                            "÷ kernel per turn, min / median / max", "handled"], rows)
 
 
+def _jumbo(j: dict) -> list[str]:
+    lines = [f"## 9. Jumbo frames (MTU {j['mtu']}): native multi-buffer XDP, generic XDP, kernel",
+             "", j["method"] + ".", ""]
+    rows = []
+    for r in j["rows"]:
+        if "error" in r:
+            rows.append([r["name"], r["what"], "–", "–", "–", "–", "–", "–", r["error"]])
+            continue
+        k, g = r["kpps"], r["gbit_s"]
+        rows.append([r["name"], r["what"], f"{k['min']:g} / **{k['median']:g}** / {k['max']:g}",
+                     f"{g['median']:g}", r["ns_per_frame"], r.get("forward_ns_per_frame", "–"),
+                     _x(r.get("speedup_vs_kernel")), f"{r['handled_fraction']:.2%}", ""])
+    return lines + _table(["DUT", "what", "kpps min / median / max", "Gbit/s (median)",
+                           "ns/frame", "ns/frame over the floor", "÷ kernel", "handled",
+                           "error"], rows)
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# ebplane benchmark", "",
@@ -213,9 +246,11 @@ def markdown(doc: dict) -> str:
              f"Command: `{doc['command']}`", "",
              "Absolute numbers are machine-specific; the ratios are the point.", ""]
     s = doc["sections"]
+    from ebplane.bench.balancer import markdown as _balancer
     for key, render in (("cost", _cost), ("live", _live), ("control", _control),
                         ("scaling", _scaling), ("xsk", _xsk), ("classbench", _classbench),
-                        ("containers", _containers)):
+                        ("containers", _containers), ("balancer", _balancer),
+                        ("jumbo", _jumbo), ("l4", _l4)):
         if key in s:
             lines += render(s[key])
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from ebplane.bench.harness import CostHarness, Progress, Suite
 from ebplane.errors import UsageError
 
 SECTIONS: tuple[str, ...] = ("cost", "live", "control", "scaling", "xsk", "classbench",
-                             "containers")
+                             "containers", "balancer", "jumbo", "l4")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class BenchConfig:
     classbench_kinds: tuple[str, ...] = ("acl", "low-shape")  # seed types (bench/classbench.py)
     classbench_live_size: int = 100                 # rules of the live run (IPv4, first kind)
     classbench_seed: int = 1
+    balancer_calls: int = 2000                      # single-packet runs per cost batch
+    balancer_batches: int = 5
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -59,7 +61,8 @@ class BenchConfig:
         return cls(repeat=2_000, runs=2, live_seconds=0.1, live_repeats=1, load_sizes=(1_000,),
                    reapplies=2, scale_rules=(1, 100), scale_shapes=(1, 4),
                    xsk_frames=20_000, xsk_runs=1, classbench_sizes=(10, 100),
-                   classbench_kinds=("acl", "low-shape"), classbench_live_size=100)
+                   classbench_kinds=("acl", "low-shape"), classbench_live_size=100,
+                   balancer_calls=300, balancer_batches=2)
 
 
 def machine() -> dict:
@@ -140,7 +143,7 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             if "scaling" in sections:
                 results["scaling"] = run_scaling(harness, config.scale_rules,
                                                  config.scale_shapes, progress)
-        if {"live", "control"} & set(sections) or ("classbench" in sections
+        if {"live", "control", "balancer", "l4"} & set(sections) or ("classbench" in sections
                                                     and config.classbench_live_size):
             progress("lab: bringing up ebp-bench (gen -- dut -- sink)")
             lab = stack.enter_context(LiveLab(suite, workdir))
@@ -149,6 +152,9 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             if "control" in sections:
                 results["control"] = run_control(lab, config.load_sizes, config.reapplies,
                                                  progress)
+            if "l4" in sections:
+                from ebplane.bench.l4 import run_l4
+                results["l4"] = run_l4(lab, config.live_seconds, config.live_repeats, progress)
         if "xsk" in sections:
             from ebplane.bench.xsk import run_xsk
             results["xsk"] = run_xsk(config.xsk_frames, config.xsk_runs, progress)
@@ -158,6 +164,15 @@ def run_bench(out: Path, sections: tuple[str, ...], config: BenchConfig, *, comm
             from ebplane.bench.containers import run_containers
             results["containers"] = run_containers(workdir, config.live_seconds,
                                                    config.live_repeats, progress)
+        if "balancer" in sections:
+            from ebplane.bench.balancer import run_balancer
+            results["balancer"] = run_balancer(suite, lab, config.balancer_calls,
+                                               config.balancer_batches, config.live_seconds,
+                                               config.live_repeats, progress)
+        if "jumbo" in sections:
+            from ebplane.bench.jumbo import run_jumbo
+            results["jumbo"] = run_jumbo(workdir, config.live_seconds, config.live_repeats,
+                                         progress)
     doc = {"ebplane": __version__, "command": command,
            "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
            "seconds": round(time.time() - started, 1), "machine": machine(),

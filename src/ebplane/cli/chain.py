@@ -97,6 +97,7 @@ def cmd_chain(args) -> int:
 
 
 def _human(d: dict) -> str:
+    from ebplane.stages.control import control_for
     out = [f"service chain in lab {d['lab']}: client -> fw -> router -> server",
            f"ping {SERVER}: {d['ping']['answered']} of {d['ping']['sent']} answered", "",
            table([[k, f["sent"], f["received"]] for k, f in d["flows"].items()],
@@ -105,12 +106,9 @@ def _human(d: dict) -> str:
         out += ["", f"hop {name}"]
         rows = [["verdict", v, c["packets"]] for v, c in st["verdicts"].items() if c["packets"]]
         for s in st["stages"]:
-            if s["kind"] == "filter":
-                rows += [[f"filter {s['stage']}", f"rule {r['index']} ({r['rule']['action']})",
-                          r["packets"]] for r in s["rules"]]
-                rows.append([f"filter {s['stage']}", "default", s["default"]["packets"]])
-            else:
-                rows += [[f"{s['kind']} {s['stage']}", k, v["packets"]]
-                         for k, v in s.get("counts", {}).items() if v["packets"]]
+            # rules always, other counters when they counted (StageControl.rows)
+            rows += [[f"{s['kind']} {s['stage']}",
+                      r.key if r.index is None else f"rule {r.index} ({r.action})", r.packets]
+                     for r in control_for(s["kind"]).rows(s) if r.index is not None or r.packets]
         out.append(table(rows, ["stage", "outcome", "packets"]))
     return "\n".join(out)

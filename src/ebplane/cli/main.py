@@ -15,8 +15,8 @@ from ebplane import __version__
 from ebplane.errors import EbplaneError
 
 # command modules, in the order `ebplane --help` lists them
-COMMAND_MODULES = ["probe", "pipeline", "rules", "agent", "observe", "parser", "lab", "demo",
-                   "bench", "chain", "fleet"]
+COMMAND_MODULES = ["probe", "pipeline", "rules", "backends", "groups", "agent", "observe", "parser",
+                   "lab", "demo", "bench", "chain", "fleet"]
 
 
 def build_parser() -> argparse.ArgumentParser:

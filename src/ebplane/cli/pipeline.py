@@ -10,6 +10,9 @@ from ebplane.cli.output import agent, emit, progress, table, via
 def register(sub) -> None:
     p = sub.add_parser("apply", help="validate, compile, load and attach a pipeline spec")
     p.add_argument("spec", help="pipeline spec (YAML)")
+    p.add_argument("--replace-foreign", action="store_true",
+                   help="detach an XDP program that is not ebplane's (attached by netlink) "
+                        "where the pipeline attaches; without it the apply fails, naming it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apply)
 
@@ -49,11 +52,15 @@ def register(sub) -> None:
 def cmd_apply(args) -> int:
     c = agent()
     if c is not None:
+        if args.replace_foreign:  # done here, as root; the agent then attaches
+            from ebplane.runtime.pipeline import evict_foreign
+            for note in evict_foreign(args.spec):
+                progress(note)
         progress(f"applying {args.spec} through the agent")
         emit(args, via(c.apply(args.spec), "agent"), _apply_human)
         return 0
     from ebplane.runtime.pipeline import apply
-    res = apply(args.spec, progress=progress)
+    res = apply(args.spec, progress=progress, replace_foreign=args.replace_foreign)
     emit(args, via(res.to_dict(), "direct"), _apply_human)
     return 0
 
@@ -113,6 +120,17 @@ def _status_human(items: list[dict]) -> str:
                            o["type"], o["stage"] or "-", o["role"], o["pin"]]
                           for o in d["objects"]],
                           ["kind", "id", "kernel name", "type", "stage", "role", "pin"])
+    shown = set()
+    for d in items:  # composed pipelines: the members of each interface, in run order
+        for c in d.get("composition") or []:
+            key = (c["netns"], c["ifname"], c["hook"])
+            if key in shown:
+                continue
+            shown.add(key)
+            order = " -> ".join(f"{m['priority']}:{m['pipeline']}" for m in c["members"])
+            out += (f"\n\n{c['ifname']} ({c['hook']}{', netns ' + c['netns'] if c['netns'] else ''}): "
+                    f"{order}" + ("" if c["in_order"] else
+                                  f"  (kernel order differs: programs {c['kernel_order']})"))
     for d in items:  # what the kernel no longer agrees with, and the way out
         if d.get("problems"):
             out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])
@@ -172,11 +190,8 @@ def cmd_stats(args) -> int:
     return 0
 
 
-def _rule_text(r: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in r.items() if k != "action") or "(any)"
-
-
 def stats_human(items: list[dict]) -> str:
+    from ebplane.stages.control import control_for
     out = []
     for d in items:
         out.append(f"pipeline {d['name']}")
@@ -189,19 +204,20 @@ def stats_human(items: list[dict]) -> str:
                              ["parse", "packets"]))
         for st in d["stages"]:
             out.append("")
-            if st["kind"] == "filter":
-                rows = [[r["index"], r["rule"]["action"], _rule_text(r["rule"]), r["packets"], r["bytes"]]
-                        for r in st["rules"]]
-                rows.append(["-", st["default"]["action"], "(default)", st["default"]["packets"],
-                             st["default"]["bytes"]])
-                rows.append(["-", st["malformed"]["action"], "(malformed)",
-                             st["malformed"]["packets"], st["malformed"]["bytes"]])
-                out.append(f"filter {st['stage']}")
-                out.append(table(rows, ["#", "action", "match", "packets", "bytes"]))
+            out.append(f"{st['kind']} {st['stage']}")
+            rows = control_for(st["kind"]).rows(st)  # what the kind's counters are
+            if any(r.action is not None for r in rows):  # rows that decide: rules, defaults
+                out.append(table([["-" if r.index is None else r.index, r.action,
+                                   r.match if r.index is not None else f"({r.key})",
+                                   r.packets, r.bytes] for r in rows],
+                                 ["#", "action", "match", "packets", "bytes"]))
             else:
-                out.append(f"{st['kind']} {st['stage']}")
-                out.append(table([[k, v["packets"], v["bytes"]] for k, v in st["counts"].items()],
+                out.append(table([[r.key, r.packets, r.bytes] for r in rows],
                                  ["class", "packets", "bytes"]))
+                if "table" in st:  # stateful kinds (conntrack, nat): entries against capacity
+                    t = st["table"]
+                    out.append(f"table: {t['entries']} of {t['capacity']} entries, "
+                               f"when full: {t['when_full']}")
     return "\n".join(out)
 
 

@@ -53,4 +53,8 @@ def _human(d: dict) -> str:
                 ["xdp attached", i["xdp"]["prog_id"] and f"prog {i['xdp']['prog_id']} ({i['xdp']['mode']})" or "no"],
                 ["tc attached", ", ".join(i.get("tc", [])) or "no"]]
         out.append(table(rows))
+        out += ["", "building blocks on this interface (feature it needs -> fallback)"]
+        out.append(table([[b["block"], b["feature"] or "(per frame)",
+                           "yes" if b["ok"] else f"no -> {b['fallback']}"]
+                          for b in i.get("blocks", [])], ["block", "feature", "served"]))
     return "\n".join(out)

@@ -18,24 +18,16 @@ Key = tuple[str, str, str, str]  # pipeline, stage, what (rule / outcome), verdi
 
 def counters(items: list[dict]) -> dict[Key, tuple[int, int]]:
     """Flatten ``stats()`` into (pipeline, stage, what, verdict) -> (packets, bytes)."""
+    from ebplane.stages.control import control_for
     out: dict[Key, tuple[int, int]] = {}
     for d in items:
         n = d["name"]
         for v, c in d["verdicts"].items():
             out[(n, "(program)", "", v)] = (c["packets"], c["bytes"])
         for st in d["stages"]:
-            if st["kind"] == "filter":
-                for r in st["rules"]:
-                    what = f"#{r['index']} " + (" ".join(f"{k}={v}" for k, v in r["rule"].items()
-                                                          if k != "action") or "(any)")
-                    out[(n, st["stage"], what, r["rule"]["action"])] = (r["packets"], r["bytes"])
-                for k in ("default", "malformed"):
-                    out[(n, st["stage"], f"({k})", st[k]["action"])] = \
-                        (st[k]["packets"], st[k]["bytes"])
-            else:
-                for k, c in (st.get("counts") or {}).items():
-                    if isinstance(c, dict) and "packets" in c:
-                        out[(n, st["stage"], k, "")] = (c["packets"], c["bytes"])
+            # what each counter is, as the stage's kind says (StageControl.rows)
+            for r in control_for(st["kind"]).rows(st):
+                out[(n, st["stage"], r.label, r.action or "")] = (r.packets, r.bytes)
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.errors import UsageError
 
 CAPTURE_COUNTERS = ("selected", "filtered_out", "rate_limited", "ring_full", "captured",
@@ -28,7 +29,6 @@ CAPTURE_MAPS: dict[str, str] = {"capture": "ebp_cap_ring", "capture-counters": "
                                 "capture-rate": "ebp_cap_rate"}
 RING_MIN_BYTES = 1 << 20
 SNAPLEN_MAX = 9216
-REC_HEADER = 40  # bytes of struct ebp_cap_rec before the frame
 
 
 @dataclass(frozen=True)
@@ -68,23 +68,23 @@ class CaptureSpec:
         return cls(**{**d, "filter": tuple(tuple(i) for i in d.get("filter", ()))})
 
 
-def record_c() -> str:
-    return "\n".join([
-        "/* one captured frame (ebplane.runtime.trace reads it) */",
-        "struct ebp_cap_rec {",
-        "\t__u64 ts;       /* bpf_ktime_get_ns */",
-        "\t__u32 ifindex;",
-        "\t__u32 pkt_len;  /* length of the frame */",
-        "\t__u32 cap_len;  /* bytes of it in data[] */",
-        "\t__u32 stage;    /* deciding stage, 0xff: none */",
-        "\t__u32 slot;     /* its counter slot: rule id, default, malformed, outcome */",
-        "\t__s32 action;   /* the verdict returned */",
-        "\t__u32 cpu;",
-        "\t__u32 pad;",
-        "\t__u8 data[EBP_CAP_SNAPLEN];",
-        "};",
-        "struct ebp_cap_rate { __u64 window; __u64 n; };",
-    ])
+# one captured frame in the ring (ebplane.runtime.trace reads it); REC_HEADER bytes before
+# the frame
+CAP_REC = Layout("ebp_cap_rec", [
+    Field("ts", "__u64", comment="bpf_ktime_get_ns"),
+    Field("ifindex", "__u32"),
+    Field("pkt_len", "__u32", comment="length of the frame"),
+    Field("cap_len", "__u32", comment="bytes of it in data[]"),
+    Field("stage", "__u32", comment="deciding stage, 0xff: none"),
+    Field("slot", "__u32", comment="its counter slot: rule id, default, malformed, outcome"),
+    Field("action", "__s32", comment="the verdict returned"),
+    Field("cpu", "__u32"),
+    Field("pad", "__u32"),
+    Field("data", "__u8", "EBP_CAP_SNAPLEN")],
+    "one captured frame (ebplane.runtime.trace reads it)")
+REC_HEADER = CAP_REC.size
+CAP_RATE = Layout("ebp_cap_rate", [Field("window", "__u64"), Field("n", "__u64")],
+                  "frames captured in the current second, per CPU (rate limit)")
 
 
 _SIZE = {0x00: ("w", 4), 0x08: ("h", 2), 0x10: ("b", 1)}

@@ -24,7 +24,7 @@ from ebplane.errors import SpecError
 from ebplane.protocols import ir
 from ebplane.protocols.graph import FieldPath, ParserGraph
 
-USER_BYTES = 16  # EBP_USER_BYTES in ebplane.h
+USER_BYTES = 16  # bytes of ebp_pkt.user (EBP_USER_BYTES, generated with the parser's #defines)
 
 # Features flag -> header fields the bound ebp_pkt members need (when the header is parsed)
 WANTED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -46,7 +46,7 @@ class UserField:
     bit ``bit`` of ``ebp_pkt.user_valid`` says the packet has the field's header."""
 
     name: str
-    path: FieldPath
+    path: FieldPath | None   # None in a layout read back from a manifest without its graph
     offset: int
     size: int
     bit: int
@@ -71,6 +71,14 @@ class UserLayout:
     def to_dict(self) -> list[dict]:
         return [{"field": f.name, "offset": f.offset, "size": f.size, "bit": f.bit}
                 for f in self.fields]
+
+    @classmethod
+    def from_dict(cls, items: list[dict], graph: ParserGraph | None = None) -> "UserLayout":
+        """A layout as a manifest recorded it (``to_dict``); the fields' header paths are
+        resolved in ``graph`` when given (the control plane needs offsets, sizes and bits
+        only: without a graph ``path`` is None)."""
+        return cls(tuple(UserField(d["field"], graph.resolve_field(d["field"]) if graph else None,
+                                   d["offset"], d["size"], d["bit"]) for d in items))
 
 
 def user_layout(graph: ParserGraph, names: Iterable[str]) -> UserLayout:
@@ -394,7 +402,8 @@ class _Gen:
         return "\n".join(head + self.lines + tail)
 
     def defines(self) -> list[str]:
-        out = [f"#define EBP_NHDR {max(self.nhdr, 1)} /* header slots in ebp_pkt.hdr_off */"]
+        out = [f"#define EBP_NHDR {max(self.nhdr, 1)} /* header slots in ebp_pkt.hdr_off */",
+               f"#define EBP_USER_BYTES {USER_BYTES} /* bytes of ebp_pkt.user */"]
         for inst in self.g.instances.values():
             stack = f" /* .. + {inst.stack - 1} */" if inst.stack else ""
             out.append(f"#define EBP_HDR_{inst.name.upper()} {self.slots[inst.name]}{stack}")

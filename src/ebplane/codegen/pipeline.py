@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ebplane import __version__
-from ebplane.codegen import p4c
-from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, CaptureSpec, capture_c, record_c
+from ebplane.codegen import dispatch, p4c
+from ebplane.codegen.capture import (CAP_RATE, CAP_REC, CAPTURE_COUNTERS, CAPTURE_MAPS,
+                                     CaptureSpec, capture_c)
+from ebplane.codegen.layout import Field, Layout
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -48,6 +50,11 @@ PIPELINE_MAPS: dict[str, str] = {"verdicts": "ebp_verdicts", "marks": "ebp_marks
                                  "trace": "ebp_trace", **CAPTURE_MAPS}
 M = PIPELINE_MAPS
 TRACE_NONE = 0xFF
+# the value of map ebp_trace (replay and trace read it)
+TRACE = Layout("ebp_trace", [Field("stage", "__u32", comment="0xff: no stage decided"),
+                             Field("slot", "__u32", comment="counter slot: rule id, default "
+                                                            "or malformed slot")],
+               "replay only: which stage and counter slot decided the last packet")
 # the verdicts a program returns (slots of map ebp_verdicts), per hook family: the kernel's
 # constant name -> value.  The one place they are written (stats, trace, the manifest)
 VERDICTS: dict[str, dict[str, int]] = {
@@ -187,6 +194,9 @@ class GeneratedProgram:
     # an XDP pipeline whose rules set marks: the TC ingress program that copies them from the
     # metadata area to the skb, which apply attaches next to the XDP program
     tc_marks: str | None = None
+    # a tc-egress pipeline whose stage also works before routing (nat): the TC ingress
+    # program apply attaches next to it on the same interfaces
+    tc_ingress: str | None = None
     # where `match:` fields sit in ebp_pkt.user: the control plane packs rule keys the same way
     user_layout: p4c.UserLayout = field(default_factory=p4c.UserLayout)
     graph: ParserGraph | None = None  # the specialised parse graph the parser comes from
@@ -195,6 +205,8 @@ class GeneratedProgram:
     # CompiledTable, so a loader installs them without compiling twice
     compiled_filters: dict = field(default_factory=dict)
     hook: str = "xdp"      # the spec's hook (xdp, tc-ingress, tc-egress)
+    # struct name -> Layout of the structs generated from Python (Emit.struct)
+    types: dict = field(default_factory=dict)
 
     def map_for(self, stage: str | None, role: str) -> str:
         for m in self.maps:
@@ -214,7 +226,8 @@ class GeneratedProgram:
                 "features": self.features.to_dict(),
                 "user_layout": self.user_layout.to_dict(),
                 "verdicts": VERDICTS[verdict_family(self.hook)],
-                "maps": [m.to_dict() for m in self.maps]}
+                "maps": [m.to_dict() for m in self.maps],
+                "types": {n: t.to_dict() for n, t in self.types.items()}}
 
 
 class Manifest:
@@ -300,6 +313,15 @@ class Emit:
         if self.defines.setdefault(name, str(value)) != str(value):
             raise ValueError(f"#define {name}: {self.defines[name]} and {value}")
 
+    def struct(self, layout: Layout) -> None:
+        """Write the C of a struct defined as a :class:`~ebplane.codegen.layout.Layout`
+        (and of the structs it nests) ahead of the stage headers, which use it; the control
+        plane's codec is made from the same object (``kernel.codec.Packed``)."""
+        for t in layout.nested() + [layout]:
+            have = self.prog.types.setdefault(t.name, t)
+            if have != t:
+                raise ValueError(f"struct {t.name} defined twice, differently")
+
 
 class StageGen:
     """Code generator of one stage kind.  ``emit`` adds the stage's maps and its function
@@ -355,16 +377,25 @@ def spec_parser(protocols, features: Features) -> tuple[ParserGraph, p4c.UserLay
 
 def generate(spec: PipelineSpec, features: Features | None = None, *, trace: bool = False,
              filters: dict | None = None, frags: bool = False,
-             capture: CaptureSpec | None = None) -> GeneratedProgram:
+             capture: CaptureSpec | None = None, chain: bool = False,
+             chain_base: int | None = None) -> GeneratedProgram:
     """The C source of ``spec``.  ``trace`` adds a per-CPU record of which stage and rule
     decided the last packet (for ``replay``; never in an applied program).  ``filters``:
     table -> ``FilterPlan`` of each filter (default: planned from the spec's rules).
     ``frags``: XDP programs are built as ``xdp.frags`` (they accept multi-buffer frames;
     the parser reads the headers in the first buffer, counters count the whole frame).
     ``capture``: the capture hooks of a running ``ebplane trace`` (see
-    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all."""
+    :mod:`ebplane.codegen.capture`); without it the program has no capture code at all.
+    ``chain``: the program is a member of a composition (the spec has a priority): a packet
+    it passes goes on to the next member (:mod:`ebplane.codegen.dispatch`); replay builds
+    without it (the pipeline alone); ``chain_base``: its one interface's base in the
+    dispatcher (constant slots), None to look it up per packet."""
     features = features or spec_features(spec)
     section, ctx_decl, pass_v, drop_v = HOOKS[spec.hook]
+    chain = chain and spec.priority is not None
+    xdp_chain = chain and spec.hook == "xdp"
+    if xdp_chain:  # every program of a chain must agree on multi-buffer: all are frags
+        frags = True
     parser_frags = frags  # parser mode xdp: the XDP parser program next to a TC program
     frags = frags and spec.hook == "xdp"
     if frags:
@@ -397,6 +428,13 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
                 len(HANDOFF_COUNTERS), "packets whose parse the XDP parser left, packets "
                 "parsed here (no valid parse-info)", stage=None, role="handoff",
                 slots=HANDOFF_COUNTERS)
+    if xdp_chain:  # the shared maps of the namespace's dispatcher, reused at load
+        out.maps.append(dispatch.chain_maps_c())
+        prog.maps += [MapRole(dispatch.CHAIN_MAP, None, "chain", False, False, None,
+                              "BPF_MAP_TYPE_PROG_ARRAY", "__u32", "__u32", dispatch.CHAIN_ENTRIES),
+                      MapRole(dispatch.BASE_MAP, None, "chain-base", False, False, None,
+                              "BPF_MAP_TYPE_HASH", "__u32", "struct ebp_chain_if",
+                              dispatch.MAX_INTERFACES)]
     out.map(M["verdicts"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count", MAX_VERDICTS,
             "packets and bytes per returned verdict", stage=None, role="verdicts",
             slots=_verdict_slots(spec.hook))
@@ -456,12 +494,14 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
              f"#define EBP_V_PASS {pass_v}", f"#define EBP_V_DROP {drop_v}",
              parser.defines, '#include "ebplane.h"']
     head += [f"#define {k} {v}" for k, v in out.defines.items()]
+    head += [t.c() + "\n" for t in prog.types.values()]
     head += [f'#include "{h}"' for h in out.includes]
-    trace_part = [
-        "/* replay only: which stage and counter slot decided the last packet */",
-        "struct ebp_trace {", "\t__u32 stage; /* 0xff: no stage decided */",
-        "\t__u32 slot;  /* counter slot: rule id, default or malformed slot */", "};", "",
-    ] + ([record_c(), ""] if capture else [])
+    trace_part = [TRACE.c(), ""]
+    if capture:
+        trace_part += [CAP_REC.c(), CAP_RATE.c(), ""]
+        out.struct(CAP_REC)
+        out.struct(CAP_RATE)
+    out.struct(TRACE)
     trace_macro = ("#ifdef EBP_TRACE\n#define EBP_TRACE_SET(st, sl) do { __u32 z_ = 0; "
                    f"struct ebp_trace *t_ = bpf_map_lookup_elem(&{M['trace']}, &z_); "
                    "if (t_) { t_->stage = (st); t_->slot = (sl); } } while (0)\n"
@@ -499,14 +539,23 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
     if trace or capture:
         main.append(f"\tEBP_TRACE_SET({TRACE_NONE}, 0);")
     main += out.calls
+    if xdp_chain:
+        end = ["\tif (action == XDP_PASS)", "\t\tebp_chain_next(ctx); /* returns if none follows */",
+               "\treturn action;"]
+    elif chain:  # tcx: the next program of the hook runs (TCX_NEXT)
+        end = ["\treturn action == TC_ACT_OK ? TC_ACT_UNSPEC : action; /* pass: next member */"]
+    else:
+        end = ["\treturn action;"]
     main += ["\taction = EBP_V_PASS; /* after the last stage the packet passes */",
              "out:", f"\tebp_count(&{M['verdicts']}, action, pkt.len);",
              *(["\tebp_capture(ctx, &pkt, action);"] if capture else []),
-             "\treturn action;", "}"]
+             *end, "}"]
     parts = ["\n".join(head), "\n".join(trace_part) + "\n".join(out.maps), trace_macro,
              parser.source, *out.functions]
     if capture:
         parts.append(capture_c(capture, spec.hook))
+    if xdp_chain:
+        parts.append(dispatch.member_next_c(spec.priority, chain_base))
     if separate:
         parts.append(p4c.parse_info_c(prog.graph, prog.user_layout))
     if handoff:

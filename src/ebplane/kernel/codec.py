@@ -80,7 +80,9 @@ class Struct(Codec):
 
     Field formats are ``struct`` module codes (``"4s"`` for a byte array); the layout is
     C's natural alignment on x86-64 (``@`` mode with native sizes), which is what clang
-    gives the BPF side for the same field list.
+    gives the BPF side for the same field list.  For a struct of ebplane's own programs use
+    a ``codegen.layout.Layout`` and :class:`Packed` instead: one definition gives the C and
+    the codec.
     """
 
     def __init__(self, name: str, fields: Sequence[tuple[str, str]]):
@@ -108,6 +110,92 @@ class Struct(Codec):
 
     def __repr__(self) -> str:
         return f"Struct({self.type.__name__}, size={self.size})"
+
+
+class Packed(Codec):
+    """The codec of a struct defined once as a ``codegen.layout.Layout`` (whose C the
+    generator writes): a named tuple of its fields, packed at the layout's offsets (padding
+    zeroed).  Arrays are tuples, arrays of ``__u8`` (and ``raw`` fields) bytes, nested
+    structs named tuples of their own.
+
+    >>> from ebplane.codegen.layout import Field, Layout
+    >>> KEY = Packed(Layout("k", [Field("mac", "__u8", 6), Field("vlan", "__u16")]))
+    >>> KEY.encode(KEY.type(b"\\x02" * 6, 7)).hex(), KEY.size
+    ('0202020202020700', 8)
+    """
+
+    def __init__(self, layout):
+        from ebplane.codegen.layout import SCALARS
+
+        self.layout = layout
+        self.size = layout.size
+        # (a trailing array of symbolic length is not part of the codec)
+        fixed = [f for f in layout.fields if not isinstance(f.count, str)]
+        self.type = namedtuple(layout.name, [f.name for f in fixed])
+        fmt, cur = "<", 0
+        self._parts = []  # per field: (number of items it unpacks to, how to make the value)
+        for f, off in zip(fixed, layout.offsets):
+            if off > cur:
+                fmt += f"{off - cur}x"
+            n = f.count or 1
+            if f.nested:
+                inner = Packed(f.ctype)
+                fmt += f"{f.ctype.size}s" * n
+                self._parts.append((n, inner if not f.count else ("array", inner)))
+            elif f.as_bytes:
+                fmt += f"{f.size}s"
+                self._parts.append((1, None))
+            else:
+                fmt += f"{n}{SCALARS[f.ctype][0]}"
+                self._parts.append((n, None if not f.count else "array"))
+            cur = off + f.size
+        if self.size > cur:
+            fmt += f"{self.size - cur}x"
+        self._s = struct.Struct(fmt)
+        assert self._s.size == self.size, (layout, self._s.size)
+        self._numeric = all(not f.nested and not f.as_bytes for f in fixed)
+        self._flat = all(how is None for _, how in self._parts)
+
+    def encode(self, value) -> bytes:
+        if isinstance(value, dict):
+            value = self.type(**value)
+        flat = []
+        for v, (n, how) in zip(value, self._parts):
+            if how is None:
+                flat.append(v)
+            elif how == "array":
+                flat.extend(v)
+            elif isinstance(how, tuple):
+                flat.extend(how[1].encode(x) for x in v)
+            else:
+                flat.append(how.encode(v))
+        return self._s.pack(*flat)
+
+    def decode(self, data: bytes):
+        flat = self._s.unpack_from(data)
+        if self._flat:  # scalars and byte arrays only: the unpacked tuple is the value
+            return self.type._make(flat)
+        vals, i = [], 0
+        for n, how in self._parts:
+            if how is None:
+                vals.append(flat[i])
+            elif how == "array":
+                vals.append(flat[i:i + n])
+            elif isinstance(how, tuple):
+                vals.append(tuple(how[1].decode(x) for x in flat[i:i + n]))
+            else:
+                vals.append(how.decode(flat[i]))
+            i += n
+        return self.type._make(vals)
+
+    def add(self, a, b):
+        if not self._numeric:
+            raise TypeError(f"{self.layout.name} has non-numeric fields and cannot be summed")
+        return self.type(*(tuple(p + q for p, q in zip(x, y)) if isinstance(x, tuple) else x + y
+                           for x, y in zip(a, b)))
+
+    def __repr__(self) -> str:
+        return f"Packed({self.layout.name}, size={self.size})"
 
 
 class CStruct(Codec):

@@ -92,6 +92,22 @@ class LinkCreateOpts(Structure):
     _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32)]
 
 
+class TcxLinkCreateAttr(Structure):
+    """union bpf_attr as BPF_LINK_CREATE reads it for tcx (kernel >= 6.6): libbpf 1.1 has no
+    tcx options, so ebplane passes the relative position itself (``bpf_syscall``)."""
+    _fields_ = [("prog_fd", c_uint32), ("target_ifindex", c_uint32), ("attach_type", c_uint32),
+                ("flags", c_uint32), ("relative_fd", c_uint32), ("_pad", c_uint32),
+                ("expected_revision", c_uint64)]
+
+
+# bpf(2) on x86-64, its BPF_LINK_CREATE command, and bpf_mprog's position flags (uapi bpf.h)
+SYS_BPF = 321
+BPF_LINK_CREATE = 28
+BPF_F_BEFORE = 1 << 3
+BPF_F_AFTER = 1 << 4
+BPF_F_LINK = 1 << 13
+
+
 class LinkUpdateOpts(Structure):
     """struct bpf_link_update_opts."""
     _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("old_prog_fd", c_uint32)]
@@ -306,6 +322,13 @@ if VERSION < MIN_VERSION:
 libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 libc.vsnprintf.restype = c_int
 libc.syscall.restype = ctypes.c_long
+
+
+def bpf_syscall(cmd: int, attr: Structure) -> int:
+    """bpf(cmd, &attr, sizeof attr): the result, or -errno."""
+    ret = libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(cmd), ctypes.byref(attr),
+                       ctypes.c_uint(ctypes.sizeof(attr)))
+    return ret if ret >= 0 else -ctypes.get_errno()
 libc.statfs.argtypes = [c_char_p, POINTER(StatFs)]
 libc.statfs.restype = c_int
 libc.setns.argtypes = [c_int, c_int]

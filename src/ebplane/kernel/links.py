@@ -9,7 +9,9 @@ from pathlib import Path
 from ebplane.errors import AttachError, kernel_error
 from ebplane.kernel import bpffs
 from ebplane.kernel.fd import FD
-from ebplane.kernel.libbpf import LinkInfo, LinkUpdateOpts, lib, obj_info
+from ebplane.kernel.libbpf import (BPF_F_AFTER, BPF_F_BEFORE, BPF_F_LINK, BPF_LINK_CREATE,
+                                   LinkInfo, LinkUpdateOpts, TcxLinkCreateAttr, bpf_syscall, lib,
+                                   obj_info)
 
 LINK_TYPES = {1: "raw_tracepoint", 2: "tracing", 3: "cgroup", 4: "iter", 5: "netns", 6: "xdp",
               7: "perf_event", 8: "kprobe_multi", 9: "struct_ops", 10: "netfilter", 11: "tcx"}
@@ -25,6 +27,25 @@ class Link:
         info = obj_info(self.fd, LinkInfo)
         self.id = info.id
         self.type = LINK_TYPES.get(info.type, str(info.type))
+
+    @classmethod
+    def create_tcx(cls, prog_fd: int, ifindex: int, attach_type: int, *,
+                   before: "Link | None" = None, after: "Link | None" = None,
+                   description: str = "") -> "Link":
+        """A tcx link placed before or after another tcx link of the same hook (bpf_mprog);
+        neither: appended after the programs already there."""
+        attr = TcxLinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
+                                 attach_type=attach_type)
+        if before is not None:
+            attr.flags, attr.relative_fd = BPF_F_BEFORE | BPF_F_LINK, before.fd
+        elif after is not None:
+            attr.flags, attr.relative_fd = BPF_F_AFTER | BPF_F_LINK, after.fd
+        fd = bpf_syscall(BPF_LINK_CREATE, attr)
+        if fd < 0:
+            where = (f"before link {before.id}" if before is not None else
+                     f"after link {after.id}" if after is not None else "")
+            raise kernel_error(f"create tcx link on ifindex {ifindex} {where}".strip(), -fd)
+        return cls(fd, description=description)
 
     @classmethod
     def from_pin(cls, path: str | Path) -> "Link":

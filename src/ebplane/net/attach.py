@@ -385,9 +385,9 @@ ATTACHED_TYPES: dict[str, type[Attached]] = {
 
 def attached(rec: dict) -> Attached:
     """The typed view of an attachment record."""
-    if rec.get("planned"):
-        return Planned(rec)
     kind = ATTACHED_TYPES.get(rec.get("method", ""))
+    if rec.get("planned") and "method" not in rec:  # one that names its method knows it
+        return Planned(rec)
     if kind is None:
         raise EbplaneError(f"attachment record of {rec.get('ifname')} ({rec.get('hook')}) has "
                            f"an unknown method {rec.get('method')!r}",

@@ -7,7 +7,7 @@ import contextlib
 import subprocess
 
 from ebplane.kernel.probe import load_trivial
-from ebplane.net import attach, iface, netdev, netns
+from ebplane.net import blocks, attach, iface, netdev, netns
 
 
 def probe_attach() -> dict:
@@ -69,7 +69,8 @@ def probe_iface(name: str, netns_name: str | None = None, *, netns: str | None =
             if pid:
                 tc.append(f"clsact {direction} prog {pid}")
     d = info.to_dict()
-    d.update({"netns": ns, "xdp_features": feats.to_dict(), "xdp": xdp, "tc": tc})
+    d.update({"netns": ns, "xdp_features": feats.to_dict(), "xdp": xdp, "tc": tc,
+              "blocks": blocks.report(feats)})
     return d
 
 

@@ -45,6 +45,12 @@ class Built:
         from the metadata area to the skb, attached next to the XDP program."""
         return self.obj.programs[self.gen.tc_marks] if self.gen.tc_marks else None
 
+    @property
+    def tc_ingress(self) -> Program | None:
+        """A tc-egress pipeline with a nat stage: the TC ingress program attached next to it
+        (destination translation before routing)."""
+        return self.obj.programs[self.gen.tc_ingress] if self.gen.tc_ingress else None
+
     def map(self, cname: str) -> Map:
         return self.obj.maps[cname]
 
@@ -77,7 +83,8 @@ def compile_filter(stage: FilterStage, entries: list[RuleEntry], layout,
 def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
           reuse_pins: Path | None = None, filters: dict | None = None,
           keep_groups: set[str] | None = None, frags: bool = False,
-          capture=None) -> Built:
+          capture=None, chain_maps: dict[str, int] | None = None,
+          chain_base: int | None = None) -> Built:
     """Generate, compile and load ``spec``.  With ``reuse_pins`` (the pipeline's map pin
     directory), maps pinned there with the same definition are reused, so rules and counters
     carry over; a map whose definition changed (type, sizes, capacity or flags: see
@@ -85,8 +92,12 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
     (``MapRole.group``) are reused only all together, and only for groups in
     ``keep_groups``.  ``filters``: table -> FilterPlan, ``frags``: multi-buffer XDP (see
     ``generate``); ``capture``: the capture hooks of a running trace (a ``CaptureSpec``, see
-    ``generate``)."""
-    gen = generate(spec, features, trace=trace, filters=filters, frags=frags, capture=capture)
+    ``generate``); ``chain_maps``: a member of a composition at XDP (``priority:``) is
+    built to go on to the next member, with the dispatcher's shared maps (C name -> fd, see
+    ``ebplane.runtime.dispatch``); ``chain_base``: its interface's base there, when it has
+    one interface."""
+    gen = generate(spec, features, trace=trace, filters=filters, frags=frags, capture=capture,
+                   chain=chain_maps is not None, chain_base=chain_base)
     res = compile_c(gen.source, name=spec.name)
     obj = BpfObject.open_bytes(res.elf, spec.name)
     built = Built(spec, gen, obj, res.cached)
@@ -127,6 +138,9 @@ def build(spec: PipelineSpec, features: Features, *, trace: bool = False,
                 built.reused_maps.add(cname)
             for m in opened:
                 m.close()
+        for cname, fd in (chain_maps or {}).items():
+            if cname in obj.map_specs:
+                obj.reuse_map(cname, fd)
         obj.load()
         if gen.stage_prog is not None:  # separate parser: it tail-calls the stage program
             obj.maps[PIPELINE_MAPS["progs"]].update_raw(U32.encode(0),

@@ -44,6 +44,7 @@ from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import Program
 from ebplane.runtime import pipeline as pl
 from ebplane.runtime.state import all_names, pin_dir
+from ebplane.stages.control import control_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,42 @@ def _bpf_stats_enabled() -> bool:
     return False
 
 
+# family -> (c: counter / g: gauge, help, label names) of the families of stage counters
+STAGE_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "ebplane_packets": ("c", "Packets decided per filter rule",
+                        ("pipeline", "stage", "rule", "verdict")),
+    "ebplane_bytes": ("c", "Bytes decided per filter rule", ("pipeline", "stage", "rule", "verdict")),
+    "ebplane_drops": ("c", "Packets dropped, by stage and reason", ("pipeline", "stage", "reason")),
+    "ebplane_table_rules": ("g", "Rules of a filter", ("pipeline", "table")),
+    "ebplane_stage_packets": ("c", "Packets per stage outcome",
+                              ("pipeline", "stage", "kind", "outcome")),
+    "ebplane_stage_bytes": ("c", "Bytes per stage outcome", ("pipeline", "stage", "kind", "outcome")),
+}
+
+
+def stage_samples(pipeline: str, stg: dict) -> list[tuple[str, tuple[str, ...], int]]:
+    """(family, label values, value) of one stage of ``ebplane stats``, from what its kind
+    says its counters are (``StageControl.rows``): rows that decide (rules, defaults) per
+    rule and verdict, with drops by reason and the number of rules; the others per outcome."""
+    rows = control_for(stg["kind"]).rows(stg)
+    out = []
+    for r in rows:
+        if r.action is None:
+            labels = (pipeline, stg["stage"], stg["kind"], r.key)
+            out += [("ebplane_stage_packets", labels, r.packets),
+                    ("ebplane_stage_bytes", labels, r.bytes)]
+            continue
+        labels = (pipeline, stg["stage"], r.key, r.action)
+        out += [("ebplane_packets", labels, r.packets), ("ebplane_bytes", labels, r.bytes)]
+        if r.action == "drop":
+            reason = r.key if r.index is None else f"rule {r.key}"
+            out.append(("ebplane_drops", (pipeline, stg["stage"], reason), r.packets))
+    if any(r.action is not None for r in rows):  # a stage that decides by rules
+        out.append(("ebplane_table_rules", (pipeline, stg["stage"]),
+                    sum(r.index is not None for r in rows)))
+    return out
+
+
 class PipelineCollector:
     """Reads every applied pipeline at each scrape."""
 
@@ -87,10 +124,6 @@ class PipelineCollector:
                 F[name] = cls(name, doc, labels=labels)
             return F[name]
 
-        pk = lambda: fam("c", "ebplane_packets", "Packets decided per filter rule",  # noqa: E731
-                         ["pipeline", "stage", "rule", "verdict"])
-        by = lambda: fam("c", "ebplane_bytes", "Bytes decided per filter rule",  # noqa: E731
-                         ["pipeline", "stage", "rule", "verdict"])
         stats_on = _bpf_stats_enabled()
         fam("g", "ebplane_bpf_stats_enabled", "Whether the kernel's BPF run statistics are on "
             "(sysctl kernel.bpf_stats_enabled)", []).add_metric([], 1 if stats_on else 0)
@@ -111,31 +144,9 @@ class PipelineCollector:
                 fam("c", "ebplane_verdict_bytes", "Bytes per verdict the program returned",
                     ["pipeline", "verdict"]).add_metric([name, v], c["bytes"])
             for stg in s["stages"]:
-                if stg["kind"] == "filter":
-                    rows = [(str(r["index"]), r["rule"]["action"], r) for r in stg["rules"]]
-                    rows += [("default", stg["default"]["action"], stg["default"]),
-                             ("malformed", stg["malformed"]["action"], stg["malformed"])]
-                    for rule, verdict, c in rows:
-                        pk().add_metric([name, stg["stage"], rule, verdict], c["packets"])
-                        by().add_metric([name, stg["stage"], rule, verdict], c["bytes"])
-                        if verdict == "drop":
-                            reason = f"rule {rule}" if rule.isdigit() else rule
-                            fam("c", "ebplane_drops", "Packets dropped, by stage and reason",
-                                ["pipeline", "stage", "reason"]).add_metric(
-                                    [name, stg["stage"], reason], c["packets"])
-                    fam("g", "ebplane_table_rules", "Rules of a filter",
-                        ["pipeline", "table"]).add_metric([name, stg["stage"]],
-                                                          len(stg["rules"]))
-                else:
-                    for outcome, c in (stg.get("counts") or {}).items():
-                        if not isinstance(c, dict) or "packets" not in c:
-                            continue
-                        fam("c", "ebplane_stage_packets", "Packets per stage outcome",
-                            ["pipeline", "stage", "kind", "outcome"]).add_metric(
-                                [name, stg["stage"], stg["kind"], outcome], c["packets"])
-                        fam("c", "ebplane_stage_bytes", "Bytes per stage outcome",
-                            ["pipeline", "stage", "kind", "outcome"]).add_metric(
-                                [name, stg["stage"], stg["kind"], outcome], c["bytes"])
+                for fname, labels, value in stage_samples(name, stg):
+                    kind, doc, lnames = STAGE_FAMILIES[fname]
+                    fam(kind, fname, doc, list(lnames)).add_metric(list(labels), value)
             spec = pl._spec_of(st)
             for stage in spec.stages:
                 if stage.has_rules:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ebplane.codegen.capture import CAPTURE_MAPS, CaptureSpec
+from ebplane.codegen.p4c import UserLayout
 from ebplane.codegen.pipeline import (HANDOFF_COUNTERS, MANIFEST_VERSION, MARK_COUNTERS, PIPELINE_MAPS,
                                       VERDICTS,
                                       Features, Manifest, spec_features, user_layout_for,
@@ -48,8 +49,11 @@ from ebplane.kernel.programs import Program
 from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.net.probe import netns_enter
+from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
+from ebplane.runtime import drivers
 from ebplane.stages.control import control_for
+from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir, state_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import map_names, tree_group
@@ -206,15 +210,19 @@ def _adopt(name: str, netns: str | None) -> list[dict]:
 
 # -- apply ------------------------------------------------------------------------------------
 
-def apply(spec_path: str | Path, *, progress: Progress = _quiet) -> ApplyResult:
+def apply(spec_path: str | Path, *, progress: Progress = _quiet,
+          replace_foreign: bool = False) -> ApplyResult:
+    """``replace_foreign``: an XDP program that is not ebplane's, attached by netlink where
+    the pipeline attaches, is detached (else the apply fails, naming it)."""
     spec = load_spec(spec_path)
     text = Path(spec_path).read_text()
     with _locked(spec.name):
-        return _apply(spec, text, str(spec_path), progress=progress)
+        return _apply(spec, text, str(spec_path), progress=progress,
+                      replace_foreign=replace_foreign)
 
 
 def apply_text(spec_text: str, spec_file: str, *, rules: dict[str, list[dict]] | None = None,
-               progress: Progress = _quiet) -> ApplyResult:
+               progress: Progress = _quiet, replace_foreign: bool = False) -> ApplyResult:
     """:func:`apply` of a spec given as text (``spec_file`` names it in errors and status);
     ``rules``: per filter, the rules to install as they are kept (``{"id", "rule"}``, ids
     kept) instead of the spec's or the live ones (the agent restores its desired state so)."""
@@ -224,7 +232,8 @@ def apply_text(spec_text: str, spec_file: str, *, rules: dict[str, list[dict]] |
         if rules is not None:
             live = {k: _stored_entries(v, spec.protocols) for k, v in rules.items()
                     if any(f.name == k for f in _filters(spec))}
-        return _apply(spec, spec_text, spec_file, progress=progress, live_override=live)
+        return _apply(spec, spec_text, spec_file, progress=progress, live_override=live,
+                      replace_foreign=replace_foreign)
 
 
 def spec_of_text(spec_text: str, spec_file: str) -> PipelineSpec:
@@ -287,6 +296,7 @@ def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] 
         raise UsageError(f"pipeline '{spec.name}' is applied in network namespace "
                          f"{old.netns or '(current)'}; the spec now says {spec.netns or '(current)'}",
                          hint=f"detach it first: ebplane detach {spec.name}")
+    _check_composition(spec, old)
     root = pin_dir(spec.name)
     created_dir = not root.exists()  # then a failure removes the whole directory
     adopted = _adopt(spec.name, spec.netns) if old is None and not created_dir else []
@@ -308,6 +318,7 @@ def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] 
                 raise type(e)(f"{spec.source}: interfaces[{i}]: {e.message}",
                               hint=e.hint) from None
         jumbo = jumbo_interfaces(spec)
+        notes += drivers.check(spec, jumbo)  # per interface: the features its blocks need
         for st in spec.stages:
             notes += control_for(st.kind).check(spec, st)
     if jumbo:
@@ -333,7 +344,7 @@ def plan_apply(spec: PipelineSpec, *, live_override: dict[str, list[RuleEntry]] 
     # classified fails here, before anything changes
     layout = user_layout_for(spec.protocols, features)
     same_layout = old is not None and \
-        user_layout_for(spec.protocols, Features(**old.features)) == layout
+        running_user_layout(old, spec).to_dict() == layout.to_dict()
     compiled: dict[str, CompiledTable] = {}
     keep_groups: set[str] = set()
     for st in _filters(spec):
@@ -366,18 +377,20 @@ class Rollback:
 
 def _apply(spec: PipelineSpec, spec_text: str, spec_file: str, *, progress: Progress = _quiet,
            live_override: dict[str, list[RuleEntry]] | None = None,
-           capture: dict | None | str = KEEP) -> ApplyResult:
+           capture: dict | None | str = KEEP, replace_foreign: bool = False) -> ApplyResult:
     """Apply ``spec`` (see the module's docstring): plan (:func:`plan_apply`), then commit
     (:func:`_commit`).  ``capture``: the record of the capture hooks the program carries
     (``ebplane trace``), None for none, KEEP (default) for those of the running program if
-    their trace still runs (an orphaned capture is dropped here)."""
+    their trace still runs (an orphaned capture is dropped here).  ``replace_foreign``: see
+    :func:`apply`."""
     t0 = time.monotonic()
     plan = plan_apply(spec, live_override=live_override, capture=capture)
-    return _commit(plan, spec_text, spec_file, progress=progress, t0=t0)
+    return _commit(plan, spec_text, spec_file, progress=progress, t0=t0,
+                   replace_foreign=replace_foreign)
 
 
 def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progress,
-            t0: float) -> ApplyResult:
+            t0: float, replace_foreign: bool = False) -> ApplyResult:
     """Carry out an apply plan: build (reusing compatible pinned maps), fill the tables,
     stage the pins, prepare the stage kinds, write the intent record, attach or replace,
     then rename the pins (:func:`_finish`).  Each step registers its undo; a failure rolls
@@ -388,10 +401,19 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
     root = pin_dir(spec.name)
     progress(f"compiling pipeline '{spec.name}' ({spec.hook}, {len(spec.stages)} stages)")
     maps_dir = root / "maps"
-    built = build(spec, plan.features, reuse_pins=maps_dir if old else None,
-                  filters={k: c.plan for k, c in compiled.items()},
-                  keep_groups=plan.keep_groups, frags=bool(plan.jumbo),
-                  capture=CaptureSpec.from_dict(plan.capture["spec"]) if plan.capture else None)
+    with contextlib.ExitStack() as chain_stack:
+        chain_maps, chain_base = None, None  # composed (priority:): XDP members share the
+        if spec.priority is not None:          # dispatcher's maps
+            chain_maps = {}
+            if spec.hook == "xdp":
+                chain_stack.enter_context(netns_enter(spec.netns))
+                chain_maps, chain_base = chain_stack.enter_context(
+                    dispatch.chain_maps(spec.netns, spec.interfaces))
+        built = build(spec, plan.features, reuse_pins=maps_dir if old else None,
+                      filters={k: c.plan for k, c in compiled.items()},
+                      keep_groups=plan.keep_groups, frags=bool(plan.jumbo),
+                      capture=CaptureSpec.from_dict(plan.capture["spec"]) if plan.capture
+                      else None, chain_maps=chain_maps, chain_base=chain_base)
     notes += built.notes
     new_links: list[tuple[dict, Link | None]] = []
     replaced: list[tuple[dict, Program]] = []  # (attachment, its new program)
@@ -409,6 +431,9 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
     undo.add("restore the previous state record", restore_record)
     if plan.created_dir:
         undo.add(f"remove {root}", lambda: bpffs.unpin(root))
+    if spec.priority is not None and spec.hook == "xdp":  # runs after the detaches
+        undo.add("remove a dispatcher root made for nothing",
+                 functools.partial(_in_netns, spec.netns, dispatch.tidy, spec.netns))
 
     def created(path: Path) -> None:
         """A pin this apply made: the only kind a failure removes (pins found here, of a
@@ -460,18 +485,24 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                     notes.append(f"{why}; attached again")
                 else:
                     old_atts[_attach_key(a)] = a
+            moved = []  # XDP members whose priority changed: a new slot, the old one emptied
             for ifname in spec.interfaces:
                 for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
                     hook = _hook_of(prog, spec)
-                    attach_plan.append((ifname, hook, prog, old_atts.get((ifname, hook))))
+                    o = old_atts.get((ifname, hook))
+                    if o is not None and o.get("method") == "dispatch" and \
+                            o.get("priority") != spec.priority:
+                        moved.append(o)
+                        o = None
+                    attach_plan.append((ifname, hook, prog, o))
         planned_keys = {(i, h) for i, h, _, _ in attach_plan}
         # the intent record, before the first kernel commit (see load_state)
         state = PipelineState(
             name=spec.name, spec_text=spec_text, spec_file=spec_file, hook=spec.hook,
             netns=spec.netns, prog_id=built.program.id, features=plan.features.to_dict(),
-            attachments=[{**o, "prog_id": p.id} if o else
-                         {"ifname": i, "hook": h, "prog_id": p.id, "planned": True,
-                          "link_pin": str(_link_pin(spec.name, i, h))}
+            attachments=[{**o, "prog_id": p.id, **({"base": chain_base}
+                                                   if o.get("method") == "dispatch" else {})}
+                         if o else _planned(spec, i, h, p, chain_base)
                          for i, h, p, o in attach_plan],
             live_rules={k: [e.to_state() for e in v] for k, v in live.items()},
             spec_rules={st.name: [r.to_dict() for r in st.rules] for st in _filters(spec)},
@@ -484,10 +515,11 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                      "keep_maps": sorted(r.cname for r in built.gen.maps if r.pinned),
                      "xdp_parser": built.xdp_parser is not None,
                      "tc_marks": built.tc_marks is not None,
+                     "tc_ingress": built.tc_ingress is not None,
                      "installs": {t.name: {"generation": t.generation(), "fresh": fresh}
                                   for t, _, fresh in deferred},
                      "detach": [a for a in (old.attachments if old else adopted)
-                                if _attach_key(a) not in planned_keys]})
+                                if _attach_key(a) not in planned_keys] + moved})
         state.save()
         _crash_point("apply-intent")
         # attach / replace: the kernel commit points
@@ -502,11 +534,17 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                     _crash_point("apply-replaced")
                 else:
                     progress(f"attaching to {ifname} ({hook})")
-                    rec, link = _attach(prog, ifname, spec)
+                    # keywords only when they say something (tests stand in for _attach)
+                    kw: dict = {"replace_foreign": True} if replace_foreign else {}
+                    if chain_base is not None:
+                        kw["base"] = chain_base
+                    rec, link = _attach(prog, ifname, spec, **kw)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
                     undo.add(f"detach the new attachment on {ifname} ({hook})",
                              functools.partial(_in_netns, spec.netns, _detach_one, rec, link))
+                    if rec["method"] == "dispatch":
+                        _crash_point("apply-joined")
                     if link is not None:  # pinned at once: the pin is what a crash leaves
                         path = _link_pin(spec.name, rec["ifname"], rec["hook"])
                         bpffs.unpin(path)
@@ -601,6 +639,8 @@ def _finish(state: PipelineState, progress: Progress = _quiet) -> None:
         bpffs.unpin(root / "xdp-parser")
     if not p.get("tc_marks"):  # no rule sets a mark from XDP any more
         bpffs.unpin(root / "tc-marks")
+    if not p.get("tc_ingress"):  # no nat stage any more
+        bpffs.unpin(root / "tc-ingress")
     if p["detach"]:
         with _netns_of(state):
             for a in p["detach"]:
@@ -765,6 +805,9 @@ def _settle(st: PipelineState) -> PipelineState | None:
         return st
     for tmp, _ in p["staged"]:  # back: nothing of the new version runs
         bpffs.unpin(tmp)
+    if st.hook == "xdp" and any(a.get("method") == "dispatch" for a in st.attachments):
+        with _netns_of(st), contextlib.suppress(EbplaneError):  # a root made for nothing
+            dispatch.tidy(st.netns)
     if p["previous"] is None:
         st.delete()
         if p["created_dir"]:
@@ -784,7 +827,9 @@ def _roll_forward(st: PipelineState) -> None:
         with _netns_of(st):
             for i, a in enumerate(st.attachments):
                 if _kernel_prog(a) == a["prog_id"]:
-                    if a.get("planned"):
+                    if a.get("planned") and a.get("method") == "dispatch":
+                        st.attachments[i] = {k: v for k, v in a.items() if k != "planned"}
+                    elif a.get("planned"):
                         rec = _rec_from_link(a["link_pin"], a["ifname"], a["hook"]) or {
                             "ifname": a["ifname"], "ifindex": iface.ifindex(a["ifname"]),
                             "hook": a["hook"], "method": "clsact", "mode": None,
@@ -795,7 +840,8 @@ def _roll_forward(st: PipelineState) -> None:
                 prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
                 try:
                     if a.get("planned"):
-                        rec, link = _attach(prog, a["ifname"], spec)
+                        rec, link = _attach(prog, a["ifname"], spec, **(
+                            {"base": a["base"]} if a.get("base") is not None else {}))
                         if link is not None:
                             bpffs.unpin(a["link_pin"])
                             link.pin(a["link_pin"])
@@ -810,8 +856,8 @@ def _roll_forward(st: PipelineState) -> None:
             if _generation(st, t) == info["generation"]:
                 stage = next(f for f in _filters(spec) if f.name == t)
                 entries = _entries_from_state(st.live_rules[t], spec.protocols)
-                layout = user_layout_for(spec.protocols, Features(**st.features))
-                ct = compile_filter(stage, entries, layout, _running_plan(st, t, entries))
+                ct = compile_filter(stage, entries, running_user_layout(st, spec),
+                                    _running_plan(st, t, entries))
                 with _open_table(st.name, stage, spec, Features(**st.features)) as table:
                     table.install(ct, info["fresh"])
     except EbplaneError as e:
@@ -826,29 +872,55 @@ def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
     XDP parser of parser mode xdp and the TC program that applies an XDP pipeline's marks."""
     return [("prog", built.program)] + ([("xdp-parser", built.xdp_parser)]
                                         if built.xdp_parser is not None else []) + \
-        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else [])
+        ([("tc-marks", built.tc_marks)] if built.tc_marks is not None else []) + \
+        ([("tc-ingress", built.tc_ingress)] if built.tc_ingress is not None else [])
 
 
 def _hook_of(prog: Program, spec: PipelineSpec) -> str:
     """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
     XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook (an XDP
-    pipeline's marks program: at tc-ingress)."""
+    pipeline's marks program: at tc-ingress; a nat stage's destination translation at
+    tc-ingress next to the tc-egress program)."""
     if prog.type_name == "xdp":
         return "xdp"
+    if spec.hook == "tc-egress" and prog.name == NAT_INGRESS_PROG:
+        return "tc-ingress"
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
-def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link | None]:
-    """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode."""
+def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, replace_foreign: bool = False,
+            base: int | None = None) -> tuple[dict, Link | None]:
+    """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode.
+    A pipeline with a priority joins the interface's composition (``runtime.dispatch``);
+    ``base``: the interface's base compiled into an XDP member (None: looked up per packet)."""
     hook = _hook_of(prog, spec)
+    if spec.priority is not None and hook == spec.hook:
+        if hook == "xdp":
+            rec = dispatch.join(prog, ifname, spec.priority, netns=spec.netns,
+                                base=base,
+                                mode=spec.mode or "auto", replace_foreign=replace_foreign,
+                                ours=_our_programs(spec.netns))
+            return {**rec, "netns": spec.netns, "base": base}, None
+        rec, link = dispatch.attach_tcx(prog, ifname, hook, spec.priority,
+                                        _tcx_members(spec, ifname))
+        return rec, link
+    notes: list[str] = []
     try:
         if hook == "xdp":
+            found = dispatch.foreign_xdp(ifname)
+            if found is not None and found["id"] not in _our_programs(spec.netns):
+                if not replace_foreign:  # named, and left alone
+                    raise dispatch.foreign_error(ifname, found)
+                notes.append(dispatch.evict_foreign(ifname, found))
             a = att.attach_xdp(prog.fd, ifname, mode=spec.mode or "auto", use_link=True)
         else:
             a = att.attach_tc(prog.fd, ifname, hook.split("-", 1)[1])
+        a.notes += notes
     except EbplaneError as e:
         # name the ebplane pipeline in the way, if it is one of ours
         for other in all_names():
+            if other == spec.name:  # its own intent record lists the attachment it tries
+                continue
             st = PipelineState.load(other)
             if st and st.netns == spec.netns and any(
                     a["ifname"] == ifname and a["hook"] == hook for a in st.attachments):
@@ -858,6 +930,146 @@ def _attach(prog: Program, ifname: str, spec: PipelineSpec) -> tuple[dict, Link 
     rec = a.to_dict()
     rec["prog_id"] = prog.id
     return rec, a.link
+
+
+# -- composition: several pipelines on one interface and hook (runtime/dispatch.py) ----------
+
+def _planned(spec: PipelineSpec, ifname: str, hook: str, prog: Program,
+             base: int | None) -> dict:
+    """The intent record's entry for an attachment apply is about to make (``base``: the
+    interface base compiled into an XDP member)."""
+    rec = {"ifname": ifname, "hook": hook, "prog_id": prog.id, "planned": True}
+    if spec.priority is not None and hook == spec.hook:
+        rec["priority"] = spec.priority
+        if hook == "xdp":  # a slot in the interface's dispatcher, no link of its own
+            return {**rec, "method": "dispatch", "netns": spec.netns, "base": base}
+    return {**rec, "link_pin": str(_link_pin(spec.name, ifname, hook))}
+
+
+def _others_on(spec: PipelineSpec) -> list[tuple[str, PipelineSpec, PipelineState]]:
+    """The other applied pipelines of ``spec``'s namespace and hook that share one of its
+    interfaces: (interface, spec, state) per shared interface."""
+    out = []
+    for other in all_names():
+        if other == spec.name:
+            continue
+        with contextlib.suppress(EbplaneError):
+            ost = PipelineState.load(other)
+            if ost is None or ost.netns != spec.netns or ost.hook != spec.hook:
+                continue
+            ospec = _spec_of(ost)
+            for ifname in spec.interfaces:
+                if any(a["ifname"] == ifname and a["hook"] == spec.hook for a in ost.attachments):
+                    out.append((ifname, ospec, ost))
+    return out
+
+
+def _check_composition(spec: PipelineSpec, old: PipelineState | None) -> None:
+    """Bad input before anything changes: a priority tie on a shared interface, a pipeline
+    with a priority meeting one without, a changed priority."""
+    if old is not None:
+        before = _spec_of(old).priority
+        # at XDP a member moves to its new slot (filled before the old one is emptied); a tcx
+        # link keeps its place, and a pipeline alone has no slot
+        if before != spec.priority and not (spec.hook == "xdp" and None not in (before,
+                                                                               spec.priority)):
+            raise UsageError(f"pipeline '{spec.name}' is applied with priority "
+                             f"{'none' if before is None else before}; the spec now says "
+                             f"{'none' if spec.priority is None else spec.priority}",
+                             hint=f"a priority changes with a new attachment: ebplane detach "
+                                  f"{spec.name}, then apply the spec")
+    for ifname, ospec, _ in _others_on(spec):
+        where = f"{ifname} ({spec.hook})"
+        if spec.priority is None and ospec.priority is None:
+            continue  # as before composition: XDP refuses the second, tcx runs both
+        if spec.priority is None or ospec.priority is None:
+            alone = ospec.name if ospec.priority is None else spec.name
+            raise UsageError(f"pipeline '{ospec.name}' is attached to {where}"
+                             f"{' alone (no priority:)' if ospec.priority is None else f' with priority {ospec.priority}'}"
+                             f"; pipeline '{spec.name}' has "
+                             f"{'none' if spec.priority is None else f'priority {spec.priority}'}",
+                             hint=f"pipelines that share an interface and hook all need a "
+                                  f"priority: (docs/composition.md); add one to '{alone}'")
+        if ospec.priority == spec.priority:
+            raise UsageError(f"priority {spec.priority} on {where} is taken by pipeline "
+                             f"'{ospec.name}'",
+                             hint="pipelines on one interface and hook need distinct priorities "
+                                  f"(0-{dispatch.SLOTS - 1}, lower runs first)")
+
+
+def evict_foreign(spec_path: str | Path) -> list[str]:
+    """``apply --replace-foreign`` through the agent: detach the foreign XDP programs (not
+    ebplane's, attached by netlink) from the spec's interfaces first; what was done."""
+    spec = load_spec(spec_path)
+    if spec.hook != "xdp":
+        return []
+    out = []
+    with netns_enter(spec.netns):
+        ours = _our_programs(spec.netns)
+        for ifname in spec.interfaces:
+            found = dispatch.foreign_xdp(ifname)
+            if found is not None and found["id"] not in ours and \
+                    found["name"] != dispatch.ROOT_NAME:
+                out.append(dispatch.evict_foreign(ifname, found))
+    return out
+
+
+def _our_programs(netns: str | None) -> dict[int, str]:
+    """prog id -> pipeline of every program ebplane's pipelines attach in ``netns``."""
+    out = {}
+    for other in all_names():
+        with contextlib.suppress(EbplaneError):
+            ost = PipelineState.load(other)
+            if ost is not None and ost.netns == netns:
+                out[ost.prog_id] = other
+                out.update({a["prog_id"]: other for a in ost.attachments})
+    return out
+
+
+def _tcx_members(spec: PipelineSpec, ifname: str) -> list[tuple[int, str]]:
+    """(priority, link pin) of the other composed pipelines at ``spec``'s TC hook of ``ifname``."""
+    return [(ospec.priority, a["link_pin"]) for i, ospec, ost in _others_on(spec) if i == ifname
+            for a in ost.attachments
+            if a["ifname"] == ifname and a["hook"] == spec.hook and a.get("link_pin")
+            and ospec.priority is not None]
+
+
+def composition(name: str | None = None) -> list[dict]:
+    """Per interface and hook shared by composed pipelines: the members in run order,
+    {"ifname", "hook", "netns", "members": [{"priority", "pipeline", "prog_id"}]}."""
+    seen: dict[tuple, dict] = {}
+    for n in all_names():
+        st = load_state(n)
+        if st is None:
+            continue
+        prio = _spec_of(st).priority
+        if prio is None:
+            continue
+        for a in st.attachments:
+            if a["hook"] != st.hook:
+                continue
+            key = (st.netns, a["ifname"], a["hook"])
+            if key not in seen:
+                seen[key] = {"ifname": a["ifname"], "hook": a["hook"], "netns": st.netns,
+                             "members": [], "kernel": []}
+                with _netns_of(st), contextlib.suppress(EbplaneError):
+                    if a["hook"] == "xdp":
+                        seen[key]["kernel"] = [m["prog_id"] for m in
+                                               dispatch.members(a["ifname"], netns=st.netns)]
+                    else:
+                        seen[key]["kernel"] = att.query_tcx(a["ifname"], a["hook"].split("-")[1])
+            seen[key]["members"].append({"priority": prio, "pipeline": n,
+                                         "prog_id": a["prog_id"]})
+    out = []
+    for d in seen.values():
+        d["members"].sort(key=lambda m: m["priority"])
+        # the kernel's own order (dispatcher slots, tcx programs), of ebplane's members
+        ids = {m["prog_id"] for m in d["members"]}
+        d["kernel_order"] = [p for p in d.pop("kernel") if p in ids]
+        d["in_order"] = d["kernel_order"] == [m["prog_id"] for m in d["members"]]
+        if name is None or any(m["pipeline"] == name for m in d["members"]):
+            out.append(d)
+    return out
 
 
 def _undo(failed: list[str], what: str, step: Callable[[], None]) -> None:
@@ -903,11 +1115,15 @@ def detach(name: str, *, progress: Progress = _quiet) -> dict:
         if st.pending and st.pending.get("previous"):  # either version may be attached
             keys = {_attach_key(a) for a in atts}
             atts += [a for a in st.pending["previous"]["attachments"] if _attach_key(a) not in keys]
+            # an XDP member moving to another priority may hold its old slot too
+            atts += [a for a in st.pending.get("detach", []) if a.get("method") == "dispatch"]
         with _netns_of(st):
             for a in atts:
                 progress(f"detaching from {a['ifname']} ({a['hook']})")
                 if st.netns and not _netns_exists(st.netns):
                     bpffs.unpin(a.get("link_pin") or "/nonexistent")
+                    if a.get("method") == "dispatch":  # its roots went with the namespace
+                        dispatch.forget(st.netns)
                 else:
                     _detach_one(a, None, prog_id=a["prog_id"])
                 if a["ifname"] not in done:  # parser mode xdp: two attachments each
@@ -961,6 +1177,15 @@ def kernel_objects(name: str) -> list[dict]:
                             "max_entries": m.max_entries,
                             "truncated": len(pin.name) >= BPF_OBJ_NAME_LEN})
     return out
+
+
+def running_user_layout(st: PipelineState, spec: PipelineSpec) -> UserLayout:
+    """Where the running program keeps the match: fields: as its manifest records it, or
+    (a state written before manifests were kept) computed from the features it was built
+    for."""
+    if st.manifest is not None and "user_layout" in st.manifest:
+        return UserLayout.from_dict(st.manifest["user_layout"])
+    return user_layout_for(spec.protocols, Features(**st.features))
 
 
 def manifest_of(st: PipelineState) -> Manifest:
@@ -1017,7 +1242,10 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
                     "program": prog, "attachments": atts, "features": st.features,
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters, "capture": st.capture,
-                    "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes})
+                    "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes,
+                    "priority": _spec_of(st).priority})
+        if out[-1]["priority"] is not None:
+            out[-1]["composition"] = composition(n)
         if objects:
             out[-1]["objects"] = kernel_objects(n)
     return out
@@ -1176,7 +1404,7 @@ class RuleTable:
             compiled = None
             if running.covers(need):
                 # fails before any change when the rules cannot be classified
-                compiled = compile_filter(self.stage, new, user_layout_for(spec.protocols, running),
+                compiled = compile_filter(self.stage, new, running_user_layout(st, spec),
                                           running_plan)
             self.last_entries = new  # what the agent persists
             if compiled is None or not compiled.plan.same_code(running_plan):

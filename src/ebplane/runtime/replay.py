@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ebplane.codegen.pipeline import PIPELINE_MAPS, TRACE_NONE, spec_features
-from ebplane.kernel.codec import Struct, U32
+from ebplane.codegen.pipeline import PIPELINE_MAPS, TRACE as TRACE_LAYOUT, TRACE_NONE, spec_features
+from ebplane.kernel.codec import Packed, U32
 from ebplane.kernel.libbpf import SkBuff, XdpMd
 from ebplane.net import iface
 from ebplane.runtime.build import Built, build
@@ -22,7 +22,7 @@ from ebplane.stages.control import control_for
 from ebplane.runtime.tables import RuleEntry
 from ebplane.spec import PipelineSpec
 
-TRACE = Struct("ebp_trace", [("stage", "I"), ("slot", "I")])
+TRACE = Packed(TRACE_LAYOUT)
 
 
 # BPF_PROG_TEST_RUN refuses a frame shorter than an Ethernet header

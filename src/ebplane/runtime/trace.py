@@ -17,16 +17,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from ebplane.codegen.capture import CAPTURE_COUNTERS, CAPTURE_MAPS, REC_HEADER, CaptureSpec
+from ebplane.codegen.capture import CAP_REC, CAPTURE_COUNTERS, CAPTURE_MAPS, REC_HEADER, CaptureSpec
 from ebplane.codegen.pipeline import TRACE_NONE, VERDICTS as CODEGEN_VERDICTS
 from ebplane.errors import Busy, EbplaneError, NotFound, UsageError
-from ebplane.kernel.codec import COUNT, U32
+from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.kernel.ringbuf import RingBuffer
 from ebplane.net import iface
@@ -37,8 +36,7 @@ from ebplane.runtime.state import PipelineState, pin_dir, state_dir
 from ebplane.spec import PipelineSpec
 from ebplane.stages.control import control_for
 
-_REC = struct.Struct("<QIIIIIiII")
-assert _REC.size == REC_HEADER
+_REC = Packed(CAP_REC)  # the record header; the frame follows at REC_HEADER
 
 # --verdict words -> the hook's action value
 # a verdict as --verdict names it (drop, pass, XDP_TX, tc_act_shot, ...) -> its value, from
@@ -255,17 +253,18 @@ class Trace:
 
     # -- reading ------------------------------------------------------------------------------
     def _on_record(self, data: bytes) -> None:
-        ts, ifindex, pkt_len, cap_len, stage, slot, action, cpu, _ = _REC.unpack_from(data)
-        stage_name, kind, rule, reason = decision(self.spec, self.live, stage, slot)
-        frame = bytes(data[REC_HEADER:REC_HEADER + cap_len])
+        rec = _REC.decode(data)
+        stage_name, kind, rule, reason = decision(self.spec, self.live, rec.stage, rec.slot)
+        frame = bytes(data[REC_HEADER:REC_HEADER + rec.cap_len])
         if reason.startswith("malformed"):
-            reason += ": " + self.why_malformed(frame, pkt_len)
+            reason += ": " + self.why_malformed(frame, rec.pkt_len)
         hook = "xdp" if self.spec.hook == "xdp" else "tc"
         self._pending.append(Frame(
-            time=self._epoch + ts / 1e9, ifname=self.ifnames.get(ifindex, f"if{ifindex}"),
+            time=self._epoch + rec.ts / 1e9,
+            ifname=self.ifnames.get(rec.ifindex, f"if{rec.ifindex}"),
             hook=self.spec.hook, stage=stage_name, kind=kind, rule=rule, reason=reason,
-            verdict=pl.VERDICT_NAMES[hook].get(action, str(action)), length=pkt_len,
-            data=frame, cpu=cpu))
+            verdict=pl.VERDICT_NAMES[hook].get(rec.action, str(rec.action)),
+            length=rec.pkt_len, data=frame, cpu=rec.cpu))
 
     def why_malformed(self, frame: bytes, length: int) -> str:
         """Which header the parser could not read: the pipeline's parse graph (as the

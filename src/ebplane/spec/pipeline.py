@@ -18,7 +18,7 @@ from ebplane.spec.protocol_set import (KNOWN_PROTOCOLS, REQUIRED_PROTOCOLS, cano
 from ebplane.spec.stages import STAGE_KINDS, Stage
 
 SPEC_KEYS: tuple[str, ...] = ("pipeline", "hook", "interfaces", "mode", "netns", "protocols",
-                              "stages", "parser")
+                              "stages", "parser", "priority")
 HOOKS: tuple[str, ...] = ("xdp", "tc-ingress", "tc-egress")
 XDP_MODES: tuple[str, ...] = ("auto", "native", "generic")
 # fused: the parser is inlined into the one program; separate: a parser program hands a
@@ -30,6 +30,10 @@ PIPELINE_NAME_PATTERN = r"[a-z0-9-]{1,15}"
 # what the kernel's dev_valid_name() accepts
 IFNAME_PATTERN = r"(?!\.{1,2}$)[^/:\s\x00]{1,15}"
 NETNS_PATTERN = r"(?!\.{1,2}$)[^/\s\x00]{1,255}"
+# priority: pipelines sharing an interface and hook run in ascending priority; at XDP the
+# priority is the pipeline's slot in the interface's dispatcher (docs/composition.md), and the
+# number of slots is bounded by the kernel's 33 tail calls per packet
+PRIORITY_MAX = 15
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class PipelineSpec:
     stages: tuple[Stage, ...]
     source: str  # the file it came from, for messages
     parser_mode: str = "fused"
+    # None: the pipeline holds its hook alone; else it composes with the other pipelines of
+    # its interfaces and hook, in ascending priority (docs/composition.md)
+    priority: int | None = None
 
     def stage(self, name: str) -> Stage:
         """The stage (table) called ``name``."""
@@ -68,6 +75,8 @@ class PipelineSpec:
         d["stages"] = [s.to_dict() for s in self.stages]
         if self.parser_mode != "fused":
             d["parser"] = {"mode": self.parser_mode}
+        if self.priority is not None:
+            d["priority"] = self.priority
         return d
 
 
@@ -96,11 +105,21 @@ def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
     protocols = _protocols(d["protocols"], root / "protocols", Path(filename).parent)
     parser_mode = _parser_mode(d.get("parser", {}), root / "parser", hook)
     stages = _stages(d["stages"], root / "stages", protocols)
+    priority = None
+    if "priority" in d:
+        priority = check.integer(d["priority"], root / "priority", 0, PRIORITY_MAX,
+                                 what="priority")
+        if parser_mode == "xdp":
+            raise (root / "priority").error(
+                "a pipeline with parser mode xdp attaches an XDP parser next to its TC "
+                "program and cannot compose with other pipelines", given=priority, key=True,
+                hint="remove priority:, or use parser mode fused")
     for i, st in enumerate(stages):
         if st.hooks is not None and hook not in st.hooks:
             raise (root / "stages" / i / st.kind).error(
                 f"stage kind {st.kind} works at hook {' or '.join(st.hooks)} only", given=hook,
                 key=True, hint=f"use hook: {st.hooks[0]} (or move the stage to a pipeline of its own)")
+        st.check_hook(hook, root / "stages" / i / st.kind)
     provided: set[str] = set()  # what the stages so far give later ones (Stage.provides)
     for i, st in enumerate(stages):
         provided.update(st.provides)
@@ -111,7 +130,7 @@ def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
                     hint="add `- conntrack: {}` to stages:, before this filter")
     return PipelineSpec(name=name, hook=hook, interfaces=interfaces, mode=mode, netns=netns,
                         protocols=protocols, stages=stages, source=filename,
-                        parser_mode=parser_mode)
+                        parser_mode=parser_mode, priority=priority)
 
 
 def _interfaces(obj: Any, where: Where) -> tuple[str, ...]:

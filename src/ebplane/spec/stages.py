@@ -42,6 +42,9 @@ class Stage:
     def to_dict(self) -> dict[str, Any]:
         return {self.kind: self.body()}
 
+    def check_hook(self, hook: str, where: Where) -> None:
+        """Refuse settings this stage cannot serve at ``hook`` (located error)."""
+
 
 StageParser = Callable[[Any, Where, tuple[str, ...]], Stage]
 

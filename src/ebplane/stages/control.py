@@ -5,17 +5,46 @@ Each kind package may have a ``control.py`` exporting ``CONTROLS: dict[kind, Sta
 does nothing.  ``apply`` calls ``check`` before compiling and ``prepare`` after the program
 is loaded and before it is attached, both inside the pipeline's network namespace;
 ``replay`` calls ``prepare`` with ``replay=True`` (no interfaces are touched then).  ``stats``
-reads the stage's counters, ``slots`` names the counter slots a trace record points at
-(replay, trace), ``map_roles`` names the maps the stage's program has (status).
+reads the stage's counters and ``rows`` says what they are (the shape ``ebplane stats``,
+``top``, the chain demo and ``/metrics`` show, so a new kind's counters show there without
+changes to them), ``slots`` names the counter slots a trace record points at (replay,
+trace), ``map_roles`` names the maps the stage's program has (status).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ebplane.codegen.pipeline import FRAGS_MTU
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
+
+
+@dataclass(frozen=True)
+class StatRow:
+    """One counter of a stage's stats, as every consumer shows it.
+
+    A plain counter (``action`` None) is an outcome: ``ebplane stats`` lists it by ``key``,
+    ``/metrics`` exports it as ``ebplane_stage_packets_total{kind, outcome=key}``.  A row that
+    decides (``action``: a rule's, a default's) is shown with its action and, for a rule
+    (``index``: its position), its ``match`` text; ``/metrics`` exports it as
+    ``ebplane_packets_total{rule=key, verdict=action}`` (and ``ebplane_drops_total`` when the
+    action is drop), and the rows with an ``index`` are the stage's rules
+    (``ebplane_table_rules``)."""
+    key: str                   # an outcome, a rule's position ("0"), "default", "malformed"
+    packets: int
+    bytes: int
+    action: str | None = None  # what the row decides (pass, drop, ...); None: an outcome
+    match: str = ""            # a rule's match, as text
+    index: int | None = None   # a rule's position
+
+    @property
+    def label(self) -> str:
+        """The row in one phrase (``ebplane top``): ``#0 src=...``, ``(default)``, an outcome."""
+        if self.index is not None:
+            return f"#{self.index} {self.match}"
+        return f"({self.key})" if self.action is not None else self.key
 
 
 class StageControl:
@@ -34,6 +63,15 @@ class StageControl:
         with rules (``stage.has_rules``) is also given ``live=``: its rules as the state file
         keeps them (``{"id", "rule"}``)."""
         return {}
+
+    def rows(self, stats: dict) -> list[StatRow]:
+        """What the counters of ``stats`` (as :meth:`stats` made them, maybe read back from
+        JSON) are, in order.  The base: one outcome per entry of ``stats["counts"]``
+        (``{name: {"packets", "bytes"}}``), which is what a kind that counts per outcome
+        returns from ``stats``."""
+        return [StatRow(k, c["packets"], c["bytes"])
+                for k, c in (stats.get("counts") or {}).items()
+                if isinstance(c, dict) and "packets" in c]
 
     def slots(self, stage, live: Sequence[dict] = ()) -> dict[int, tuple[int | None, str]]:
         """Counter slot -> (rule index or None, reason) of the slots a trace record may name

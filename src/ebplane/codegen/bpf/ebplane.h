@@ -27,7 +27,9 @@
 #ifndef EBP_NHDR
 #define EBP_NHDR 1  /* header slots of ebp_pkt.hdr_off: set by the generated parser */
 #endif
-#define EBP_USER_BYTES 16
+#ifndef EBP_USER_BYTES
+#error "EBP_USER_BYTES comes with the generated parser's #defines (ebplane.codegen.p4c.USER_BYTES)"
+#endif
 
 /* ebp_pkt.flags */
 #define EBP_PKT_L4         0x01 /* sport/dport are valid (TCP or UDP header present) */

@@ -44,7 +44,10 @@
  *                       collector deleted), EXPIRED (expired entries a packet of their tuple
  *                       deleted); EBP_CT_NCOUNTERS slots in all
  *   EBP_CTS_<STATE>     states of a table entry, in this order: SYN_SENT, SYN_RECV,
- *                       ESTABLISHED, FIN_WAIT, CLOSE, UDP, ICMP (compared by order) */
+ *                       ESTABLISHED, FIN_WAIT, CLOSE, UDP, ICMP (compared by order)
+ * and, from the Layouts there (CT_KEY, CT_ENTRY: the control plane decodes the table with
+ * the same definition), struct ebp_ct_key (a connection: the tuple of its first packet) and
+ * struct ebp_ct_entry (its state, timeout and packets per direction). */
 #ifndef EBP_CT_NCOUNTERS
 #error "conntrack.h needs the #defines ebplane/stages/conntrack/gen.py generates"
 #endif
@@ -59,27 +62,6 @@
 #define EBP_TCP_SYN 0x02
 #define EBP_TCP_RST 0x04
 #define EBP_TCP_ACK 0x10
-
-struct ebp_ct_key {
-	__u32 src[4];	/* IPv4: word 0 */
-	__u32 dst[4];
-	__u16 sport;	/* host order; ICMP echo: the identifier in both */
-	__u16 dport;
-	__u8  family;
-	__u8  proto;
-	__u16 pad;
-};
-
-struct ebp_ct_entry {
-	__u64 seen_ns;		/* last packet, bpf_ktime_get_ns() */
-	__u64 created_ns;
-	__u64 packets[2];	/* per direction: original, reply */
-	__u64 timeout_ns;	/* idle time after which the entry is expired (from its state) */
-	__u8  state;		/* EBP_CTS_* */
-	__u8  replied;		/* a reply-direction packet was seen */
-	__u8  fin;		/* bit 0: FIN from the originator, bit 1: from the responder */
-	__u8  pad[5];
-};
 
 /* seconds without packets, per entry state (the stage's timeouts:) */
 struct ebp_ct_timeouts {

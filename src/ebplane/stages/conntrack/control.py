@@ -7,17 +7,14 @@ import ipaddress
 import time
 from typing import Callable
 
-from ebplane.kernel.codec import COUNT, U32, Struct
+from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.stages.conntrack.spec import ConntrackStage
 from ebplane.stages.control import StageControl
+from ebplane.stages.conntrack import gen
 from ebplane.stages.conntrack.gen import COUNTERS, ENTRY_STATES, map_names
 
-CT_KEY = Struct("ebp_ct_key", [("src", "16s"), ("dst", "16s"), ("sport", "H"), ("dport", "H"),
-                               ("family", "B"), ("proto", "B"), ("pad", "H")])
-CT_ENTRY = Struct("ebp_ct_entry", [("seen_ns", "Q"), ("created_ns", "Q"), ("orig", "Q"),
-                                   ("reply", "Q"), ("timeout_ns", "Q"), ("state", "B"), ("replied", "B"),
-                                   ("fin", "B"), ("pad", "5s")])
+CT_KEY, CT_ENTRY = Packed(gen.CT_KEY), Packed(gen.CT_ENTRY)
 # entry state (its value) -> name, and -> the timeout that applies to it
 ENTRY_NAMES = {i: n for i, n in enumerate(ENTRY_STATES) if i}
 _TIMEOUT_OF = {ENTRY_STATES.index(n): t for n, t in (
@@ -46,7 +43,7 @@ def connections(table: Map, stage: ConntrackStage) -> list[dict]:
                     "src": _addr(k.src, k.family), "dst": _addr(k.dst, k.family),
                     "sport": k.sport, "dport": k.dport,
                     "state": ENTRY_NAMES.get(e.state, str(e.state)), "replied": bool(e.replied),
-                    "packets": {"original": e.orig, "reply": e.reply},
+                    "packets": {"original": e.packets[0], "reply": e.packets[1]},
                     "idle": round(idle, 1), "expired": idle > entry_timeout(stage, e)})
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.spec.rules import STATES
 from ebplane.stages.conntrack.spec import ConntrackStage
@@ -28,6 +29,28 @@ def c_defines() -> dict[str, int]:
     d["EBP_CT_NCOUNTERS"] = len(COUNTERS)
     d.update({f"EBP_CTS_{n.upper()}": i for i, n in enumerate(ENTRY_STATES) if i})
     return d
+
+# the key and value of the table (the control plane decodes them for stats), written into
+# each program ahead of conntrack.h
+CT_KEY = Layout("ebp_ct_key", [
+    Field("src", "__u32", 4, "IPv4: word 0", raw=True),
+    Field("dst", "__u32", 4, raw=True),
+    Field("sport", "__u16", comment="host order; ICMP echo: the identifier in both"),
+    Field("dport", "__u16"),
+    Field("family", "__u8"),
+    Field("proto", "__u8"),
+    Field("pad", "__u16")], "a connection: the tuple of its first packet")
+CT_ENTRY = Layout("ebp_ct_entry", [
+    Field("seen_ns", "__u64", comment="last packet, bpf_ktime_get_ns()"),
+    Field("created_ns", "__u64"),
+    Field("packets", "__u64", 2, "per direction: original, reply"),
+    Field("timeout_ns", "__u64", comment="idle time after which the entry is expired "
+                                         "(from its state)"),
+    Field("state", "__u8", comment="EBP_CTS_*"),
+    Field("replied", "__u8", comment="a reply-direction packet was seen"),
+    Field("fin", "__u8", comment="bit 0: FIN from the originator, bit 1: from the responder"),
+    Field("pad", "__u8", 5)], "a connection's state")
+
 TIMEOUT_FIELDS = {"tcp_syn": "syn", "tcp_established": "established", "tcp_fin": "fin",
                   "tcp_close": "close", "udp": "udp", "udp_replied": "udp_replied",
                   "icmp": "icmp"}
@@ -45,11 +68,14 @@ class ConntrackGen(StageGen):
     def emit(self, idx: int, st: ConntrackStage, out: Emit) -> None:
         for name, value in c_defines().items():
             out.define(name, value)
+        out.struct(CT_KEY)
+        out.struct(CT_ENTRY)
         out.include("conntrack.h")
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_ct_key", "struct ebp_ct_entry",
-                st.size, f"conntrack '{st.name}': connections by their original tuple",
-                stage=st.name, role="table", flags="BPF_F_NO_PREALLOC")
+                st.size, f"conntrack '{st.name}': connections by their original tuple"
+                + (", preallocated" if st.prealloc else ""),
+                stage=st.name, role="table", flags=None if st.prealloc else "BPF_F_NO_PREALLOC")
         out.map(n["config"], "BPF_MAP_TYPE_ARRAY", "__u32", "__u64", 1,
                 f"conntrack '{st.name}': time of the last collection of expired entries",
                 stage=st.name, role="config")

@@ -8,9 +8,14 @@ from typing import Callable, Sequence
 
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.maps import Map
-from ebplane.stages.control import StageControl
+from ebplane.stages.control import StageControl, StatRow
 from ebplane.stages.filter.gen import frag_slots, map_names, slots
 from ebplane.stages.filter.spec import FilterStage
+
+
+def rule_text(rule: dict) -> str:
+    """A rule (as the state keeps it) without its action: ``src=... dport=...``."""
+    return " ".join(f"{k}={v}" for k, v in rule.items() if k != "action") or "(any)"
 
 
 def _count(c) -> dict:
@@ -35,6 +40,14 @@ class FilterControl(StageControl):
                 "fragments": {"mode": stage.fragments, "unseen": stage.unseen_fragments,
                               **{k: _count(cm.lookup_sum(slot))
                                  for k, slot in frag_slots(stage).items()}}}
+
+    def rows(self, stats: dict) -> list[StatRow]:
+        """Each rule (its action and match), then the default and the malformed slot."""
+        rows = [StatRow(str(r["index"]), r["packets"], r["bytes"], r["rule"]["action"],
+                        rule_text(r["rule"]), r["index"]) for r in stats["rules"]]
+        rows += [StatRow(k, stats[k]["packets"], stats[k]["bytes"], stats[k]["action"])
+                 for k in ("default", "malformed")]
+        return rows
 
     def slots(self, stage: FilterStage, live: Sequence = ()) -> dict[int, tuple[int | None, str]]:
         """``live``: the stage's rules, each with an ``id`` (a RuleEntry or a state dict)."""

@@ -28,25 +28,27 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ebplane.errors import EbplaneError, NotSupported, UsageError
-from ebplane.kernel.codec import Struct, U32
+from ebplane.kernel.codec import Packed, Struct, U32
 from ebplane.kernel.libbpf import num_possible_cpus
 from ebplane.kernel.maps import Map
 from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
+from ebplane.net.blocks import BLOCKS
 from ebplane.kernel.codec import COUNT
 from ebplane.stages.control import StageControl, jumbo_interfaces
+from ebplane.stages.forward import gen
 from ebplane.stages.forward.gen import map_name, map_names, outcomes
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
 from ebplane.toolchain.clang import compile_c
 
-FDB_KEY = Struct("ebp_fdb_key", [("mac", "6s"), ("vlan", "H")])
-FDB_ENTRY = Struct("ebp_fdb_entry", [("ifindex", "I"), ("pad", "I"), ("seen_ns", "Q")])
-MACS = Struct("ebp_fwd_macs", [("dmac", "6s"), ("smac", "6s"), ("rewrite", "I")])
-TC_PORT = Struct("ebp_tc_port", [("ifindex", "I"), ("flags", "I")])
-TC_REDIRECT = Struct("ebp_tc_redirect", [("ifindex", "I"), ("flags", "I"), ("dmac", "6s"),
-                                         ("smac", "6s"), ("rewrite", "I")])
-TC_PORT_PEER = 1   # forward_tc.h EBP_TC_PORT_PEER
+# the driver features of redirect targets (the table of ebplane.net.blocks)
+TARGET, SG_TARGET = BLOCKS["redirect target"], BLOCKS["multi-buffer redirect target"]
+
+FDB_KEY, FDB_ENTRY, MACS = Packed(gen.FDB_KEY), Packed(gen.FDB_ENTRY), Packed(gen.MACS)
+TC_PORT, TC_REDIRECT = Packed(gen.TC_PORT), Packed(gen.TC_REDIRECT)
+TC_PORT_PEER = gen.TC_PORT_PEER
+# the kernel's struct bpf_cpumap_val (linux/bpf.h), not one of ebplane's
 CPUMAP_VAL = Struct("bpf_cpumap_val", [("qsize", "I"), ("prog_fd", "i")])
 
 PASS_THROUGH_NAME = "ebp_passthru"
@@ -87,12 +89,12 @@ def egress(ifname: str, spec) -> Egress:
     """The redirect capability of ``ifname``; a veth whose peer the pipeline itself will be
     attached to counts as capable (the pipeline's program runs NAPI there)."""
     info = iface.info(ifname)
-    if netdev.xdp_features(info.ifindex).redirect_target:
+    if TARGET.has(netdev.xdp_features(info.ifindex)):
         return Egress(ifname, info.ifindex, True)
     if info.kind != "veth" or info.peer_ifindex is None:
         return Egress(ifname, info.ifindex, False,
                       why=f"{ifname} ({info.kind or info.driver or 'device'}) does not offer "
-                          f"ndo_xmit (XDP redirect target)")
+                          f"{TARGET.feature} ({TARGET.name})")
     if info.peer_netns is None:
         return Egress(ifname, info.ifindex, False,
                       why=f"{ifname} is a veth whose peer (ifindex {info.peer_ifindex}) runs "
@@ -145,15 +147,15 @@ def make_capable(ifnames, spec, *, replay: bool, stage=None,
         e = egress(name, spec)
         if e.fixable and not replay:
             _attach_pass_through(*e.peer)
-            if not netdev.xdp_features(e.ifindex).redirect_target:
+            if not TARGET.has(netdev.xdp_features(e.ifindex)):
                 raise NotSupported(f"{name} is still no redirect target after attaching XDP "
                                    f"to its peer {e.peer[1]} ({e.peer[0]})",
                                    hint="enable GRO on the peer: ethtool -K PEER gro on")
         if not (e.capable or e.fixable):
             continue
-        if jumbo and not netdev.xdp_features(e.ifindex).ndo_xmit_sg:
-            why = (f"{name} lacks the XDP feature ndo_xmit_sg (multi-buffer redirect "
-                   f"target), and {', '.join(n for n, _ in jumbo)} take jumbo frames")
+        if jumbo and not SG_TARGET.has(netdev.xdp_features(e.ifindex)):
+            why = (f"{name} lacks the XDP feature {SG_TARGET.feature} ({SG_TARGET.name}), "
+                   f"and {', '.join(n for n, _ in jumbo)} take jumbo frames")
             if notes is None:
                 raise NotSupported(f"{stage.kind} '{stage.name}': {why}",
                                    hint="lower the MTU to 3000 or less, or redirect to a "
@@ -236,7 +238,7 @@ def _mac_text(raw: bytes) -> str:
 
 # Stages whose frames leave as an xdp_frame (DEVMAP/CPUMAP redirect, XDP_TX): the skb's
 # checksum state (CHECKSUM_PARTIAL) is lost on the way.  xsk hands frames to user space.
-LOSES_SKB_STATE = ("route", "bridge", "redirect", "tx", "steer")
+LOSES_SKB_STATE = ("route", "bridge", "redirect", "tx", "steer", "multicast", "mirror")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,6 @@
  * the generated stage function counts it.  Whenever the kernel has work to do that XDP
  * cannot (resolve a neighbour, send an ICMP error, fragment, deliver locally) the helper
  * returns XDP_PASS without having touched the frame.
- *
- * The slot enums below are listed in the same order in ebplane/stages/forward/gen.py
- * (OUTCOMES); a test compares them.
  */
 #ifndef EBPLANE_FORWARD_H
 #define EBPLANE_FORWARD_H
@@ -21,60 +18,18 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
-#define EBP_ETH_ALEN 6
 #define EBP_IP_DF 0x4000
 
-enum ebp_route_slot {
-	EBP_RT_FORWARDED,	/* redirected to the egress port */
-	EBP_RT_NO_NEIGH,	/* no neighbour entry yet: the kernel resolves it */
-	EBP_RT_TTL,		/* TTL / hop limit <= 1: the kernel sends time exceeded */
-	EBP_RT_LOCAL,		/* for this host, broadcast, multicast, link-local */
-	EBP_RT_BLACKHOLE,	/* blackhole, unreachable or prohibit route */
-	EBP_RT_FRAG,		/* larger than the egress MTU, may be fragmented: the kernel does */
-	EBP_RT_MTU,		/* larger than the egress MTU, DF / IPv6: the kernel sends the ICMP */
-	EBP_RT_NOT_IP,		/* not IP (or a family the pipeline does not parse): next stage */
-	EBP_RT_NO_PORT,		/* the egress cannot take redirected frames: the kernel forwards */
-	EBP_RT_OTHER,		/* forwarding disabled, VLAN-tagged, tunnel routes, no source */
-	EBP_RT_MALFORMED,	/* headers cut short: the kernel decides */
-	EBP_RT_SLOTS
-};
-
-enum ebp_bridge_slot {
-	EBP_BR_FORWARDED,	/* known unicast, redirected to its port */
-	EBP_BR_FLOODED,		/* unknown (or aged) unicast, flooded */
-	EBP_BR_BROADCAST,	/* broadcast and multicast, flooded */
-	EBP_BR_FILTERED,	/* destination on the ingress port: dropped */
-	EBP_BR_NOT_PORT,	/* arrived on an interface that is not a port: next stage */
-	EBP_BR_RUNT,		/* shorter than an Ethernet header: dropped */
-	EBP_BR_LEARNED,		/* (also counted) a source MAC seen for the first time */
-	EBP_BR_MOVED,		/* (also counted) a source MAC seen on another port */
-	EBP_BR_SLOTS
-};
-
-enum ebp_redirect_slot { EBP_RD_REDIRECTED, EBP_RD_NO_PORT, EBP_RD_RUNT, EBP_RD_SLOTS };
-enum ebp_tx_slot { EBP_TX_SENT, EBP_TX_RUNT, EBP_TX_SLOTS };
-enum ebp_xsk_slot { EBP_XSK_DELIVERED, EBP_XSK_NO_SOCKET, EBP_XSK_OTHER_QUEUE, EBP_XSK_NO_MATCH,
-		    EBP_XSK_SLOTS };
-/* steer: one slot per target CPU (in the order of the spec), then one for no CPU entry */
-
-/* bridge forwarding database: (MAC, VLAN) -> port */
-struct ebp_fdb_key {
-	__u8  mac[EBP_ETH_ALEN];
-	__u16 vlan;
-};
-
-struct ebp_fdb_entry {
-	__u32 ifindex;
-	__u32 pad;
-	__u64 seen_ns;	/* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when last seen as a source */
-};
-
-/* redirect stage: MACs to write before sending (rewrite 0: leave the frame as it is) */
-struct ebp_fwd_macs {
-	__u8  dmac[EBP_ETH_ALEN];
-	__u8  smac[EBP_ETH_ALEN];
-	__u32 rewrite;
-};
+/* Generated into each program from ebplane/stages/forward/gen.py, their one definition:
+ *   EBP_RT_<OUTCOME>, EBP_BR_..., EBP_RD_..., EBP_TX_..., EBP_XSK_...  the counter slots of
+ *       route, bridge, redirect, tx and xsk stages (gen.py's OUTCOMES; *_SLOTS: how many);
+ *       steer: one slot per target CPU (in the order of the spec), then one for no CPU entry
+ *   struct ebp_fdb_key, struct ebp_fdb_entry  the bridge's forwarding database
+ *   struct ebp_fwd_macs                       the MACs a redirect stage writes
+ *   EBP_ETH_ALEN                              bytes of a MAC address */
+#ifndef EBP_RT_SLOTS
+#error "forward.h needs the #defines ebplane/stages/forward/gen.py generates"
+#endif
 
 /* RFC 1624 eqn. 3: the checksum after one 16-bit word changed from @old to @new. */
 static __always_inline void ebp_csum_replace16(__sum16 *check, __u16 old, __u16 new)
@@ -165,7 +120,7 @@ static __always_inline int ebp_fwd_route(struct xdp_md *ctx, struct ebp_pkt *pkt
 			return XDP_PASS;
 		}
 		if (ip->ttl <= 1) {
-			*slot = EBP_RT_TTL;
+			*slot = EBP_RT_TTL_EXCEEDED;
 			return XDP_PASS;
 		}
 		fib.family = AF_INET;
@@ -206,7 +161,7 @@ static __always_inline int ebp_fwd_route(struct xdp_md *ctx, struct ebp_pkt *pkt
 			return XDP_PASS;
 		}
 		if (ip6->hop_limit <= 1) {
-			*slot = EBP_RT_TTL;
+			*slot = EBP_RT_TTL_EXCEEDED;
 			return XDP_PASS;
 		}
 		fib.family = AF_INET6;
@@ -256,6 +211,28 @@ static __always_inline void ebp_bridge_learn(void *fdb, void *counters, struct e
 	bpf_map_update_elem(fdb, &key, &fresh, BPF_ANY);
 }
 
+#ifndef EBP_XDP_MULTI_BUFFER
+#define EBP_XDP_MULTI_BUFFER
+/* Whether the frame spans several buffers (only an xdp.frags program sees such frames). */
+static __always_inline int ebp_xdp_multi_buffer(struct xdp_md *ctx)
+{
+	return bpf_xdp_get_buff_len(ctx) > (__u64)(ctx->data_end - ctx->data);
+}
+#endif
+
+/* Flood: every port but the ingress; a multi-buffer frame, which the kernel's devmap
+ * broadcast would drop without a trace, goes to the kernel instead. */
+static __always_inline int ebp_bridge_flood(struct xdp_md *ctx, void *ports, __u32 slot,
+					    __u32 *out)
+{
+	if (ebp_xdp_multi_buffer(ctx)) {
+		*out = EBP_BR_MULTI_BUFFER;
+		return XDP_PASS;
+	}
+	*out = slot;
+	return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+}
+
 /* Bridge between the interfaces of @ports (a DEVMAP_HASH keyed by ifindex). */
 static __always_inline int ebp_fwd_bridge(struct xdp_md *ctx, struct ebp_pkt *pkt, void *ports,
 					  void *fdb, void *counters, __u64 ageing_ns, __u32 *slot)
@@ -280,10 +257,8 @@ static __always_inline int ebp_fwd_bridge(struct xdp_md *ctx, struct ebp_pkt *pk
 	}
 	now = bpf_ktime_get_ns();
 	ebp_bridge_learn(fdb, counters, eth, vlan, ingress, now, pkt->len);
-	if (eth->h_dest[0] & 1) {	/* broadcast and multicast */
-		*slot = EBP_BR_BROADCAST;
-		return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
-	}
+	if (eth->h_dest[0] & 1)	/* broadcast and multicast */
+		return ebp_bridge_flood(ctx, ports, EBP_BR_BROADCAST, slot);
 	__builtin_memcpy(key.mac, eth->h_dest, EBP_ETH_ALEN);
 	e = bpf_map_lookup_elem(fdb, &key);
 	if (e && now - e->seen_ns <= ageing_ns) {
@@ -297,8 +272,8 @@ static __always_inline int ebp_fwd_bridge(struct xdp_md *ctx, struct ebp_pkt *pk
 			return act;
 		}
 	}
-	*slot = EBP_BR_FLOODED;	/* unknown, aged, or its port left the bridge */
-	return bpf_redirect_map(ports, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+	/* unknown, aged, or its port left the bridge */
+	return ebp_bridge_flood(ctx, ports, EBP_BR_FLOODED, slot);
 }
 
 /* A flow hash over addresses, protocol and ports (non-IP: the EtherType), so that all

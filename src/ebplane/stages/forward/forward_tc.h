@@ -24,51 +24,26 @@
  * bpf_fib_lookup() gets the IP length, so that a route's MTU counts as at XDP, except for a
  * GSO skb (GRO, TSO): tot_len 0 makes the kernel check the skb against the egress device
  * (is_skb_forwardable), so a super-packet is forwarded whole and segmented on the way out.
- *
- * The slot enums are listed in the same order in ebplane/codegen/forwarding.py (OUTCOMES_TC).
  */
 #ifndef EBPLANE_FORWARD_TC_H
 #define EBPLANE_FORWARD_TC_H
 
 #include "forward.h"
 
-#define EBP_TC_PORT_PEER 1	/* a veth whose peer sits in another namespace */
+/* Generated into each TC program from ebplane/stages/forward/gen.py, their one definition
+ * (besides what forward.h reads):
+ *   EBP_TRT_<OUTCOME>      a route stage's counter slots at TC (OUTCOMES_TC["route"])
+ *   EBP_BR_PEER, EBP_RD_PEER  bridge and redirect at TC: the XDP slots, then "peer" (known
+ *                          unicast / the target, into the peer veth's namespace)
+ *   EBP_TC_PORT_PEER       a port flag: a veth whose peer sits in another namespace
+ *   EBP_TC_BRIDGE_PORTS_MAX  ports of a bridge (its flood array)
+ *   struct ebp_tc_port     a TC port: its ifindex and flags (bridge flooding walks an array)
+ *   struct ebp_tc_redirect a TC redirect stage's target (ifindex 0: not set yet), its flags
+ *                          and the MACs to write */
+#ifndef EBP_TRT_SLOTS
+#error "forward_tc.h needs the #defines ebplane/stages/forward/gen.py generates"
+#endif
 
-enum ebp_tc_route_slot {
-	EBP_TRT_FORWARDED,	/* bpf_redirect_neigh: the neighbour layer writes the MACs */
-	EBP_TRT_PEER,		/* bpf_redirect_peer into the egress veth's peer namespace */
-	EBP_TRT_NEIGH,		/* no neighbour entry yet: bpf_redirect_neigh resolves it */
-	EBP_TRT_TTL,		/* TTL / hop limit <= 1: the kernel sends time exceeded */
-	EBP_TRT_LOCAL,		/* for this host, broadcast, multicast, link-local */
-	EBP_TRT_BLACKHOLE,	/* blackhole, unreachable or prohibit route */
-	EBP_TRT_FRAG,		/* larger than the egress MTU, may be fragmented: the kernel does */
-	EBP_TRT_MTU,		/* larger than the egress MTU, DF / IPv6: the kernel sends the ICMP */
-	EBP_TRT_NOT_IP,		/* not IP (or a family the pipeline does not parse): next stage */
-	EBP_TRT_OTHER,		/* forwarding disabled, VLAN-tagged, not for our MAC, no source */
-	EBP_TRT_MALFORMED,	/* headers cut short: the kernel decides */
-	EBP_TRT_SLOTS
-};
-
-/* bridge and redirect at TC: the XDP slots, then one more */
-#define EBP_BR_PEER EBP_BR_SLOTS	/* known unicast, into the port's peer namespace */
-#define EBP_RD_PEER EBP_RD_SLOTS	/* into the target veth's peer namespace */
-
-/* a TC port: flags (EBP_TC_PORT_*) and the ifindex again (bridge flooding walks an array) */
-struct ebp_tc_port {
-	__u32 ifindex;
-	__u32 flags;
-};
-
-/* a TC redirect stage's target (ifindex 0: not set yet, the packet goes on to the kernel) */
-struct ebp_tc_redirect {
-	__u32 ifindex;
-	__u32 flags;		/* EBP_TC_PORT_PEER */
-	__u8  dmac[EBP_ETH_ALEN];
-	__u8  smac[EBP_ETH_ALEN];
-	__u32 rewrite;		/* write dmac/smac before sending */
-};
-
-#define EBP_TC_BRIDGE_PORTS_MAX 64
 #define EBP_PACKET_HOST 0	/* skb->pkt_type: addressed to this interface's MAC */
 
 /* The generated stage passes, as constants for its hook: @here, the interface the packet is
@@ -177,7 +152,7 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 			return TC_ACT_OK;
 		}
 		if (ip->ttl <= 1) {
-			*slot = EBP_TRT_TTL;
+			*slot = EBP_TRT_TTL_EXCEEDED;
 			return TC_ACT_OK;
 		}
 		fib.family = AF_INET;
@@ -216,7 +191,7 @@ static __always_inline int ebp_tc_route(struct __sk_buff *skb, struct ebp_pkt *p
 			return TC_ACT_OK;
 		}
 		if (ip6->hop_limit <= 1) {
-			*slot = EBP_TRT_TTL;
+			*slot = EBP_TRT_TTL_EXCEEDED;
 			return TC_ACT_OK;
 		}
 		fib.family = AF_INET6;

@@ -12,32 +12,92 @@ with their own counter slots (:data:`OUTCOMES_TC`); the XDP code is generated as
 
 from __future__ import annotations
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
                                      TxStage, XskStage)
 
-# counter slots, in the order of forward.h's enums; steer: one per CPU, then "no_cpu"
+# counter slots (index = slot); forward.h names them EBP_<SLOT_PREFIX>_<NAME>, written into
+# each program as #defines from here (with EBP_<SLOT_PREFIX>_SLOTS, their number); steer:
+# one per CPU, then "no_cpu"
 OUTCOMES: dict[str, tuple[str, ...]] = {
     "route": ("forwarded", "no_neigh", "ttl_exceeded", "local", "blackhole", "frag", "mtu",
               "not_ip", "no_port", "other", "malformed"),
     "bridge": ("forwarded", "flooded", "broadcast", "filtered", "not_port", "runt", "learned",
-               "moved"),
+               "moved", "multi_buffer"),
     "redirect": ("redirected", "no_port", "runt"),
     "tx": ("sent", "runt"),
     "xsk": ("delivered", "no_socket", "other_queue", "no_match"),
 }
-# at the tc hooks (forward_tc.h): route has its own slots; bridge and redirect add "peer"
+SLOT_PREFIX = {"route": "RT", "bridge": "BR", "redirect": "RD", "tx": "TX", "xsk": "XSK"}
+# at the tc hooks (forward_tc.h): route has its own slots (EBP_TRT_<NAME>); bridge and
+# redirect add "peer" (EBP_BR_PEER, EBP_RD_PEER)
 OUTCOMES_TC: dict[str, tuple[str, ...]] = {
     "route": ("forwarded", "peer", "neigh", "ttl_exceeded", "local", "blackhole", "frag", "mtu",
               "not_ip", "other", "malformed"),
     "bridge": OUTCOMES["bridge"] + ("peer",),
     "redirect": OUTCOMES["redirect"] + ("peer",),
 }
+SLOT_PREFIX_TC = {"route": "TRT", "bridge": "BR", "redirect": "RD"}
 PREFIX = {"route": "rt", "bridge": "br", "redirect": "rd", "tx": "tx", "steer": "st",
           "xsk": "xsk"}
 ROUTE_PORTS_MAX = 1024   # interfaces of the namespace a route stage can redirect to
 BRIDGE_PORTS_MAX = 64
 STEER_NO_CPU = "no_cpu"
+
+# the structs of forward.h's maps that the control plane fills or reads (written into each
+# program ahead of forward.h, the codecs of stages/forward/control.py made from them)
+ETH_ALEN = 6
+FDB_KEY = Layout("ebp_fdb_key", [Field("mac", "__u8", ETH_ALEN), Field("vlan", "__u16")],
+                 "bridge forwarding database: (MAC, VLAN) -> port")
+FDB_ENTRY = Layout("ebp_fdb_entry", [
+    Field("ifindex", "__u32"), Field("pad", "__u32"),
+    Field("seen_ns", "__u64", comment="bpf_ktime_get_ns() (CLOCK_MONOTONIC) when last seen "
+                                      "as a source")])
+MACS = Layout("ebp_fwd_macs", [Field("dmac", "__u8", ETH_ALEN), Field("smac", "__u8", ETH_ALEN),
+                               Field("rewrite", "__u32", comment="0: leave the frame as it is")],
+              "redirect stage: MACs to write before sending")
+STRUCTS = (FDB_KEY, FDB_ENTRY, MACS)
+# forward_tc.h's: a port's flags, and a TC redirect stage's target
+TC_PORT_PEER = 1  # ebp_tc_port.flags: a veth whose peer sits in another namespace
+TC_PORT = Layout("ebp_tc_port", [Field("ifindex", "__u32"),
+                                 Field("flags", "__u32", comment="EBP_TC_PORT_*")],
+                 "a TC port: flags (EBP_TC_PORT_*) and the ifindex again (bridge flooding walks "
+                 "an array)")
+TC_REDIRECT = Layout("ebp_tc_redirect", [
+    Field("ifindex", "__u32"), Field("flags", "__u32", comment="EBP_TC_PORT_PEER"),
+    Field("dmac", "__u8", ETH_ALEN), Field("smac", "__u8", ETH_ALEN),
+    Field("rewrite", "__u32", comment="write dmac/smac before sending")],
+    "a TC redirect stage's target (ifindex 0: not set yet, the packet goes on to the kernel)")
+STRUCTS_TC = (TC_PORT, TC_REDIRECT)
+
+
+def c_defines(tc: bool = False) -> dict[str, int]:
+    """The numbers forward.h (and with ``tc`` forward_tc.h) reads, from :data:`OUTCOMES`
+    (:data:`OUTCOMES_TC`): the slots as ``EBP_<prefix>_<NAME>`` and ``EBP_<prefix>_SLOTS``."""
+    d: dict[str, int] = {"EBP_ETH_ALEN": ETH_ALEN}
+    for kind, prefix in SLOT_PREFIX.items():
+        d.update({f"EBP_{prefix}_{n.upper()}": i for i, n in enumerate(OUTCOMES[kind])})
+        d[f"EBP_{prefix}_SLOTS"] = len(OUTCOMES[kind])
+    if tc:
+        d["EBP_TC_PORT_PEER"] = TC_PORT_PEER
+        d["EBP_TC_BRIDGE_PORTS_MAX"] = BRIDGE_PORTS_MAX
+        for kind, prefix in SLOT_PREFIX_TC.items():
+            for i, n in enumerate(OUTCOMES_TC[kind]):
+                # (bridge and redirect: the XDP slots, same numbers, then theirs)
+                assert d.setdefault(f"EBP_{prefix}_{n.upper()}", i) == i, (kind, n)
+            d.setdefault(f"EBP_{prefix}_SLOTS", len(OUTCOMES_TC[kind]))
+    return d
+
+
+def _header(out: Emit, tc: bool = False) -> None:
+    """forward.h (``tc``: forward_tc.h, which includes it) with what it reads from here:
+    every forwarding stage includes all of it."""
+    for name, value in c_defines(tc).items():
+        out.define(name, value)
+    for layout in STRUCTS + (STRUCTS_TC if tc else ()):
+        out.struct(layout)
+    out.include("forward_tc.h" if tc else "forward.h")
 
 
 # kind -> role of each map (as the manifest keys it) -> suffix of its C name; every kind
@@ -118,7 +178,7 @@ class RouteGen(StageGen):
     def emit(self, idx: int, st: RouteStage, out: Emit) -> None:
         if out.hook != "xdp":
             return self._emit_tc(idx, st, out)
-        out.include("forward.h")
+        _header(out)
         ports = map_name(st, "ports")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP_HASH", "__u32", "__u32", ROUTE_PORTS_MAX,
                 f"route '{st.name}': interfaces that can take redirected frames, by ifindex",
@@ -131,7 +191,7 @@ class RouteGen(StageGen):
             "", *_count_and_return(idx, cnt)]))
 
     def _emit_tc(self, idx: int, st: RouteStage, out: Emit) -> None:
-        out.include("forward_tc.h")
+        _header(out, tc=True)
         ports = _tc_ports(st, out, ROUTE_PORTS_MAX, "veths whose peer is in another namespace")
         cnt = _counters(st, out)
         here, peer_ok = _tc_where(out.hook)
@@ -153,7 +213,7 @@ class BridgeGen(StageGen):
     def emit(self, idx: int, st: BridgeStage, out: Emit) -> None:
         if out.hook != "xdp":
             return self._emit_tc(idx, st, out)
-        out.include("forward.h")
+        _header(out)
         ports, fdb = map_name(st, "ports"), map_name(st, "fdb")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP_HASH", "__u32", "__u32", BRIDGE_PORTS_MAX,
                 f"bridge '{st.name}': its ports, by ifindex", stage=st.name, role="ports")
@@ -169,7 +229,7 @@ class BridgeGen(StageGen):
 
 
     def _emit_tc(self, idx: int, st: BridgeStage, out: Emit) -> None:
-        out.include("forward_tc.h")
+        _header(out, tc=True)
         ports = _tc_ports(st, out, BRIDGE_PORTS_MAX, "its ports")
         by_index, fdb = map_name(st, "flood"), map_name(st, "fdb")
         out.map(by_index, "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_tc_port", len(st.ports),
@@ -193,7 +253,7 @@ class RedirectGen(StageGen):
     def emit(self, idx: int, st: RedirectStage, out: Emit) -> None:
         if out.hook != "xdp":
             return self._emit_tc(idx, st, out)
-        out.include("forward.h")
+        _header(out)
         ports, cfg = map_name(st, "ports"), map_name(st, "config")
         out.map(ports, "BPF_MAP_TYPE_DEVMAP", "__u32", "__u32", 1,
                 f"redirect '{st.name}': slot 0 holds {st.to}", stage=st.name, role="ports")
@@ -221,7 +281,7 @@ class RedirectGen(StageGen):
 
 
     def _emit_tc(self, idx: int, st: RedirectStage, out: Emit) -> None:
-        out.include("forward_tc.h")
+        _header(out, tc=True)
         cfg = map_name(st, "config")
         out.map(cfg, "BPF_MAP_TYPE_ARRAY", "__u32", "struct ebp_tc_redirect", 1,
                 f"redirect '{st.name}': {st.to}'s ifindex, whether it is a peer target, MACs "
@@ -260,7 +320,7 @@ class TxGen(StageGen):
     kind = "tx"
 
     def emit(self, idx: int, st: TxStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         cnt = _counters(st, out)
         out.functions.append(_function(idx, st, "back out of the ingress port"
                                        + (", MACs swapped" if st.swap_macs else ""), [
@@ -280,7 +340,7 @@ class SteerGen(StageGen):
     kind = "steer"
 
     def emit(self, idx: int, st: SteerStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         cpus, sel = map_name(st, "cpus"), map_name(st, "config")
         n = len(st.cpus)
         out.map(cpus, "BPF_MAP_TYPE_CPUMAP", "__u32", "struct bpf_cpumap_val",
@@ -308,7 +368,7 @@ class XskGen(StageGen):
     kind = "xsk"
 
     def emit(self, idx: int, st: XskStage, out: Emit) -> None:
-        out.include("forward.h")
+        _header(out)
         socks = map_name(st, "socks")
         out.map(socks, "BPF_MAP_TYPE_XSKMAP", "__u32", "__u32", st.queue + 1,
                 f"xsk '{st.name}': AF_XDP socket of rx queue {st.queue}", stage=st.name,

@@ -1,0 +1,115 @@
+"""Struct layouts: the C clang compiled equals the Python codecs the control plane uses.
+
+A layout defined once in Python (``codegen.layout.Layout``) is written into the program as C
+and packed by ``kernel.codec.Packed``; this reads the compiled object's BTF (``bpftool btf
+dump file``) and checks every such struct's size and member offsets against the Layout, and
+the structs still declared in reviewed headers (``ebp_count``, the filter's) against the
+codecs that read them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from ebplane.codegen.capture import CAP_REC, CaptureSpec
+from ebplane.codegen.layout import Field, Layout
+from ebplane.codegen.pipeline import TRACE, generate
+from ebplane.kernel.codec import COUNT, Packed
+from ebplane.spec import parse_spec
+from ebplane.stages.conntrack import gen as ct_gen
+from ebplane.stages.filter.model import BOX, RULE
+from ebplane.stages.filter.tree import NODE
+from ebplane.stages.forward import gen as fwd_gen
+from ebplane.toolchain.clang import compile_c
+
+SPEC = """\
+pipeline: layouts
+hook: xdp
+protocols: [ethernet, vlan, ipv4, ipv6, tcp, udp, icmp, icmpv6]
+stages:
+  - conntrack: {size: 64}
+  - filter:
+      name: t
+      rules:
+        - {src: 198.18.1.0/24, action: pass}
+        - {state: established, action: pass}
+  - bridge: {ports: [a0, a1]}
+  - redirect: {to: a1}
+"""
+# the same stages at tc-ingress use forward_tc.h's structs
+SPEC_TC = SPEC.replace("hook: xdp", "hook: tc-ingress").replace("layouts", "layouts-tc")
+
+
+def _btf_structs(elf: bytes, tmp_path) -> dict[str, dict]:
+    """struct name -> {"size", "members": [(name, byte offset)]} of an object's BTF."""
+    path = tmp_path / "prog.o"
+    path.write_bytes(elf)
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    structs = {}
+    for t in json.loads(out)["types"]:
+        if t["kind"] == "STRUCT" and t["name"] != "(anon)":
+            structs[t["name"]] = {"size": t["size"],
+                                  "members": [(m["name"], m["bits_offset"] // 8)
+                                              for m in t["members"]]}
+    return structs
+
+
+@pytest.fixture(scope="module", params=[SPEC, SPEC_TC], ids=["xdp", "tc"])
+def program(request, tmp_path_factory):
+    spec = parse_spec(request.param, "layouts.yaml")
+    prog = generate(spec, trace=True, capture=CaptureSpec())
+    # BTF describes the types the code uses; a global pointer of each makes sure of them all
+    names = [t.name for t in prog.types.values()] + ["ebp_count", "ebp_flt_rule",
+                                                     "ebp_flt_box", "ebp_flt_node"]
+    anchors = "".join(f"struct {n} *ebp_anchor_{n};\n" for n in names)
+    elf = compile_c(prog.source + anchors, name="layouts").elf
+    return prog, _btf_structs(elf, tmp_path_factory.mktemp("btf"))
+
+
+def test_generated_structs_have_the_layouts_offsets(program):
+    prog, btf = program
+    want = {TRACE, CAP_REC, ct_gen.CT_KEY, ct_gen.CT_ENTRY, *fwd_gen.STRUCTS}
+    if prog.hook != "xdp":
+        want |= set(fwd_gen.STRUCTS_TC)
+    assert want <= set(prog.types.values())
+    for layout in prog.types.values():
+        got = btf[layout.name]
+        assert got["members"] == [(f.name, o) for f, o in zip(layout.fields, layout.offsets)]
+        if isinstance(layout.fields[-1].count, str):  # a trailing array of symbolic length
+            assert layout.size == layout.offsets[-1]
+        else:
+            assert got["size"] == layout.size == Packed(layout).size
+    assert prog.manifest()["types"]["ebp_ct_entry"]["size"] == btf["ebp_ct_entry"]["size"]
+
+
+def test_reviewed_header_structs_match_their_codecs(program):
+    _, btf = program
+    assert btf["ebp_count"]["size"] == COUNT.size
+    assert [n for n, _ in btf["ebp_count"]["members"]] == list(COUNT.type._fields)
+    assert btf["ebp_flt_rule"]["size"] == RULE.size
+    assert btf["ebp_flt_box"]["size"] == BOX.size
+    assert btf["ebp_flt_node"]["size"] == NODE.size
+
+
+def test_packed_codec_round_trips_arrays_nested_and_padding():
+    inner = Layout("inner", [Field("a", "__u8"), Field("b", "__u32")])
+    outer = Layout("outer", [Field("x", "__u16"), Field("words", "__u32", 2),
+                           Field("addr", "__u32", 2, raw=True), Field("one", inner),
+                           Field("two", inner, 2), Field("tail", "__u8")])
+    assert (inner.size, outer.offset("words"), outer.offset("one"), outer.size) == (8, 4, 20, 48)
+    codec = Packed(outer)
+    v = codec.type(7, (1, 2), bytes(range(8)), codec_in(inner)(3, 4),
+                   (codec_in(inner)(5, 6), codec_in(inner)(8, 9)), 10)
+    data = codec.encode(v)
+    assert len(data) == 48 and data[2:4] == b"\0\0" and codec.decode(data) == v
+    assert data[12:20] == bytes(range(8))
+    with pytest.raises(ValueError, match="unknown C type"):
+        Field("f", "int")
+
+
+def codec_in(layout):
+    return Packed(layout).type
