@@ -36,7 +36,8 @@ def test_layouts_and_constants_match_filter_h(tmp_path: Path):
     box_offsets = {"lo": 0, "hi": 8 * model.NDIMS, "user_mask": 16 * model.NDIMS,
                    "user_value": 16 * model.NDIMS + 16, "user_need": 16 * model.NDIMS + 32,
                    "rule": 16 * model.NDIMS + 36}
-    lines = [f'#include "{FILTER_H}"', "#include <stddef.h>",
+    from ebplane.codegen.p4c import USER_BYTES  # the generated parser's #define
+    lines = [f"#define EBP_USER_BYTES {USER_BYTES}", f'#include "{FILTER_H}"', "#include <stddef.h>",
              f"_Static_assert(sizeof(struct ebp_flt_box) == {model.BOX.size}, \"box\");",
              f"_Static_assert(sizeof(struct ebp_flt_node) == {tree.NODE.size}, \"node\");",
              f"_Static_assert(sizeof(struct ebp_flt_rule) == {model.RULE.size}, \"rule\");",
