@@ -330,8 +330,8 @@ def test_rules_replace_killed_at_step(ebp_env, veth, tmp_path, step):
 
 @pytest.mark.parametrize("step", ["rules-intent", "rules-installed"])
 def test_incremental_rule_edit_killed_at_step(ebp_env, veth, tmp_path, step):
-    """An incremental tree edit (a RuleTable that keeps the tree's mirror, as the agent and
-    the API do) killed before the root flip is undone by the next command (its intent record
+    """An incremental tree edit (a RuleTable object that keeps the tree's mirror, as a Python
+    API user does) killed before the root flip is undone by the next command (its intent record
     holds the inverse edit), killed after it is kept."""
     spec = write_spec(tmp_path / "ap.yaml", spec_text(veth, "A"))
     run("apply", str(spec))
