@@ -16,7 +16,7 @@ from scapy.layers.inet6 import (ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment,
                                 fragment6)
 from scapy.layers.l2 import Ether
 
-from pipeline_fixtures import (cli, cli_json, ebp_env, ebp_module_env,  # noqa: F401
+from pipeline_fixtures import (EBPLANE, cli, cli_json, ebp_env, ebp_module_env,  # noqa: F401
                                write_spec)
 from ebplane.runtime import pipeline
 from ebplane.errors import SpecError, UsageError
@@ -571,5 +571,57 @@ def test_backends_cli_on_an_applied_pipeline(ebp_env, veth_pair, tmp_path):
         res = pipeline.apply(tmp_path / "lb.yaml")
         assert {b["address"] for b in cli_json("backends", "lbt", "list")[0]["backends"]} == \
             {"198.18.20.1", "198.18.20.3"}
+    finally:
+        pipeline.detach("lbt")
+
+
+def test_backends_change_of_a_pipeline_whose_namespace_is_gone_is_refused(ebp_env, tmp_path):
+    """The pipeline's namespace deleted: a backend change used to rewrite the maps of a
+    program that runs nowhere and then prime the next hops from the calling (host's)
+    namespace, sending a datagram there.  It is refused (DEAD, with the repair)."""
+    with netns.temporary() as ns:
+        for cmd in ("ip link add v0 type veth peer name v1", "ip link set v0 up",
+                    "ip link set v1 up"):
+            netns.run(ns.name, cmd.split())
+        text = spec_text([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1]}}"]).replace(
+            "hook: xdp\n", f"hook: xdp\nnetns: {ns.name}\ninterfaces: [v0]\n")
+        pipeline.apply(write_spec(tmp_path / "lb.yaml", text))
+        try:
+            before = cli_json("backends", "lbt", "list")
+            netns.remove(ns.name)
+            for args in (("add", "198.18.20.3"), ("remove", "198.18.20.1"),
+                         ("down", "198.18.20.1")):
+                proc = cli("backends", "lbt", *args, check=False)
+                assert proc.returncode == 2, (args, proc.stderr)
+                assert f"namespace {ns.name} is gone" in proc.stderr and "ebplane detach lbt" \
+                    in proc.stderr, args
+            assert cli_json("backends", "lbt", "list") == before
+        finally:
+            pipeline.detach("lbt")
+
+
+def test_backends_change_without_privileges_changes_nothing(ebp_env, veth_pair, tmp_path):
+    """Without CAP_BPF the pinned maps still open (the pins are root's files), so a change
+    used to write the backend and flip the table, then fail creating the grace-period map:
+    exit 4 reported for a change that had been made.  Now it fails before the first write."""
+    import json
+    import subprocess
+    ns, dev, _ = veth_pair
+    text = spec_text([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1, 198.18.20.2]}}"]
+                     ).replace("hook: xdp\n", f"hook: xdp\nnetns: {ns}\ninterfaces: [{dev}]\n")
+    pipeline.apply(write_spec(tmp_path / "lb.yaml", text))
+    try:
+        before = cli_json("backends", "lbt", "list")
+        drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-bpf,-sys_admin,-net_admin,-perfmon",
+                "--", *EBPLANE]
+        for args in (("add", "198.18.20.3"), ("remove", "198.18.20.1"), ("down", "198.18.20.2"),
+                     ("set-weight", "198.18.20.2", "7")):
+            proc = subprocess.run([*drop, "backends", "lbt", *args, "--json"],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 4, (args, proc.stderr)
+            err = json.loads(proc.stdout)
+            assert err["error"] == "PermissionDenied" and "CAP_BPF" in err["hint"], args
+            assert "Traceback" not in proc.stderr
+            assert cli_json("backends", "lbt", "list") == before, args
     finally:
         pipeline.detach("lbt")

@@ -104,3 +104,17 @@ def test_probe_reports_blocks(ns):
     assert not by["AF_XDP zero-copy"]["ok"]
     assert not by["redirect target"]["ok"]             # its peer runs no XDP
     assert not any(b["ok"] for b in probe_iface("br9", netns=ns)["blocks"] if b["feature"])
+
+
+def test_a_redirect_target_without_ndo_xmit_is_refused_as_a_platform_limit(ebp_env, ns,
+                                                                           tmp_path):
+    """A bridge device offers no ndo_xmit: an XDP redirect to it would vanish.  That is a
+    limit of the device (exit 4), and the hint says what serves (another device, or TC),
+    not the veth-peer fix that does not apply to it."""
+    spec = _spec(tmp_path, ns, "va", "auto", "  - redirect: {to: br9}\n")
+    with pytest.raises(NotSupported) as e:
+        pipeline.apply(spec)
+    assert "br9" in str(e.value) and "would vanish" in str(e.value)
+    assert "tc hook" in e.value.hint and "veth peer" not in e.value.hint
+    assert e.value.exit_code == 4
+    assert pipeline.status() == []                     # nothing changed

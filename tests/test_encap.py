@@ -496,6 +496,28 @@ def test_encap_bare_ethernet_frame(enc):
         assert out == bare
 
 
+@pytest.mark.parametrize("tunnel", ["gre", "ipip"])
+def test_ip_tunnel_encap_leaves_a_cut_ip_header_alone(ebp_module_env, tunnel):
+    """gre and ipip carry the IP packet.  A frame whose EtherType says IPv4/IPv6 but whose
+    fixed IP header is cut short used to be counted `failed` and dropped (shorter than 22
+    bytes), or encapsulated with the cut header; it goes on unchanged, counted `skipped`,
+    as a frame that is not IP does.  (At TC, test_run refuses such frames: XDP only.)"""
+    r = Run(spec("xdp", ENCAP[tunnel]))
+    try:
+        frames = [bytes(Ether(src=M2, dst=M1, type=et)) + bytes(range(n))
+                  for et, sizes in ((0x0800, (0, 1, 6, 19)), (0x86DD, (0, 6, 20, 39)))
+                  for n in sizes]
+        for f in frames:
+            assert r(f) == ("XDP_PASS", f), f.hex()
+        c = r.counts("tun")
+        assert (c["skipped"], c["failed"], c["encapsulated"]) == (len(frames), 0, 0)
+        # a whole IP header is still carried
+        verdict, out = r(inner_frame())
+        assert verdict == "XDP_PASS" and r.counts("tun")["encapsulated"] == 1
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize("hook", HOOKS)
 def test_route_after_encap_and_after_decap(ebp_module_env, hook):
     """The stages after an encap see the outer packet, after a decap the inner one: a route

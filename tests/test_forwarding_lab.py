@@ -293,3 +293,40 @@ def test_service_chain_runs_from_one_command(ebp_env):
     route = next(s for s in router["stages"] if s["kind"] == "route")["counts"]
     assert route["forwarded"]["packets"] >= 10
     assert not Lab.recorded() or "ebp-chain" not in Lab.recorded()   # removed again
+
+
+FOREIGN_C = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("xdp")
+int someone_elses(struct xdp_md *ctx) { return XDP_PASS; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_failed_apply_takes_back_the_pass_through_programs(ebp_env, tmp_path):
+    """The route stage puts a pass-through program on its egresses' veth peers before it
+    attaches; when the attach then fails (a foreign program holds eth1), the apply undoes
+    that too: the peers run no XDP program afterwards, as before."""
+    from ebplane.errors import EbplaneError
+    from ebplane.kernel.programs import BpfObject
+    from ebplane.net import attach
+    from ebplane.toolchain.clang import compile_c
+    lab = Lab.load(EXAMPLES / "route-lab.yaml", name=f"ebp-tf{secrets.token_hex(3)}")
+    lab.up()
+    try:
+        res = compile_c(FOREIGN_C, name="someone_elses")
+        with BpfObject.open_bytes(res.elf, "someone_elses") as obj:
+            obj.load()
+            with netns.enter(lab.ns("router")):
+                attach.attach_xdp(obj.programs["someone_elses"].fd, "eth1", mode="native",
+                                  use_link=False)
+        with pytest.raises(EbplaneError, match="someone_elses"):
+            _apply(tmp_path, "route.yaml", lab.ns("router"))
+        for node in ("client", "server"):
+            with netns.enter(lab.ns(node)):
+                assert iface.info("eth0").xdp_prog_id is None, node
+        with netns.enter(lab.ns("router")):
+            assert iface.info("eth0").xdp_prog_id is None  # nothing of ours was left
+    finally:
+        lab.down()

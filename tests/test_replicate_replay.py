@@ -388,3 +388,92 @@ def test_snooping_is_xdp_only():
         parse_spec(_spec("  - multicast: {snooping: true}\n", hook="tc-ingress"))
     with pytest.raises(SpecError, match="works at hook xdp or tc-ingress only"):
         parse_spec(_spec("  - multicast: {}\n", hook="tc-egress"))
+
+
+def test_removing_what_a_group_does_not_have_is_refused(ns, tmp_path):
+    """`groups remove` of a port or an address the group does not have (a typo, another
+    group's address) used to exit 0 and change nothing; it names what is absent, exit 2."""
+    from ebplane.errors import NotFound
+    from ebplane.runtime import pipeline
+    from ebplane.runtime.groups import Groups
+    spec = tmp_path / "mcg.yaml"
+    spec.write_text(MC.replace("pipeline: rp\nhook: xdp",
+                               f"pipeline: mcg\nhook: tc-ingress\nnetns: {ns}\ninterfaces: [p0]"))
+    pipeline.apply(spec)
+    try:
+        g = Groups("mcg")
+        before = g.list()
+        for kw in ({"members": ["p0"]}, {"addresses": ["01:00:5e:01:01:01"]},
+                   {"members": ["p1"], "addresses": ["239.9.9.9"]}):
+            with pytest.raises(NotFound, match="group video has no member or address"):
+                g.remove("video", **kw)
+            assert g.list() == before, kw
+        assert g.remove("video", members=["p1"])["members"] == ["p2"]
+    finally:
+        pipeline.detach("mcg")
+
+
+def test_status_warns_when_a_mirror_target_or_member_is_gone(ebp_module_env, tmp_path):
+    """A mirror whose `to:` was deleted counts every copy `failed` while its attachment is
+    healthy: status said ok and nothing else.  It now warns, naming the stage and interface
+    (health stays ok: the program runs)."""
+    from ebplane.runtime import pipeline
+    with netns.temporary() as n:
+        for cmd in ("ip link add v0 type veth peer name v1", "ip link add m0 type veth peer "
+                    "name m1", "ip link add g0 type veth peer name g1"):
+            netns.run(n.name, cmd.split())
+        for dev in ("v0", "v1", "m0", "m1", "g0", "g1"):
+            netns.run(n.name, ["ip", "link", "set", dev, "up"])
+        spec = tmp_path / "mt.yaml"
+        spec.write_text(_spec("  - mirror: {to: m0}\n"
+                              "  - multicast: {groups: {g: {members: [m0, g0], "
+                              "addresses: [broadcast]}}}\n", hook="tc-ingress")
+                        .replace("pipeline: rp", f"pipeline: mt\nnetns: {n.name}\n"
+                                                 "interfaces: [v0]"))
+        pipeline.apply(spec)
+        try:
+            (st,) = pipeline.status("mt")
+            assert st["health"] == "ok" and st["warnings"] == []
+            netns.run(n.name, ["ip", "link", "del", "m0"])
+            (st,) = pipeline.status("mt")
+            assert st["health"] == "ok"
+            assert [w.split(":")[0] for w in st["warnings"]] == \
+                ["mirror 'mirror'", "multicast 'multicast'"]
+            assert all("m0 no longer exists" in w for w in st["warnings"])
+        finally:
+            pipeline.detach("mt")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seconds", "-1"], "--seconds must be more than 0"),
+    (["--seconds", "0"], "--seconds must be more than 0"),
+    (["--seconds", "1", "--timeout", "-5"], "--timeout must be 0 or more"),
+])
+def test_snoop_refuses_negative_durations(ebp_module_env, args, words):
+    """`groups snoop --seconds -1` ended at once with exit 0 (nothing learnt), and a
+    negative --timeout would expire every member it learnt: both are bad input (exit 2)."""
+    from pipeline_fixtures import cli
+    proc = cli("groups", "nosuch", "snoop", *args, check=False)
+    assert proc.returncode == 2 and words in proc.stderr and "hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("stage, key", [("mirror: {to: p0, out: p1}", "to"),
+                                        ("mirror: {to: p1, out: p0}", "out")])
+def test_xdp_mirror_to_or_out_of_its_own_interface_is_refused(ns, tmp_path, stage, key):
+    """At XDP the copy and the original leave by one broadcast with BPF_F_EXCLUDE_INGRESS:
+    a mirror whose to: (or out:) is the interface it is attached to would lose every copy
+    (or the originals of selected frames) of frames arriving there, without a counter.  It
+    was applied; it is refused, nothing attached or pinned."""
+    from ebplane.errors import UsageError
+    from ebplane.runtime import pipeline
+    from ebplane.runtime.state import all_names
+    spec = tmp_path / "mo.yaml"
+    spec.write_text(_spec(f"  - {stage}\n").replace(
+        "pipeline: rp", f"pipeline: mo\nnetns: {ns}\ninterfaces: [p0]"))
+    with pytest.raises(UsageError, match=f"{key}: p0 is an interface the pipeline is attached"):
+        pipeline.apply(spec)
+    assert "mo" not in all_names() and not (pipeline.pin_dir("mo")).exists()
+    with netns.enter(ns):
+        from ebplane.net import attach
+        assert not attach.query_xdp("p0")["prog_id"]

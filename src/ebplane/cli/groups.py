@@ -45,7 +45,17 @@ def register(sub) -> None:
 def cmd_snoop(args) -> int:
     import json
     import sys
+    from ebplane.errors import UsageError
     from ebplane.runtime.groups import Snooper
+
+    # checked before the snooper opens anything: a negative --seconds used to end at once
+    # (exit 0, nothing learnt) and a negative --timeout to expire every member at once
+    if args.seconds is not None and not args.seconds > 0:
+        raise UsageError(f"--seconds must be more than 0 (given: {args.seconds:g})",
+                         hint="leave it out to snoop until interrupted")
+    if not args.timeout >= 0:
+        raise UsageError(f"--timeout must be 0 or more (given: {args.timeout:g})",
+                         hint="seconds without a report before a port leaves; 0: never")
 
     def show(c: dict) -> None:
         if args.json:

@@ -136,6 +136,8 @@ def _status_human(items: list[dict]) -> str:
             out += f"\n\n{d['name']}: {d['health']}: " + "; ".join(d["problems"])
             if d.get("repair"):
                 out += f"\n  repair: {d['repair']}"
+        for w in d.get("warnings") or []:
+            out += f"\n\n{d['name']}: warning: {w}"
         ag = d.get("agent")
         if ag and ag["state"] != "ok":
             out += f"\n\n{d['name']}: agent: {ag['state']}" + (f": {ag['why']}" if ag['why'] else "")

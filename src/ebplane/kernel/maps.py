@@ -382,6 +382,19 @@ class Map:
 _barrier: tuple[Map, Map] | None = None
 
 
+def prepare_rcu_barrier() -> tuple[Map, Map]:
+    """Create the maps :func:`rcu_barrier` updates, if not yet done.  A change that must
+    wait for a grace period calls this before it writes anything: without the privileges
+    to create a map it then fails (PermissionDenied) before the first write, not after a
+    half-made change."""
+    global _barrier
+    if _barrier is None:
+        inner = Map.create("array", 4, 4, 1, name="ebp_rcu_inner")
+        outer = Map.create("array_of_maps", 4, 4, 1, name="ebp_rcu_outer", inner_map_fd=inner.fd)
+        _barrier = (inner, outer)
+    return _barrier
+
+
 def rcu_barrier() -> None:
     """Wait until every BPF program that might have read a map before this call has finished.
 
@@ -389,10 +402,5 @@ def rcu_barrier() -> None:
     knows no program still uses the inner map it replaced); updating a private one-slot
     ARRAY_OF_MAPS is the cheapest way to ask for exactly that grace period.
     """
-    global _barrier
-    if _barrier is None:
-        inner = Map.create("array", 4, 4, 1, name="ebp_rcu_inner")
-        outer = Map.create("array_of_maps", 4, 4, 1, name="ebp_rcu_outer", inner_map_fd=inner.fd)
-        _barrier = (inner, outer)
-    inner, outer = _barrier
+    inner, outer = prepare_rcu_barrier()
     outer.update_raw((0).to_bytes(4, "little"), inner.fd.to_bytes(4, "little"))

@@ -119,6 +119,15 @@ class Groups:
             drop = {iface.ifindex(m) for m in members}
             gone = {parse_group_address(a, Where("address"))[1] for a in addresses}
             have_a = [a for a, s in gm.addresses().items() if s == slot]
+            # naming a port or address the group does not have is a mistake (a typo, the
+            # wrong group): say so rather than report success for a change never made
+            have_m = gm.members(slot)
+            absent = [m for m in members if iface.ifindex(m) not in have_m] + \
+                     [a for a in addresses if parse_group_address(a, Where("address"))[1]
+                      not in have_a]
+            if absent:
+                raise NotFound(f"group {group} has no member or address {', '.join(absent)}",
+                               hint=f"see `ebplane groups {self.pipeline} list`")
             left = [a for a in have_a if a not in gone]
             if not left:
                 raise UsageError(f"group {group} would have no address left",

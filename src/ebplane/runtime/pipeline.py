@@ -52,7 +52,7 @@ from ebplane.net.probe import netns_enter
 from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
-from ebplane.stages.control import control_for
+from ebplane.stages.control import control_for, undo_to
 from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir, state_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
@@ -476,8 +476,9 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
         # stage kinds with their own control plane fill their maps; plan the attachments
         attach_plan: list[tuple[str, str, Program, dict | None]] = []
         with netns_enter(spec.netns):
-            for st in spec.stages:
-                notes += control_for(st.kind).prepare(built, spec, st)
+            with undo_to(undo.add):
+                for st in spec.stages:
+                    notes += control_for(st.kind).prepare(built, spec, st)
             old_atts = {}
             for a in (old.attachments if old else adopted):
                 health, why = _health(a, spec.netns)
@@ -1212,6 +1213,22 @@ def _map_roles(spec: PipelineSpec) -> dict[str, tuple[str | None, str]]:
     return roles
 
 
+def _target_warnings(spec: PipelineSpec) -> list[str]:
+    """The interfaces the stages send to (mirror targets, multicast members) that no longer
+    exist, in the current namespace: the program still runs (its attachments are healthy),
+    but what it sends there fails, and the next apply of the spec is refused."""
+    out = []
+    for stage in spec.stages:
+        for ifname in control_for(stage.kind).targets(spec, stage):
+            try:
+                iface.ifindex(ifname)
+            except UsageError:  # InterfaceNotFound
+                out.append(f"{stage.kind} '{stage.name}': {ifname} no longer exists (what the "
+                           f"stage sends there fails; the spec cannot be applied again until "
+                           f"{ifname} is back or out of the spec)")
+    return out
+
+
 def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
     names = [name] if name is not None else all_names()
     out = []
@@ -1230,6 +1247,7 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
             for a in st.attachments:
                 health, why = _health(a, st.netns)
                 atts.append({**a, "health": health, "why": why, "alive": health == "ok"})
+            warnings = _target_warnings(_spec_of(st))
         problems = [a["why"] for a in atts if a["health"] != "ok"]
         if not (pin_dir(n) / "maps").is_dir():
             problems.append(f"its maps are no longer pinned under {pin_dir(n)}")
@@ -1243,7 +1261,7 @@ def status(name: str | None = None, *, objects: bool = False) -> list[dict]:
                     "rules": {k: len(v) for k, v in st.live_rules.items()},
                     "filters": st.filters, "capture": st.capture,
                     "applied_at": st.applied_at, "spec_file": st.spec_file, "notes": st.notes,
-                    "priority": _spec_of(st).priority})
+                    "priority": _spec_of(st).priority, "warnings": warnings})
         if out[-1]["priority"] is not None:
             out[-1]["composition"] = composition(n)
         if objects:

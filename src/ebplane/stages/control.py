@@ -13,12 +13,38 @@ trace), ``map_roles`` names the maps the stage's program has (status).
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ebplane.codegen.pipeline import FRAGS_MTU
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
+
+
+# where a control side registers the undo of what it changes outside its program and maps
+# (a pass-through program on a veth peer, ...): the commit of the apply that runs it
+_UNDO: ContextVar[Callable[[str, Callable[[], None]], None] | None] = ContextVar(
+    "ebplane_stage_undo", default=None)
+
+
+@contextlib.contextmanager
+def undo_to(register: Callable[[str, Callable[[], None]], None]) -> Iterator[None]:
+    """Run ``prepare`` calls whose side effects ``register`` undoes if the apply fails."""
+    token = _UNDO.set(register)
+    try:
+        yield
+    finally:
+        _UNDO.reset(token)
+
+
+def on_undo(what: str, undo: Callable[[], None]) -> None:
+    """Register the undo of a change ``prepare`` just made outside the pipeline's own
+    objects; outside an apply (replay, a direct call) there is nothing to undo."""
+    register = _UNDO.get()
+    if register is not None:
+        register(what, undo)
 
 
 @dataclass(frozen=True)
@@ -93,6 +119,12 @@ class StageControl:
                          ) -> tuple[int | None, str]:
         """:meth:`describe_slot` of the stage in a program for ``hook``."""
         return self.describe_slot(stage, slot, live)
+
+    def targets(self, spec, stage) -> list[str]:
+        """The interfaces, by name, the stage sends packets to, as the spec names them:
+        ``status`` warns when one no longer exists (the pipeline still runs, its copies or
+        redirects to it fail, and the next apply of the spec is refused)."""
+        return []
 
     def map_roles(self, stage) -> dict[str, str]:
         """C name -> role of every map the stage's program may have (status, without

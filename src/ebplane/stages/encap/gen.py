@@ -328,6 +328,10 @@ class EncapGen(_HeaderGen):
         body += [cfg, "\t__u32 slot, keep, push = e.len + (e.l2 ? 14 : 0);",
                  "\t__u16 inner = pkt->eth_proto;", ""]
         ip_only = "inner != ETH_P_IP && inner != ETH_P_IPV6"
+        # gre and ipip carry the IP packet: one whose fixed IP header is cut short goes on
+        # unchanged (the kernel judges it), as a frame that is not IP does; it is no failure
+        cut = (f"\tif (pkt->len < (__u32)pkt->l3_off + (inner == ETH_P_IP ? 20 : 40)) "
+               f"{{ slot = {s('skipped')}; goto done; }}")
         if st.inner_dst:
             body.append(f"\tif (!({_prefixes(st.inner_dst)})) {{ slot = {s('skipped')}; goto done; }}")
         if tc:
@@ -337,6 +341,7 @@ class EncapGen(_HeaderGen):
             else:
                 body.append(f"\tif (({ip_only}) || pkt->l3_off != 14) "
                             f"{{ slot = {s('skipped')}; goto done; }}")
+                body.append(cut)
             body += ["\tkeep = e.l2 ? 0 : 14;",
                      "\t/* a GSO packet's segments are sized by the stack; adjust_room shrinks "
                      "them by the overhead */",
@@ -347,6 +352,7 @@ class EncapGen(_HeaderGen):
         else:
             if not st.l2:
                 body.append(f"\tif ({ip_only}) {{ slot = {s('skipped')}; goto done; }}")
+                body.append(cut)
             body += ["\tkeep = e.l2 ? 0 : pkt->l3_off;",
                      f"\tif (e.len + pkt->len - keep > {st.mtu}) {{ slot = {s('too_big')}; goto done; }}",
                      "\tif (ebp_xdp_encap(ctx, &e, pkt->l3_off, pkt->len, ebp_tunnel_hash(pkt), inner))",

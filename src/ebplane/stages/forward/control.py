@@ -35,7 +35,7 @@ from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
 from ebplane.net.blocks import BLOCKS
 from ebplane.kernel.codec import COUNT
-from ebplane.stages.control import StageControl, jumbo_interfaces
+from ebplane.stages.control import StageControl, jumbo_interfaces, on_undo
 from ebplane.stages.forward import gen
 from ebplane.stages.forward.gen import map_name, map_names, outcomes
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
@@ -111,11 +111,17 @@ def egress(ifname: str, spec) -> Egress:
                       f"{info.peer_netns}) runs no XDP program and has GRO off")
 
 
-def _refuse(stage, e: Egress) -> UsageError:
-    return UsageError(
+def _refuse(stage, e: Egress) -> NotSupported:
+    """The device cannot transmit redirected frames: the platform lacks it (exit 4)."""
+    if "veth" in e.why:
+        hint = ("attach an XDP program to the veth peer (any, e.g. an ebplane pipeline) or run "
+                "`ethtool -K PEER gro on` in the peer's namespace, then apply again")
+    else:
+        hint = (f"redirect to a device whose driver offers {TARGET.feature}, or run the stage at "
+                "a tc hook, which can send to any device")
+    return NotSupported(
         f"{stage.kind} '{stage.name}': {e.why}; frames redirected to it would vanish",
-        hint="attach an XDP program to the veth peer (any, e.g. an ebplane pipeline) or run "
-             "`ethtool -K PEER gro on` in the peer's namespace, then apply again")
+        hint=hint)
 
 
 def require_capable(stage, ifnames, spec) -> list[str]:
@@ -174,6 +180,12 @@ def _attach_pass_through(ns: str, ifname: str) -> None:
         with netns.enter(ns):
             attach.attach_xdp(obj.programs[PASS_THROUGH_NAME].fd, ifname, mode="native",
                               use_link=False)
+
+    def undo() -> None:
+        with netns.enter(ns):
+            attach.detach_xdp(ifname, "native")
+    # the peer ran no XDP program: a failed apply leaves it so again
+    on_undo(f"detach the pass-through XDP program from {ifname} ({ns})", undo)
 
 
 def release_pass_through(ifnames) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ebplane.errors import EbplaneError
+from ebplane.errors import EbplaneError, UsageError
 from ebplane.kernel.codec import COUNT, U32, Struct
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
@@ -25,6 +25,19 @@ class MirrorControl(StageControl):
 
     def check(self, spec, stage: MirrorStage) -> list[str]:
         if spec.hook == "xdp":
+            # the selected frame goes out by one broadcast that leaves out the port it came
+            # in on (BPF_F_EXCLUDE_INGRESS): a port of the pipeline as to: would never get
+            # the copies of its own frames, as out: would lose their originals
+            for key, port in (("to", stage.to), ("out", stage.out)):
+                if port in spec.interfaces:
+                    raise UsageError(
+                        f"mirror '{stage.name}': {key}: {port} is an interface the pipeline is "
+                        f"attached to; at hook xdp the copy and the original leave by one "
+                        f"broadcast that skips the port a frame came in on, so selected frames "
+                        f"arriving on {port} would lose their "
+                        f"{'copy' if key == 'to' else 'original'} without a counter",
+                        hint=f"name another port as {key}:, or mirror at hook tc-ingress "
+                             "(bpf_clone_redirect sends the copy to any port)")
             fw = ForwardingRuntime()
             return (fw.check(spec, stage) + require_capable(stage, [stage.to, stage.out], spec)
                     + multi_buffer_note(spec, stage))
@@ -66,6 +79,9 @@ class MirrorControl(StageControl):
         return self.describe_slot(stage, slot, live)
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in mirror_gen.map_names(stage.name).items()}
+
+    def targets(self, spec, stage: MirrorStage) -> list[str]:
+        return [n for n in (stage.to, stage.out) if n]
 
     def stats(self, maps: Callable[[str], Map], spec, stage: MirrorStage) -> dict:
         cm = maps(mirror_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)

@@ -230,6 +230,9 @@ class MulticastControl(ForwardingRuntime):
     def map_roles(self, stage) -> dict[str, str]:
         return {c: r for r, c in mc_gen.map_names(stage.name).items()}
 
+    def targets(self, spec, stage: MulticastStage) -> list[str]:
+        return list(dict.fromkeys(m for g in stage.groups for m in g.members))
+
     def stats(self, maps: Callable[[str], Map], spec, stage: MulticastStage) -> dict:
         cm = maps(mc_gen.map_names(stage.name)["counters"]).with_codecs(U32, COUNT)
         d = {"counts": {}}
