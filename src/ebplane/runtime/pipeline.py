@@ -1407,6 +1407,11 @@ class RuleTable:
     def _edit_locked(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
         with _locked(self.pipeline):
             st, spec = self._spec()
+            stage = [f for f in _filters(spec) if f.name == self.name]
+            if not stage:
+                raise NotFound(f"pipeline '{self.pipeline}' has no filter '{self.name}' any "
+                               f"more (it was re-applied)")
+            self.stage = stage[0]  # capacity and classifier as applied now
             if spec.protocols != self._protocols:
                 raise UsageError(f"pipeline '{self.pipeline}' was re-applied with other "
                                  f"protocols while the rules were being prepared",
