@@ -21,12 +21,13 @@ from pathlib import Path
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from ebplane.codegen.layout import COUNT as COUNT_LAYOUT
 from ebplane.codegen.p4c import USER_BYTES
 from ebplane.kernel.codec import COUNT, U32
 from ebplane.kernel.programs import BpfObject
 from ebplane.net import attach as att
 from ebplane.net import netns
-from ebplane.stages.conntrack.gen import CT_ENTRY, CT_KEY, c_defines
+from ebplane.stages.conntrack.gen import LAYOUTS, c_defines
 from ebplane.toolchain.clang import compile_file
 
 SOURCE = Path(__file__).parent / "baselines" / "conntrack_cmp.bpf.c"
@@ -46,7 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ebp-ctk-") as tmp:
         # the conntrack stage's structs, from their one definition (as a program gets them)
-        (Path(tmp) / "ct_layouts.h").write_text(f"{CT_KEY.c()}\n\n{CT_ENTRY.c()}\n")
+        (Path(tmp) / "ct_layouts.h").write_text(
+            "\n\n".join(t.c() for t in (COUNT_LAYOUT, *LAYOUTS)) + "\n")
         elf = compile_file(SOURCE, extra_flags=[f"-I{SOURCE.parent}", f"-I{tmp}"],
                            defines={"EBP_USER_BYTES": USER_BYTES, **c_defines()},
                            use_cache=False).elf

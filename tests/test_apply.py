@@ -172,10 +172,10 @@ def test_failed_apply_leaves_previous_state(ebp_env, veth_pair, tmp_path, monkey
         rules=RULES.replace("dport: 80, action: pass", "dport: 80, action: drop")))
     real_attach = pipeline._attach
 
-    def failing_attach(prog, ifname, spec):
+    def failing_attach(prog, ifname, spec, **kw):
         if ifname == "veth1":
             raise AttachError("injected failure attaching to veth1")
-        return real_attach(prog, ifname, spec)
+        return real_attach(prog, ifname, spec, **kw)
 
     monkeypatch.setattr(pipeline, "_attach", failing_attach)
     with pytest.raises(AttachError, match="injected"):
@@ -199,10 +199,10 @@ def test_failed_first_apply_leaves_nothing(ebp_env, veth_pair, tmp_path, monkeyp
     spec = write_spec(tmp_path / "ap.yaml", spec_text(ns, interfaces="[veth0, veth1]"))
     real_attach = pipeline._attach
 
-    def failing_attach(prog, ifname, spec):
+    def failing_attach(prog, ifname, spec, **kw):
         if ifname == "veth1":
             raise AttachError("injected failure attaching to veth1")
-        return real_attach(prog, ifname, spec)
+        return real_attach(prog, ifname, spec, **kw)
 
     monkeypatch.setattr(pipeline, "_attach", failing_attach)
     with pytest.raises(AttachError):

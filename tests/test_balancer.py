@@ -27,8 +27,7 @@ from ebplane.runtime.replay import Replayer
 from ebplane.spec import parse_spec
 from ebplane.stages.balancer import maglev
 from ebplane.stages.balancer.control import Balancer
-from ebplane.stages.balancer.control import LAYOUTS
-from ebplane.stages.balancer.gen import COUNTERS, map_names
+from ebplane.stages.balancer.gen import COUNTERS, LAYOUTS, map_names
 
 NEXT_HOP_MAC = "02:00:00:00:00:02"
 CLIENT_MAC = "02:00:00:00:00:09"
@@ -163,13 +162,14 @@ def test_spec_is_validated():
 def test_layouts_match_the_loaded_maps(make):
     lb = make([f"{{vip: {VIP4}, port: 80, backends: [198.18.20.1]}}"])
     n = map_names("lb")
+    layouts = {t.name: t for t in LAYOUTS}
     sizes = {n["vips"]: ("ebp_lb_vip_key", "ebp_lb_vip"), n["backends"]: (None, "ebp_lb_backend"),
              n["connections"]: ("ebp_lb_flow", "ebp_lb_conn")}
     for cname, (k, v) in sizes.items():
         spec = lb.rp.built.map(cname).spec
         if k:
-            assert spec.key_size == LAYOUTS[k].size, cname
-        assert spec.value_size == LAYOUTS[v].size, cname
+            assert spec.key_size == layouts[k].size, cname
+        assert spec.value_size == layouts[v].size, cname
 
 
 # -- Maglev -------------------------------------------------------------------------------------

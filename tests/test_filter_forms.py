@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ebplane.stages.filter as filter_pkg
-from ebplane.codegen.p4c import user_layout
+from ebplane.codegen.p4c import USER_BYTES, user_layout
 from ebplane.errors import UsageError
 from ebplane.spec import Rule, parse_rule
 from ebplane.spec.protocol_set import parser_graph
@@ -36,7 +36,7 @@ def test_layouts_and_constants_match_filter_h(tmp_path: Path):
     box_offsets = {"lo": 0, "hi": 8 * model.NDIMS, "user_mask": 16 * model.NDIMS,
                    "user_value": 16 * model.NDIMS + 16, "user_need": 16 * model.NDIMS + 32,
                    "rule": 16 * model.NDIMS + 36}
-    from ebplane.codegen.p4c import USER_BYTES  # the generated parser's #define
+    # the generator defines the parse-info size before any header (codegen.p4c.USER_BYTES)
     lines = [f"#define EBP_USER_BYTES {USER_BYTES}", f'#include "{FILTER_H}"', "#include <stddef.h>",
              f"_Static_assert(sizeof(struct ebp_flt_box) == {model.BOX.size}, \"box\");",
              f"_Static_assert(sizeof(struct ebp_flt_node) == {tree.NODE.size}, \"node\");",

@@ -3,8 +3,8 @@
 A layout defined once in Python (``codegen.layout.Layout``) is written into the program as C
 and packed by ``kernel.codec.Packed``; this reads the compiled object's BTF (``bpftool btf
 dump file``) and checks every such struct's size and member offsets against the Layout, and
-the structs still declared in reviewed headers (``ebp_count``, the filter's) against the
-codecs that read them.
+the structs still declared in a reviewed header (the filter's) against the codecs that
+read them.
 """
 
 from __future__ import annotations
@@ -14,15 +14,20 @@ import subprocess
 
 import pytest
 
+from ebplane.codegen import dispatch
 from ebplane.codegen.capture import CAP_REC, CaptureSpec
-from ebplane.codegen.layout import Field, Layout
+from ebplane.codegen.layout import COUNT as COUNT_LAYOUT, Field, Layout
 from ebplane.codegen.pipeline import TRACE, generate
 from ebplane.kernel.codec import COUNT, Packed
 from ebplane.spec import parse_spec
+from ebplane.stages.balancer import gen as lb_gen
 from ebplane.stages.conntrack import gen as ct_gen
+from ebplane.stages.encap import gen as encap_gen
 from ebplane.stages.filter.model import BOX, RULE
 from ebplane.stages.filter.tree import NODE
 from ebplane.stages.forward import gen as fwd_gen
+from ebplane.stages.mirror import gen as mirror_gen
+from ebplane.stages.multicast import gen as mc_gen
 from ebplane.toolchain.clang import compile_c
 
 SPEC = """\
@@ -41,6 +46,33 @@ stages:
 """
 # the same stages at tc-ingress use forward_tc.h's structs
 SPEC_TC = SPEC.replace("hook: xdp", "hook: tc-ingress").replace("layouts", "layouts-tc")
+# the other kinds whose structs are Layouts (balancer: XDP only; mirror differs by hook)
+SPEC_KINDS = """\
+pipeline: layouts-k
+hook: xdp
+protocols: [ethernet, ipv4, ipv6, tcp, udp, icmp, icmpv6]
+stages:
+  - decap: {tunnels: [ipip]}
+  - balancer:
+      name: lb
+      source: {ipv4: 198.18.0.1}
+      vips: [{vip: 198.18.10.1, port: 80, backends: [198.18.20.1]}]
+  - encap: {tunnel: ipip, src: 198.18.0.1, dst: 198.18.0.2}
+  - multicast: {snooping: true, groups: {g: {addresses: [239.1.1.1]}}}
+  - mirror: {to: p1, out: p2}
+"""
+SPEC_KINDS_TC = """\
+pipeline: layouts-k-tc
+hook: tc-ingress
+protocols: [ethernet, ipv4, ipv6, udp]
+stages:
+  - decap: {tunnels: [ipip]}
+  - encap: {tunnel: gre, src: "2001:db8::1", dst: "2001:db8::2", key: 9}
+  - multicast: {groups: {g: {addresses: ["ff0e::1"]}}}
+  - mirror: {to: p1}
+"""
+KIND_LAYOUTS = {"xdp": {*lb_gen.LAYOUTS, encap_gen.ENCAP, *mc_gen.LAYOUTS, mirror_gen.CFG},
+                "tc-ingress": {encap_gen.ENCAP, *mc_gen.LAYOUTS, mirror_gen.CFG}}
 
 
 def _btf_structs(elf: bytes, tmp_path) -> dict[str, dict]:
@@ -58,24 +90,29 @@ def _btf_structs(elf: bytes, tmp_path) -> dict[str, dict]:
     return structs
 
 
-@pytest.fixture(scope="module", params=[SPEC, SPEC_TC], ids=["xdp", "tc"])
-def program(request, tmp_path_factory):
-    spec = parse_spec(request.param, "layouts.yaml")
+def _compile(spec_text: str, tmp_path_factory):
+    """The program of a spec and the structs of its compiled object's BTF."""
+    spec = parse_spec(spec_text, "layouts.yaml")
     prog = generate(spec, trace=True, capture=CaptureSpec())
     # BTF describes the types the code uses; a global pointer of each makes sure of them all
-    names = [t.name for t in prog.types.values()] + ["ebp_count", "ebp_flt_rule",
+    names = [t.name for t in prog.types.values()] + ["ebp_flt_rule",
                                                      "ebp_flt_box", "ebp_flt_node"]
     anchors = "".join(f"struct {n} *ebp_anchor_{n};\n" for n in names)
     elf = compile_c(prog.source + anchors, name="layouts").elf
     return prog, _btf_structs(elf, tmp_path_factory.mktemp("btf"))
 
 
-def test_generated_structs_have_the_layouts_offsets(program):
-    prog, btf = program
-    want = {TRACE, CAP_REC, ct_gen.CT_KEY, ct_gen.CT_ENTRY, *fwd_gen.STRUCTS}
-    if prog.hook != "xdp":
-        want |= set(fwd_gen.STRUCTS_TC)
-    assert want <= set(prog.types.values())
+@pytest.fixture(scope="module", params=[SPEC, SPEC_TC], ids=["xdp", "tc"])
+def program(request, tmp_path_factory):
+    return _compile(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=[SPEC_KINDS, SPEC_KINDS_TC], ids=["xdp", "tc"])
+def kinds_program(request, tmp_path_factory):
+    return _compile(request.param, tmp_path_factory)
+
+
+def _check_layouts(prog, btf) -> None:
     for layout in prog.types.values():
         got = btf[layout.name]
         assert got["members"] == [(f.name, o) for f, o in zip(layout.fields, layout.offsets)]
@@ -83,13 +120,41 @@ def test_generated_structs_have_the_layouts_offsets(program):
             assert layout.size == layout.offsets[-1]
         else:
             assert got["size"] == layout.size == Packed(layout).size
+
+
+def test_generated_structs_have_the_layouts_offsets(program):
+    prog, btf = program
+    want = {TRACE, CAP_REC, COUNT_LAYOUT, *ct_gen.LAYOUTS, *fwd_gen.STRUCTS}
+    if prog.hook != "xdp":
+        want |= set(fwd_gen.STRUCTS_TC)
+    assert want <= set(prog.types.values())
+    _check_layouts(prog, btf)
     assert prog.manifest()["types"]["ebp_ct_entry"]["size"] == btf["ebp_ct_entry"]["size"]
+
+
+def test_other_kinds_structs_have_the_layouts_offsets(kinds_program):
+    """balancer, encap, multicast, mirror: their structs are generated from Layouts (their
+    headers declare none), and clang lays them out as the codecs do."""
+    prog, btf = kinds_program
+    assert KIND_LAYOUTS[prog.hook] <= set(prog.types.values())
+    _check_layouts(prog, btf)
+    assert btf["ebp_encap"]["size"] == encap_gen.ENCAP.size == encap_gen.OUTER_MAX + 19
+    assert prog.manifest()["types"]["ebp_mc_key"]["size"] == btf["ebp_mc_key"]["size"] == 20
+
+
+def test_dispatcher_chain_entry_has_its_layouts_offsets(tmp_path):
+    """struct ebp_chain_if (the composition's shared map, outside any pipeline's program)."""
+    source = "\n".join(["#include <linux/bpf.h>", "#include <bpf/bpf_helpers.h>",
+                        dispatch.chain_maps_c(), 'char LICENSE[] SEC("license") = "GPL";'])
+    btf = _btf_structs(compile_c(source, name="chainlayout").elf, tmp_path)
+    got, layout = btf["ebp_chain_if"], dispatch.CHAIN_IF
+    assert got["members"] == [(f.name, o) for f, o in zip(layout.fields, layout.offsets)]
+    assert got["size"] == layout.size == Packed(layout).size == 8
 
 
 def test_reviewed_header_structs_match_their_codecs(program):
     _, btf = program
-    assert btf["ebp_count"]["size"] == COUNT.size
-    assert [n for n, _ in btf["ebp_count"]["members"]] == list(COUNT.type._fields)
+    assert COUNT.layout is COUNT_LAYOUT  # ebp_count: a Layout, checked with the others
     assert btf["ebp_flt_rule"]["size"] == RULE.size
     assert btf["ebp_flt_box"]["size"] == BOX.size
     assert btf["ebp_flt_node"]["size"] == NODE.size

@@ -28,12 +28,19 @@ Every name and size of the chain is defined here once; the control plane
 
 from __future__ import annotations
 
+from ebplane.codegen.layout import Field, Layout
+
 CHAIN_MAP = "ebp_chain"        # PROG_ARRAY: the members, slot = base * SLOTS + priority
 BASE_MAP = "ebp_chain_base"    # HASH ifindex -> struct ebp_chain_if {base, mask}
 SLOTS = 16                     # priorities 0..SLOTS-1 (spec.pipeline.PRIORITY_MAX + 1)
 MAX_INTERFACES = 64            # interfaces with composed XDP pipelines per network namespace
 CHAIN_ENTRIES = SLOTS * MAX_INTERFACES
 ROOT_NAME = "ebp_dispatch"
+# the value of BASE_MAP (the control plane packs it with kernel.codec.Packed(CHAIN_IF))
+CHAIN_IF = Layout("ebp_chain_if", [
+    Field("base", "__u32"),
+    Field("mask", "__u32", comment=f"bit p: slot base*{SLOTS}+p")],
+    "composition: interface index -> its slots (base*SLOTS ..) and which are used")
 
 
 def chain_maps_c() -> str:
@@ -43,9 +50,7 @@ def chain_maps_c() -> str:
         "struct {", "\t__uint(type, BPF_MAP_TYPE_PROG_ARRAY);",
         f"\t__uint(max_entries, {CHAIN_ENTRIES});", "\t__type(key, __u32);",
         "\t__type(value, __u32);", f"}} {CHAIN_MAP} SEC(\".maps\");", "",
-        "/* composition: interface index -> its slots (base*SLOTS ..) and which are used */",
-        "struct ebp_chain_if {", "\t__u32 base;", "\t__u32 mask; /* bit p: slot base*SLOTS+p */",
-        "};", "struct {", "\t__uint(type, BPF_MAP_TYPE_HASH);",
+        CHAIN_IF.c(), "struct {", "\t__uint(type, BPF_MAP_TYPE_HASH);",
         f"\t__uint(max_entries, {MAX_INTERFACES});", "\t__type(key, __u32);",
         "\t__type(value, struct ebp_chain_if);", f"}} {BASE_MAP} SEC(\".maps\");"])
 

@@ -138,3 +138,10 @@ class Layout:
 
     def __repr__(self) -> str:
         return f"Layout({self.name}, size={self.size})"
+
+
+# one slot of every counters map (PERCPU_ARRAY): what ebp_count() in codegen/bpf/ebplane.h
+# bumps; generated into each program ahead of the stage headers, decoded by
+# ``kernel.codec.COUNT``
+COUNT = Layout("ebp_count", [Field("packets", "__u64"), Field("bytes", "__u64")],
+               "per-CPU packet/byte counter")

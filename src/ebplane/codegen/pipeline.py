@@ -18,7 +18,7 @@ from ebplane import __version__
 from ebplane.codegen import dispatch, p4c
 from ebplane.codegen.capture import (CAP_RATE, CAP_REC, CAPTURE_COUNTERS, CAPTURE_MAPS,
                                      CaptureSpec, capture_c)
-from ebplane.codegen.layout import Field, Layout
+from ebplane.codegen.layout import COUNT, Field, Layout
 from ebplane.protocols import ParserGraph, build_parser
 from ebplane.spec import PipelineSpec, Rule
 from ebplane.spec.protocol_set import parser_graph
@@ -414,6 +414,7 @@ def generate(spec: PipelineSpec, features: Features | None = None, *, trace: boo
         prog.xdp_parser = "ebp_xdp_parser"
     prog.filters = dict(filters or {})
     out = Emit(spec, prog)
+    out.struct(COUNT)  # the value of every counters map (ebplane.h's ebp_count() bumps it)
     if spec.hook == "xdp" and features.marks:
         prog.tc_marks = "ebp_tc_marks"
         out.map(M["marks"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",

@@ -16,6 +16,8 @@ import struct
 from collections import namedtuple
 from typing import Any, Sequence
 
+from ebplane.codegen import layout as _layout
+
 
 class Codec:
     size: int
@@ -230,5 +232,6 @@ def as_codec(spec, size: int) -> Codec:
     return codec
 
 
-# struct ebp_count of the generated programs (codegen/bpf/ebplane.h): per-CPU packets, bytes
-COUNT = Struct("ebp_count", [("packets", "Q"), ("bytes", "Q")])
+# struct ebp_count of the generated programs (per-CPU packets, bytes), from its one
+# definition (codegen.layout.COUNT, which the generator writes into each program)
+COUNT = Packed(_layout.COUNT)

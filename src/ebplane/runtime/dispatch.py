@@ -25,11 +25,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ebplane.codegen.dispatch import (BASE_MAP, CHAIN_ENTRIES, CHAIN_MAP, MAX_INTERFACES,
-                                      ROOT_NAME, SLOTS, root_c)
+from ebplane.codegen.dispatch import (BASE_MAP, CHAIN_ENTRIES, CHAIN_IF, CHAIN_MAP,
+                                      MAX_INTERFACES, ROOT_NAME, SLOTS, root_c)
 from ebplane.errors import AttachError, EbplaneError, NotFound, UsageError
 from ebplane.kernel import bpffs
-from ebplane.kernel.codec import U32, U64
+from ebplane.kernel.codec import U32, Packed
 from ebplane.kernel.libbpf import ATTACH_TYPES
 from ebplane.kernel.links import Link
 from ebplane.kernel.maps import Map
@@ -38,6 +38,9 @@ from ebplane.net import attach as att
 from ebplane.net import iface
 from ebplane.runtime.state import state_dir
 from ebplane.toolchain.clang import compile_c
+
+# struct ebp_chain_if, the value of BASE_MAP (its one definition: codegen.dispatch.CHAIN_IF)
+ENTRY = Packed(CHAIN_IF)
 
 DOMAIN = "_dispatch"
 
@@ -73,7 +76,7 @@ def _maps(netns: str | None, *, create: bool) -> tuple[Map, Map] | None:
     d = domain_dir(netns)
     try:
         chain = Map.from_pin(d / "chain").with_codecs(U32, U32)
-        base = Map.from_pin(d / "base").with_codecs(U32, U64)
+        base = Map.from_pin(d / "base").with_codecs(U32, ENTRY)
         return chain, base
     except NotFound:
         if not create:
@@ -82,7 +85,8 @@ def _maps(netns: str | None, *, create: bool) -> tuple[Map, Map] | None:
     for p in (d / "chain", d / "base"):
         bpffs.unpin(p)  # half made by a killed command
     chain = Map.create("prog_array", 4, 4, CHAIN_ENTRIES, name=CHAIN_MAP).with_codecs(U32, U32)
-    base = Map.create("hash", 4, 8, MAX_INTERFACES, name="ebp_chain_base").with_codecs(U32, U64)
+    base = Map.create("hash", 4, ENTRY.size, MAX_INTERFACES,
+                      name=BASE_MAP).with_codecs(U32, ENTRY)
     chain.pin(d / "chain")
     base.pin(d / "base")
     return chain, base
@@ -114,7 +118,7 @@ def chain_maps(netns: str | None, interfaces) -> Iterator[tuple[dict[str, int], 
 
 def _reserve(basemap: Map, idx: int, want: int | None = None) -> int:
     """Give interface ``idx`` a base (``want`` if given): its slots, no member yet."""
-    used = {v & 0xFFFFFFFF for _, v in basemap.items()}
+    used = {v.base for _, v in basemap.items()}
     if want is not None:
         if want in used:
             raise AttachError(f"the dispatcher's slots {want * SLOTS}.. were given to another "
@@ -127,7 +131,7 @@ def _reserve(basemap: Map, idx: int, want: int | None = None) -> int:
         raise UsageError(f"{MAX_INTERFACES} interfaces of this network namespace already have "
                          f"composed XDP pipelines",
                          hint="detach composed pipelines from other interfaces")
-    basemap.update(idx, free[0])
+    basemap.update(idx, ENTRY.type(base=free[0], mask=0))
     return free[0]
 
 
@@ -188,13 +192,13 @@ def foreign_error(ifname: str, found: dict, ours: str | None = None) -> AttachEr
 def _entry(basemap: Map, idx: int) -> tuple[int, int] | None:
     """(base, mask) of the interface with index ``idx`` (struct ebp_chain_if)."""
     v = basemap.get(idx)
-    return None if v is None else (v & 0xFFFFFFFF, v >> 32)
+    return None if v is None else (v.base, v.mask)
 
 
 def _set_bit(basemap: Map, idx: int, priority: int, on: bool) -> None:
     base, mask = _entry(basemap, idx)
     mask = mask | (1 << priority) if on else mask & ~(1 << priority)
-    basemap.update(idx, base | mask << 32)
+    basemap.update(idx, ENTRY.type(base=base, mask=mask))
 
 
 def _load_root(base: int, chain: Map, basemap: Map) -> BpfObject:
@@ -345,7 +349,7 @@ def leave(rec: dict, prog_id: int | None, *, netns: str | None) -> None:
 
 def _collect(netns: str | None, chain: Map, basemap: Map) -> None:
     """Detach the roots of interfaces with no member left (or gone)."""
-    by_base = {v & 0xFFFFFFFF: i for i, v in basemap.items()}
+    by_base = {v.base: i for i, v in basemap.items()}
     links = domain_dir(netns) / "links"
     names = {}
     for p in (links.iterdir() if links.is_dir() else []):

@@ -53,7 +53,6 @@ from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
 from ebplane.stages.control import control_for, undo_to
-from ebplane.stages.nat.gen import INGRESS_PROG as NAT_INGRESS_PROG
 from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir, state_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import map_names, tree_group
@@ -488,8 +487,8 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                     old_atts[_attach_key(a)] = a
             moved = []  # XDP members whose priority changed: a new slot, the old one emptied
             for ifname in spec.interfaces:
-                for _, prog in _pinned_progs(built):  # parser mode xdp: two per interface
-                    hook = _hook_of(prog, spec)
+                for pin, prog in _pinned_progs(built):  # parser mode xdp: two per interface
+                    hook = _hook_of(pin, prog, spec)
                     o = old_atts.get((ifname, hook))
                     if o is not None and o.get("method") == "dispatch" and \
                             o.get("priority") != spec.priority:
@@ -539,7 +538,7 @@ def _commit(plan: ApplyPlan, spec_text: str, spec_file: str, *, progress: Progre
                     kw: dict = {"replace_foreign": True} if replace_foreign else {}
                     if chain_base is not None:
                         kw["base"] = chain_base
-                    rec, link = _attach(prog, ifname, spec, **kw)
+                    rec, link = _attach(prog, ifname, spec, hook=hook, **kw)
                     notes += rec.get("notes", [])
                     new_links.append((rec, link))
                     undo.add(f"detach the new attachment on {ifname} ({hook})",
@@ -841,7 +840,7 @@ def _roll_forward(st: PipelineState) -> None:
                 prog = Program.from_id(a["prog_id"])  # pinned as staged, or held by a link
                 try:
                     if a.get("planned"):
-                        rec, link = _attach(prog, a["ifname"], spec, **(
+                        rec, link = _attach(prog, a["ifname"], spec, hook=a["hook"], **(
                             {"base": a["base"]} if a.get("base") is not None else {}))
                         if link is not None:
                             bpffs.unpin(a["link_pin"])
@@ -877,24 +876,25 @@ def _pinned_progs(built: Built) -> list[tuple[str, Program]]:
         ([("tc-ingress", built.tc_ingress)] if built.tc_ingress is not None else [])
 
 
-def _hook_of(prog: Program, spec: PipelineSpec) -> str:
-    """Where a program of the pipeline attaches: an XDP program (an xdp pipeline's, or the
-    XDP parser of parser mode xdp) at XDP, a sched_cls program at the spec's TC hook (an XDP
-    pipeline's marks program: at tc-ingress; a nat stage's destination translation at
-    tc-ingress next to the tc-egress program)."""
+def _hook_of(pin: str, prog: Program, spec: PipelineSpec) -> str:
+    """Where a program of the pipeline (pinned as ``pin``, see :func:`_pinned_progs`)
+    attaches: an XDP program (an xdp pipeline's, or the XDP parser of parser mode xdp) at
+    XDP, the companion a stage asked for at tc-ingress (a nat stage's destination
+    translation, next to its tc-egress program) there, a sched_cls program at the spec's TC
+    hook (an XDP pipeline's marks program: at tc-ingress)."""
     if prog.type_name == "xdp":
         return "xdp"
-    if spec.hook == "tc-egress" and prog.name == NAT_INGRESS_PROG:
+    if pin == "tc-ingress":
         return "tc-ingress"
     return "tc-ingress" if spec.hook == "xdp" else spec.hook
 
 
-def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, replace_foreign: bool = False,
+def _attach(prog: Program, ifname: str, spec: PipelineSpec, *, hook: str,
+            replace_foreign: bool = False,
             base: int | None = None) -> tuple[dict, Link | None]:
     """Attach ``prog`` (see :func:`_hook_of`); XDP native first unless the spec says a mode.
     A pipeline with a priority joins the interface's composition (``runtime.dispatch``);
     ``base``: the interface's base compiled into an XDP member (None: looked up per packet)."""
-    hook = _hook_of(prog, spec)
     if spec.priority is not None and hook == spec.hook:
         if hook == "xdp":
             rec = dispatch.join(prog, ifname, spec.priority, netns=spec.netns,

@@ -111,20 +111,17 @@ struct ebp_ports { /* the first four bytes of TCP and UDP */
 #define EBP_IPPROTO_FRAGMENT 44
 #define EBP_IPPROTO_DSTOPTS  60
 
-/* per-CPU packet/byte counter */
-struct ebp_count {
-	__u64 packets;
-	__u64 bytes;
-};
-
-static __always_inline void ebp_count(void *map, __u32 idx, __u32 len)
-{
-	struct ebp_count *c = bpf_map_lookup_elem(map, &idx);
-
-	if (c) {
-		c->packets++;
-		c->bytes += len;
-	}
-}
+/* Count a packet of len bytes in slot idx of a per-CPU counters map.  The slot, struct
+ * ebp_count (packets, bytes), is generated into each program from its one definition
+ * (ebplane.codegen.layout.COUNT) after this header and ahead of the stage headers; a macro,
+ * so that it is needed only where a counter is bumped. */
+#define ebp_count(map, idx, len) do {						\
+		__u32 ebp_cidx_ = (idx);					\
+		struct ebp_count *ebp_c_ = bpf_map_lookup_elem((map), &ebp_cidx_);	\
+		if (ebp_c_) {							\
+			ebp_c_->packets++;					\
+			ebp_c_->bytes += (len);					\
+		}								\
+	} while (0)
 
 #endif /* EBPLANE_H */

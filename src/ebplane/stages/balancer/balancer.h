@@ -57,54 +57,14 @@
  * entry of a VIP without backends up (EBP_LB_EMPTY) are #defines the
  * generator writes into the program from ebplane.stages.balancer.gen. */
 
-
-/* map layouts: ebplane.stages.balancer.control (LAYOUTS) has the same, a test compares them */
-struct ebp_lb_vip_key {
-	__u32 addr[4];	/* IPv4: word 0 */
-	__u16 port;	/* host order */
-	__u8  proto;
-	__u8  family;
-};
-
-struct ebp_lb_vip {
-	__u32 index;	/* the VIP's slot: its Maglev tables and half index */
-	__u32 pad;
-};
-
-struct ebp_lb_backend {
-	__u32 addr[4];
-	__u32 gen;	/* bumped when the slot is freed: connection entries of it are stale */
-	__u16 weight;
-	__u8  family;
-	__u8  state;	/* EBP_LB_UNUSED, _UP, _DOWN */
-	__u32 vip;	/* the VIP it serves (its index) */
-};
-
-struct ebp_lb_flow {
-	__u32 src[4];
-	__u32 dst[4];
-	__u16 sport;
-	__u16 dport;
-	__u8  family;
-	__u8  proto;
-	__u16 pad;
-};
-
-struct ebp_lb_conn {
-	__u32 backend;
-	__u32 gen;
-};
-
-/* what the generator compiles into the stage (from the spec) */
-struct ebp_lb_params {
-	__u32 table_size;	/* M, a prime */
-	__u32 mtu;		/* largest encapsulated packet (outer IP header included) */
-	__u32 src4;		/* outer source, IPv4 (network order) */
-	__u32 src6[4];
-	__u16 gue_port;		/* host order */
-	__u8  encap;		/* EBP_LB_ENCAP_* */
-	__u8  stage;		/* the stage's index (fragment table key) */
-};
+/* struct ebp_lb_vip_key, ebp_lb_vip, ebp_lb_backend, ebp_lb_flow, ebp_lb_conn (the maps'
+ * keys and values) and ebp_lb_params (what the generator compiles into the stage) are
+ * generated into each program from their one definition in ebplane/stages/balancer/gen.py
+ * (Layouts; the control plane packs them with the same objects).  Addresses are 4 words
+ * (IPv4: word 0, the others 0). */
+#ifndef EBP_LB_NCOUNTERS
+#error "balancer.h needs the #defines and structs ebplane/stages/balancer/gen.py generates"
+#endif
 
 /* count the outcome of a packet the stage decides, and say which it was (trace, replay) */
 static __always_inline void ebp_lb_outcome(void *counters, __u32 slot, __u32 len,

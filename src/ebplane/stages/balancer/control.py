@@ -22,26 +22,18 @@ import struct
 from typing import Callable, Iterable
 
 from ebplane.errors import NotFound, UsageError
-from ebplane.kernel.codec import COUNT, U32, Struct
+from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map, rcu_barrier
-from ebplane.stages.balancer import maglev
+from ebplane.stages.balancer import gen, maglev
 from ebplane.stages.balancer.gen import (COUNTERS, STATE_DOWN, STATE_NAMES, STATE_UNUSED,
                                          STATE_UP, map_names, packed)
 from ebplane.stages.balancer.spec import LB_WEIGHT_MAX, BalancerStage, Vip
 from ebplane.stages.control import StageControl
 
-# key/value layouts of the stage's maps (struct ebp_lb_* in balancer.h; the tests compare
-# their sizes with the loaded maps')
-VIP_KEY = Struct("ebp_lb_vip_key", [("addr", "16s"), ("port", "H"), ("proto", "B"),
-                                    ("family", "B")])
-VIP = Struct("ebp_lb_vip", [("index", "I"), ("pad", "I")])
-BACKEND = Struct("ebp_lb_backend", [("addr", "16s"), ("gen", "I"), ("weight", "H"),
-                                    ("family", "B"), ("state", "B"), ("vip", "I")])
-FLOW = Struct("ebp_lb_flow", [("src", "16s"), ("dst", "16s"), ("sport", "H"), ("dport", "H"),
-                              ("family", "B"), ("proto", "B"), ("pad", "H")])
-CONN = Struct("ebp_lb_conn", [("backend", "I"), ("gen", "I")])
-LAYOUTS = {"ebp_lb_vip_key": VIP_KEY, "ebp_lb_vip": VIP, "ebp_lb_backend": BACKEND,
-           "ebp_lb_flow": FLOW, "ebp_lb_conn": CONN}
+# codecs of the stage's map keys and values, made from their one definition (gen.py's
+# Layouts, whose C the generator writes into the program)
+VIP_KEY, VIP, BACKEND, FLOW, CONN = (Packed(t) for t in (gen.VIP_KEY, gen.VIP, gen.BACKEND,
+                                                         gen.FLOW, gen.CONN))
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}

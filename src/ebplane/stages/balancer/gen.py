@@ -1,13 +1,16 @@
 """C for one balancer stage (``balancer.h`` holds the reviewed part), and the numbers and
 names the control plane shares with it: map names (:func:`map_names`), counter slots
 (:data:`COUNTERS`) and backend states, defined here once and written into each program as
-#defines (:func:`c_defines`; the header has none of its own)."""
+#defines (:func:`c_defines`; the header has none of its own), and the structs of its maps
+(:data:`LAYOUTS`), written into each program from their ``Layout`` (the control plane packs
+them with ``Packed`` of the same objects)."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.stages.balancer.spec import BalancerStage
 from ebplane.stages.filter.gen import FRAG_TABLE
@@ -37,6 +40,46 @@ STATE_NAMES = {STATE_UP: "up", STATE_DOWN: "down"}
 EMPTY = 0xFFFFFFFF
 # encapsulations (EBP_LB_ENCAP_<NAME>)
 ENCAPS: dict[str, int] = {"ipip": 0, "gue": 1}
+
+
+# the structs of the stage's maps and its compiled-in parameters, written into each program
+# ahead of balancer.h; addresses are 4 words (IPv4: word 0, the others 0)
+VIP_KEY = Layout("ebp_lb_vip_key", [
+    Field("addr", "__u32", 4, "IPv4: word 0", raw=True),
+    Field("port", "__u16", comment="host order"),
+    Field("proto", "__u8"),
+    Field("family", "__u8")], "a VIP: the key of the vips map")
+VIP = Layout("ebp_lb_vip", [
+    Field("index", "__u32", comment="the VIP's slot: its Maglev tables and half index"),
+    Field("pad", "__u32")])
+BACKEND = Layout("ebp_lb_backend", [
+    Field("addr", "__u32", 4, raw=True),
+    Field("gen", "__u32",
+          comment="bumped when the slot is freed: connection entries of it are stale"),
+    Field("weight", "__u16"),
+    Field("family", "__u8"),
+    Field("state", "__u8", comment="EBP_LB_UNUSED, _UP, _DOWN"),
+    Field("vip", "__u32", comment="the VIP it serves (its index)")], "a backend slot")
+FLOW = Layout("ebp_lb_flow", [
+    Field("src", "__u32", 4, raw=True),
+    Field("dst", "__u32", 4, raw=True),
+    Field("sport", "__u16"),
+    Field("dport", "__u16"),
+    Field("family", "__u8"),
+    Field("proto", "__u8"),
+    Field("pad", "__u16")], "a flow: the key of the connection table")
+CONN = Layout("ebp_lb_conn", [Field("backend", "__u32"), Field("gen", "__u32")],
+              "a flow's backend slot and the slot's generation when it was chosen")
+PARAMS = Layout("ebp_lb_params", [
+    Field("table_size", "__u32", comment="M, a prime"),
+    Field("mtu", "__u32", comment="largest encapsulated packet (outer IP header included)"),
+    Field("src4", "__u32", comment="outer source, IPv4 (network order)"),
+    Field("src6", "__u32", 4),
+    Field("gue_port", "__u16", comment="host order"),
+    Field("encap", "__u8", comment="EBP_LB_ENCAP_*"),
+    Field("stage", "__u8", comment="the stage's index (fragment table key)")],
+    "what the generator compiles into the stage (from the spec)")
+LAYOUTS = (VIP_KEY, VIP, BACKEND, FLOW, CONN, PARAMS)
 
 
 def c_defines() -> dict[str, int]:
@@ -73,6 +116,8 @@ class BalancerGen(StageGen):
     def emit(self, idx: int, st: BalancerStage, out: Emit) -> None:
         for name, value in c_defines().items():
             out.define(name, value)
+        for layout in LAYOUTS:
+            out.struct(layout)
         out.include("balancer.h")
         n = map_names(st.name)
         # a re-apply reuses each map whose definition is unchanged; the control plane keeps

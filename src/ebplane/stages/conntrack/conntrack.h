@@ -63,10 +63,8 @@
 #define EBP_TCP_RST 0x04
 #define EBP_TCP_ACK 0x10
 
-/* seconds without packets, per entry state (the stage's timeouts:) */
-struct ebp_ct_timeouts {
-	__u64 syn, established, fin, close, udp, udp_replied, icmp;
-};
+/* struct ebp_ct_timeouts (seconds without packets, per entry state: the stage's timeouts:)
+ * is generated like ebp_ct_key and ebp_ct_entry (ebplane/stages/conntrack/gen.py). */
 
 static __always_inline __u64 ebp_ct_timeout_ns(const struct ebp_ct_entry *e,
 					       const struct ebp_ct_timeouts *t)

@@ -51,9 +51,14 @@ CT_ENTRY = Layout("ebp_ct_entry", [
     Field("fin", "__u8", comment="bit 0: FIN from the originator, bit 1: from the responder"),
     Field("pad", "__u8", 5)], "a connection's state")
 
+# the spec's `timeouts:` keys -> the fields of ebp_ct_timeouts (seconds without packets,
+# per entry state), compiled into each stage
 TIMEOUT_FIELDS = {"tcp_syn": "syn", "tcp_established": "established", "tcp_fin": "fin",
                   "tcp_close": "close", "udp": "udp", "udp_replied": "udp_replied",
                   "icmp": "icmp"}
+CT_TIMEOUTS = Layout("ebp_ct_timeouts", [Field(n, "__u64") for n in TIMEOUT_FIELDS.values()],
+                     "seconds without packets, per entry state (the stage's timeouts:)")
+LAYOUTS = (CT_KEY, CT_ENTRY, CT_TIMEOUTS)
 
 
 def map_names(stage: str) -> dict[str, str]:
@@ -68,8 +73,8 @@ class ConntrackGen(StageGen):
     def emit(self, idx: int, st: ConntrackStage, out: Emit) -> None:
         for name, value in c_defines().items():
             out.define(name, value)
-        out.struct(CT_KEY)
-        out.struct(CT_ENTRY)
+        for layout in LAYOUTS:
+            out.struct(layout)
         out.include("conntrack.h")
         n = map_names(st.name)
         out.map(n["table"], "BPF_MAP_TYPE_HASH", "struct ebp_ct_key", "struct ebp_ct_entry",

@@ -25,21 +25,13 @@
 #define EBP_ADJ_DECAP_L3_IPV4 (1ULL << 7)
 #define EBP_ADJ_DECAP_L3_IPV6 (1ULL << 8)
 
-#define EBP_ENCAP_OUTER_MAX 56 /* IPv6 40 + UDP 8 + VXLAN/GENEVE 8 */
-
-/* An encap stage's outer headers, made by the code generator (constant per stage) */
-struct ebp_encap {
-	__u8  outer[EBP_ENCAP_OUTER_MAX]; /* outer IP header (checksum 0) and what follows */
-	__u8  mac[12];  /* outer Ethernet destination, source (set_mac) */
-	__u8  len;      /* bytes of outer[]: IP header (20, v6: 40) + 0 (ipip), 4/8 (gre, with
-			 * key), 16 (udp + vxlan/geneve) */
-	__u8  v6;       /* the outer header is IPv6 */
-	__u8  l2;       /* carries the Ethernet frame (vxlan, geneve): pushes an outer Ethernet */
-	__u8  udp;      /* UDP after the IP header: source port and length set per packet */
-	__u8  gre;      /* GRE after the IP header: protocol set per packet */
-	__u8  ipip;     /* outer protocol set per packet: 4 (IPv4 inside) or 41 (IPv6) */
-	__u8  set_mac;  /* outer Ethernet addresses from mac[] (else the frame's own) */
-};
+/* EBP_ENCAP_OUTER_MAX (bytes of outer headers a stage may add) and struct ebp_encap (an
+ * encap stage's outer headers, which the generator makes from the spec: a constant per
+ * stage) are generated into each program from their one definition in
+ * ebplane/stages/encap/gen.py (OUTER_MAX, the Layout ENCAP). */
+#ifndef EBP_ENCAP_OUTER_MAX
+#error "encap.h needs the #define and struct ebplane/stages/encap/gen.py generates"
+#endif
 
 /* data + n for n = 14, 18 or 22: a constant offset on each path, which the verifier tracks */
 static __always_inline void *ebp_encap_at_l3(void *data, __u32 n)

@@ -7,8 +7,9 @@ had arrived that way.  An encap stage adds outer headers made here, as constant 
 the spec (addresses, TTL, ports, VNI, key), fills the per-packet fields (lengths, IPv4
 checksum, UDP source port from the inner flow's hash, GRE protocol) and parses again.
 
-Counter slots (:data:`OUTCOMES`) and map names (:func:`map_names`) are defined here only;
-the C and the control side (``control.py``) both take them from here.
+Counter slots (:data:`OUTCOMES`), map names (:func:`map_names`) and the stage's constant
+(``struct ebp_encap``, a ``Layout`` with the size of its outer headers) are defined here
+only; the C and the control side (``control.py``) both take them from here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import TC_PULL_LEN, Emit, Features, StageGen
 from ebplane.stages.encap.spec import DecapStage, EncapStage
 
@@ -37,8 +39,26 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
 PREFIX = {"decap": "dc", "encap": "ec"}
 IPPROTO = {"vxlan": 17, "geneve": 17, "gre": 47, "ipip": 4}
 ETH_P_TEB = 0x6558  # transparent Ethernet bridging: GENEVE/GRE carrying a frame
-OUTER_MAX = 56      # EBP_ENCAP_OUTER_MAX
+OUTER_MAX = 56      # EBP_ENCAP_OUTER_MAX: IPv6 40 + UDP 8 + VXLAN/GENEVE 8
 IPV4_DF = 0x4000
+
+# an encap stage's outer headers, made by the generator (a constant per stage)
+ENCAP = Layout("ebp_encap", [
+    Field("outer", "__u8", OUTER_MAX, "outer IP header (checksum 0) and what follows"),
+    Field("mac", "__u8", 12, "outer Ethernet destination, source (set_mac)"),
+    Field("len", "__u8", comment="bytes of outer[]: IP header (20, v6: 40) + 0 (ipip), 4/8 "
+                                 "(gre, with key), 16 (udp + vxlan/geneve)"),
+    Field("v6", "__u8", comment="the outer header is IPv6"),
+    Field("l2", "__u8", comment="carries the Ethernet frame (vxlan, geneve): pushes an outer "
+                                "Ethernet"),
+    Field("udp", "__u8", comment="UDP after the IP header: source port and length set per "
+                                 "packet"),
+    Field("gre", "__u8", comment="GRE after the IP header: protocol set per packet"),
+    Field("ipip", "__u8", comment="outer protocol set per packet: 4 (IPv4 inside) or 41 "
+                                  "(IPv6)"),
+    Field("set_mac", "__u8", comment="outer Ethernet addresses from mac[] (else the frame's "
+                                     "own)")],
+    "an encap stage's outer headers, made by the code generator (constant per stage)")
 
 
 def map_names(stage) -> dict[str, str]:
@@ -80,6 +100,13 @@ def _bytes(b: bytes) -> str:
 
 def _mac(text: str | None) -> bytes:
     return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+def _header(out: Emit) -> None:
+    """encap.h, after the #define and struct it reads (both kinds include it)."""
+    out.define("EBP_ENCAP_OUTER_MAX", OUTER_MAX)
+    out.struct(ENCAP)
+    out.include("encap.h")
 
 
 def _counters(st, out: Emit) -> str:
@@ -148,7 +175,7 @@ class DecapGen(_HeaderGen):
     kind = "decap"
 
     def emit(self, idx: int, st: DecapStage, out: Emit) -> None:
-        out.include("encap.h")
+        _header(out)
         cnt = _counters(st, out)
         graph = out.prog.graph
         tc = out.hook != "xdp"
@@ -267,7 +294,7 @@ class EncapGen(_HeaderGen):
     kind = "encap"
 
     def emit(self, idx: int, st: EncapStage, out: Emit) -> None:
-        out.include("encap.h")
+        _header(out)
         cnt = _counters(st, out)
         s = lambda o: f"{slot('encap', o)} /* {o} */"  # noqa: E731
         tc = out.hook != "xdp"

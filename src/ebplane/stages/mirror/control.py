@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ebplane.errors import EbplaneError, UsageError
-from ebplane.kernel.codec import COUNT, U32, Struct
+from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
 from ebplane.stages.control import StageControl
@@ -16,8 +16,8 @@ from ebplane.stages.mirror import gen as mirror_gen
 from ebplane.stages.mirror.spec import MirrorStage
 from ebplane.stages.multicast.control import multi_buffer_note
 
-# struct ebp_mirror_cfg of mirror.h
-MIRROR_CFG = Struct("ebp_mirror_cfg", [("to", "I"), ("out", "I")])
+# the codec of struct ebp_mirror_cfg, made from its one definition (gen.py's Layout)
+MIRROR_CFG = Packed(mirror_gen.CFG)
 
 
 class MirrorControl(StageControl):

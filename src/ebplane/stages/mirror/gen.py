@@ -1,8 +1,10 @@
 """C for one mirror stage (``mirror.h`` holds the reviewed part), and the one place its map
-names and counter slots are defined."""
+names, counter slots and config struct (a ``Layout``, written into each program ahead of
+the header; the control plane packs it with ``Packed`` of the same object) are defined."""
 
 from __future__ import annotations
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.stages.forward.gen import _match_expr
 from ebplane.stages.mirror.spec import MirrorStage
@@ -10,6 +12,11 @@ from ebplane.stages.mirror.spec import MirrorStage
 # counter slots (EBP_MR_<OUTCOME> in mirror.h)
 OUTCOMES: tuple[str, ...] = ("mirrored", "not_selected", "not_sampled", "no_port", "failed",
                              "multi_buffer")
+
+CFG = Layout("ebp_mirror_cfg", [
+    Field("to", "__u32", comment="ifindex of the mirror port (0: not set)"),
+    Field("out", "__u32", comment="XDP: ifindex the original leaves by")],
+    "the stage's config (set by the control plane)")
 
 
 def c_defines() -> dict[str, int]:
@@ -36,6 +43,7 @@ class MirrorGen(StageGen):
         xdp = out.hook == "xdp"
         for name, value in c_defines().items():
             out.define(name, value)
+        out.struct(CFG)
         out.include("mirror.h")
         n = map_names(st.name)
         if xdp:

@@ -22,13 +22,12 @@
  * the original goes to out alone); EBP_MR_NSLOTS in all.
  */
 #ifndef EBP_MR_NSLOTS
-#error "mirror.h needs the #defines ebplane/stages/mirror/gen.py generates"
+#error "mirror.h needs the #defines and struct ebplane/stages/mirror/gen.py generates"
 #endif
 
-struct ebp_mirror_cfg {
-	__u32 to;	/* ifindex of the mirror port (0: not set) */
-	__u32 out;	/* XDP: ifindex the original leaves by */
-};
+/* struct ebp_mirror_cfg (the config map's value: the mirror port and, at XDP, the original's
+ * port) is generated into each program from its one definition in
+ * ebplane/stages/mirror/gen.py (a Layout). */
 
 #ifndef EBP_XDP_MULTI_BUFFER
 #define EBP_XDP_MULTI_BUFFER

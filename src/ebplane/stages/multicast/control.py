@@ -19,7 +19,7 @@ import re
 from typing import Callable, Iterable
 
 from ebplane.errors import EbplaneError, KeyNotFound, UsageError
-from ebplane.kernel.codec import COUNT, U32, Struct
+from ebplane.kernel.codec import COUNT, U32, Packed
 from ebplane.kernel.maps import Map
 from ebplane.net import iface
 from ebplane.spec.located import Where
@@ -29,11 +29,8 @@ from ebplane.stages.forward.control import (ForwardingRuntime, _ifaces_of, make_
 from ebplane.stages.multicast import gen as mc_gen
 from ebplane.stages.multicast.spec import MC_MEMBERS_MAX, MulticastStage, parse_group_address
 
-# the structs of multicast.h, for user space
-MC_KEY = Struct("ebp_mc_key", [("kind", "B"), ("pad", "3s"), ("addr", "16s")])
-MC_NAME = Struct("ebp_mc_name", [("name", "16s")])
-SNOOP_REC = Struct("ebp_mc_snoop_rec", [("ifindex", "I"), ("len", "I"),
-                                        ("data", f"{mc_gen.SNOOP_BYTES}s")])
+# codecs of the stage's structs, made from their one definition (gen.py's Layouts)
+MC_KEY, MC_NAME, SNOOP_REC = Packed(mc_gen.KEY), Packed(mc_gen.NAME), Packed(mc_gen.SNOOP_REC)
 
 
 def address_key(text: str):

@@ -1,8 +1,11 @@
 """C for one multicast stage (``multicast.h`` holds the reviewed part), and the one place
-its map names, counter slots and key layout are defined."""
+its map names, counter slots, numbers and struct layouts are defined (the structs as
+``Layout``s, written into each program ahead of the header; the control plane packs them
+with ``Packed`` of the same objects)."""
 
 from __future__ import annotations
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, MapRole, StageGen
 from ebplane.stages.multicast.spec import MC_ADDRESSES_MAX, MC_MEMBERS_MAX, MulticastStage
 
@@ -12,6 +15,23 @@ KIND_MAC, KIND_IPV4, KIND_IPV6 = 0, 4, 6
 MEMBERS_MAX = MC_MEMBERS_MAX
 SNOOP_RING_BYTES = 1 << 16
 SNOOP_BYTES = 256  # of a frame a snooping stage copies (EBP_MC_SNOOP_BYTES)
+
+NAME_BYTES = 16  # of a group's name in the names map
+
+KEY = Layout("ebp_mc_key", [
+    Field("kind", "__u8", comment="EBP_MC_KIND_*"),
+    Field("pad", "__u8", 3),
+    Field("addr", "__u8", 16, "MAC: 6 bytes, IPv4: 4, IPv6: 16; the rest zero")],
+    "a group address: the key of the addresses map")
+NAME = Layout("ebp_mc_name", [Field("name", "__u8", NAME_BYTES)],
+              "control plane only: the name of the group in each slot (\"\" for a free slot)")
+SNOOP_REC = Layout("ebp_mc_snoop_rec", [
+    Field("ifindex", "__u32", comment="ingress port"),
+    Field("len", "__u32", comment="bytes of data[] that hold the frame"),
+    Field("data", "__u8", SNOOP_BYTES)],
+    "snooping: the head of an IGMP or MLD frame (or of other ICMPv6 to a multicast "
+    "address), for the control plane that learns members")
+LAYOUTS = (KEY, NAME, SNOOP_REC)
 
 
 def c_defines() -> dict[str, int]:
@@ -48,6 +68,8 @@ class MulticastGen(StageGen):
     def emit(self, idx: int, st: MulticastStage, out: Emit) -> None:
         for name, value in c_defines().items():
             out.define(name, value)
+        for layout in LAYOUTS:
+            out.struct(layout)
         out.include("multicast.h")
         n = map_names(st.name)
         inner = member_struct(st.name)

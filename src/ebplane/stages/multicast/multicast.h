@@ -31,27 +31,13 @@
  *   EBP_MC_MEMBERS_MAX  ports per group
  */
 #ifndef EBP_MC_NSLOTS
-#error "multicast.h needs the #defines ebplane/stages/multicast/gen.py generates"
+#error "multicast.h needs the #defines and structs ebplane/stages/multicast/gen.py generates"
 #endif
 
-struct ebp_mc_key {
-	__u8 kind;	/* EBP_MC_KIND_* */
-	__u8 pad[3];
-	__u8 addr[16];	/* MAC: 6 bytes, IPv4: 4, IPv6: 16; the rest zero */
-};
-
-/* control plane only: the name of the group in each slot ("" for a free slot) */
-struct ebp_mc_name {
-	char name[16];
-};
-
-/* snooping: the head of each IGMP or MLD frame (and of other ICMPv6 to a multicast
- * address, which user space sorts out), for the control plane that learns members */
-struct ebp_mc_snoop_rec {
-	__u32 ifindex;	/* ingress port */
-	__u32 len;	/* bytes of data[] that hold the frame */
-	__u8 data[EBP_MC_SNOOP_BYTES];
-};
+/* struct ebp_mc_key (the addresses map's key), ebp_mc_name (the names map's value: control
+ * plane only) and ebp_mc_snoop_rec (what a snooping stage copies of an IGMP or MLD frame into
+ * its ring buffer) are generated into each program from their one definition in
+ * ebplane/stages/multicast/gen.py (Layouts). */
 
 static __always_inline void ebp_mc_snoop(struct xdp_md *ctx, struct ebp_pkt *pkt, void *ring)
 {

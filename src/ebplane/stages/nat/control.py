@@ -17,8 +17,8 @@ from ebplane.stages.nat.gen import COUNTERS, map_names
 from ebplane.stages.nat.spec import NatStage
 
 NAT_KEY, NAT_ENTRY, NAT_CFG = Packed(gen.NAT_KEY), Packed(gen.NAT_ENTRY), Packed(gen.NAT_CFG)
-KINDS = {1: "snat", 2: "dnat"}
-STATES = {0: "new", 1: "replied", 2: "closing"}
+KINDS = {v: k for k, v in gen.ENTRY_KINDS.items()}
+STATES = dict(enumerate(gen.ENTRY_STATES))
 PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 

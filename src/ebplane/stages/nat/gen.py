@@ -69,14 +69,28 @@ NAT_CFG = Layout("ebp_nat_cfg", [
 LAYOUTS = (NAT_KEY, NAT_ENTRY, NAT_FRAG_KEY, NAT_FRAG, NAT_CFG)
 
 
+# a key's direction (EBP_NAT_OUT: a packet leaving, its source translated; EBP_NAT_IN: a
+# packet arriving, its destination), what made an entry (EBP_NAT_SNAT, EBP_NAT_DNAT) and an
+# entry's state (EBP_NAT_ST_<STATE>; closing: TCP FIN or RST seen)
+DIRECTIONS: dict[str, int] = {"out": 0, "in": 1}
+ENTRY_KINDS: dict[str, int] = {"snat": 1, "dnat": 2}
+ENTRY_STATES: tuple[str, ...] = ("new", "replied", "closing")
+
+# the idle timeouts compiled into each stage (seconds; the spec's `timeouts:` keys)
+TIMEOUT_FIELDS = ("tcp_syn", "tcp", "tcp_close", "udp", "icmp")
+NAT_TIMEOUTS = Layout("ebp_nat_timeouts", [Field(n, "__u64") for n in TIMEOUT_FIELDS],
+                      "idle timeouts in seconds, compiled into the stage")
+LAYOUTS = LAYOUTS + (NAT_TIMEOUTS,)
+
+
 def c_defines() -> dict[str, int]:
-    """The #defines nat.h reads, from COUNTERS."""
+    """The #defines nat.h reads, from COUNTERS and the tables above."""
     d = {f"EBP_NAT_CNT_{n.upper()}": i for i, n in enumerate(COUNTERS)}
     d["EBP_NAT_NCOUNTERS"] = len(COUNTERS)
+    d.update({f"EBP_NAT_{n.upper()}": v for n, v in DIRECTIONS.items()})
+    d.update({f"EBP_NAT_{n.upper()}": v for n, v in ENTRY_KINDS.items()})
+    d.update({f"EBP_NAT_ST_{n.upper()}": i for i, n in enumerate(ENTRY_STATES)})
     return d
-
-
-TIMEOUT_FIELDS = ("tcp_syn", "tcp", "tcp_close", "udp", "icmp")
 # the program apply attaches at tc-ingress next to the pipeline's tc-egress program
 INGRESS_PROG = "ebp_nat_in"
 FRAG_ENTRIES = 4096

@@ -34,22 +34,16 @@
 
 #include "ebplane.h"
 
-#define EBP_NAT_OUT 0	/* key of a packet leaving (egress): its source is translated */
-#define EBP_NAT_IN  1	/* key of a packet arriving (ingress): its destination */
-
-/* entry.kind */
-#define EBP_NAT_SNAT 1
-#define EBP_NAT_DNAT 2
-
-/* entry.state */
-#define EBP_NAT_ST_NEW     0	/* no reply seen yet */
-#define EBP_NAT_ST_REPLIED 1
-#define EBP_NAT_ST_CLOSING 2	/* TCP FIN or RST seen */
-
-/* Counter slots, generated into each program from their one definition in
- * ebplane/stages/nat/gen.py (COUNTERS, c_defines): EBP_NAT_CNT_<NAME> for TRANSLATED_OUT,
- * TRANSLATED_IN, NEW_SNAT, NEW_DNAT, UNTRANSLATED_OUT, UNTRANSLATED_IN, FULL, NO_PORT,
- * COLLECTED, EXPIRED, FRAGMENTS, FRAG_UNKNOWN, ICMP_ERROR, MALFORMED; EBP_NAT_NCOUNTERS. */
+/* Numbers generated into each program from their one definition in ebplane/stages/nat/gen.py
+ * (c_defines):
+ *   EBP_NAT_OUT, EBP_NAT_IN   key.dir: a packet leaving (egress: its source is translated),
+ *                             a packet arriving (ingress: its destination)
+ *   EBP_NAT_SNAT, _DNAT       entry.kind
+ *   EBP_NAT_ST_NEW, _REPLIED, _CLOSING   entry.state (closing: TCP FIN or RST seen)
+ *   EBP_NAT_CNT_<NAME>        counter slots: TRANSLATED_OUT, TRANSLATED_IN, NEW_SNAT,
+ *                             NEW_DNAT, UNTRANSLATED_OUT, UNTRANSLATED_IN, FULL, NO_PORT,
+ *                             COLLECTED, EXPIRED, FRAGMENTS, FRAG_UNKNOWN, ICMP_ERROR,
+ *                             MALFORMED; EBP_NAT_NCOUNTERS */
 #ifndef EBP_NAT_NCOUNTERS
 #error "nat.h needs the #defines and structs ebplane/stages/nat/gen.py generates"
 #endif
@@ -65,7 +59,8 @@
 #endif
 
 /* addresses are 4 words; IPv4 uses word 0, the others are 0 */
-/* struct ebp_nat_key, ebp_nat_entry, ebp_nat_frag_key, ebp_nat_frag and ebp_nat_cfg are
+/* struct ebp_nat_key, ebp_nat_entry, ebp_nat_frag_key, ebp_nat_frag, ebp_nat_cfg and
+ * ebp_nat_timeouts (seconds, compiled into the stage) are
  * generated into each program from their one definition in ebplane/stages/nat/gen.py
  * (Layouts; the control plane decodes them with the same objects).  Addresses are 4 words
  * (IPv4: word 0, the others 0), addresses and ports in network order. */
@@ -82,10 +77,6 @@ static __always_inline int ebp_nat_outside(const struct ebp_nat_cfg *cfg, __u8 f
 	__builtin_memcpy(out, family == 4 ? cfg->addr : cfg->addr6, 16);
 	return (out[0] | out[1] | out[2] | out[3]) != 0;
 }
-
-struct ebp_nat_timeouts {
-	__u64 tcp_syn, tcp, tcp_close, udp, icmp;	/* seconds */
-};
 
 /* what a packet is for the stage */
 struct ebp_nat_pkt {
