@@ -328,6 +328,32 @@ def test_rules_replace_killed_at_step(ebp_env, veth, tmp_path, step):
     assert next_command_agrees(veth) == want
 
 
+@pytest.mark.parametrize("step", ["rules-intent", "rules-installed"])
+def test_incremental_rule_edit_killed_at_step(ebp_env, veth, tmp_path, step):
+    """An incremental tree edit (a RuleTable object that keeps the tree's mirror, as a Python
+    API user does) killed before the root flip is undone by the next command (its intent record
+    holds the inverse edit), killed after it is kept."""
+    spec = write_spec(tmp_path / "ap.yaml", spec_text(veth, "A"))
+    run("apply", str(spec))
+    script = (
+        "import os, sys\n"
+        "from ebplane.runtime.pipeline import RuleTable\n"
+        "from ebplane.spec import parse_rule\n"
+        "p = lambda d: parse_rule(d, protocols=['ipv4', 'udp'])\n"
+        "t = RuleTable('ap')\n"
+        "t.add(p({'dst': '198.18.0.98', 'proto': 'udp', 'dport': 2, 'action': 'drop'}))\n"
+        "print('mirror' if t._cache else 'none', flush=True)\n"
+        f"os.environ['EBPLANE_TEST_CRASH_AT'] = '{step}'\n"
+        "t.add(p({'dst': '198.18.0.2', 'proto': 'udp', 'dport': 7777, 'action': 'drop'}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert proc.stdout.strip() == "mirror"  # the edit that was killed took the incremental path
+    want = "A" if step == "rules-intent" else "A+extra"
+    assert record_version() == want  # the next command settled the record
+    assert in_force(veth) == want
+
+
 def startup_seconds() -> float:
     """How long the CLI takes to start (imports): kills before that test nothing."""
     t0 = time.monotonic()

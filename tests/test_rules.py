@@ -175,6 +175,50 @@ def test_swaps_under_traffic_never_mix(ebp_env, veth_pair, tmp_path, classifier)
     print(f"\n{swaps} rule-set swaps under {sent} packets: A (drop) {x}, B (pass) {y}")
 
 
+def test_incremental_tree_edits_under_traffic_never_mix(ebp_env, veth_pair, tmp_path):
+    """Adds and deletes of a tree-form table edit the tree in place (copy-on-write paths, one
+    root flip): under a flood of FLOW, X is deleted ([Y, Z, ...]: pass) and added again at
+    the front ([X, Y, Z, ...]: drop), a never-matching rule appended and deleted; every edit
+    is incremental, no packet reaches Z (it would have seen a rule set without X and Y), and
+    every packet is counted as dropped or passed."""
+    ns, _, _ = veth_pair
+    fillers = [f"{{dst: 198.19.{i}.0/24, proto: tcp, dport: {i + 1}, action: drop}}"
+               for i in range(100)]
+    pipeline.apply(write_spec(tmp_path / "ru.yaml", spec_text(ns, [X, Y, Z, *fillers],
+                                                              classifier="tree")))
+    t = RuleTable("ru")
+    first = t.add(rule(W))  # the first edit of this table object: a full install
+    assert first["regenerated"] is False and not first.get("incremental")
+    frame = FLOW.frame(mac(ns, "veth1"), mac(ns, "veth0"))
+    results = []
+    with Capture(ns, "veth0", FLOW) as cap:
+        with Sender(ns, "veth1", frame, burst=4) as sender:
+            for _ in range(10):
+                for step in (lambda: t.delete([0]),                 # B: Y passes
+                             lambda: t.add(rule(X), at=0),          # A: X drops
+                             lambda: t.delete([len(fillers) + 3]),  # W goes
+                             lambda: t.add(rule(W))):               # W comes back at the end
+                    results.append(step())
+                    cap.wait(1 << 30, timeout=0.001)
+        sent = sender.sent
+        time.sleep(0.1)
+        passed = cap.wait(1 << 30, timeout=0.2)
+    # a full install now and then: when the free slots of the half in force run out, and
+    # for X added in front of a rule whose priority the full install made 0
+    full = [r["incremental_refused"] for r in results if not r.get("incremental")]
+    assert len(full) <= len(results) // 4, full
+    assert all("no free" in why or "no priority" in why for why in full), full
+    assert [r["rule"] for r in t.list()][:3] == [rule(X).to_dict(), rule(Y).to_dict(),
+                                                rule(Z).to_dict()]
+    s = stats()
+    assert counter_slots(3)[2] == 0, "a packet saw neither X nor Y: two rule sets mixed"
+    drops = s["verdicts"]["XDP_DROP"]["packets"]
+    assert sent > 200 and drops > 0 and passed > 0
+    assert drops + passed == sent - dropped(ns, "veth0") - dropped(ns, "veth1")
+    print(f"\n{len(results)} incremental edits under {sent} packets: {drops} dropped, "
+          f"{passed} passed")
+
+
 def test_reapplies_that_rebuild_maps_never_let_a_dropped_flow_through(ebp_env, veth_pair,
                                                                       tmp_path):
     """Issue 9.1: a re-apply that changed `capacity:` let 23-37 dropped packets through (the
@@ -415,3 +459,70 @@ def test_stored_rules_read_back_as_validated():
     items = [{"id": i, "rule": r.to_dict()} for i, r in enumerate(rules)]
     assert _stored_entries(items, protos) == _entries_from_state(items, protos)
     assert [e.rule for e in _stored_entries(items, protos)] == rules
+
+
+@pytest.mark.slow
+def test_100k_classbench_acl_apply_and_one_rule_edits(ebp_env, veth_pair, tmp_path):
+    """A 100k-rule ClassBench-style ACL applied from a spec file, then rules added and
+    deleted one at a time through RuleTable: after the first edit (a full install that keeps
+    the mirror), each is an incremental tree edit.  Times are printed (docs/benchmarks.md),
+    not bounded: the assertions are on the path taken and on the verdicts."""
+    import json as _json
+
+    from ebplane.bench import classbench as cb
+    from ebplane.runtime.state import PipelineState
+    ns, _, _ = veth_pair
+    rules = cb.generate(100_000, kind="acl", family=4, seed=1)
+    text = (f"pipeline: ru\nhook: xdp\nmode: native\nnetns: {ns}\ninterfaces: [veth0]\n"
+            "protocols: [ethernet, ipv4, tcp, udp, icmp]\nstages:\n"
+            "  - filter:\n      name: acl\n      default: pass\n      capacity: 100100\n"
+            "      rules:\n" + "".join(f"        - {_json.dumps(r)}\n" for r in rules))
+    path = write_spec(tmp_path / "acl.yaml", text)
+    t0 = time.monotonic()
+    pipeline.apply(path)
+    apply_s = time.monotonic() - t0
+    assert pipeline.status("ru")[0]["filters"]["acl"]["form"] == "tree"
+    t = RuleTable("ru")
+    t0 = time.monotonic()
+    first = t.add(rule(W))
+    first_s = time.monotonic() - t0
+    assert not first.get("incremental")
+    adds, deletes = [], []
+    for k in range(5):
+        t0 = time.monotonic()
+        r = t.add(rule({"src": f"198.19.254.{k}", "proto": "udp", "dport": 53 + k,
+                        "action": "drop"}))
+        adds.append(time.monotonic() - t0)
+        assert r.get("incremental"), r
+        t0 = time.monotonic()
+        r = t.delete([len(rules) + 1])  # the rule just added (after W)
+        deletes.append(time.monotonic() - t0)
+        assert r.get("incremental"), r
+    print(f"\n100k ClassBench acl: apply {apply_s:.2f} s; first edit (full) {first_s:.2f} s; "
+          f"one-rule add {1000 * statistics.median(adds):.0f} ms, delete "
+          f"{1000 * statistics.median(deletes):.0f} ms (median of 5)")
+    # a packet no rule matches passes; a rule added for it drops it; deleted, it passes again
+    import random as _random
+    miss = cb.miss_packet(4, _random.Random(1))
+    assert cb.Reference(rules).expected(miss) is None
+    flow = cb.to_flow(miss)
+    drops = lambda: stats()["verdicts"].get("XDP_DROP", {}).get("packets", 0)  # noqa: E731
+    before = drops()
+    send_frames(ns, "veth1", [flow.frame(mac(ns, "veth1"), mac(ns, "veth0"))], 2)
+    assert drops() == before
+    r = t.add(rule({"src": miss["src"], "dst": miss["dst"], "proto": miss["proto"],
+                    "action": "drop"}))
+    assert r.get("incremental"), r
+    send_frames(ns, "veth1", [flow.frame(mac(ns, "veth1"), mac(ns, "veth0"))], 3)
+    assert drops() == before + 3
+    st = PipelineState.require("ru")
+    t0 = time.monotonic()
+    st.save()
+    print(f"one write of the state file: {1000 * (time.monotonic() - t0):.0f} ms")
+    assert t.delete([len(rules) + 1]).get("incremental")
+    send_frames(ns, "veth1", [flow.frame(mac(ns, "veth1"), mac(ns, "veth0"))], 2)
+    assert drops() == before + 3
+    st = PipelineState.require("ru")
+    t0 = time.monotonic()
+    st.save()
+    print(f"one write of the state file: {1000 * (time.monotonic() - t0):.0f} ms")

@@ -70,6 +70,7 @@ class Agent:
         self._orders: dict[str, dict[str, list[float]]] = {}
         self._watchers: dict[str | None, threading.Thread] = {}
         self._cache: dict[tuple[str, str], list[dict]] = {}  # (name, table) -> stored rules
+        self._tables: dict[tuple[str, str | None], rt.RuleTable] = {}  # see _edit
         self._check_rules: set[str] = set()  # compare rules with the kernel at next reconcile
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -249,12 +250,21 @@ class Agent:
                 raise UsageError(f"pipeline '{name}' is pending ({why}): its rules can be "
                                  f"changed once it is attached",
                                  hint="re-apply a spec with the rules, or wait for the interface")
-            t = rt.RuleTable(name, table)
+            # one table object per table between requests: it keeps the tree's mirror, so an
+            # add or delete is an incremental edit (docs/pipelines.md); dropped by _forget
+            t = self._tables.get((name, table))
+            if t is None:
+                t = rt.RuleTable(name, table)
+                self._tables[(name, table)] = t
             if self.store.pipeline(name) is None:  # applied directly, not imported yet
                 self.import_direct()
             old = self._rules_of(name, t.name)
             orders = self._orders_of(name, t.name)
-            res = op(t)
+            try:
+                res = op(t)
+            except BaseException:
+                self._tables.pop((name, table), None)  # opened anew next time
+                raise
             new = [e.to_state() for e in t.last_entries]
             t0 = time.perf_counter()
             try:
@@ -284,6 +294,8 @@ class Agent:
 
     def _forget(self, name: str) -> None:
         self._orders.pop(name, None)
+        for k in [k for k in self._tables if k[0] == name]:
+            self._tables.pop(k, None)
         for k in [k for k in self._cache if k[0] == name]:
             self._cache.pop(k, None)
 

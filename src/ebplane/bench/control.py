@@ -5,7 +5,9 @@ rules are installed by a generation flip)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -16,6 +18,7 @@ from ebplane.bench.scaling import filter_spec, host_rules
 from ebplane.kernel.maps import Map
 from ebplane.runtime.build import compile_filter
 from ebplane.runtime.tables import assign_ids, fresh_ids
+from ebplane.spec import Rule
 
 EXTRA_RULE = {"proto": "udp", "dport": 5353, "action": "drop"}
 
@@ -47,8 +50,9 @@ def table_load(sizes: tuple[int, ...], progress: Progress) -> list[dict]:
             ct = compile_filter(stage, other, built.gen.user_layout, plan)
             if not ct.plan.same_code(plan):
                 raise AssertionError("the replacement rule set does not fit the program")
-            table.install(ct, fresh_ids(other, entries))
+            table.install(ct, fresh_ids(other, entries), keep_mirror=True)
             t_replace = time.perf_counter() - t0
+            t_del, t_add = _one_rule_edits(table, other, built.gen.user_layout)
         finally:
             built.close()
         keys = b"".join(i.to_bytes(4, "little") for i in range(n))
@@ -59,9 +63,31 @@ def table_load(sizes: tuple[int, ...], progress: Progress) -> list[dict]:
         rows.append({"entries": n,
                      "install_s": round(t_install, 4), "install_rules_per_s": round(n / t_install),
                      "replace_s": round(t_replace, 4), "replace_rules_per_s": round(n / t_replace),
+                     "one_rule_delete_ms": t_del, "one_rule_add_ms": t_add,
                      "raw_hash_batch_s": round(t_raw, 4),
                      "raw_hash_entries_per_s": round(n / t_raw)})
     return rows
+
+
+def _one_rule_edits(table, entries, layout, times: int = 5) -> tuple[float, float]:
+    """Median ms of deleting one rule from the tree in force and of appending one, as
+    incremental edits (``FilterTable.install_edit``: the rule's leaves and paths written
+    copy-on-write, one root flip, an RCU grace period)."""
+    mirror = table.mirror
+    last = entries[-1].id
+    dels, adds = [], []
+    for k in range(times):
+        rid = entries[k].id
+        t0 = time.perf_counter()
+        table.install_edit(mirror, [rid], [], layout, [])
+        dels.append(time.perf_counter() - t0)
+        rule = Rule(action="drop", src=ipaddress.IPv4Network(("198.19.255.%d" % k)), proto=17,
+                    dport=(53, 53))
+        t0 = time.perf_counter()
+        table.install_edit(mirror, [], [(rid, rule, last, None)], layout, [rid])
+        adds.append(time.perf_counter() - t0)
+        last = rid
+    return round(1000 * statistics.median(dels), 2), round(1000 * statistics.median(adds), 2)
 
 
 def _many_rules(n: int, dport: int = 53):

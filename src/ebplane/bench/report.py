@@ -100,12 +100,16 @@ def _control(ct: dict) -> list[str]:
     lines = ["## 3. Control plane", "", "### Rule and table load (batched)", ""]
     rows = [[_n(r["entries"]), f"{r['install_s']:g} s", _n(r["install_rules_per_s"], "/s"),
              f"{r['replace_s']:g} s", _n(r["replace_rules_per_s"], "/s"),
+             f"{r['one_rule_add_ms']:g} ms" if "one_rule_add_ms" in r else "–",
+             f"{r['one_rule_delete_ms']:g} ms" if "one_rule_delete_ms" in r else "–",
              _n(r["raw_hash_entries_per_s"], "/s")] for r in ct["table_load"]]
     lines += _table(["rules", "install", "install rate", "replace all", "replace rate",
-                     "raw BPF hash batch update"], rows)
+                     "one rule added", "one rule deleted", "raw BPF hash batch update"], rows)
     a = ct["apply"]
-    lines += ["install: classify (Python), batch-write the new generation, flip, wait for an RCU "
-              "grace period, delete the old generation; the raw column is "
+    lines += ["install: compile the tree form (boxes, forest), batch-write the inactive half, "
+              "flip the root, wait for an RCU grace period; one rule added/deleted: an "
+              "incremental edit of the tree in force (the rule's leaves and paths written "
+              "copy-on-write, root flip, RCU grace period), median of 5; the raw column is "
               "`bpf_map_update_batch` alone into a plain hash.", "",
               "### Apply latency", ""]
     lines += _table(["cold (clang compiles)", "warm (object cached)", "re-apply (replace)"],

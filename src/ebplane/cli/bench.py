@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import signal
 from pathlib import Path
 
 from ebplane.bench.run import SECTIONS
 from ebplane.cli.output import emit, progress
+from ebplane.errors import UsageError
 
 
 def register(sub) -> None:
@@ -21,6 +23,12 @@ def register(sub) -> None:
                    help=f"comma-separated: {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--suite", metavar="DIR", help="the benchmark suite (default: the "
                                                    "benchmarks/ directory of this source tree)")
+    p.add_argument("--classbench-sizes", metavar="LIST",
+                   help="classbench: comma-separated rule counts (default: the preset's)")
+    p.add_argument("--classbench-kinds", metavar="LIST",
+                   help="classbench: comma-separated seed types, acl, fw, ipc, low-shape")
+    p.add_argument("--classbench-live", type=int, metavar="N",
+                   help="classbench: rules of the live run, 0 for none")
     p.add_argument("--json", action="store_true", help="print the JSON document on stdout")
     p.set_defaults(func=cmd_bench)
 
@@ -33,6 +41,18 @@ def cmd_bench(args) -> int:
     from ebplane.bench import BenchConfig, parse_sections, run_bench
     sections = parse_sections(args.sections)
     config = BenchConfig.quick() if args.quick else BenchConfig.full()
+    try:
+        if args.classbench_sizes:
+            config = dataclasses.replace(config, classbench_sizes=tuple(
+                int(x) for x in args.classbench_sizes.split(",")))
+        if args.classbench_kinds:
+            config = dataclasses.replace(config, classbench_kinds=tuple(
+                k.strip() for k in args.classbench_kinds.split(",")))
+        if args.classbench_live is not None:
+            config = dataclasses.replace(config, classbench_live_size=args.classbench_live)
+    except ValueError:
+        raise UsageError(f"--classbench-sizes takes rule counts, not {args.classbench_sizes!r}",
+                         hint="e.g. --classbench-sizes 10000,100000") from None
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         doc = run_bench(Path(args.out), sections, config,
@@ -48,4 +68,7 @@ def _given(args) -> list[str]:
     """The options of this run, for the report's command line."""
     words = ["--quick"] if args.quick else []
     words += ["--out", args.out, "--sections", args.sections]
+    for opt in ("classbench_sizes", "classbench_kinds", "classbench_live"):
+        if getattr(args, opt, None) is not None:
+            words += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
     return words + (["--suite", args.suite] if args.suite else [])

@@ -21,10 +21,12 @@ Pins found without any state are adopted by apply (:func:`_adopt`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import functools
 import ipaddress
+import itertools
 import os
 import signal
 import threading
@@ -51,11 +53,11 @@ from ebplane.runtime import dispatch
 from ebplane.runtime.build import Built, build, compile_filter, jumbo_interfaces
 from ebplane.runtime import drivers
 from ebplane.stages.control import control_for, undo_to
-from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir
+from ebplane.runtime.state import PipelineState, all_names, locked, pin_dir, state_dir
 from ebplane.runtime.tables import RuleEntry, assign_ids, fresh_ids
 from ebplane.stages.filter.gen import map_names, tree_group
 from ebplane.stages.filter.plan import CompiledTable, FilterPlan
-from ebplane.stages.filter.table import FilterTable
+from ebplane.stages.filter.table import FilterTable, NeedRebuild
 from ebplane.spec.located import Where
 from ebplane.spec import FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import COUNT, U32
@@ -729,6 +731,16 @@ def _repair_hint(name: str, spec_file: str | None) -> str:
             f"{spec_file or 'SPEC'}), or remove it (ebplane detach {name})")
 
 
+def _state_key(name: str) -> tuple | None:
+    """What changes whenever a pipeline's state file is written (a cache of it is valid
+    while this stays the same)."""
+    try:
+        s = (state_dir() / f"{name}.json").stat()
+    except OSError:
+        return None
+    return (s.st_ino, s.st_mtime_ns, s.st_size)
+
+
 @contextlib.contextmanager
 def _open_table(pipeline: str, stage: FilterStage, spec: PipelineSpec, features: Features):
     """The pinned maps of a filter of an applied pipeline, as a FilterTable (maps are opened
@@ -758,13 +770,24 @@ def _generation(st: PipelineState, table: str) -> int | None:
         return None
 
 
+def _undo_rules(items: list[dict], undo: dict) -> None:
+    """Reverse an incremental edit of a table's stored rules (see ``RuleTable._fast``)."""
+    if "delete" in undo:
+        del items[undo["delete"]]
+    for pos, item in undo.get("insert", []):
+        items.insert(pos, item)
+
+
 def _settle(st: PipelineState) -> PipelineState | None:
     """Compare a pending record with the kernel and roll it forward or back (lock held)."""
     p = st.pending
     if p["op"] == "rules":
         gen = _generation(st, p["table"])
         if gen is None or gen == p["generation"]:  # the flip did not happen: back
-            st.live_rules[p["table"]] = p["previous_rules"]
+            if "undo" in p:  # an incremental edit: its inverse
+                _undo_rules(st.live_rules[p["table"]], p["undo"])
+            else:
+                st.live_rules[p["table"]] = p["previous_rules"]
             if p.get("previous_plan") is not None:
                 st.filters[p["table"]] = p["previous_plan"]
         st.pending = None
@@ -1384,6 +1407,11 @@ class RuleTable:
     def _edit_locked(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
         with _locked(self.pipeline):
             st, spec = self._spec()
+            stage = [f for f in _filters(spec) if f.name == self.name]
+            if not stage:
+                raise NotFound(f"pipeline '{self.pipeline}' has no filter '{self.name}' any "
+                               f"more (it was re-applied)")
+            self.stage = stage[0]  # capacity and classifier as applied now
             if spec.protocols != self._protocols:
                 raise UsageError(f"pipeline '{self.pipeline}' was re-applied with other "
                                  f"protocols while the rules were being prepared",
@@ -1419,7 +1447,7 @@ class RuleTable:
                 st.save()
                 _crash_point("rules-intent")
                 try:
-                    info = table.install(compiled, fresh_ids(new, entries))
+                    info = table.install(compiled, fresh_ids(new, entries), keep_mirror=True)
                 except BaseException:
                     if table.generation() == st.pending["generation"]:  # not flipped
                         st.live_rules[self.name] = previous_rules
@@ -1431,22 +1459,152 @@ class RuleTable:
                 _crash_point("rules-installed")
             st.pending = None
             st.save()
+            self._remember(st, spec, new, running, table.mirror)
             return {"table": self.name, "rules": len(new), "regenerated": False,
                     "why": compiled.plan.why, **info}
+
+    # -- incremental edits of a table in the tree form -------------------------------------
+    # After an install this object keeps the parsed rules, the state it read and a mirror of
+    # the tree arrays in force (ebplane.stages.filter.edit); the next add or delete, when the
+    # state file and the kernel's root are still what it left, edits the tree in place (the
+    # rule's leaves and their paths, copy-on-write, one root flip) instead of re-reading and
+    # re-parsing every rule and rebuilding the forest.  Anything else takes the full path.
+    _cache: dict | None = None
+    fallback: str | None = None  # why the last edit could not be incremental
+
+    def _remember(self, st: PipelineState, spec: PipelineSpec, entries: list[RuleEntry],
+                  running: Features, mirror) -> None:
+        self._cache = None
+        if mirror is None:
+            return
+        self._cache = {"key": _state_key(self.pipeline), "st": st, "spec": spec,
+                       "entries": entries, "running": running, "mirror": mirror,
+                       "ids": {e.id for e in entries},
+                       "rules": collections.Counter(e.rule for e in entries),
+                       "layout": user_layout_for(spec.protocols, running)}
+
+    def _fast(self, kind: str, arg) -> dict | None:
+        """An add (``arg`` = (rule, position)) or delete (``arg`` = indexes) as an
+        incremental tree edit; None when it does not apply (the caller takes the full path)."""
+        c = self._cache
+        self.fallback = None
+        if c is None:
+            return None
+        if c["key"] != _state_key(self.pipeline):
+            # written by someone else (a status or stats that settled or reaped, another
+            # table's edit): still ours if this table's rules, plan and program are unchanged
+            # (reading the record costs far less than re-parsing every rule)
+            st2 = PipelineState.load(self.pipeline)
+            old = c["st"]
+            if st2 is None or st2.pending or st2.spec_text != old.spec_text \
+                    or st2.features != old.features or st2.prog_id != old.prog_id \
+                    or st2.filters.get(self.name) != old.filters.get(self.name) \
+                    or st2.live_rules.get(self.name) != old.live_rules.get(self.name):
+                self._cache = None
+                return None
+            c.update(st=st2, key=_state_key(self.pipeline))
+        st, spec, entries, mirror = c["st"], c["spec"], c["entries"], c["mirror"]
+        if spec.protocols != self._protocols or st.pending:
+            return None
+        if kind == "add":
+            rule, pos = arg
+            pos = len(entries) if pos is None else pos
+            if not 0 <= pos <= len(entries) or len(entries) + 1 > self.stage.capacity \
+                    or c["rules"][rule] or not c["running"].covers(
+                        spec_features(spec, {self.name: [rule]})):
+                return None  # the full path reports it, or keeps ids as assign_ids does
+            rid = next(i for i in itertools.count() if i not in c["ids"])
+            new = entries[:pos] + [RuleEntry(rid, rule)] + entries[pos:]
+            remove: list[int] = []
+            add = [(rid, rule, entries[pos - 1].id if pos else None,
+                    entries[pos].id if pos < len(entries) else None)]
+            fresh = [rid]
+        else:
+            drop = sorted(set(arg))
+            if not drop or any(not 0 <= i < len(entries) for i in drop):
+                return None
+            gone = set(drop)
+            new = [e for i, e in enumerate(entries) if i not in gone]
+            remove, add, fresh = [entries[i].id for i in drop], [], []
+        with _open_table(self.pipeline, self.stage, spec, c["running"]) as table:
+            if table.root() != mirror.root:
+                self._cache = None
+                return None
+            items = st.live_rules.setdefault(self.name, [])
+            if kind == "add":
+                items.insert(pos, new[pos].to_state())
+                undo: dict = {"delete": pos}
+            else:
+                undo = {"insert": [[i, items[i]] for i in drop]}
+                for i in reversed(drop):
+                    del items[i]
+            # the new rules with the intent record: the root before the flip and the inverse
+            # edit (a command that finds it settles it: forward if the root moved, else back)
+            st.pending = {"op": "rules", "table": self.name, "generation": mirror.root,
+                          "undo": undo}
+            self._cache = None  # stale from here on, until the edit is through
+            st.save()
+            _crash_point("rules-intent")
+            try:
+                info = table.install_edit(mirror, remove, add, c["layout"], fresh)
+            except BaseException as e:
+                if table.root() == st.pending["generation"]:  # not flipped
+                    _undo_rules(items, undo)
+                    st.pending = None
+                    st.save()
+                    if isinstance(e, NeedRebuild):
+                        self.fallback = str(e)
+                        return None
+                    raise
+                raise  # flipped: the record settles forward
+            _crash_point("rules-installed")
+        st.pending = None
+        st.save()
+        self.last_entries = new
+        c.update(key=_state_key(self.pipeline), entries=new)
+        if kind == "add":
+            c["ids"].add(new[pos].id)
+            c["rules"][rule] += 1
+        else:
+            for i in drop:
+                c["ids"].discard(entries[i].id)
+                c["rules"][entries[i].rule] -= 1
+        self._cache = c
+        return {"table": self.name, "rules": len(new), "regenerated": False, **info}
 
     def replace(self, rules: Sequence[Rule]) -> dict:
         """Install ``rules`` as the whole rule set, atomically."""
         return self._edit(lambda _current: list(rules))
 
     def add(self, rule: Rule, at: int | None = None) -> dict:
+        t0 = time.monotonic()
+        with _locked(self.pipeline):
+            res = self._fast("add", (rule, at))
+        if res is not None:
+            _observe("rules", self.pipeline, self.name, time.monotonic() - t0)
+            return res
+
         def insert(rules: list[Rule]) -> list[Rule]:
             pos = len(rules) if at is None else at
             if not 0 <= pos <= len(rules):
                 raise UsageError(f"position {pos} is out of range (0..{len(rules)})")
             return rules[:pos] + [rule] + rules[pos:]
-        return self._edit(insert)
+        return self._full(insert)
+
+    def _full(self, change: Callable[[list[Rule]], list[Rule]]) -> dict:
+        """The full path, saying why an incremental edit was refused (when it was)."""
+        why = self.fallback
+        res = self._edit(change)
+        return {**res, "incremental_refused": why} if why else res
 
     def delete(self, indexes: Sequence[int]) -> dict:
+        t0 = time.monotonic()
+        with _locked(self.pipeline):
+            res = self._fast("delete", list(indexes))
+        if res is not None:
+            _observe("rules", self.pipeline, self.name, time.monotonic() - t0)
+            return res
+
         def remove(rules: list[Rule]) -> list[Rule]:
             bad = [i for i in indexes if not 0 <= i < len(rules)]
             if bad:
@@ -1454,7 +1612,7 @@ class RuleTable:
                                   f"({len(rules)} rules)")
             drop = set(indexes)
             return [r for i, r in enumerate(rules) if i not in drop]
-        return self._edit(remove)
+        return self._full(remove)
 
     @contextlib.contextmanager
     def batch(self):

@@ -155,8 +155,7 @@ struct ebp_flt_scan {
 	__u64 key[EBP_FLT_DIMS];
 	__u32 user32[4];
 	__u32 user_valid;
-	__u32 first;	/* the leaf's first entry */
-	__u32 count;	/* the leaf's number of entries */
+	__u32 pad;
 };
 
 static __always_inline int ebp_flt_user_holds(const struct ebp_flt_box *b,
@@ -180,22 +179,15 @@ static __always_inline int ebp_flt_user_holds(const struct ebp_flt_box *b,
  * whatever the parser paths that lead to them (checked inline, the leaf loop was verified
  * again for every distinct parser state and exceeded the verifier's budget). */
 #define EBP_FLT_TREE_DEFINE(NAME, CFG, NODES, LEAF, BOXES, HOLDS)			\
-__attribute__((noinline)) int NAME##_tree(const struct ebp_pkt *pkt, __u32 root,	\
+__attribute__((noinline)) int NAME##_tree(const struct ebp_flt_scan *s, __u32 root,	\
 					  struct ebp_flt_rule *rule)			\
 {											\
-	struct ebp_flt_scan s = {};							\
 	const struct ebp_flt_node *n;							\
 	const struct ebp_flt_box *b;							\
-	__u32 idx = root, *bi, i;							\
+	__u32 idx = root, *bi, i, first, count;						\
 											\
-	if (!pkt || !rule)								\
+	if (!s || !rule)								\
 		return 0;								\
-	ebp_flt_key(s.key, pkt);							\
-	s.user32[0] = pkt->user32[0];							\
-	s.user32[1] = pkt->user32[1];							\
-	s.user32[2] = pkt->user32[2];							\
-	s.user32[3] = pkt->user32[3];							\
-	s.user_valid = pkt->user_valid;							\
 	for (i = 0; i < EBP_FLT_MAX_DEPTH; i++) {					\
 		n = bpf_map_lookup_elem(&NODES, &idx);					\
 		if (!n)									\
@@ -204,21 +196,21 @@ __attribute__((noinline)) int NAME##_tree(const struct ebp_pkt *pkt, __u32 root,
 			break;								\
 		if (n->dim >= EBP_FLT_DIMS)						\
 			return 0;							\
-		idx = s.key[n->dim] <= n->thresh ? n->left : n->right;			\
+		idx = s->key[n->dim] <= n->thresh ? n->left : n->right;			\
 	}										\
 	if (i == EBP_FLT_MAX_DEPTH)							\
 		return 0;								\
-	s.first = n->left;								\
-	s.count = n->right;								\
-	for (i = 0; i < EBP_FLT_MAX_LEAF && i < s.count; i++) {			\
-		idx = s.first + i;							\
+	first = n->left;								\
+	count = n->right;								\
+	for (i = 0; i < EBP_FLT_MAX_LEAF && i < count; i++) {				\
+		idx = first + i;							\
 		bi = bpf_map_lookup_elem(&LEAF, &idx);					\
 		if (!bi)								\
 			return 0;							\
 		b = bpf_map_lookup_elem(&BOXES, bi);					\
 		if (!b)									\
 			return 0;							\
-		if (HOLDS(b, (&s))) {							\
+		if (HOLDS(b, s)) {							\
 			*rule = b->rule;						\
 			return 1;							\
 		}									\
@@ -229,6 +221,7 @@ __attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
 					      struct ebp_flt_rule *rule)		\
 {											\
 	const struct ebp_flt_node *h;							\
+	struct ebp_flt_scan s = {};							\
 	struct ebp_flt_rule r;								\
 	__u32 zero = 0, *root, idx, t;							\
 	int found = 0;									\
@@ -239,6 +232,13 @@ __attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
 	if (!root)									\
 		return 0;								\
 	idx = *(volatile __u32 *)root;	/* read once: one forest */			\
+	/* the key once for every tree */						\
+	ebp_flt_key(s.key, pkt);							\
+	s.user32[0] = pkt->user32[0];							\
+	s.user32[1] = pkt->user32[1];							\
+	s.user32[2] = pkt->user32[2];							\
+	s.user32[3] = pkt->user32[3];							\
+	s.user_valid = pkt->user_valid;							\
 	for (t = 0; t < EBP_FLT_MAX_TREES && idx != EBP_FLT_EMPTY; t++) {		\
 		h = bpf_map_lookup_elem(&NODES, &idx);					\
 		if (!h || h->dim != EBP_FLT_TREE)					\
@@ -246,7 +246,7 @@ __attribute__((noinline)) int NAME##_classify(const struct ebp_pkt *pkt,		\
 		if (found && h->thresh > rule->prio)					\
 			break;	/* no rule of this tree or a later one can win */	\
 		idx = h->right;								\
-		if (NAME##_tree(pkt, h->left, &r) && (!found || r.prio < rule->prio)) {	\
+		if (NAME##_tree(&s, h->left, &r) && (!found || r.prio < rule->prio)) {	\
 			*rule = r;							\
 			found = 1;							\
 		}									\

@@ -97,10 +97,12 @@ class Box:
     mark: int = 0
     klass: int = 0
 
-    def pack(self) -> bytes:
+    def pack(self, prio_scale: int = 1) -> bytes:
+        """``struct ebp_flt_box``; the priority times ``prio_scale`` (installed tables leave
+        gaps between priorities, so that a rule inserted later can take one in between)."""
         return BOX.pack(*self.lo, *self.hi, *self.user_mask, *self.user_value,
-                        self.user_need, self.prio, self.rule_id, self.action, self.mark,
-                        self.klass)
+                        self.user_need, self.prio * prio_scale, self.rule_id, self.action,
+                        self.mark, self.klass)
 
     def used_dims(self) -> set[int]:
         return {d for d in range(NDIMS) if (self.lo[d], self.hi[d]) != ANY}
@@ -136,11 +138,19 @@ def value_blocks(lo: int, hi: int, width: int) -> tuple[tuple[int, int], ...]:
 
 
 def _address_ranges(net) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(hi range, lo range) of a prefix over the two 64-bit halves of a 16-byte address."""
-    first = int.from_bytes(net.network_address.packed.ljust(16, b"\0"), "big")
-    last = int.from_bytes(net.broadcast_address.packed.ljust(16, b"\0"), "big")
-    if net.version == 4:
-        last |= (1 << 96) - 1  # an IPv4 packet's bytes 4-15 are zero: any value may stand there
+    """(hi range, lo range) of a prefix over the two 64-bit halves of a 16-byte address
+    (integer arithmetic: the ipaddress properties cost more than the whole box)."""
+    return _prefix_ranges(net.version, int(net.network_address), net.prefixlen)
+
+
+@lru_cache(maxsize=65536)
+def _prefix_ranges(version: int, addr: int, plen: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    bits = 32 if version == 4 else 128
+    host = (1 << (bits - plen)) - 1
+    first, last = addr & ~host, addr | host
+    if version == 4:
+        # an IPv4 packet's bytes 4-15 are zero: any value may stand there
+        first, last = first << 96, (last << 96) | ((1 << 96) - 1)
     hi = (first >> 64, last >> 64)
     lo = (first & ANY[1], last & ANY[1]) if hi[0] == hi[1] else ANY
     return hi, lo

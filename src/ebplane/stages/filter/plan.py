@@ -19,7 +19,7 @@ from ebplane.codegen.p4c import UserLayout
 from ebplane.errors import UsageError
 from ebplane.spec import Rule
 from ebplane.stages.filter.model import DIMS, Box, compile_boxes
-from ebplane.stages.filter.tree import Forest, build_forest
+from ebplane.stages.filter.tree import Forest, box_arrays, build_forest, used_dims
 
 INLINE_MAX = 32
 MIN_SLOTS = 64  # smallest array half (entries per generation)
@@ -92,9 +92,9 @@ def compile_table(rules: Sequence[Rule], ids: Sequence[int], *, name: str,
         why = (f"{len(rules)} rules <= {inline_max}" if choice == "auto" else "classifier: inline") \
             + ": compiled into the program"
         return CompiledTable(FilterPlan("inline", why, inline=tuple(zip(rules, ids))), boxes)
-    tree = build_forest(boxes)
-    used = set().union(*(b.used_dims() for b in boxes)) if boxes else set()
-    dims = tuple(DIMS[d] for d in sorted(used))
+    arrays = box_arrays(boxes)
+    tree = build_forest(boxes, arrays=arrays)
+    dims = tuple(DIMS[d] for d in used_dims(arrays[0], arrays[1]))
     user = any(b.user_need for b in boxes)
     why = ("classifier: tree" if choice == "tree" else f"{len(rules)} rules > {inline_max}") + \
         (f": {len(tree.trees)} decision tree(s), depth {tree.depth}, "

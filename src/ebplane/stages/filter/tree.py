@@ -44,28 +44,35 @@ _WIDE_PORTS = 1024
 _U64_MAX = np.uint64(ANY[1])
 
 
+NODE_DTYPE = np.dtype([("thresh", "<u8"), ("left", "<u4"), ("right", "<u4"), ("dim", "<u4"),
+                       ("pad", "<u4")])  # NODE as a numpy record
+
+
 @dataclass
 class Tree:
-    """A built tree, with indices relative to its own arrays (``offset`` when packing)."""
+    """A built tree, with indices relative to its own arrays (``offset`` when packing):
+    ``nodes`` is an (m, 4) uint64 array of (thresh, left, right, dim), ``leaf`` the box
+    indices of the leaves, leaf after leaf (int64)."""
 
-    nodes: list[tuple[int, int, int, int]]   # (thresh, left, right, dim)
-    leaf: list[int]                           # box indices, leaf after leaf
+    nodes: np.ndarray
+    leaf: np.ndarray
     nboxes: int
     depth: int
     max_leaf: int
 
-    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes]:
-        """The node and leaf arrays as they go into the maps at the given bases."""
-        nodes = b"".join(
-            NODE.pack(t, leaf_base + a, b, d) if d == LEAF_DIM else
-            NODE.pack(t, node_base + a, node_base + b, d)
-            for t, a, b, d in self.nodes)
-        leaf = struct.pack(f"<{len(self.leaf)}I", *(box_base + i for i in self.leaf))
-        return nodes, leaf
 
 
-def _unsplittable(n: int, boxes: Sequence[Box], idx: np.ndarray) -> UsageError:
-    first = boxes[int(idx[0])]
+def node_bytes(rows: np.ndarray) -> bytes:
+    """``struct ebp_flt_node`` records of (thresh, left, right, dim) rows with absolute
+    indices: the one place tree nodes become map bytes."""
+    out = np.zeros(len(rows), dtype=NODE_DTYPE)
+    if len(rows):
+        out["thresh"], out["left"], out["right"], out["dim"] = rows.T
+    return out.tobytes()
+
+
+def _unsplittable(n: int, boxes: Sequence[Box], first_index: int) -> UsageError:
+    first = boxes[first_index]
     return UsageError(
         f"{n} rule boxes overlap in one region of the packet space that no field can split "
         f"(they differ only in match: fields or are identical); a leaf holds at most "
@@ -73,15 +80,65 @@ def _unsplittable(n: int, boxes: Sequence[Box], idx: np.ndarray) -> UsageError:
         hint="remove duplicate rules, or split them over several filter stages")
 
 
-def build(boxes: Sequence[Box], *, binth: int = BINTH) -> Tree:
-    """Build the tree of ``boxes`` (given in priority order)."""
+def box_arrays(boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, plain)``: the boxes' bounds as (n, NDIMS) uint64 arrays and whether each
+    has no ``match:`` condition."""
+    n = len(boxes)
+    lo = np.fromiter((v for b in boxes for v in b.lo), dtype=np.uint64, count=n * NDIMS)
+    hi = np.fromiter((v for b in boxes for v in b.hi), dtype=np.uint64, count=n * NDIMS)
+    plain = np.fromiter((b.user_need == 0 for b in boxes), dtype=bool, count=n)
+    return lo.reshape(n, NDIMS), hi.reshape(n, NDIMS), plain
+
+
+def used_dims(lo: np.ndarray, hi: np.ndarray) -> list[int]:
+    """The dimensions in which some box is not the whole range."""
+    return _used_dims(lo, hi)
+
+
+def _used_dims(lo: np.ndarray, hi: np.ndarray) -> list[int]:
+    return [d for d in range(NDIMS) if (lo[:, d] != 0).any() or (hi[:, d] != _U64_MAX).any()]
+
+
+try:  # the compiled builder (setup.py builds it with the package)
+    from ebplane.stages.filter import _hsplit
+except ImportError:  # pragma: no cover - a source tree without the build step
+    _hsplit = None
+
+
+def builder() -> str:
+    """Which builder :func:`build` uses: ``c`` (the extension module) or ``numpy``."""
+    return "c" if _hsplit is not None else "numpy"
+
+
+def build(boxes: Sequence[Box], *, binth: int = BINTH, arrays=None, use: str | None = None) -> Tree:
+    """Build the tree of ``boxes`` (given in priority order) with the compiled builder, or
+    the numpy one (``use="numpy"``, or when the extension module is not built).  Both build
+    the same arrays (tests/test_filter_forms.py compares them).  ``arrays``: the boxes'
+    :func:`box_arrays`, when the caller has them."""
+    if (use or builder()) == "numpy":
+        return build_numpy(boxes, binth=binth, arrays=arrays)
     n = len(boxes)
     if n == 0:
-        return Tree([], [], 0, 0, 0)
-    lo = np.array([b.lo for b in boxes], dtype=np.uint64)
-    hi = np.array([b.hi for b in boxes], dtype=np.uint64)
-    plain = np.array([b.user_need == 0 for b in boxes], dtype=bool)
-    dims = [d for d in range(NDIMS) if (lo[:, d] != 0).any() or (hi[:, d] != _U64_MAX).any()]
+        return Tree(np.zeros((0, 4), np.uint64), np.zeros(0, np.int64), 0, 0, 0)
+    lo, hi, plain = arrays if arrays is not None else box_arrays(boxes)
+    lo = np.ascontiguousarray(lo, dtype="<u8")
+    hi = np.ascontiguousarray(hi, dtype="<u8")
+    res = _hsplit.build(lo, hi, np.ascontiguousarray(plain, dtype=np.uint8), n, NDIMS,
+                        tuple(_used_dims(lo, hi)), binth, MAX_DEPTH, MAX_LEAF, LEAF_DIM)
+    if res[0] == "unsplittable":
+        raise _unsplittable(res[2], boxes, res[1])
+    nodes, leaf, depth, max_leaf = res
+    return Tree(np.frombuffer(nodes, dtype="<u8").reshape(-1, 4).copy(),
+                np.frombuffer(leaf, dtype="<u4").astype(np.int64), n, depth, max_leaf)
+
+
+def build_numpy(boxes: Sequence[Box], *, binth: int = BINTH, arrays=None) -> Tree:
+    """The reference builder, in numpy (what the compiled one must equal)."""
+    n = len(boxes)
+    if n == 0:
+        return Tree(np.zeros((0, 4), np.uint64), np.zeros(0, np.int64), 0, 0, 0)
+    lo, hi, plain = arrays if arrays is not None else box_arrays(boxes)
+    dims = _used_dims(lo, hi)
 
     nodes: list[list[int]] = []
     leaf: list[int] = []
@@ -110,7 +167,7 @@ def build(boxes: Sequence[Box], *, binth: int = BINTH) -> Tree:
             split = _best_split(lo, hi, idx, rlo, rhi, dims, must=len(idx) > MAX_LEAF)
         if split is None:
             if len(idx) > MAX_LEAF:
-                raise _unsplittable(len(idx), boxes, idx)
+                raise _unsplittable(len(idx), boxes, int(idx[0]))
             nodes[slot] = [0, len(leaf), len(idx), LEAF_DIM]
             leaf.extend(int(i) for i in idx)
             depth_max = max(depth_max, depth)
@@ -127,7 +184,8 @@ def build(boxes: Sequence[Box], *, binth: int = BINTH) -> Tree:
         rlo2[d] = t + np.uint64(1)
         stack.append((rslot, right, rlo2, rhi2, depth + 1))
         stack.append((lslot, left, llo, lhi, depth + 1))
-    return Tree([tuple(x) for x in nodes], leaf, n, depth_max, leaf_max)
+    return Tree(np.array(nodes, dtype=np.uint64).reshape(-1, 4), np.array(leaf, dtype=np.int64),
+                n, depth_max, leaf_max)
 
 
 def _best_split(lo: np.ndarray, hi: np.ndarray, idx: np.ndarray, rlo: np.ndarray,
@@ -166,18 +224,19 @@ def _best_split(lo: np.ndarray, hi: np.ndarray, idx: np.ndarray, rlo: np.ndarray
 def lookup(tree: Tree, boxes: Sequence[Box], key: Sequence[int], user: Sequence[int],
            user_valid: int) -> Box | None:
     """Walk ``tree`` as the BPF program does (``EBP_FLT_TREE_DEFINE``): for tests."""
-    if not tree.nodes:
+    if not len(tree.nodes):
         return None
     idx = 0
     for _ in range(MAX_DEPTH):
-        thresh, left, right, dim = tree.nodes[idx]
+        thresh, left, right, dim = (int(x) for x in tree.nodes[idx])
         if dim == LEAF_DIM:
             break
         idx = left if key[dim] <= thresh else right
-    thresh, first, count, dim = tree.nodes[idx]
+    thresh, first, count, dim = (int(x) for x in tree.nodes[idx])
     if dim != LEAF_DIM:
         return None
     for i in tree.leaf[first:first + min(count, MAX_LEAF)]:
+        i = int(i)
         if boxes[i].holds(key, user, user_valid):
             return boxes[i]
     return None
@@ -185,25 +244,28 @@ def lookup(tree: Tree, boxes: Sequence[Box], key: Sequence[int], user: Sequence[
 
 # -- forests: one tree per partition of the boxes ------------------------------------------------
 
-def _wide(b: Box) -> tuple[bool, bool, bool]:
+def _wide(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per box, 4 * (source wide) + 2 * (destination wide) + (destination port wide)."""
     from ebplane.stages.filter.model import D
-    wide_addr = _WIDE_V4 if b.lo[D["family"]] == 4 and b.hi[D["family"]] == 4 else _WIDE_V6
-    return (b.hi[D["src_hi"]] - b.lo[D["src_hi"]] >= wide_addr,
-            b.hi[D["dst_hi"]] - b.lo[D["dst_hi"]] >= wide_addr,
-            b.hi[D["dport"]] - b.lo[D["dport"]] > _WIDE_PORTS)
+    v4 = (lo[:, D["family"]] == 4) & (hi[:, D["family"]] == 4)
+    wide_addr = np.where(v4, np.uint64(_WIDE_V4), np.uint64(_WIDE_V6))
+    src = hi[:, D["src_hi"]] - lo[:, D["src_hi"]] >= wide_addr
+    dst = hi[:, D["dst_hi"]] - lo[:, D["dst_hi"]] >= wide_addr
+    port = hi[:, D["dport"]] - lo[:, D["dport"]] > np.uint64(_WIDE_PORTS)
+    return 4 * src.astype(np.int64) + 2 * dst + port
 
 
 SMALL_GROUP = 0.01      # a partition with fewer boxes than this share joins the mixed one
 
 
-def partition(boxes: Sequence[Box]) -> list[list[int]]:
+def partition(boxes: Sequence[Box], arrays=None) -> list[list[int]]:
     """Box indices grouped by which of source, destination and destination port they leave
     wide, each group in priority order, groups ordered by the best priority they hold.
     Groups of fewer than 1% of the boxes go together into one mixed group: a tree more per
     packet costs more than the few copies of their wide boxes (at most 8 groups)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, b in enumerate(boxes):
-        groups.setdefault(_wide(b), []).append(i)
+    lo, hi, _ = arrays if arrays is not None else box_arrays(boxes)
+    wide = _wide(lo, hi) if len(boxes) else np.zeros(0, np.int64)
+    groups = {int(w): np.flatnonzero(wide == w).tolist() for w in np.unique(wide)}
     small = max(32, int(SMALL_GROUP * len(boxes)))
     big = [g for g in groups.values() if len(g) >= small]
     mixed = sorted(i for g in groups.values() if len(g) < small for i in g)
@@ -217,6 +279,8 @@ class Forest:
     trees: list[Tree]
     min_prio: list[int]
     nboxes: int
+    groups: list[np.ndarray] | None = None  # per tree, the box indices it was built over
+    arrays: tuple | None = None             # box_arrays() of the boxes
 
     @property
     def nodes(self) -> int:
@@ -234,35 +298,55 @@ class Forest:
     def max_leaf(self) -> int:
         return max((t.max_leaf for t in self.trees), default=0)
 
-    def pack(self, node_base: int, leaf_base: int, box_base: int) -> tuple[bytes, bytes, int]:
-        """``(nodes, leaf, root)``: the node array from ``node_base`` (the tree headers
-        first), the leaf array from ``leaf_base``, and the index of the first header."""
+    def layout(self, node_base: int, leaf_base: int, box_base: int, prio_scale: int = 1
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(nodes, leaf, root)`` with absolute indices: the (m, 4) node rows from
+        ``node_base`` (the tree headers first: (best priority, tree root, next header,
+        TREE_DIM)), the leaf array's box slots from ``leaf_base``, and the first header.
+        Priorities are multiplied by ``prio_scale`` (see ``Box.pack``)."""
         if not self.trees:
-            return b"", b"", EMPTY
+            return np.zeros((0, 4), np.uint64), np.zeros(0, np.int64), EMPTY
         k = len(self.trees)
-        headers, bodies, leaves = [], [], []
+        rows = [np.array([[self.min_prio[i] * prio_scale, 0, node_base + i + 1 if i + 1 < k else EMPTY,
+                           TREE_DIM] for i in range(k)], dtype=np.uint64)]
+        leaves = []
         nb, lb = node_base + k, leaf_base
         for i, t in enumerate(self.trees):
-            nxt = node_base + i + 1 if i + 1 < k else EMPTY
-            headers.append(NODE.pack(self.min_prio[i], nb, nxt, TREE_DIM))
-            nodes, leaf = t.pack(nb, lb, box_base)
-            bodies.append(nodes)
-            leaves.append(leaf)
+            rows[0][i, 1] = nb
+            nodes = t.nodes.copy()
+            leaf = nodes[:, 3] == LEAF_DIM
+            nodes[:, 1] += np.where(leaf, lb, nb).astype(np.uint64)
+            nodes[:, 2] += np.where(leaf, 0, nb).astype(np.uint64)
+            rows.append(nodes)
+            leaves.append(t.leaf + box_base)
             nb += len(t.nodes)
             lb += len(t.leaf)
-        return b"".join(headers + bodies), b"".join(leaves), node_base
+        return np.concatenate(rows), np.concatenate(leaves), node_base
+
+    def pack(self, node_base: int, leaf_base: int, box_base: int, prio_scale: int = 1
+             ) -> tuple[bytes, bytes, int]:
+        """``(nodes, leaf, root)`` as map bytes (see :meth:`layout`)."""
+        nodes, leaf, root = self.layout(node_base, leaf_base, box_base, prio_scale)
+        return node_bytes(nodes), leaf.astype("<u4").tobytes(), root
 
 
-def build_forest(boxes: Sequence[Box], *, binth: int = BINTH) -> Forest:
-    """One tree per :func:`partition` of ``boxes``; leaf entries index ``boxes``."""
-    trees, prios = [], []
-    for group in partition(boxes):
-        t = build([boxes[i] for i in group], binth=binth)
-        t.leaf = [group[i] for i in t.leaf]
+def build_forest(boxes: Sequence[Box], *, binth: int = BINTH, use: str | None = None,
+                 arrays=None) -> Forest:
+    """One tree per :func:`partition` of ``boxes``; leaf entries index ``boxes``.  ``use``:
+    the builder (see :func:`build`); ``arrays``: the boxes' :func:`box_arrays`, if known."""
+    trees, prios, groups = [], [], []
+    arrays = arrays if arrays is not None else box_arrays(boxes)
+    lo, hi, plain = arrays
+    for group in partition(boxes, arrays):
+        g = np.asarray(group, dtype=np.int64)
+        t = build([boxes[i] for i in group], binth=binth, arrays=(lo[g], hi[g], plain[g]),
+                  use=use)
+        t.leaf = g[t.leaf]
+        groups.append(g)
         t.nboxes = len(boxes)
         trees.append(t)
         prios.append(boxes[group[0]].prio)
-    return Forest(trees, prios, len(boxes))
+    return Forest(trees, prios, len(boxes), groups, arrays)
 
 
 def forest_lookup(forest: Forest, boxes: Sequence[Box], key: Sequence[int],
