@@ -83,7 +83,20 @@ class Rule:
 
     def to_dict(self) -> dict[str, Any]:
         """The rule in its YAML form; ``Rule.from_dict(r.to_dict())`` gives ``r`` back
-        (without ``line``)."""
+        (without ``line``).  A new dict each call (the caller may change it); the rule keeps
+        the first one made: applying 100k rules writes each rule's form three times."""
+        d = self.__dict__.get("_yaml")
+        if d is None:
+            d = self._to_dict()
+            object.__setattr__(self, "_yaml", d)  # not a field: no part of eq/hash/repr
+        out = dict(d)
+        if "state" in out and isinstance(out["state"], list):
+            out["state"] = list(out["state"])
+        if "match" in out:
+            out["match"] = dict(out["match"])
+        return out
+
+    def _to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         if self.src is not None:
             d["src"] = str(self.src)
