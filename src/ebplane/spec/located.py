@@ -166,17 +166,12 @@ def load_located(text: str, filename: str, *, fast: bool = False) -> tuple[Any, 
 # quotes, values double-quoted strings or decimal integers, printable ASCII without escapes.
 # On these JSON and YAML read the same values (json.loads is C code: ~20x the YAML parser).
 _STR = r'"[ !#-\[\]-~]*"'
+# (no space between a key and its colon: a mapping's '":' are its keys, counted to find a
+# duplicate key without a Python hook per mapping)
 _FAST_LINE = re.compile(
-    r'( *)- (\{ *' + _STR + r' *: +(?:' + _STR + r'|-?(?:0|[1-9][0-9]{0,17}))'
-    r'(?: *, *' + _STR + r' *: +(?:' + _STR + r'|-?(?:0|[1-9][0-9]{0,17})))* *\}) *')
+    r'( *)- (\{ *' + _STR + r': +(?:' + _STR + r'|-?(?:0|[1-9][0-9]{0,17}))'
+    r'(?: *, *' + _STR + r': +(?:' + _STR + r'|-?(?:0|[1-9][0-9]{0,17})))* *\}) *')
 _FAST_PLACEHOLDER = "ebplane.fast.item"
-
-
-def _no_duplicates(pairs: list) -> dict:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        raise ValueError("duplicate key")
-    return d
 
 
 def _fast_items(text: str) -> tuple[dict[int, tuple[int, dict, int]], str]:
@@ -191,23 +186,26 @@ def _fast_items(text: str) -> tuple[dict[int, tuple[int, dict, int]], str]:
     if "- {" not in text or any(c in text for c in "\r\x85\u2028\u2029\ufeff"):
         return {}, text  # other line breaks than \n would number lines differently
     import json
-    loads = json.JSONDecoder(object_pairs_hook=_no_duplicates).decode
     match = _FAST_LINE.fullmatch
     lines = text.split("\n")
-    items: dict[int, tuple[int, dict, int]] = {}
+    found: list[tuple[int, int, str]] = []  # (line, indent, mapping text)
     for n, line in enumerate(lines):
-        if "- {" not in line:
-            continue
-        m = match(line)
-        if m is None:
-            continue
-        try:
-            value = loads(m.group(2))
-        except ValueError:  # a duplicate key: the reader reports it
-            continue
-        indent = m.group(1)
-        items[n] = (len(indent) + 2, value, 1 + 2 * len(value))
-        lines[n] = f"{indent}- {_FAST_PLACEHOLDER}"
+        if "- {" in line:
+            m = match(line)
+            if m is not None:
+                found.append((n, len(m.group(1)), m.group(2)))
+    if not found:
+        return {}, text
+    try:  # one call of the C decoder for all of them
+        values = json.loads("[" + ",".join(f[2] for f in found) + "]")
+    except ValueError:  # pragma: no cover - the pattern admits only valid JSON
+        return {}, text
+    items: dict[int, tuple[int, dict, int]] = {}
+    for (n, indent, mapping), value in zip(found, values):
+        if len(value) != mapping.count('":'):
+            continue  # a duplicate key: the reader reports it
+        items[n] = (indent + 2, value, 1 + 2 * len(value))
+        lines[n] = " " * indent + "- " + _FAST_PLACEHOLDER
     return items, "\n".join(lines)
 
 
