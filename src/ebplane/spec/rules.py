@@ -231,6 +231,11 @@ def _quick_ipv4(text: str) -> ipaddress.IPv4Network | None:
     return ipaddress.IPv4Network((addr, bits))
 
 
+def stored_network(text: str) -> IPNetwork:
+    """A network as ``str(net)`` wrote it (a rule stored by ebplane itself)."""
+    return _quick_ipv4(text) or ipaddress.ip_network(text)
+
+
 def _network(obj: Any, at: Where, key: str, listed: frozenset[str]) -> IPNetwork:
     if type(obj) is str and "ipv4" in listed:
         net = _quick_ipv4(obj.strip())
