@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from ebplane.errors import SpecError
@@ -66,6 +66,15 @@ class Rule:
     state: tuple[int, ...] | None = None
     # line in the spec file, for messages; not part of the rule's identity
     line: int | None = field(default=None, compare=False)
+
+    def __hash__(self) -> int:
+        # the dataclass hash of the compared fields, kept: stable ids hash every rule of a
+        # 100k-rule table (twice), and ipaddress hashes a network in Python
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple([getattr(self, name) for name in _IDENTITY]))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @property
     def family(self) -> int:
@@ -125,6 +134,10 @@ class Rule:
     def sets_skb(self) -> bool:
         """Whether the rule sets a mark or a class on the packets it passes."""
         return self.mark is not None or self.klass is not None
+
+
+# the fields that make a rule's identity (eq and hash): all but line
+_IDENTITY: tuple[str, ...] = tuple(f.name for f in fields(Rule) if f.compare)
 
 
 def class_text(klass: int) -> str:
