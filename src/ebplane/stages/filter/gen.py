@@ -48,7 +48,6 @@ def header(out: Emit) -> None:
 
 
 OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
-ACT = {"pass": "EBP_ACT_PASS", "drop": "EBP_ACT_DROP"}
 
 
 def slots(stage: FilterStage) -> tuple[int, int]:
