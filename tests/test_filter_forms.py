@@ -18,7 +18,7 @@ from ebplane.codegen.p4c import USER_BYTES, user_layout
 from ebplane.errors import UsageError
 from ebplane.spec import Rule, parse_rule
 from ebplane.spec.protocol_set import parser_graph
-from ebplane.stages.filter import model, plan, tree
+from ebplane.stages.filter import gen as filter_gen, model, plan, tree
 from ebplane.toolchain import clang
 from ebplane.stages.filter.model import ACT_DROP, ACT_PASS, Match, compile_boxes, match_packet
 
@@ -31,38 +31,53 @@ def net(text: str):
 
 # -- layout -----------------------------------------------------------------------------------
 
-def test_layouts_and_constants_match_filter_h(tmp_path: Path):
-    """clang checks struct sizes, offsets and every shared constant against the Python side."""
-    box_offsets = {"lo": 0, "hi": 8 * model.NDIMS, "user_mask": 16 * model.NDIMS,
-                   "user_value": 16 * model.NDIMS + 16, "user_need": 16 * model.NDIMS + 32,
-                   "rule": 16 * model.NDIMS + 36}
-    # the generator defines the parse-info size before any header (codegen.p4c.USER_BYTES)
-    lines = [f"#define EBP_USER_BYTES {USER_BYTES}", f'#include "{FILTER_H}"', "#include <stddef.h>",
-             f"_Static_assert(sizeof(struct ebp_flt_box) == {model.BOX.size}, \"box\");",
-             f"_Static_assert(sizeof(struct ebp_flt_node) == {tree.NODE.size}, \"node\");",
-             f"_Static_assert(sizeof(struct ebp_flt_rule) == {model.RULE.size}, \"rule\");",
-             "_Static_assert(offsetof(struct ebp_flt_node, left) == 8, \"left\");",
-             "_Static_assert(offsetof(struct ebp_flt_node, dim) == 16, \"dim\");"]
-    for name, off in box_offsets.items():
-        lines.append(f"_Static_assert(offsetof(struct ebp_flt_box, {name}) == {off}, \"{name}\");")
-    consts = {"EBP_FLT_DIMS": model.NDIMS,
-              "EBP_FLT_PROTO_NONE": model.PROTO_NONE, "EBP_FLT_VLAN_NONE": model.VLAN_NONE,
-              "EBP_FLT_PORT_NONE": model.PORT_NONE, "EBP_FLT_MAX_DEPTH": tree.MAX_DEPTH,
-              "EBP_FLT_MAX_LEAF": tree.MAX_LEAF, "EBP_FLT_LEAF": tree.LEAF_DIM,
-              "EBP_FLT_TREE": tree.TREE_DIM, "EBP_FLT_MAX_TREES": tree.MAX_TREES,
-              "EBP_FLT_EMPTY": tree.EMPTY, "EBP_ACT_PASS": ACT_PASS, "EBP_ACT_DROP": ACT_DROP}
-    consts.update({f"EBP_D_{d.upper()}": i for i, d in enumerate(model.DIMS)})
-    for k, v in consts.items():
-        lines.append(f"_Static_assert({k} == {v}u, \"{k}\");")
+def _clang_check(tmp_path: Path, lines: list[str]) -> subprocess.CompletedProcess:
     src = tmp_path / "check.c"
     src.write_text("\n".join(lines) + "\n")
     flags = [f"-I{d}" for d in clang.INCLUDE_DIRS] + clang._arch_include()
-    res = subprocess.run(["clang-19", "-fsyntax-only", "-target", "bpf", *flags, str(src)],
-                         capture_output=True, text=True)
+    return subprocess.run(["clang-19", "-fsyntax-only", "-target", "bpf", *flags, str(src)],
+                          capture_output=True, text=True)
+
+
+def test_filter_h_takes_its_constants_and_structs_from_python(tmp_path: Path):
+    """filter.h declares none of what the control plane shares with it: without the
+    generator's #defines and structs it stops with #error; with them clang agrees with the
+    codecs (sizes, offsets) and the constants keep their C types."""
+    # the generator defines the parse-info size before any header (codegen.p4c.USER_BYTES)
+    base = [f"#define EBP_USER_BYTES {USER_BYTES}"]
+    res = _clang_check(tmp_path, base + [f'#include "{FILTER_H}"'])
+    assert res.returncode != 0 and "needs the #defines and structs" in res.stderr
+    box_offsets = {"lo": 0, "hi": 8 * model.NDIMS, "user_mask": 16 * model.NDIMS,
+                   "user_value": 16 * model.NDIMS + 16, "user_need": 16 * model.NDIMS + 32,
+                   "rule": 16 * model.NDIMS + 36}
+    lines = base + ['#include "ebplane.h"', "#include <stddef.h>"]
+    lines += [f"#define {k} {v}" for k, v in filter_gen.c_defines().items()]
+    lines += [t.c() for t in filter_gen.LAYOUTS]
+    lines += [f'#include "{FILTER_H}"',
+              f"_Static_assert(sizeof(struct ebp_flt_box) == {model.BOX.size}, \"box\");",
+              f"_Static_assert(sizeof(struct ebp_flt_node) == {tree.NODE_DTYPE.itemsize}, \"node\");",
+              f"_Static_assert(sizeof(struct ebp_flt_rule) == {model.RULE.size}, \"rule\");",
+              # the root is a __u32 compared with EBP_FLT_EMPTY: an unsigned int, not a long
+              "_Static_assert(__builtin_types_compatible_p(__typeof__(EBP_FLT_EMPTY), "
+              "unsigned int), \"empty\");"]
+    for name, (_, off) in tree.NODE_DTYPE.fields.items():
+        lines.append(f"_Static_assert(offsetof(struct ebp_flt_node, {name}) == {off}, \"{name}\");")
+    for name, off in box_offsets.items():
+        lines.append(f"_Static_assert(offsetof(struct ebp_flt_box, {name}) == {off}, \"{name}\");")
+    consts = {"EBP_FLT_DIMS": model.NDIMS, "EBP_FLT_EMPTY": 0xFFFFFFFF,
+              "EBP_ACT_PASS": ACT_PASS, "EBP_ACT_DROP": ACT_DROP}
+    consts.update({f"EBP_D_{d.upper()}": i for i, d in enumerate(model.DIMS)})
+    for k, v in consts.items():
+        lines.append(f"_Static_assert({k} == {v}u, \"{k}\");")
+    res = _clang_check(tmp_path, lines)
     assert res.returncode == 0, res.stderr
-    # the enum lists the dimensions in DIMS order, no more
-    enum = re.search(r"enum ebp_flt_dim \{(.*?)\};", FILTER_H.read_text(), re.S).group(1)
-    assert re.findall(r"EBP_D_(\w+)", enum) == [d.upper() for d in model.DIMS]
+    # every shared name the header uses is one the generator defines (a name only a macro
+    # uses would otherwise fail late, in the first program that expands it)
+    text = FILTER_H.read_text()
+    own = set(re.findall(r"#define (\w+)", text))
+    used = set(re.findall(r"\b(EBP_(?:D|FLT|ACT)_\w+)", text)) - own
+    assert used and used <= set(filter_gen.c_defines()), used - set(filter_gen.c_defines())
+    assert not re.search(r"^(struct|enum) ebp_flt_(rule|box|node|dim) \{", text, re.M)
 
 
 # -- boxes mean first match -------------------------------------------------------------------

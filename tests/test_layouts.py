@@ -2,9 +2,8 @@
 
 A layout defined once in Python (``codegen.layout.Layout``) is written into the program as C
 and packed by ``kernel.codec.Packed``; this reads the compiled object's BTF (``bpftool btf
-dump file``) and checks every such struct's size and member offsets against the Layout, and
-the structs still declared in a reviewed header (the filter's) against the codecs that
-read them.
+dump file``) and checks every such struct's size and member offsets against the Layout (the filter's
+too, whose codecs are a ``struct`` format and a numpy dtype made from its Layouts).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from ebplane.codegen import dispatch
@@ -23,8 +23,9 @@ from ebplane.spec import parse_spec
 from ebplane.stages.balancer import gen as lb_gen
 from ebplane.stages.conntrack import gen as ct_gen
 from ebplane.stages.encap import gen as encap_gen
-from ebplane.stages.filter.model import BOX, RULE
-from ebplane.stages.filter.tree import NODE
+from ebplane.stages.filter import gen as flt_gen
+from ebplane.stages.filter.model import BOX, RULE, Box
+from ebplane.stages.filter.tree import NODE_DTYPE, node_bytes
 from ebplane.stages.forward import gen as fwd_gen
 from ebplane.stages.mirror import gen as mirror_gen
 from ebplane.stages.multicast import gen as mc_gen
@@ -71,7 +72,8 @@ stages:
   - multicast: {groups: {g: {addresses: ["ff0e::1"]}}}
   - mirror: {to: p1}
 """
-KIND_LAYOUTS = {"xdp": {*lb_gen.LAYOUTS, encap_gen.ENCAP, *mc_gen.LAYOUTS, mirror_gen.CFG},
+KIND_LAYOUTS = {"xdp": {*lb_gen.LAYOUTS, *flt_gen.LAYOUTS, encap_gen.ENCAP, *mc_gen.LAYOUTS,
+                        mirror_gen.CFG},
                 "tc-ingress": {encap_gen.ENCAP, *mc_gen.LAYOUTS, mirror_gen.CFG}}
 
 
@@ -152,12 +154,30 @@ def test_dispatcher_chain_entry_has_its_layouts_offsets(tmp_path):
     assert got["size"] == layout.size == Packed(layout).size == 8
 
 
-def test_reviewed_header_structs_match_their_codecs(program):
-    _, btf = program
+def test_filter_structs_have_the_layouts_offsets_and_codecs(program):
+    """ebp_flt_rule, ebp_flt_box, ebp_flt_node: generated from the filter's Layouts (filter.h
+    declares none); the compiled object lays them out as the Layouts do, and the codecs the
+    control plane packs them with are made from the same Layouts: a box packed by
+    ``Box.pack`` and a node by ``node_bytes`` read back field by field."""
+    prog, btf = program
+    assert set(flt_gen.LAYOUTS) <= set(prog.types.values())
     assert COUNT.layout is COUNT_LAYOUT  # ebp_count: a Layout, checked with the others
-    assert btf["ebp_flt_rule"]["size"] == RULE.size
-    assert btf["ebp_flt_box"]["size"] == BOX.size
-    assert btf["ebp_flt_node"]["size"] == NODE.size
+    rule_l, box_l, node_l = flt_gen.LAYOUTS
+    assert btf["ebp_flt_rule"]["size"] == RULE.size == rule_l.size
+    assert btf["ebp_flt_box"]["size"] == BOX.size == box_l.size == 216
+    assert btf["ebp_flt_node"]["size"] == NODE_DTYPE.itemsize == node_l.size == 24
+    assert {n: o for n, (_, o) in NODE_DTYPE.fields.items()} == \
+        dict(btf["ebp_flt_node"]["members"])
+    n = box_l.fields[0].count  # the dimensions
+    box = Box(tuple(range(1, n + 1)), tuple(range(101, 101 + n)), prio=7, rule_id=8,
+              action=0x101, user_need=5, user_mask=(1, 2, 3, 4), user_value=(5, 6, 7, 8),
+              mark=9, klass=10)
+    got = Packed(box_l).decode(box.pack(prio_scale=3))
+    assert (got.lo, got.hi, got.user_mask, got.user_value, got.user_need) == \
+        (box.lo, box.hi, box.user_mask, box.user_value, 5)
+    assert got.rule == Packed(rule_l).type(21, 8, 0x101, 9, 10)
+    node = Packed(node_l).decode(node_bytes(np.array([[2**40 + 3, 11, 12, 0xFF]], np.uint64)))
+    assert node == Packed(node_l).type(2**40 + 3, 11, 12, 0xFF, 0)
 
 
 def test_packed_codec_round_trips_arrays_nested_and_padding():

@@ -124,6 +124,51 @@ class Layout:
         lines.append("};")
         return "\n".join(lines)
 
+    def flat_format(self) -> str:
+        """The ``struct`` module format of the struct with every member flattened: scalars
+        and array items in order, as numbers (nested structs inlined), padding as pad bytes.
+        For packing many records at the speed of one ``struct.Struct`` call each, where
+        :class:`~ebplane.kernel.codec.Packed`'s named tuples cost too much (the filter's
+        boxes).
+
+        >>> Layout("t", [Field("a", "__u8"), Field("b", "__u32", 2)]).flat_format()
+        '<B3x2I'
+        """
+        fmt, cur = self._flat_parts(0)
+        return "<" + fmt + (f"{self.size - cur}x" if self.size > cur else "")
+
+    def _flat_parts(self, base: int) -> tuple[str, int]:
+        fmt, cur = "", base
+        for f, off in zip(self.fields, self.offsets):
+            if isinstance(f.count, str):
+                raise ValueError(f"struct {self.name}: {f.name}[{f.count}] has no fixed size")
+            off += base
+            if off > cur:
+                fmt += f"{off - cur}x"
+            for i in range(f.count or 1) if f.nested else ():
+                inner, end = f.ctype._flat_parts(off + i * f.ctype.size)
+                fmt += inner + (f"{off + (i + 1) * f.ctype.size - end}x"
+                                if off + (i + 1) * f.ctype.size > end else "")
+            if not f.nested:
+                fmt += f"{f.count or ''}{SCALARS[f.ctype][0]}"
+            cur = off + f.size
+        return fmt, cur
+
+    def numpy_dtype(self):
+        """The struct as a numpy structured dtype (little-endian, the same offsets and
+        size): for packing arrays of records at once (the filter's tree nodes)."""
+        import numpy as np
+
+        def one(f: Field):
+            base = f.ctype.numpy_dtype() if f.nested else \
+                np.dtype(f"<{'u' if f.ctype.startswith('__u') else 'i'}{f.elem_size}")
+            return (base, (f.count,)) if f.count else base
+
+        fixed = [(f, o) for f, o in zip(self.fields, self.offsets) if not isinstance(f.count, str)]
+        return np.dtype({"names": [f.name for f, _ in fixed],
+                         "formats": [one(f) for f, _ in fixed],
+                         "offsets": [o for _, o in fixed], "itemsize": self.size})
+
     def to_dict(self) -> dict:
         """Size and offsets (the manifest's record of a type)."""
         return {"size": self.size,

@@ -14,7 +14,7 @@ from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.pipeline import Emit, Features, StageGen
 from ebplane.codegen.stagefn import counters_map, stage_function
 from ebplane.stages.balancer.spec import BalancerStage
-from ebplane.stages.filter.gen import FRAG_TABLE
+from ebplane.stages.filter.gen import FRAG_TABLE, frag_table
 
 # counter slots of a balancer stage (EBP_LB_<NAME>, EBP_LB_NCOUNTERS)
 COUNTERS: tuple[str, ...] = (
@@ -144,11 +144,7 @@ class BalancerGen(StageGen):
         out.map(n["flows"], "BPF_MAP_TYPE_PERCPU_ARRAY", "__u32", "struct ebp_count",
                 st.max_backends, f"balancer '{st.name}': new flows per backend slot",
                 stage=st.name, role="flows")
-        if not any(m.cname == FRAG_TABLE for m in out.prog.maps):
-            out.map(FRAG_TABLE, "BPF_MAP_TYPE_LRU_HASH", "struct ebp_frag_key",
-                    "struct ebp_frag_val", "EBP_FRAG_TABLE_SIZE",
-                    "IP fragments: the decision of each datagram's first fragment, per stage",
-                    stage=None, role="frags")
+        frag_table(out)  # filter.h's (with its #defines and structs): balancer.h includes it
         src4 = _c_words(st.source4, 1)
         src6 = _c_words(st.source6, 4)
         out.functions.append(stage_function(

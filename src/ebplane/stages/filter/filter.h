@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /* The filter stage's classifier, shared with its control plane (ebplane.stages.filter).
  *
- * A packet is a point in ten dimensions (enum ebp_flt_dim); a rule is a box, one range
+ * A packet is a point in ten dimensions (EBP_D_*); a rule is a box, one range
  * per dimension, plus an optional condition on the user area (match: fields).  A value a
  * packet cannot carry stands for an absent field (EBP_FLT_*_NONE), so presence is part of
  * the box.  The first rule (lowest prio) whose box holds the packet wins.
@@ -24,69 +24,23 @@
 
 #include "ebplane.h"
 
-enum ebp_flt_dim {
-	EBP_D_FAMILY,	/* 0 (not IP), 4, 6 */
-	EBP_D_PROTO,	/* IP protocol; EBP_FLT_PROTO_NONE when not IP */
-	EBP_D_VLAN,	/* outer VLAN id; EBP_FLT_VLAN_NONE when untagged */
-	EBP_D_SPORT,	/* TCP/UDP ports; EBP_FLT_PORT_NONE without an L4 header */
-	EBP_D_DPORT,
-	EBP_D_SRC_HI,	/* address bytes 0-7 and 8-15 as big-endian numbers */
-	EBP_D_SRC_LO,
-	EBP_D_DST_HI,
-	EBP_D_DST_LO,
-	EBP_D_CT_STATE,	/* ebp_pkt.ct_state: set by a conntrack stage, 0 (untracked) without */
-	EBP_FLT_DIMS
-};
-
-#define EBP_FLT_PROTO_NONE 0x100
-#define EBP_FLT_VLAN_NONE  0x1000
-#define EBP_FLT_PORT_NONE  0x10000
-
-#define EBP_FLT_MAX_DEPTH  48
-#define EBP_FLT_MAX_LEAF   32
-#define EBP_FLT_MAX_TREES  8
-#define EBP_FLT_LEAF       0xff		/* ebp_flt_node.dim of a leaf */
-#define EBP_FLT_TREE       0xfe		/* ebp_flt_node.dim of a tree header */
-#define EBP_FLT_EMPTY      0xffffffff	/* root of an empty rule set */
-
-/* rule actions: the low byte is pass or drop, the bits above it say what a passing rule
- * sets on the packet (skb mark, skb priority: at TC directly, at XDP through the metadata
- * area, read by the TC program ebplane attaches next to the XDP program) */
-#define EBP_ACT_PASS  0
-#define EBP_ACT_DROP  1
-#define EBP_ACT_KIND  0xff
-#define EBP_ACT_MARK  0x100
-#define EBP_ACT_CLASS 0x200
-
-/* what a classification returns */
-struct ebp_flt_rule {
-	__u32 prio;	/* position in the rule list: lower wins */
-	__u32 rule_id;	/* stable id: index of the rule's counters */
-	__u32 action;	/* EBP_ACT_* */
-	__u32 mark;	/* with EBP_ACT_MARK: the skb mark */
-	__u32 klass;	/* with EBP_ACT_CLASS: the skb priority (a tc classid) */
-};
-
-/* one box: a rule, or one of the boxes a rule expands into (ports without proto: TCP and
- * UDP; a match: range: one box per aligned block) */
-struct ebp_flt_box {
-	__u64 lo[EBP_FLT_DIMS];
-	__u64 hi[EBP_FLT_DIMS];
-	__u32 user_mask[4];	/* (ebp_pkt.user32[i] & user_mask[i]) == user_value[i] */
-	__u32 user_value[4];
-	__u32 user_need;	/* ebp_pkt.user_valid bits the packet must have */
-	struct ebp_flt_rule rule;
-};
-
-/* a tree node: inner (dim < EBP_FLT_DIMS), leaf (dim == EBP_FLT_LEAF) or a tree header
- * (dim == EBP_FLT_TREE) */
-struct ebp_flt_node {
-	__u64 thresh;	/* inner: key[dim] <= thresh goes left */
-	__u32 left;	/* inner: child node; leaf: first entry in the leaf array */
-	__u32 right;	/* inner: child node; leaf: number of entries */
-	__u32 dim;
-	__u32 pad;
-};
+/* What the control plane shares with this header is defined once, in Python, and written
+ * into each program ahead of it by ebplane/stages/filter/gen.py (header()):
+ * - #defines: the dimensions EBP_D_FAMILY .. EBP_D_CT_STATE and their number EBP_FLT_DIMS
+ *   (model.DIMS: family, proto, vlan, sport, dport, src_hi, src_lo, dst_hi, dst_lo,
+ *   ct_state), the values of absent fields EBP_FLT_{PROTO,VLAN,PORT}_NONE, the limits
+ *   EBP_FLT_MAX_DEPTH, EBP_FLT_MAX_LEAF, EBP_FLT_MAX_TREES, the node kinds EBP_FLT_LEAF and
+ *   EBP_FLT_TREE (ebp_flt_node.dim), EBP_FLT_EMPTY (root of an empty rule set), and the
+ *   rule actions EBP_ACT_PASS, EBP_ACT_DROP, EBP_ACT_KIND (the low byte: pass or drop) with
+ *   the flags above it, EBP_ACT_MARK and EBP_ACT_CLASS (what a passing rule sets on the
+ *   packet: skb mark, skb priority; at TC directly, at XDP through the metadata area, read
+ *   by the TC program ebplane attaches next to the XDP program);
+ * - structs (codegen.layout.Layout): ebp_flt_rule (what a classification returns),
+ *   ebp_flt_box (a rule's box: lo[]/hi[] per dimension, the user-area condition, the rule)
+ *   and ebp_flt_node (a tree node), the values of the tree's maps. */
+#ifndef EBP_FLT_DIMS
+#error "filter.h needs the #defines and structs ebplane/stages/filter/gen.py generates"
+#endif
 
 /* The key of a packet: one value per dimension. */
 static __always_inline void ebp_flt_key(__u64 *key, const struct ebp_pkt *pkt)

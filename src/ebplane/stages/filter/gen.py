@@ -1,4 +1,9 @@
-"""C for one filter stage, in the form its plan chose (``filter.h`` holds the reviewed part)."""
+"""C for one filter stage, in the form its plan chose (``filter.h`` holds the reviewed part),
+and what that header shares with the control plane, written into each program from its one
+definition in Python: the numbers as #defines (:func:`c_defines`: dimensions, sentinels,
+limits, action codes, from ``model`` and ``tree``) and the structs of the tree's maps
+(:data:`LAYOUTS`, whose codecs ``model.BOX`` and ``tree.NODE_DTYPE`` are made from the same
+``Layout``s).  The header has none of its own and stops with ``#error`` without them."""
 
 from __future__ import annotations
 
@@ -6,12 +11,43 @@ from ebplane.codegen.p4c import UserLayout
 from ebplane.codegen.pipeline import Emit, Features, StageGen, rule_features
 from ebplane.spec import Rule
 from ebplane.spec.rules import PORT_PROTOS
+from ebplane.stages.filter import model, tree
 from ebplane.stages.filter.model import action_code, user_blocks
 from ebplane.stages.filter.spec import FilterStage
 from ebplane.stages.filter.plan import FilterPlan, compile_table
 
+# the structs filter.h and the control plane share (ebp_flt_box nests ebp_flt_rule)
+LAYOUTS = (model.RULE_LAYOUT, model.BOX_LAYOUT, tree.NODE_LAYOUT)
+
+
+def c_defines() -> dict[str, str]:
+    """The #defines filter.h reads, from ``model``'s and ``tree``'s tables (hexadecimal
+    where the value is a bit pattern, so that the C types stay what they were: EBP_FLT_EMPTY
+    is an unsigned int)."""
+    d = {f"EBP_D_{name.upper()}": str(i) for i, name in enumerate(model.DIMS)}
+    d["EBP_FLT_DIMS"] = str(model.NDIMS)
+    d.update({"EBP_FLT_PROTO_NONE": hex(model.PROTO_NONE),
+              "EBP_FLT_VLAN_NONE": hex(model.VLAN_NONE),
+              "EBP_FLT_PORT_NONE": hex(model.PORT_NONE),
+              "EBP_FLT_MAX_DEPTH": str(tree.MAX_DEPTH), "EBP_FLT_MAX_LEAF": str(tree.MAX_LEAF),
+              "EBP_FLT_MAX_TREES": str(tree.MAX_TREES), "EBP_FLT_LEAF": hex(tree.LEAF_DIM),
+              "EBP_FLT_TREE": hex(tree.TREE_DIM), "EBP_FLT_EMPTY": hex(tree.EMPTY)})
+    d.update({f"EBP_ACT_{name.upper()}": str(code) for name, code in model.ACTION_CODES.items()})
+    d.update({"EBP_ACT_KIND": hex(model.ACT_KIND), "EBP_ACT_MARK": hex(model.ACT_MARK),
+              "EBP_ACT_CLASS": hex(model.ACT_CLASS)})
+    return d
+
+
+def header(out: Emit) -> None:
+    """Include filter.h with what it needs ahead of it (its #defines and structs)."""
+    for name, value in c_defines().items():
+        out.define(name, value)
+    for layout in LAYOUTS:
+        out.struct(layout)
+    out.include("filter.h")
+
+
 OUTCOME = {"pass": "EBP_V_PASS", "drop": "EBP_V_DROP", "next": "EBP_NEXT"}
-ACT = {"pass": "EBP_ACT_PASS", "drop": "EBP_ACT_DROP"}
 
 
 def slots(stage: FilterStage) -> tuple[int, int]:
@@ -35,6 +71,19 @@ def frag_slots(stage: FilterStage) -> dict[str, int]:
 
 def n_counters(stage: FilterStage) -> int:
     return stage.capacity + 2 + len(FRAG_COUNTERS)
+
+
+def frag_table(out: Emit) -> str:
+    """Declare the pipeline's fragment table (once per program; filter.h defines its key
+    and value, so the header comes with it: the balancer records its decisions there too)
+    and return its C name."""
+    header(out)
+    if not any(m.cname == FRAG_TABLE for m in out.prog.maps):
+        out.map(FRAG_TABLE, "BPF_MAP_TYPE_LRU_HASH", "struct ebp_frag_key",
+                "struct ebp_frag_val", "EBP_FRAG_TABLE_SIZE",
+                "IP fragments: the decision of each datagram's first fragment, per stage",
+                stage=None, role="frags")
+    return FRAG_TABLE
 
 
 def tracks_fragments(stage: FilterStage, features) -> bool:
@@ -166,7 +215,7 @@ def tree_holds(t: str, plan: FilterPlan) -> str:
 
 def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -> None:
     """Add the maps and the function ``stage_<idx>_filter`` of one filter to ``out``."""
-    out.include("filter.h")
+    header(out)
     names = map_names(st.name)
     t = f"flt_{st.name}"
     if plan.form == "tree":
@@ -196,11 +245,8 @@ def emit(idx: int, st: FilterStage, plan: FilterPlan, layout: UserLayout, out) -
     else:
         classifier = inline_classifier(t, plan, layout)
     frags = tracks_fragments(st, out.prog.features)
-    if frags and not any(m.cname == FRAG_TABLE for m in out.prog.maps):
-        out.map(FRAG_TABLE, "BPF_MAP_TYPE_LRU_HASH", "struct ebp_frag_key",
-                "struct ebp_frag_val", "EBP_FRAG_TABLE_SIZE",
-                "IP fragments: the decision of each datagram's first fragment, per stage",
-                stage=None, role="frags")
+    if frags:
+        frag_table(out)
     fs = frag_slots(st)
     cnt = names["counters"]
     body = ["\tstruct ebp_flt_rule r;", "\tint verdict;", "\t__u32 slot;"]

@@ -35,11 +35,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.codegen.p4c import USER_BYTES, UserLayout
 from ebplane.errors import UsageError
 from ebplane.spec.rules import PORT_PROTOS, Rule
 
-# -- shared with filter.h (checked by tests/test_filter_forms.py) -------------------------------
+# -- shared with filter.h: defined here once; gen.py writes them into each program as
+# #defines (EBP_D_<DIM>, EBP_FLT_DIMS, EBP_FLT_*_NONE, EBP_ACT_*) and structs ------------
 
 DIMS: tuple[str, ...] = ("family", "proto", "vlan", "sport", "dport",
                          "src_hi", "src_lo", "dst_hi", "dst_lo", "ct_state")
@@ -64,10 +66,25 @@ def action_code(rule: Rule) -> int:
         (ACT_CLASS if rule.klass is not None else 0)
 
 
-# struct ebp_flt_box: lo[NDIMS], hi[NDIMS], user_mask[4], user_value[4], user_need, prio,
-# rule_id, action, mark, klass (little-endian; natural alignment holds without padding)
-BOX = struct.Struct(f"<{NDIMS}Q{NDIMS}Q4I4IIIIIII")
-RULE = struct.Struct("<IIIII")  # struct ebp_flt_rule: prio, rule_id, action, mark, klass
+RULE_LAYOUT = Layout("ebp_flt_rule", [
+    Field("prio", "__u32", comment="position in the rule list: lower wins"),
+    Field("rule_id", "__u32", comment="stable id: index of the rule's counters"),
+    Field("action", "__u32", comment="EBP_ACT_*"),
+    Field("mark", "__u32", comment="with EBP_ACT_MARK: the skb mark"),
+    Field("klass", "__u32", comment="with EBP_ACT_CLASS: the skb priority (a tc classid)")],
+    "what a classification returns")
+BOX_LAYOUT = Layout("ebp_flt_box", [
+    Field("lo", "__u64", NDIMS, "per dimension (EBP_D_*): the box's range"),
+    Field("hi", "__u64", NDIMS),
+    Field("user_mask", "__u32", 4, "(ebp_pkt.user32[i] & user_mask[i]) == user_value[i]"),
+    Field("user_value", "__u32", 4),
+    Field("user_need", "__u32", comment="ebp_pkt.user_valid bits the packet must have"),
+    Field("rule", RULE_LAYOUT)],
+    "one box: a rule, or one of the boxes a rule expands into (ports without proto: TCP and\n"
+    " * UDP; a match: range: one box per aligned block)")
+# the codecs, made from the layouts: every member a number, in order (Box.pack)
+BOX = struct.Struct(BOX_LAYOUT.flat_format())
+RULE = struct.Struct(RULE_LAYOUT.flat_format())
 
 _ZERO_USER = (0, 0, 0, 0)
 

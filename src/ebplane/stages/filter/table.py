@@ -9,7 +9,6 @@ counters of new rule ids from zero (the program itself is swapped by the caller)
 
 from __future__ import annotations
 
-import struct
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,7 +41,7 @@ class FilterTable:
 
     def root(self) -> int:
         """The root of the tree in force (EMPTY for none); every install changes it."""
-        return struct.unpack("<I", self._maps(self.names["config"]).lookup(U32.encode(0)))[0]
+        return U32.decode(self._maps(self.names["config"]).lookup(U32.encode(0)))
 
     def generation(self) -> int | None:
         """What changes with every committed install: the tree's root; None for a table in
@@ -66,7 +65,7 @@ class FilterTable:
         if plan.form != "tree":
             return {"form": plan.form, "boxes": len(compiled.boxes)}
         cfg = self._maps(self.names["config"])
-        root = struct.unpack("<I", cfg.lookup(U32.encode(0)))[0]
+        root = U32.decode(cfg.lookup(U32.encode(0)))
         gen = 1 if root != EMPTY and root < plan.nodes else 0  # the half not in force
         forest = compiled.tree
         nb, lb, bb = gen * plan.nodes, gen * plan.leaf, gen * plan.boxes

@@ -16,23 +16,32 @@ into several leaves), which the arrays are sized for, and build time.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from ebplane.codegen.layout import Field, Layout
 from ebplane.errors import UsageError
 from ebplane.stages.filter.model import ANY, NDIMS, Box
 
-# shared with filter.h
+# shared with filter.h: defined here once; gen.py writes them into each program as #defines
+# and the node struct from its Layout
 MAX_DEPTH = 48          # EBP_FLT_MAX_DEPTH: inner nodes on any path
 MAX_LEAF = 32           # EBP_FLT_MAX_LEAF: boxes in one leaf
 LEAF_DIM = 0xFF         # EBP_FLT_LEAF: ebp_flt_node.dim of a leaf
 TREE_DIM = 0xFE         # EBP_FLT_TREE: ebp_flt_node.dim of a tree header
 MAX_TREES = 8           # EBP_FLT_MAX_TREES
 EMPTY = 0xFFFFFFFF      # EBP_FLT_EMPTY: root of an empty rule set
-NODE = struct.Struct("<QIII4x")  # struct ebp_flt_node: thresh, left, right, dim
+NODE_LAYOUT = Layout("ebp_flt_node", [
+    Field("thresh", "__u64", comment="inner: key[dim] <= thresh goes left"),
+    Field("left", "__u32", comment="inner: child node; leaf: first entry in the leaf array"),
+    Field("right", "__u32", comment="inner: child node; leaf: number of entries"),
+    Field("dim", "__u32"),
+    Field("pad", "__u32")],
+    "a tree node: inner (dim < EBP_FLT_DIMS), leaf (dim == EBP_FLT_LEAF) or a tree header\n"
+    " * (dim == EBP_FLT_TREE)")
+NODE_DTYPE = NODE_LAYOUT.numpy_dtype()  # its codec: node_bytes() packs (m, 4) rows with it
 
 BINTH = 8               # a node with this many boxes or fewer becomes a leaf
 # a box is wide in an address when it spans more than a /16 (IPv4) or a /48 (IPv6) (its
@@ -42,10 +51,6 @@ _WIDE_V4 = 1 << 48
 _WIDE_V6 = 1 << 16
 _WIDE_PORTS = 1024
 _U64_MAX = np.uint64(ANY[1])
-
-
-NODE_DTYPE = np.dtype([("thresh", "<u8"), ("left", "<u4"), ("right", "<u4"), ("dim", "<u4"),
-                       ("pad", "<u4")])  # NODE as a numpy record
 
 
 @dataclass
