@@ -415,3 +415,56 @@ def test_spec_is_a_frozen_model():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"  # type: ignore[misc]
     assert isinstance(spec, PipelineSpec) and isinstance(spec.stages, tuple)
+
+
+# -- the fast path for rule lists of one JSON-style mapping a line ------------------------------
+
+@pytest.mark.parametrize("rule, at, field, reason", [
+    ('{"src": "198.18.0.1/24", "action": "drop"}', '"198', "src", "host bits set"),
+    ('{"src": "198.18.0.0/24", "action": "drop", "port": 1}', '"port', "port", "unknown key"),
+    ('{"proto": "icmp", "sport": 80, "action": "drop"}', "80", "sport",
+     "ports need proto tcp or udp"),
+    ('{"proto": "tcp", "dport": "80-20", "action": "drop"}', '"80-20', "dport",
+     "port range is reversed"),
+    ('{"proto": "tcp", "dport": 70000, "action": "drop"}', "70000", "dport", "port out of range"),
+    ('{"src": "198.18.0.0/24", "action": "drop", "src": "198.18.1.0/24"}', '"src": "198.18.1',
+     "src", "duplicate key"),
+])
+def test_fast_rule_errors_keep_their_location(rule, at, field, reason):
+    """A rule list read by the fast path (JSON-style, one rule a line) gets the same located
+    error as one read by the YAML reader: the fast path falls back to it on any error."""
+    good = '        - {"src": "198.18.0.0/24", "proto": "tcp", "dport": "1-2", "action": "drop"}\n'
+    text = rule_spec(rule).replace("      rules:\n", "      rules:\n" + good * 3)
+    err = spec_error(text)
+    assert err.line == 10 and err.field == f"stages[0].filter.rules[3].{field}"
+    assert err.column == text.splitlines()[9].index(at) + 1
+    assert reason in err.reason
+
+
+def test_fast_read_equals_the_located_read():
+    from ebplane.spec.located import load_located
+    head = HEAD.replace("[ethernet, ipv4]", ALL)
+    text = (head + "  - filter:\n      rules: &r\n"
+            '        - {"src": "198.18.0.0/24", "proto": "tcp", "dport": 53, "action": "drop"}\n'
+            '        -   {"dst": "2001:db8::/32" , "action": "pass"}  \n'
+            "        - {src: 198.18.1.0/24, action: drop}\n"
+            "      alias: *r\n")
+    fast, w1 = load_located(text, "t.yaml", fast=True)
+    slow, w2 = load_located(text, "t.yaml")
+    assert fast == slow and w1.marks.coarse and not w2.marks.coarse
+    for i in range(3):
+        path = ("stages", 0, "filter", "rules", i)
+        assert w1.marks.values[path] == w2.marks.values[path]
+    rules = parse_spec(text.replace("      alias: *r\n", ""), "t.yaml").stages[0].rules
+    assert [r.line for r in rules] == [7, 8, 9]
+
+
+@pytest.mark.parametrize("body", [
+    # the line is text of a block scalar, or part of a quoted string: not a rule
+    "      note: |\n        - {\"src\": \"198.18.0.0/24\", \"action\": \"drop\"}\n      rules: []\n",
+    "      note: \"a\n        - {\\\"src\\\": 1}\"\n      rules: []\n",
+])
+def test_fast_path_never_changes_what_a_line_means(body):
+    from ebplane.spec.located import load_located
+    text = HEAD + "  - filter:\n" + body
+    assert load_located(text, "t.yaml", fast=True)[0] == load_located(text, "t.yaml")[0]

@@ -25,7 +25,6 @@ import collections
 import contextlib
 import logging
 import functools
-import ipaddress
 import itertools
 import os
 import signal
@@ -61,7 +60,7 @@ from ebplane.stages.filter.table import FilterTable, NeedRebuild
 from ebplane.spec.located import Where
 from ebplane.spec import FilterStage, PipelineSpec, Rule, load_spec, parse_rule, parse_spec
 from ebplane.kernel.codec import COUNT, U32
-from ebplane.spec.rules import PROTO_NUMBERS
+from ebplane.spec.rules import PROTO_NUMBERS, stored_network
 
 Progress = Callable[[str], None]
 log = logging.getLogger("ebplane.apply")
@@ -127,13 +126,13 @@ def _stored_entries(items: list[dict], protocols: Sequence[str]) -> list[RuleEnt
     out = []
     for d in items:
         r = d["rule"]
-        if "match" in r:
+        if "match" in r or "mark" in r or "class" in r or "state" in r:  # all its fields
             out.append(RuleEntry(d["id"], Rule.from_dict(r, protocols=protocols)))
             continue
         out.append(RuleEntry(d["id"], Rule(
             action=r["action"],
-            src=ipaddress.ip_network(r["src"]) if "src" in r else None,
-            dst=ipaddress.ip_network(r["dst"]) if "dst" in r else None,
+            src=stored_network(r["src"]) if "src" in r else None,
+            dst=stored_network(r["dst"]) if "dst" in r else None,
             proto=PROTO_NUMBERS.get(r["proto"], r["proto"]) if "proto" in r else None,
             sport=_port_range(r["sport"]) if "sport" in r else None,
             dport=_port_range(r["dport"]) if "dport" in r else None,

@@ -114,6 +114,8 @@ def _own_file(fd: int, mode: int, gid: int | None) -> None:
 # writes encoded (kept alive, so that an id stays its own) and their JSON by id
 _RULE_FIELDS = ("live_rules", "spec_rules")
 _ENCODED: dict[str, tuple[list, dict[int, str]]] = {}
+# json.dumps(x, separators=...) makes a new encoder each call: a third of encoding 200k rules
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -175,7 +177,7 @@ class PipelineState:
                         i = out.index(None, i + 1)
                     except ValueError:
                         break
-                    out[i] = enc[ids[i]] = json.dumps(items[i], separators=(",", ":"))
+                    out[i] = enc[ids[i]] = _encode(items[i])
                     refs.append(items[i])  # kept, so that its id stays its own
                 used += len(ids)
                 tables.append(f"{json.dumps(table)}:[{','.join(out)}]")

@@ -88,8 +88,24 @@ def load_spec(path: str | Path) -> PipelineSpec:
 
 
 def parse_spec(text: str, filename: str = "<spec>") -> PipelineSpec:
-    """Validate a spec given as YAML text; ``filename`` is used in error messages."""
+    """Validate a spec given as YAML text; ``filename`` is used in error messages.
+
+    Rule lists of one JSON-style mapping a line are read by the fast path of
+    :func:`load_located`; an error in a spec read that way is found again on the text read
+    without it, which gives every field its own line and column.
+    """
+    obj, root = load_located(text, filename, fast=True)
+    if root.marks is None or not root.marks.coarse:
+        return _validate(obj, root, filename)
+    try:
+        return _validate(obj, root, filename)
+    except SpecError:
+        pass
     obj, root = load_located(text, filename)
+    return _validate(obj, root, filename)
+
+
+def _validate(obj: Any, root: Where, filename: str) -> PipelineSpec:
     d = check.mapping(obj, root, allowed=SPEC_KEYS, required=("pipeline", "hook", "protocols",
                                                               "stages"),
                       what="a mapping with pipeline:, hook:, protocols:, stages:")
