@@ -274,10 +274,10 @@ def test_failed_attach_of_xdp_parser_rolls_back_both(ebp_env, veth_pair, tmp_pat
     spec = write_spec(tmp_path / "ho.yaml", spec_text(ns, interfaces="[veth0, veth1]"))
     real = pipeline._attach
 
-    def failing(prog, ifname, spec):
+    def failing(prog, ifname, spec, **kw):
         if ifname == "veth1" and prog.type_name == "xdp":
             raise AttachError("injected failure attaching the XDP parser to veth1")
-        return real(prog, ifname, spec)
+        return real(prog, ifname, spec, **kw)
 
     monkeypatch.setattr(pipeline, "_attach", failing)
     with pytest.raises(AttachError, match="injected"):
