@@ -128,7 +128,7 @@ def _scaling(sc: dict) -> list[str]:
     lines = ["## 4. Scaling (program cost, ns/packet)", "", "### Number of rules (one shape)", ""]
     lines += _table(["rules", "hit", "miss"],
                     [[_n(r["rules"]), _ns(r["hit"]), _ns(r["miss"])] for r in sc["rules"]])
-    lines += ["### Number of rule shapes (hash probes of the classifier; packet misses all)", ""]
+    lines += ["### Number of rule shapes (distinct prefix lengths and port blocks; packet misses all)", ""]
     lines += _table(["shapes", "miss"], [[r["shapes"], _ns(r["miss"])] for r in sc["shapes"]])
     lines += ["### Protocol set (each step adds a rule that needs the new protocols)", ""]
     lines += _table(["protocols", "rules", "ns/packet", "verified insns"],
