@@ -15,7 +15,7 @@ import numpy as np
 
 from ebplane.kernel.codec import COUNT
 from ebplane.kernel.codec import U32
-from ebplane.kernel.maps import Map, rcu_barrier
+from ebplane.kernel.maps import Map, prepare_rcu_barrier, rcu_barrier
 from ebplane.stages.filter.gen import map_names
 from ebplane.stages.filter.plan import CompiledTable
 from ebplane.stages.filter.edit import PRIO_GAP, Mirror, NeedRebuild  # noqa: F401
@@ -58,6 +58,7 @@ class FilterTable:
         """Make ``compiled`` the table's rule set; ``fresh_ids`` are rule ids whose counters
         start from zero (new rules, and ids a deleted rule had).  ``keep_mirror``: keep what
         the arrays hold (``self.mirror``) for :meth:`install_edit`."""
+        prepare_rcu_barrier()  # without the privilege to make it, fail before the first write
         if fresh_ids:
             zero = COUNT.type(0, 0)
             self.counters().update_batch(list(fresh_ids), [zero] * len(fresh_ids))
@@ -94,6 +95,7 @@ class FilterTable:
         that a packet could see when the change does not fit; ``mirror`` is then stale (the
         caller drops it and installs in full)."""
         w = mirror.change(remove, add, layout)
+        prepare_rcu_barrier()  # without the privilege to make it, fail before the first write
         if fresh_ids:
             zero = COUNT.type(0, 0)
             self.counters().update_batch(list(fresh_ids), [zero] * len(fresh_ids))
