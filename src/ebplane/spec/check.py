@@ -63,6 +63,24 @@ def choice(obj: Any, where: Where, choices: Sequence[str]) -> str:
     return obj
 
 
+def table(body: dict, where: Where, *, size: int, size_max: int, size_what: str,
+          when_full: Sequence[str], timeouts: dict[str, int], timeout_max: int
+          ) -> tuple[int, str, bool, dict[str, int]]:
+    """The options of a stage's own flow table (conntrack, nat): ``size``, ``when_full``,
+    ``prealloc`` and ``timeouts`` (seconds per entry state, over the defaults given)."""
+    n = integer(body.get("size", size), where / "size", 1, size_max, what=size_what)
+    full = choice(body.get("when_full", "drop"), where / "when_full", when_full)
+    prealloc = body.get("prealloc", False)
+    if not isinstance(prealloc, bool):
+        raise (where / "prealloc").error("expected true or false", given=prealloc,
+                                         hint="prealloc: true allocates the whole table up front")
+    raw = mapping(body.get("timeouts", {}) or {}, where / "timeouts", allowed=tuple(timeouts))
+    out = dict(timeouts)
+    for k, v in raw.items():
+        out[k] = integer(v, where / "timeouts" / k, 1, timeout_max, what="timeout in seconds")
+    return n, full, prealloc, out
+
+
 def integer(obj: Any, where: Where, lo: int, hi: int, *, what: str = "value") -> int:
     # bool is an int subclass in Python, but `yes` is never meant as a number
     if not isinstance(obj, int) or isinstance(obj, bool):

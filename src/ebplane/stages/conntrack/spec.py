@@ -72,19 +72,9 @@ def parse_conntrack(obj: Any, where: Where, protocols: tuple[str, ...]) -> Connt
     body = check.mapping({} if obj is None else obj, where,
                          allowed=("name", "size", "when_full", "prealloc", "timeouts"))
     name = stage_name(body, where, "conntrack")
-    size = check.integer(body.get("size", CT_SIZE_DEFAULT), where / "size", 1, CT_SIZE_MAX,
-                         what="table size")
-    when_full = check.choice(body.get("when_full", "drop"), where / "when_full", CT_WHEN_FULL)
-    prealloc = body.get("prealloc", False)
-    if not isinstance(prealloc, bool):
-        raise (where / "prealloc").error("expected true or false", given=prealloc,
-                                         hint="prealloc: true allocates the whole table up front")
-    raw = check.mapping(body.get("timeouts", {}) or {}, where / "timeouts",
-                        allowed=tuple(CT_TIMEOUTS_DEFAULT))
-    timeouts = dict(CT_TIMEOUTS_DEFAULT)
-    for k, v in raw.items():
-        timeouts[k] = check.integer(v, where / "timeouts" / k, 1, CT_TIMEOUT_MAX,
-                                    what="timeout in seconds")
+    size, when_full, prealloc, timeouts = check.table(
+        body, where, size=CT_SIZE_DEFAULT, size_max=CT_SIZE_MAX, size_what="table size",
+        when_full=CT_WHEN_FULL, timeouts=CT_TIMEOUTS_DEFAULT, timeout_max=CT_TIMEOUT_MAX)
     if not {"ipv4", "ipv6"} & set(protocols):
         raise where.error("conntrack needs protocol ipv4 or ipv6 in protocols:",
                           given=list(protocols), hint="add ipv4 (and ipv6) to protocols:")

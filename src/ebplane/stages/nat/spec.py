@@ -147,19 +147,10 @@ def parse_nat(obj: Any, where: Where, protocols: tuple[str, ...]) -> NatStage:
         raise where.error("nat needs protocol ipv4 or ipv6 in protocols:",
                           given=list(protocols),
                           hint="add ipv4 (and tcp, udp, icmp) to protocols:")
-    size = check.integer(body.get("size", NAT_SIZE_DEFAULT), where / "size", 1, NAT_SIZE_MAX,
-                         what="table size (connections)")
-    when_full = check.choice(body.get("when_full", "drop"), where / "when_full", NAT_WHEN_FULL)
-    prealloc = body.get("prealloc", False)
-    if not isinstance(prealloc, bool):
-        raise (where / "prealloc").error("expected true or false", given=prealloc,
-                                         hint="prealloc: true allocates the whole table up front")
-    raw = check.mapping(body.get("timeouts", {}) or {}, where / "timeouts",
-                        allowed=tuple(NAT_TIMEOUTS_DEFAULT))
-    timeouts = dict(NAT_TIMEOUTS_DEFAULT)
-    for k, v in raw.items():
-        timeouts[k] = check.integer(v, where / "timeouts" / k, 1, NAT_TIMEOUT_MAX,
-                                    what="timeout in seconds")
+    size, when_full, prealloc, timeouts = check.table(
+        body, where, size=NAT_SIZE_DEFAULT, size_max=NAT_SIZE_MAX,
+        size_what="table size (connections)", when_full=NAT_WHEN_FULL,
+        timeouts=NAT_TIMEOUTS_DEFAULT, timeout_max=NAT_TIMEOUT_MAX)
     address = _ip(body["address"], where / "address", "outside IPv4 address", 4) \
         if "address" in body else None
     address6 = _ip(body["address6"], where / "address6", "outside IPv6 address", 6) \
