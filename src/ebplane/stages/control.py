@@ -133,6 +133,17 @@ class StageControl:
         return {}
 
 
+def slot_counts(counters: Map, names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Name -> {packets, bytes} of a stage's per-CPU counters map (``struct ebp_count`` per
+    slot, slot ``i`` named ``names[i]``), summed over the CPUs, for ``ebplane stats``."""
+    cm = counters.with_codecs(U32, COUNT)
+    out = {}
+    for i, name in enumerate(names):
+        c = cm.lookup_sum(i)
+        out[name] = {"packets": c.packets, "bytes": c.bytes}
+    return out
+
+
 class OutcomeSlots:
     """For a kind whose counter slots are its outcomes, the same at every hook (mirror,
     multicast, encap, decap): the slots a trace record names, the maps' roles and the
@@ -166,12 +177,7 @@ class OutcomeSlots:
 
     def counts(self, maps: Callable[[str], Map], stage) -> dict[str, dict[str, int]]:
         """Outcome -> {packets, bytes}, summed over the CPUs, for ``ebplane stats``."""
-        cm = maps(self.map_names(stage)["counters"]).with_codecs(U32, COUNT)
-        out = {}
-        for i, name in enumerate(self.outcomes(stage)):
-            c = cm.lookup_sum(i)
-            out[name] = {"packets": c.packets, "bytes": c.bytes}
-        return out
+        return slot_counts(maps(self.map_names(stage)["counters"]), self.outcomes(stage))
 
 
 _EXTRA: dict[str, StageControl] = {}  # controls added at run time (register_control)

@@ -28,7 +28,7 @@ from ebplane.stages.balancer import gen, maglev
 from ebplane.stages.balancer.gen import (COUNTERS, STATE_DOWN, STATE_NAMES, STATE_UNUSED,
                                          STATE_UP, map_names, packed)
 from ebplane.stages.balancer.spec import LB_WEIGHT_MAX, BalancerStage, Vip
-from ebplane.stages.control import StageControl
+from ebplane.stages.control import StageControl, slot_counts
 
 # codecs of the stage's map keys and values, made from their one definition (gen.py's
 # Layouts, whose C the generator writes into the program)
@@ -246,11 +246,7 @@ class Balancer:
         return out
 
     def stats(self) -> dict:
-        counts = {}
-        for i, name in enumerate(COUNTERS):
-            c = self.counters.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
-        return {"counts": counts, "vips": self.list(),
+        return {"counts": slot_counts(self.counters, COUNTERS), "vips": self.list(),
                 "connections": {"entries": sum(1 for _ in self.conns.raw_keys_batch()),
                                 "capacity": self.stage.connections}}
 

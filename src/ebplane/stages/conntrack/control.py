@@ -7,10 +7,10 @@ import ipaddress
 import time
 from typing import Callable
 
-from ebplane.kernel.codec import COUNT, U32, Packed
+from ebplane.kernel.codec import Packed
 from ebplane.kernel.maps import Map
 from ebplane.stages.conntrack.spec import ConntrackStage
-from ebplane.stages.control import StageControl
+from ebplane.stages.control import StageControl, slot_counts
 from ebplane.stages.conntrack import gen
 from ebplane.stages.conntrack.gen import COUNTERS, ENTRY_STATES, map_names
 
@@ -53,11 +53,7 @@ class ConntrackControl(StageControl):
 
     def stats(self, maps: Callable[[str], Map], spec, stage: ConntrackStage) -> dict:
         n = map_names(stage.name)
-        cm = maps(n["counters"]).with_codecs(U32, COUNT)
-        counts = {}
-        for i, name in enumerate(COUNTERS):
-            c = cm.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
+        counts = slot_counts(maps(n["counters"]), COUNTERS)
         conns = connections(maps(n["table"]), stage)
         by_state: dict[str, int] = {}
         for c in conns:

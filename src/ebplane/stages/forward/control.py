@@ -35,7 +35,7 @@ from ebplane.kernel.programs import BpfObject, Program
 from ebplane.net import attach, iface, netdev, netns
 from ebplane.net.blocks import BLOCKS
 from ebplane.kernel.codec import COUNT
-from ebplane.stages.control import StageControl, jumbo_interfaces, on_undo
+from ebplane.stages.control import StageControl, jumbo_interfaces, on_undo, slot_counts
 from ebplane.stages.forward import gen
 from ebplane.stages.forward.gen import map_name, map_names, outcomes
 from ebplane.stages.forward.spec import (BridgeStage, RedirectStage, RouteStage, SteerStage,
@@ -347,12 +347,8 @@ class ForwardingRuntime(StageControl):
         return notes if replay else notes + release_pass_through(spec.interfaces)
 
     def stats(self, maps: Callable[[str], Map], spec, stage) -> dict:
-        cm = maps(map_name(stage, "counters")).with_codecs(U32, COUNT)
-        counts = {}
-        for i, name in enumerate(outcomes(stage, spec.hook)):
-            c = cm.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
-        return {"counts": counts}
+        return {"counts": slot_counts(maps(map_name(stage, "counters")),
+                                      outcomes(stage, spec.hook))}
 
     def describe_slot(self, stage, slot: int, live=()) -> tuple[int | None, str]:
         return self.describe_slot_at(stage, "xdp", slot, live)

@@ -9,9 +9,9 @@ import time
 from typing import Callable
 
 from ebplane.errors import UsageError
-from ebplane.kernel.codec import COUNT, U32, Packed
+from ebplane.kernel.codec import U32, Packed
 from ebplane.kernel.maps import Map
-from ebplane.stages.control import StageControl
+from ebplane.stages.control import StageControl, slot_counts
 from ebplane.stages.nat import gen
 from ebplane.stages.nat.gen import COUNTERS, map_names
 from ebplane.stages.nat.spec import NatStage
@@ -114,11 +114,7 @@ class NatControl(StageControl):
 
     def stats(self, maps: Callable[[str], Map], spec, stage: NatStage) -> dict:
         n = map_names(stage.name)
-        cm = maps(n["counters"]).with_codecs(U32, COUNT)
-        counts = {}
-        for i, name in enumerate(COUNTERS):
-            c = cm.lookup_sum(i)
-            counts[name] = {"packets": c.packets, "bytes": c.bytes}
+        counts = slot_counts(maps(n["counters"]), COUNTERS)
         conns = translations(maps(n["table"]))
         cfg = maps(n["config"]).with_codecs(U32, NAT_CFG).lookup(0)
         by_kind: dict[str, int] = {}
